@@ -1,0 +1,435 @@
+"""Model → IR: resolve every policy decision so the IR says exactly what to serve.
+
+Precedence of per-route settings, least specific first (a later layer wins, key by key):
+
+1. built-in defaults
+2. the upstream's ``timeout`` / ``retries``
+3. the spec document's ``x-gateway``
+4. the policy's ``apis[].defaults``
+5. the spec path item's ``x-gateway``
+6. the spec operation's ``x-gateway``
+7. the policy's ``apis[].operations[<operationId or 'METHOD /path'>]``
+
+The more specific level wins; at the same level the policy (owned by the platform team)
+wins over the spec (owned by the API team).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import ir
+from .documents import Document, display_name
+from .errors import Diagnostics, pointer
+from .model import policy as pol
+from .model.openapi import ApiSpec, ServerUrl, parse_openapi, spec_version
+from .model.paths import build_pattern, normalized_template, parse_template
+from .sources import Bundle
+
+DEFAULT_LISTENER = {"name": "default", "address": "0.0.0.0", "port": 8080}
+DEFAULT_ROUTE_SETTINGS: dict[str, Any] = {
+    "timeout": "15s",
+    # Retrying only failures that prove the request never reached the application is safe
+    # for every method, POST included.
+    "retries": {"attempts": 1, "on": ["connect-failure", "refused-stream", "reset-before-request"]},
+    "sensitive": False,
+}
+# Headers only the gateway may set. Later features (JWT claims…) add the ones they fill.
+BUILTIN_IDENTITY_HEADERS = ("x-user-id", "x-user-role", "x-user-email", "x-user-scopes", "x-real-ip", "forwarded")
+BUILTIN_IDENTITY_PREFIXES = ("x-user-",)
+BUILTIN_REMOVED_RESPONSE_HEADERS = ("server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version",
+                                    "x-envoy-upstream-service-time")
+DEFAULT_HSTS = "max-age=31536000; includeSubDomains"
+_NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    name = _NAME_UNSAFE.sub("-", text.lower()).strip("-._")[:63].strip("-._")
+    return name or "api"
+
+
+@dataclass
+class _Api:
+    """One mounted spec, with the policy entry that mounts it (if any)."""
+
+    name: str
+    spec: ApiSpec
+    entry: dict[str, Any]  # the policy's apis[] item, {} for a bare spec
+    policy: Document | None
+    ptr: str  # pointer of the apis[] item in the policy
+
+
+class _Builder:
+    def __init__(self, bundle: Bundle, diags: Diagnostics):
+        self.bundle = bundle
+        self.diags = diags
+        self.listeners: dict[str, tuple[dict[str, Any], ir.Source]] = {}
+        self.upstreams: dict[str, tuple[dict[str, Any], ir.Source]] = {}
+        self.auto_upstreams: dict[str, ir.Upstream] = {}
+        self.used_upstreams: set[str] = set()
+        self.gateway: dict[str, Any] = {}
+        self.headers: dict[str, Any] = {}
+        self.parsed: dict[Path, ApiSpec | None] = {}
+
+    # -- policies ---------------------------------------------------------------------------
+    def _merge_named(self, kind: str, items: list[Any], doc: Document, into: dict[str, tuple[dict[str, Any], ir.Source]]) -> None:
+        for i, item in enumerate(items):
+            src = ir.Source(doc.name, pointer(kind, i))
+            prev = into.get(item["name"])
+            if prev is not None:
+                self.diags.error(
+                    f"{kind[:-1]} {item['name']!r} is defined twice (also at {prev[1].file}#{prev[1].pointer})",
+                    doc.name, src.pointer + "/name", "duplicate-name",
+                )
+                continue
+            into[item["name"]] = (item, src)
+
+    def _read_policies(self) -> list[tuple[Document, dict[str, Any]]]:
+        valid = []
+        singletons: dict[str, str] = {}
+        for doc in self.bundle.policies:
+            if not pol.check(doc.data, doc.name, "", self.diags):
+                continue
+            data = doc.data
+            valid.append((doc, data))
+            self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
+            self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
+            for key in ("gateway", "headers"):
+                if key in data:
+                    if key in singletons:
+                        self.diags.error(f"'{key}' is already set by {singletons[key]}; set it in one policy only",
+                                         doc.name, "/" + key, "duplicate-setting")
+                    else:
+                        singletons[key] = doc.name
+                        setattr(self, key, data[key])
+        return valid
+
+    def _spec(self, doc: Document) -> ApiSpec | None:
+        if doc.path not in self.parsed:
+            self.parsed[doc.path] = parse_openapi(self.bundle.store, doc, self.diags)
+        return self.parsed[doc.path]
+
+    def _collect_apis(self, policies: list[tuple[Document, dict[str, Any]]]) -> list[_Api]:
+        apis: list[_Api] = []
+        names: dict[str, str] = {}
+        mounted: set[Path] = set()
+        for doc, data in policies:
+            for i, entry in enumerate(data.get("apis", [])):
+                ptr = pointer("apis", i)
+                if entry["name"] in names:
+                    self.diags.error(f"api {entry['name']!r} is defined twice (also in {names[entry['name']]})",
+                                     doc.name, ptr + "/name", "duplicate-name")
+                    continue
+                names[entry["name"]] = doc.name
+                spec_doc = self.bundle.store.load(doc.path.parent / entry["spec"], (doc, ptr + "/spec"))
+                if spec_doc is None:
+                    continue
+                if spec_version(spec_doc.data) is None:
+                    self.diags.error(f"{spec_doc.name} is not an OpenAPI document", doc.name, ptr + "/spec", "not-a-spec")
+                    continue
+                mounted.add(spec_doc.path)
+                spec = self._spec(spec_doc)
+                if spec is not None:
+                    apis.append(_Api(entry["name"], spec, entry, doc, ptr))
+        for spec_doc in self.bundle.specs:
+            if spec_doc.path in mounted:
+                continue
+            if policies:
+                self.diags.warning("not mounted by any policy's 'apis'; not served", spec_doc.name, "", "unmounted-spec")
+                continue
+            spec = self._spec(spec_doc)
+            if spec is None:
+                continue
+            base = safe_name(Path(spec_doc.path.name.split(".")[0]).name)
+            name, n = base, 1
+            while name in names:
+                n += 1
+                name = f"{base}-{n}"
+            names[name] = spec_doc.name
+            apis.append(_Api(name, spec, {}, None, ""))
+        return apis
+
+    # -- upstreams --------------------------------------------------------------------------
+    def _auto_upstream(self, server: ServerUrl, src: ir.Source) -> str:
+        assert server.host is not None and server.port is not None
+        name = safe_name(f"{server.host}-{server.port}")
+        if name not in self.auto_upstreams and name not in self.upstreams:
+            tls = server.scheme == "https"
+            self.auto_upstreams[name] = ir.Upstream(
+                name, (ir.Endpoint(server.host, server.port),), src, tls=tls, sni=server.host if tls else None
+            )
+        return name
+
+    def _upstream_ir(self, name: str, spec: dict[str, Any], src: ir.Source) -> ir.Upstream:
+        from urllib.parse import urlsplit
+
+        if "url" in spec:
+            parts = urlsplit(spec["url"])
+            https = parts.scheme == "https"
+            try:
+                port = parts.port or (443 if https else 80)
+            except ValueError:
+                self.diags.error("invalid port in url", src.file, src.pointer + "/url", "upstream")
+                port = 80
+            host = parts.hostname or ""
+            if not host or parts.path not in ("", "/"):
+                self.diags.error("url must be scheme://host[:port] without a path (use apis[].upstreamPathPrefix)",
+                                 src.file, src.pointer + "/url", "upstream")
+            endpoints: tuple[ir.Endpoint, ...] = (ir.Endpoint(host, port),)
+            tls = spec.get("tls", https)
+        else:
+            eps = []
+            for i, text in enumerate(spec["endpoints"]):
+                host, _, port_text = text.rpartition(":")
+                port = int(port_text)
+                if not 0 < port < 65536:
+                    self.diags.error(f"port {port} is out of range", src.file, f"{src.pointer}/endpoints/{i}", "upstream")
+                eps.append(ir.Endpoint(host, port))
+            endpoints = tuple(eps)
+            tls = spec.get("tls", False)
+        hc = spec.get("healthCheck")
+        cb = spec.get("circuitBreaker")
+        od = spec.get("outlierDetection")
+        return ir.Upstream(
+            name=name,
+            endpoints=endpoints,
+            source=src,
+            tls=bool(tls),
+            sni=spec.get("sni") or (endpoints[0].host if tls and not endpoints[0].is_ip else None),
+            protocol=ir.Protocol(spec.get("protocol", "http1")),
+            connect_timeout_ms=pol.duration_ms(spec.get("connectTimeout", "2s")),
+            health_check=ir.HealthCheck(
+                path=hc["path"],
+                interval_ms=pol.duration_ms(hc.get("interval", "5s")),
+                timeout_ms=pol.duration_ms(hc.get("timeout", "1s")),
+                healthy_threshold=hc.get("healthyThreshold", 2),
+                unhealthy_threshold=hc.get("unhealthyThreshold", 3),
+                expected_statuses=tuple(hc.get("expectedStatuses", [200])),
+            ) if hc else None,
+            circuit_breaker=ir.CircuitBreaker(
+                cb.get("maxConnections"), cb.get("maxPendingRequests"), cb.get("maxRequests"), cb.get("maxRetries")
+            ) if cb else None,
+            outlier_detection=ir.OutlierDetection(
+                consecutive_5xx=od.get("consecutive5xx", 5),
+                interval_ms=pol.duration_ms(od.get("interval", "10s")),
+                base_ejection_time_ms=pol.duration_ms(od.get("baseEjectionTime", "30s")),
+                max_ejection_percent=od.get("maxEjectionPercent", 50),
+            ) if od is not None else None,
+        )
+
+    # -- operations -------------------------------------------------------------------------
+    def _settings(self, layers: list[tuple[dict[str, Any] | None, ir.Source | None]]) -> dict[str, Any]:
+        merged = dict(DEFAULT_ROUTE_SETTINGS)
+        for value, src in layers:
+            if value is None:
+                continue
+            if src is not None and not pol.check(value, src.file, src.pointer, self.diags, "routeSettings"):
+                continue
+            merged.update(value)
+        return merged
+
+    def _operations(self, api: _Api, listeners: list[str], routes: dict[str, dict[str, list[tuple[ir.PathPattern, ir.Operation]]]]) -> None:
+        spec, entry = api.spec, api.entry
+        pdoc = api.policy
+        psrc = (lambda p: ir.Source(pdoc.name, api.ptr + p)) if pdoc else (lambda p: None)  # noqa: E731
+        doc_server = spec.server
+        prefix = entry.get("pathPrefix", doc_server.base_path if doc_server else "").rstrip("/")
+        policy_upstream = entry.get("upstream")
+        if policy_upstream is not None:
+            if policy_upstream not in self.upstreams:
+                self.diags.error(f"no upstream named {policy_upstream!r}", pdoc.name if pdoc else "", api.ptr + "/upstream",
+                                 "unknown-upstream")
+                return
+            self.used_upstreams.add(policy_upstream)
+        elif doc_server is None or not doc_server.is_absolute:
+            if not any(op.server and op.server.is_absolute for op in spec.operations):
+                where = (pdoc.name, api.ptr) if pdoc else (spec.document.name, "/servers" if spec.version != "2.0" else "/host")
+                self.diags.error(
+                    "no upstream: the spec has no absolute server URL; set apis[].upstream in a policy",
+                    where[0], where[1], "no-upstream",
+                )
+                return
+        overrides: dict[str, Any] = entry.get("operations", {})
+        known = {op.key for op in spec.operations}
+        for key in overrides:
+            if key not in known:
+                self.diags.error(f"the spec has no operation {key!r}", pdoc.name if pdoc else "",
+                                 api.ptr + pointer("operations", key), "unknown-operation")
+        up_defaults: dict[str, Any] = {}
+        if policy_upstream is not None:
+            up_spec = self.upstreams[policy_upstream][0]
+            up_defaults = {k: up_spec[k] for k in ("timeout", "retries") if k in up_spec}
+        doc_x = spec.x_gateway
+        prefix_segments = parse_template(prefix) if prefix else []
+        for op in spec.operations:
+            # upstream and the path it expects
+            if policy_upstream is not None:
+                upstream = policy_upstream
+                upstream_prefix = entry.get("upstreamPathPrefix", prefix or "/").rstrip("/")
+            else:
+                server = op.server if op.server is not None else doc_server
+                if server is None or not server.is_absolute:
+                    self.diags.warning(
+                        f"{op.method} {op.path} has no usable server URL; not served (set apis[].upstream)",
+                        op.source.file, op.source.pointer, "no-upstream",
+                    )
+                    continue
+                upstream = self._auto_upstream(server, op.source)
+                upstream_prefix = entry.get("upstreamPathPrefix", server.base_path or "/").rstrip("/")
+            layers: list[tuple[dict[str, Any] | None, ir.Source | None]] = [(up_defaults, None)]
+            if doc_x:
+                layers.append(doc_x)
+            layers.append((entry.get("defaults"), None))
+            layers.extend((value, src) for _level, value, src in op.x_gateway)
+            layers.append((overrides.get(op.key), psrc(pointer("operations", op.key))))
+            settings = self._settings(layers)
+            retries = settings.get("retries") or {}
+            attempts = retries.get("attempts", 1)
+            retry = ir.RetryPolicy(
+                attempts=attempts,
+                retry_on=tuple(retries.get("on", DEFAULT_ROUTE_SETTINGS["retries"]["on"])),
+                per_try_timeout_ms=pol.duration_ms(retries["perTryTimeout"]) if "perTryTimeout" in retries else None,
+                retriable_status_codes=tuple(retries.get("retriableStatusCodes", ())),
+            ) if attempts else None
+            template = prefix + op.path
+            segments = prefix_segments + op.segments
+            pattern = build_pattern(template, segments, {n: p.regex for n, p in op.path_params.items()})
+            operation = ir.Operation(
+                name=f"{api.name}.{op.operation_id or (op.method.lower() + safe_name(op.path).replace('.', '-'))}",
+                api=api.name,
+                operation_id=op.operation_id or "",
+                method=op.method,
+                upstream=upstream,
+                timeout_ms=pol.duration_ms(settings["timeout"]),
+                retry=retry,
+                sensitive=bool(settings.get("sensitive")),
+                source=op.source,
+                rewrite_prefix=(prefix, upstream_prefix) if prefix != upstream_prefix else None,
+            )
+            shape = normalized_template(segments)
+            for listener in listeners:
+                routes[listener][shape].append((pattern, operation))
+
+    def _path_routes(self, found: dict[str, list[tuple[ir.PathPattern, ir.Operation]]]) -> tuple[ir.PathRoute, ...]:
+        out = []
+        for entries in found.values():
+            first_pattern, first_op = entries[0]
+            ops: dict[str, ir.Operation] = {}
+            ok = True
+            for pattern, op in entries:
+                if pattern != first_pattern:
+                    self.diags.error(
+                        f"path {pattern.template!r} conflicts with {first_pattern.template!r} "
+                        f"({first_op.source.file}#{first_op.source.pointer}): they match the same requests",
+                        op.source.file, op.source.pointer, "route-conflict",
+                    )
+                    ok = False
+                    continue
+                if op.method in ops:
+                    prev = ops[op.method]
+                    self.diags.error(
+                        f"{op.method} {pattern.template} is declared twice "
+                        f"(also {prev.source.file}#{prev.source.pointer})",
+                        op.source.file, op.source.pointer, "route-conflict",
+                    )
+                    ok = False
+                    continue
+                ops[op.method] = op
+            if ok or ops:
+                out.append(ir.PathRoute(first_pattern, tuple(ops[m] for m in sorted(ops))))
+        out.sort(key=lambda r: r.path.sort_key())
+        return tuple(out)
+
+    # -- everything -------------------------------------------------------------------------
+    def build(self) -> ir.Gateway | None:
+        policies = self._read_policies()
+        apis = self._collect_apis(policies)
+        if not self.listeners:
+            self.listeners["default"] = (DEFAULT_LISTENER, ir.Source("<built-in>", ""))
+        routes: dict[str, dict[str, list[tuple[ir.PathPattern, ir.Operation]]]] = {
+            name: defaultdict(list) for name in self.listeners
+        }
+        for api in apis:
+            chosen = api.entry.get("listeners", list(self.listeners))
+            missing = [n for n in chosen if n not in self.listeners]
+            for n in missing:
+                self.diags.error(f"no listener named {n!r}", api.policy.name if api.policy else "",
+                                 api.ptr + "/listeners", "unknown-listener")
+            self._operations(api, [n for n in chosen if n in self.listeners], routes)
+        listeners = []
+        ports: dict[tuple[str, int], str] = {}
+        for name, (spec, src) in self.listeners.items():
+            addr = spec.get("address", "0.0.0.0")
+            key = (addr, spec["port"])
+            if key in ports:
+                self.diags.error(f"listener {name!r} uses {addr}:{spec['port']} like listener {ports[key]!r}",
+                                 src.file, src.pointer + "/port", "port-conflict")
+            ports[key] = name
+            timeouts = spec.get("timeouts", {})
+            defaults = ir.ListenerTimeouts()
+            listeners.append(ir.Listener(
+                name=name,
+                address=addr,
+                port=spec["port"],
+                hostnames=tuple(spec.get("hostnames", ["*"])),
+                paths=self._path_routes(routes[name]),
+                source=src,
+                xff_num_trusted_hops=spec.get("xffNumTrustedHops", 0),
+                escaped_slashes=ir.EscapedSlashes(spec.get("escapedSlashes", "reject")),
+                trust_client_request_id=spec.get("trustClientRequestId", False),
+                max_request_headers_kb=spec.get("maxRequestHeadersKb", 60),
+                timeouts=ir.ListenerTimeouts(
+                    request_headers_ms=_ms(timeouts.get("requestHeaders"), defaults.request_headers_ms),
+                    stream_idle_ms=_ms(timeouts.get("streamIdle"), defaults.stream_idle_ms),
+                    request_ms=_ms(timeouts.get("request"), defaults.request_ms),
+                    connection_idle_ms=_ms(timeouts.get("connectionIdle"), defaults.connection_idle_ms),
+                ),
+            ))
+        upstreams = [self._upstream_ir(n, s, src) for n, (s, src) in self.upstreams.items()]
+        for name, (_s, src) in self.upstreams.items():
+            if name not in self.used_upstreams:
+                self.diags.warning(f"upstream {name!r} is not used by any api", src.file, src.pointer, "unused-upstream")
+        upstreams.extend(self.auto_upstreams.values())
+        if self.diags.has_errors():
+            return None
+        h = self.headers
+        hsts = h.get("strictTransportSecurity", DEFAULT_HSTS)
+        headers = ir.HeaderPolicy(
+            strip_request_headers=_lower_unique(BUILTIN_IDENTITY_HEADERS, h.get("identityHeaders", [])),
+            strip_request_header_prefixes=_lower_unique(h.get("identityHeaderPrefixes", BUILTIN_IDENTITY_PREFIXES)),
+            remove_response_headers=_lower_unique(BUILTIN_REMOVED_RESPONSE_HEADERS, h.get("removeResponseHeaders", [])),
+            strict_transport_security=hsts or None,
+        )
+        g = self.gateway
+        return ir.Gateway(
+            listeners=tuple(listeners),
+            upstreams=tuple(sorted(upstreams, key=lambda u: u.name)),
+            headers=headers,
+            access_log=g.get("accessLog", True),
+            max_connections=g.get("maxConnections", 50_000),
+            max_heap_bytes=g.get("maxHeapBytes", 1 << 30),
+        )
+
+
+def _ms(value: str | None, default: int) -> int:
+    return pol.duration_ms(value) if value else default
+
+
+def _lower_unique(*groups: Any) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for group in groups:
+        for name in group:
+            out[name.lower()] = None
+    return tuple(out)
+
+
+def build(bundle: Bundle, diags: Diagnostics) -> ir.Gateway | None:
+    """The IR for a bundle, or None when there are errors (all of them are in ``diags``)."""
+    return _Builder(bundle, diags).build()
+
+
+__all__ = ["build", "display_name"]

@@ -1,0 +1,219 @@
+"""Loading YAML/JSON documents, resolving ``$ref`` across files, and finding lines.
+
+Documents are parsed with PyYAML's C loader into plain Python objects: that is the fast
+path every compile takes. Line numbers are only needed when something is wrong, so the
+node tree (which knows lines) is composed lazily, once per document, on the first
+request for a line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urldefrag
+
+import yaml
+
+from .errors import Diagnostic, Diagnostics
+
+try:  # the C loader is several times faster; fall back so a broken libyaml is not fatal
+    _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover
+    _BaseLoader = yaml.SafeLoader
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """Safe loader that keeps timestamps as strings (JSON has no dates; specs mean text)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def display_name(path: Path) -> str:
+    """A path as a user would like to read it: relative to the working directory if below it."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # pragma: no cover - different drive on Windows
+        return str(path)
+
+
+@dataclass
+class Document:
+    """One parsed file."""
+
+    path: Path  # absolute
+    name: str  # for messages
+    raw: bytes
+    data: Any
+    _nodes: yaml.Node | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.raw).hexdigest()
+        return self._digest
+
+    def line_of(self, ptr: str) -> int | None:
+        """1-based line of the value at JSON pointer ``ptr``, or of its nearest ancestor."""
+        if self._nodes is None:
+            try:
+                self._nodes = yaml.compose(self.raw, Loader=_Loader)
+            except yaml.YAMLError:
+                return None
+        node = self._nodes
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for token in split_pointer(ptr):
+            child: yaml.Node | None = None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.value == token:
+                        child = value
+                        line = key.start_mark.line + 1
+                        break
+            elif isinstance(node, yaml.SequenceNode) and token.isdigit() and int(token) < len(node.value):
+                child = node.value[int(token)]
+                line = child.start_mark.line + 1
+            if child is None:
+                break
+            node = child
+        return line
+
+
+def split_pointer(ptr: str) -> list[str]:
+    if not ptr:
+        return []
+    return [t.replace("~1", "/").replace("~0", "~") for t in ptr.lstrip("/").split("/")]
+
+
+class DocumentStore:
+    """Loads each file once and resolves references between them.
+
+    Errors are not raised: they go to ``diagnostics`` and the caller gets ``None``.
+    """
+
+    def __init__(self, diagnostics: Diagnostics):
+        self.diagnostics = diagnostics
+        self._docs: dict[Path, Document | None] = {}
+
+    def __iter__(self) -> Iterator[Document]:
+        return (d for d in self._docs.values() if d is not None)
+
+    def load(
+        self, path: Path, referrer: tuple[Document, str] | None = None, diags: Diagnostics | None = None
+    ) -> Document | None:
+        path = path.resolve()
+        if path in self._docs:
+            return self._docs[path]
+        doc = self._read(path, referrer, self.diagnostics if diags is None else diags)
+        self._docs[path] = doc
+        return doc
+
+    def _read(self, path: Path, referrer: tuple[Document, str] | None, diags: Diagnostics) -> Document | None:
+        name = display_name(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if referrer:
+                doc, ptr = referrer
+                diags.error(f"cannot read {name}: {reason}", doc.name, ptr, "unreadable-file")
+            else:
+                diags.error(f"cannot read file: {reason}", name, "", "unreadable-file")
+            return None
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(raw)
+            else:
+                data = yaml.load(raw, Loader=_Loader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = " ".join(filter(None, [exc.context, exc.problem]))
+            diags.add(
+                Diagnostic(f"invalid YAML: {problem}", name, "", mark.line + 1 if mark else None, code="yaml")
+            )
+            return None
+        except yaml.YAMLError as exc:
+            diags.error(f"invalid YAML: {exc}", name, "", "yaml")
+            return None
+        except json.JSONDecodeError as exc:
+            diags.add(Diagnostic(f"invalid JSON: {exc.msg}", name, "", exc.lineno, code="json"))
+            return None
+        except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+            diags.error(f"unreadable document: {exc}", name, "", "yaml")
+            return None
+        return Document(path, name, raw, data)
+
+    def resolve(
+        self, doc: Document, ptr: str, ref: Any, diags: Diagnostics | None = None
+    ) -> tuple[Document, str, Any] | None:
+        """Follow one ``$ref`` found at ``doc#ptr``; returns (document, pointer, value).
+
+        Problems go to ``diags`` (default: the store's own diagnostics).
+        """
+        diags = self.diagnostics if diags is None else diags
+        if not isinstance(ref, str):
+            diags.error("$ref must be a string", doc.name, ptr + "/$ref", "ref")
+            return None
+        file_part, fragment = urldefrag(ref)
+        if "://" in file_part:
+            diags.error(f"remote $ref {ref!r} is not supported; use a local file", doc.name, ptr, "ref")
+            return None
+        target = doc
+        if file_part:
+            loaded = self.load(doc.path.parent / unquote(file_part), (doc, ptr + "/$ref"), diags)
+            if loaded is None:
+                return None
+            target = loaded
+        fragment = unquote(fragment)
+        value = target.data
+        for token in split_pointer(fragment):
+            if isinstance(value, dict) and token in value:
+                value = value[token]
+            elif isinstance(value, list) and token.isdigit() and int(token) < len(value):
+                value = value[int(token)]
+            else:
+                diags.error(
+                    f"unresolvable $ref {ref!r}: {target.name} has nothing at #{fragment}", doc.name, ptr + "/$ref", "ref"
+                )
+                return None
+        return target, fragment, value
+
+    def deref(
+        self, doc: Document, ptr: str, value: Any, diags: Diagnostics | None = None
+    ) -> tuple[Document, str, Any] | None:
+        """Follow ``$ref`` chains until a value that is not a reference."""
+        depth = 0
+        while isinstance(value, dict) and "$ref" in value:
+            depth += 1
+            if depth > 32:
+                (self.diagnostics if diags is None else diags).error(
+                    "$ref chain is too long or circular", doc.name, ptr, "ref"
+                )
+                return None
+            resolved = self.resolve(doc, ptr, value["$ref"], diags)
+            if resolved is None:
+                return None
+            doc, ptr, value = resolved
+        return doc, ptr, value
+
+
+def locate(diagnostics: list[Diagnostic], documents: dict[str, Document]) -> list[Diagnostic]:
+    """Fill in line numbers from JSON pointers for diagnostics whose file is a known document."""
+    out = []
+    for d in diagnostics:
+        doc = documents.get(d.file)
+        if d.line is None and doc is not None:
+            d = Diagnostic(d.message, d.file, d.pointer, doc.line_of(d.pointer), d.severity, d.code)
+        out.append(d)
+    return out

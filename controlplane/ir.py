@@ -1,0 +1,215 @@
+"""The intermediate representation: what the gateway must do, with no Envoy in sight.
+
+Everything here is frozen and typed. Routes carry their fully resolved settings, so
+translators never look back at specs or policies. ``to_dict`` gives a plain structure
+for YAML dumps and golden files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a piece of configuration came from, for messages and NACK mapping."""
+
+    file: str
+    pointer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int
+    retry_on: tuple[str, ...]
+    per_try_timeout_ms: int | None = None
+    retriable_status_codes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    path: str
+    interval_ms: int = 5000
+    timeout_ms: int = 1000
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expected_statuses: tuple[int, ...] = (200,)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx: int = 5
+    interval_ms: int = 10000
+    base_ejection_time_ms: int = 30000
+    max_ejection_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+class Protocol(enum.Enum):
+    HTTP1 = "http1"
+    HTTP2 = "http2"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A backend service: a set of endpoints with connection behaviour."""
+
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    source: Source
+    tls: bool = False
+    sni: str | None = None
+    protocol: Protocol = Protocol.HTTP1
+    connect_timeout_ms: int = 2000
+    health_check: HealthCheck | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
+
+    @property
+    def uses_dns(self) -> bool:
+        """Endpoints given by name are resolved by Envoy; IP endpoints are sent over EDS."""
+        return not all(e.is_ip for e in self.endpoints)
+
+
+class SegmentKind(enum.IntEnum):
+    """Ordering of path segments by specificity: lower sorts first (matches first)."""
+
+    LITERAL = 0
+    MIXED = 1  # literal text around a parameter, e.g. "{id}.csv" or "{name}:cancel"
+    PARAMETER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    """One path template as served by the gateway (mount prefix included).
+
+    ``regex`` is an RE2 expression for the whole path, ``None`` for literal paths.
+    """
+
+    template: str
+    regex: str | None
+    # Per segment: kind and the literal characters it contains; used for precedence.
+    specificity: tuple[tuple[int, int], ...]
+
+    @property
+    def is_literal(self) -> bool:
+        return self.regex is None
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (tuple((kind, -literal_chars) for kind, literal_chars in self.specificity), self.template)
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One method on one path: a route to an upstream."""
+
+    name: str  # unique per listener: "<api>.<operationId>"
+    api: str
+    operation_id: str
+    method: str
+    upstream: str
+    timeout_ms: int
+    retry: RetryPolicy | None
+    sensitive: bool
+    source: Source
+    # Path sent upstream: the part after ``path_prefix`` is kept, the prefix swapped.
+    rewrite_prefix: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PathRoute:
+    """Every operation declared on one path; other methods get 405 with ``Allow``."""
+
+    path: PathPattern
+    operations: tuple[Operation, ...]
+
+    @property
+    def allow(self) -> tuple[str, ...]:
+        return tuple(sorted({op.method for op in self.operations}))
+
+
+class EscapedSlashes(enum.Enum):
+    REJECT = "reject"
+    UNESCAPE_AND_REDIRECT = "unescapeAndRedirect"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTimeouts:
+    request_headers_ms: int = 10_000
+    stream_idle_ms: int = 60_000
+    request_ms: int = 300_000
+    connection_idle_ms: int = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPolicy:
+    """Header hygiene shared by all listeners."""
+
+    strip_request_headers: tuple[str, ...]  # exact names, lower case
+    strip_request_header_prefixes: tuple[str, ...]  # lower case
+    remove_response_headers: tuple[str, ...]
+    strict_transport_security: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: str
+    port: int
+    hostnames: tuple[str, ...]
+    paths: tuple[PathRoute, ...]  # sorted by precedence
+    source: Source
+    xff_num_trusted_hops: int = 0
+    escaped_slashes: EscapedSlashes = EscapedSlashes.REJECT
+    trust_client_request_id: bool = False
+    max_request_headers_kb: int = 60
+    timeouts: ListenerTimeouts = ListenerTimeouts()
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """The whole compiled intent: the single input of every translator."""
+
+    listeners: tuple[Listener, ...]
+    upstreams: tuple[Upstream, ...]
+    headers: HeaderPolicy
+    access_log: bool = True
+    max_connections: int = 50_000
+    max_heap_bytes: int = 1 << 30
+
+
+def to_dict(value: Any) -> Any:
+    """Plain data for YAML: dataclasses become mappings, enums their values, tuples lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [to_dict(v) for v in value]
+    return value

@@ -1,0 +1,337 @@
+"""Reading the parts of OpenAPI 2.0 / 3.0 / 3.1 documents that decide routing.
+
+Only what the gateway acts on is read here (servers, paths, operations, path parameters,
+``x-gateway``), following ``$ref`` across files where needed. Everything found wrong in
+those parts is an error, because it changes what the gateway serves. The rest of the
+document is checked by the full validator (``validation.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..documents import Document, DocumentStore
+from ..errors import Diagnostics, pointer
+from ..ir import Source
+from . import paths as pathlib_
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_PATH_ITEM_KEYS = {"$ref", "summary", "description", "servers", "parameters", *METHODS}
+_SERVER_VAR = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerUrl:
+    """A server URL split into what the gateway needs."""
+
+    scheme: str | None  # None for relative URLs
+    host: str | None
+    port: int | None
+    base_path: str  # "" or "/v1": never ends with '/'
+
+    @property
+    def is_absolute(self) -> bool:
+        return self.host is not None
+
+
+@dataclass(slots=True)
+class PathParam:
+    name: str
+    regex: str
+    source: Source
+
+
+@dataclass(slots=True)
+class OperationSpec:
+    method: str  # upper case
+    path: str  # the template as written in the spec
+    operation_id: str | None
+    segments: list[pathlib_.Segment]
+    path_params: dict[str, PathParam]
+    source: Source
+    server: ServerUrl | None  # operation- or path-level server, if any
+    x_gateway: list[tuple[str, dict[str, Any], Source]] = field(default_factory=list)  # (level, value, where)
+
+    @property
+    def key(self) -> str:
+        """How a policy names this operation: its operationId, else 'METHOD /path'."""
+        return self.operation_id or f"{self.method} {self.path}"
+
+
+@dataclass(slots=True)
+class ApiSpec:
+    document: Document
+    version: str  # "2.0", "3.0" or "3.1"
+    title: str
+    server: ServerUrl | None
+    operations: list[OperationSpec]
+    x_gateway: tuple[dict[str, Any], Source] | None
+
+
+def spec_version(data: Any) -> str | None:
+    """'2.0', '3.0' or '3.1' for an OpenAPI document, None for anything else."""
+    if not isinstance(data, dict):
+        return None
+    if "swagger" in data:
+        return "2.0" if str(data["swagger"]) == "2.0" else "unsupported"
+    if "openapi" in data:
+        v = str(data["openapi"])
+        for known in ("3.0", "3.1"):
+            if v == known or v.startswith(known + "."):
+                return known
+        return "unsupported"
+    return None
+
+
+def parse_server_url(url: Any, variables: Any) -> tuple[ServerUrl | None, str | None]:
+    """Resolve server variables to their defaults and split the URL; returns (url, problem)."""
+    if not isinstance(url, str):
+        return None, "server url must be a string"
+    problem = None
+
+    def substitute(m: re.Match[str]) -> str:
+        nonlocal problem
+        var = variables.get(m.group(1)) if isinstance(variables, dict) else None
+        default = var.get("default") if isinstance(var, dict) else None
+        if default is None:
+            problem = f"server variable {{{m.group(1)}}} has no default"
+            return ""
+        return str(default)
+
+    resolved = _SERVER_VAR.sub(substitute, url)
+    if problem:
+        return None, problem
+    parts = urlsplit(resolved)
+    base = parts.path.rstrip("/")
+    if parts.scheme or parts.netloc:
+        if parts.scheme not in ("http", "https"):
+            return None, f"server url {resolved!r} must use http or https"
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            return None, f"server url {resolved!r} has an invalid port"
+        if not host or not re.fullmatch(r"[A-Za-z0-9.\-]+|[0-9a-fA-F:]+", host):
+            return None, f"server url {resolved!r} has no usable host"
+        return ServerUrl(parts.scheme, host, port or (443 if parts.scheme == "https" else 80), base), None
+    if base and not base.startswith("/"):
+        base = "/" + base
+    return ServerUrl(None, None, None, base), None
+
+
+class _Parser:
+    def __init__(self, store: DocumentStore, doc: Document, diags: Diagnostics):
+        self.store = store
+        self.doc = doc
+        self.diags = diags
+
+    def error(self, msg: str, doc: Document, ptr: str, code: str = "openapi") -> None:
+        self.diags.error(msg, doc.name, ptr, code)
+
+    def warning(self, msg: str, doc: Document, ptr: str, code: str = "openapi") -> None:
+        self.diags.warning(msg, doc.name, ptr, code)
+
+    def servers(self, value: Any, doc: Document, ptr: str) -> ServerUrl | None:
+        resolved = self.store.deref(doc, ptr, value)
+        if resolved is None:
+            return None
+        doc, ptr, value = resolved
+        if not isinstance(value, list):
+            self.error("servers must be a list", doc, ptr)
+            return None
+        if not value:
+            return None
+        first = self.store.deref(doc, ptr + "/0", value[0])
+        if first is None:
+            return None
+        fdoc, fptr, server = first
+        if not isinstance(server, dict) or "url" not in server:
+            self.error("a server needs a url", fdoc, fptr)
+            return None
+        url, problem = parse_server_url(server["url"], server.get("variables"))
+        if problem:
+            self.warning(problem, fdoc, fptr + "/url", "server-url")
+        return url
+
+    def parse(self) -> ApiSpec | None:
+        doc, data = self.doc, self.doc.data
+        version = spec_version(data)
+        if version == "unsupported":
+            key = "swagger" if "swagger" in data else "openapi"
+            self.error(f"unsupported OpenAPI version {data[key]!r} (2.0, 3.0 and 3.1 are supported)", doc, "/" + key)
+            return None
+        assert version is not None
+        info = data.get("info")
+        title = str(info.get("title", "")) if isinstance(info, dict) else ""
+        if version == "2.0":
+            server = self._swagger_server(data)
+        else:
+            server = self.servers(data["servers"], doc, "/servers") if "servers" in data else None
+            if server is None and "servers" not in data:
+                server = ServerUrl(None, None, None, "")
+        x_gw = data.get("x-gateway")
+        x_gateway = (x_gw, Source(doc.name, "/x-gateway")) if x_gw is not None else None
+        paths = data.get("paths")
+        operations: list[OperationSpec] = []
+        if paths is None:
+            if version != "3.1":
+                self.error("the document has no 'paths'", doc, "")
+            else:
+                self.warning("the document has no 'paths': nothing to route", doc, "")
+        elif not isinstance(paths, dict):
+            self.error("'paths' must be a mapping", doc, "/paths")
+        else:
+            for path, item in paths.items():
+                self._path_item(str(path), item, pointer("paths", str(path)), operations, version)
+        self._check_operation_ids(operations)
+        return ApiSpec(doc, version, title, server, operations, x_gateway)
+
+    def _swagger_server(self, data: dict[str, Any]) -> ServerUrl:
+        base = data.get("basePath", "")
+        base = base.rstrip("/") if isinstance(base, str) else ""
+        if base and not base.startswith("/"):
+            self.error("basePath must start with '/'", self.doc, "/basePath")
+            base = ""
+        host = data.get("host")
+        if not isinstance(host, str) or not host:
+            return ServerUrl(None, None, None, base)
+        schemes = data.get("schemes") or ["http"]
+        scheme = "https" if "https" in schemes else str(schemes[0])
+        url, problem = parse_server_url(f"{scheme}://{host}{base}", None)
+        if problem or url is None:
+            self.warning(problem or "unusable host", self.doc, "/host", "server-url")
+            return ServerUrl(None, None, None, base)
+        return url
+
+    def _path_item(self, path: str, item: Any, ptr: str, out: list[OperationSpec], version: str) -> None:
+        doc = self.doc
+        try:
+            segments = pathlib_.parse_template(path)
+        except pathlib_.TemplateError as exc:
+            self.error(f"invalid path {path!r}: {exc}", doc, ptr, "path-template")
+            return
+        names = pathlib_.template_params(segments)
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            self.error(f"path {path!r} uses parameter {sorted(dupes)[0]!r} twice", doc, ptr, "path-template")
+            return
+        resolved = self.store.deref(doc, ptr, item)
+        if resolved is None:
+            return
+        idoc, iptr, item = resolved
+        if item is None:
+            self.warning(f"path {path!r} has no operations", idoc, iptr)
+            return
+        if not isinstance(item, dict):
+            self.error("a path item must be a mapping", idoc, iptr)
+            return
+        for key in item:
+            if key not in _PATH_ITEM_KEYS and not str(key).startswith("x-"):
+                self.warning(f"unknown path item field {key!r} is ignored", idoc, iptr + pointer(str(key)))
+        path_params = self._parameters(item.get("parameters"), idoc, iptr + "/parameters", version)
+        path_server = self.servers(item["servers"], idoc, iptr + "/servers") if "servers" in item else None
+        path_x = item.get("x-gateway")
+        for method in METHODS:
+            if method not in item:
+                continue
+            optr = iptr + "/" + method
+            op_resolved = self.store.deref(idoc, optr, item[method])
+            if op_resolved is None:
+                continue
+            odoc, optr, op = op_resolved
+            if not isinstance(op, dict):
+                self.error("an operation must be a mapping", odoc, optr)
+                continue
+            params = dict(path_params)
+            params.update(self._parameters(op.get("parameters"), odoc, optr + "/parameters", version))
+            op_id = op.get("operationId")
+            if op_id is not None and (not isinstance(op_id, str) or not op_id):
+                self.error("operationId must be a non-empty string", odoc, optr + "/operationId", "operation-id")
+                op_id = None
+            server = self.servers(op["servers"], odoc, optr + "/servers") if "servers" in op else path_server
+            src = Source(odoc.name, optr)
+            regexes: dict[str, PathParam] = {}
+            for name in names:
+                if name in params:
+                    regexes[name] = params[name]
+                else:
+                    self.warning(
+                        f"path parameter {{{name}}} of {method.upper()} {path} is not declared; it matches any segment",
+                        odoc,
+                        optr,
+                        "path-parameter",
+                    )
+            for name, param in params.items():
+                if name not in names:
+                    self.diags.warning(
+                        f"path parameter {name!r} is declared but not in the path {path!r}",
+                        param.source.file,
+                        param.source.pointer,
+                        "path-parameter",
+                    )
+            x_layers = []
+            if path_x is not None:
+                x_layers.append(("path", path_x, Source(idoc.name, iptr + "/x-gateway")))
+            if "x-gateway" in op:
+                x_layers.append(("operation", op["x-gateway"], Source(odoc.name, optr + "/x-gateway")))
+            out.append(OperationSpec(method.upper(), path, op_id, segments, regexes, src, server, x_layers))
+
+    def _parameters(self, value: Any, doc: Document, ptr: str, version: str) -> dict[str, PathParam]:
+        """Path parameters declared in a parameters list, by name."""
+        out: dict[str, PathParam] = {}
+        if value is None:
+            return out
+        resolved = self.store.deref(doc, ptr, value)
+        if resolved is None:
+            return out
+        doc, ptr, value = resolved
+        if not isinstance(value, list):
+            self.error("parameters must be a list", doc, ptr)
+            return out
+        for i, raw in enumerate(value):
+            presolved = self.store.deref(doc, f"{ptr}/{i}", raw)
+            if presolved is None:
+                continue
+            pdoc, pptr, param = presolved
+            if not isinstance(param, dict):
+                self.error("a parameter must be a mapping", pdoc, pptr)
+                continue
+            if param.get("in") != "path":
+                continue
+            name = param.get("name")
+            if not isinstance(name, str) or not name:
+                self.error("a path parameter needs a name", pdoc, pptr, "path-parameter")
+                continue
+            if version == "2.0":
+                schema: Any = param
+            else:
+                schema = param.get("schema")
+                if isinstance(schema, dict) and "$ref" in schema:
+                    sresolved = self.store.deref(pdoc, pptr + "/schema", schema)
+                    schema = sresolved[2] if sresolved else None
+            regex, warning = pathlib_.parameter_regex(schema)
+            if warning:
+                self.warning(f"path parameter {name!r}: {warning}", pdoc, pptr, "path-parameter")
+            out[name] = PathParam(name, regex, Source(pdoc.name, pptr))
+        return out
+
+    def _check_operation_ids(self, operations: list[OperationSpec]) -> None:
+        seen: dict[str, OperationSpec] = {}
+        for op in operations:
+            if op.operation_id is None:
+                continue
+            first = seen.setdefault(op.operation_id, op)
+            if first is not op:
+                self.diags.error(
+                    f"duplicate operationId {op.operation_id!r} (also {first.method} {first.path} at "
+                    f"{first.source.file}#{first.source.pointer})",
+                    op.source.file,
+                    op.source.pointer + "/operationId",
+                    "duplicate-operation-id",
+                )
+
+
+def parse_openapi(store: DocumentStore, doc: Document, diags: Diagnostics) -> ApiSpec | None:
+    return _Parser(store, doc, diags).parse()

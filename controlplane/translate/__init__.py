@@ -1,0 +1,22 @@
+"""IR → Envoy resources. One module per feature; this module only assembles them."""
+
+from __future__ import annotations
+
+from .. import ir
+from ..resources import Resources
+from . import clusters, listener, routes
+
+
+def translate(gw: ir.Gateway) -> Resources:
+    out = Resources()
+    for lst in gw.listeners:
+        out.add(Resources.LISTENER, listener.listener(gw, lst), lst.source)
+        out.add(Resources.ROUTE, routes.route_configuration(lst, gw.headers), lst.source)
+    for upstream in gw.upstreams:
+        out.add(Resources.CLUSTER, clusters.cluster(upstream), upstream.source)
+        if not upstream.uses_dns:
+            out.add(Resources.ENDPOINT, clusters.load_assignment(upstream), upstream.source)
+    return out
+
+
+__all__ = ["translate"]

@@ -1,0 +1,48 @@
+"""Header hygiene: identity headers stripped on the way in, internals stripped on the way out."""
+
+from __future__ import annotations
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
+from envoy.config.core.v3 import substitution_format_string_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import struct_pb2
+
+from .. import ir
+from ._pb import packed
+
+
+def strip_identity_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter:
+    """The first HTTP filter: removes every header only the gateway may set.
+
+    Route-level ``request_headers_to_remove`` would run at the router, after JWT and RBAC
+    have already read the request; this runs before them. Envoy lower-cases header names,
+    so case variants are covered; underscore variants are refused by the connection manager.
+    """
+    mutations = [mr.HeaderMutation(remove=name) for name in gw.headers.strip_request_headers]
+    mutations.extend(
+        mr.HeaderMutation(
+            remove_on_match=mr.HeaderMutation.RemoveOnMatch(
+                key_matcher=string_pb2.StringMatcher(prefix=prefix, ignore_case=True)
+            )
+        )
+        for prefix in gw.headers.strip_request_header_prefixes
+    )
+    config = hm.HeaderMutation(mutations=hm.Mutations(request_mutations=mutations))
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=packed(config))
+
+
+def local_reply_config() -> hcm_pb2.LocalReplyConfig:
+    """Envoy's own error replies (400 on bad headers, 503 no upstream, 504 timeout…) as small JSON."""
+    fmt = struct_pb2.Struct()
+    fmt.update(
+        {
+            "error": "%LOCAL_REPLY_BODY%",
+            "status": "%RESPONSE_CODE%",
+            "request_id": "%REQ(X-REQUEST-ID)%",
+        }
+    )
+    return hcm_pb2.LocalReplyConfig(
+        body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt)
+    )

@@ -1,0 +1,138 @@
+"""Listeners, their HTTP connection manager, and the order of HTTP filters.
+
+Every connection manager gets Envoy's edge hardening ("Configuring Envoy as an edge
+proxy"): the client address is the TCP peer unless hops are trusted, paths are normalized
+before any matching, escaped slashes never pass, headers with underscores are refused,
+timeouts bound slow clients, and buffers are small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import address_pb2, protocol_pb2, substitution_format_string_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import struct_pb2
+
+from .. import ir
+from . import headers
+from ._pb import ads, duration, packed, uint32
+
+HCM = hcm_pb2.HttpConnectionManager
+BUFFER_LIMIT_BYTES = 32 * 1024
+
+ACCESS_LOG_FIELDS = {
+    "time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "operation": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "upstream": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "duration_ms": "%DURATION%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+}
+
+
+def _router(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter:
+    # suppress_envoy_headers: no x-envoy-upstream-service-time & co. towards clients.
+    return hcm_pb2.HttpFilter(
+        name="envoy.filters.http.router", typed_config=packed(router_pb2.Router(suppress_envoy_headers=True))
+    )
+
+
+# The order of HTTP filters, in one place. Each entry says why it stands where it does.
+HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter | None], str]] = [
+    (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
+    (_router, "last: forwards the request upstream"),
+]
+
+
+def access_log() -> accesslog_pb2.AccessLog:
+    fmt = struct_pb2.Struct()
+    fmt.update(ACCESS_LOG_FIELDS)
+    return accesslog_pb2.AccessLog(
+        name="envoy.access_loggers.stdout",
+        typed_config=packed(
+            stream_pb2.StdoutAccessLog(
+                log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt)
+            )
+        ),
+    )
+
+
+def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpConnectionManager:
+    t = listener.timeouts
+    hcm = HCM(
+        stat_prefix=listener.name,
+        codec_type=HCM.AUTO,
+        rds=hcm_pb2.Rds(config_source=ads(), route_config_name=listener.name),
+        use_remote_address=packed_bool(True),
+        xff_num_trusted_hops=listener.xff_num_trusted_hops,
+        normalize_path=packed_bool(True),
+        merge_slashes=True,
+        path_with_escaped_slashes_action=(
+            HCM.REJECT_REQUEST
+            if listener.escaped_slashes is ir.EscapedSlashes.REJECT
+            else HCM.UNESCAPE_AND_REDIRECT
+        ),
+        strip_trailing_host_dot=True,
+        strip_any_host_port=True,
+        server_header_transformation=HCM.PASS_THROUGH,
+        generate_request_id=packed_bool(True),
+        preserve_external_request_id=listener.trust_client_request_id,
+        always_set_request_id_in_response=True,
+        max_request_headers_kb=uint32(listener.max_request_headers_kb),
+        request_headers_timeout=duration(t.request_headers_ms),
+        stream_idle_timeout=duration(t.stream_idle_ms),
+        request_timeout=duration(t.request_ms),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=duration(t.connection_idle_ms),
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+        ),
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
+            max_concurrent_streams=uint32(100),
+            initial_stream_window_size=uint32(64 * 1024),
+            initial_connection_window_size=uint32(1024 * 1024),
+        ),
+        local_reply_config=headers.local_reply_config(),
+    )
+    for build, _why in HTTP_FILTERS:
+        f = build(gw, listener)
+        if f is not None:
+            hcm.http_filters.append(f)
+    if gw.access_log:
+        hcm.access_log.append(access_log())
+    return hcm
+
+
+def packed_bool(value: bool):  # type: ignore[no-untyped-def]
+    from google.protobuf import wrappers_pb2
+
+    return wrappers_pb2.BoolValue(value=value)
+
+
+def listener(gw: ir.Gateway, lst: ir.Listener) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=lst.name,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=lst.address, port_value=lst.port)),
+        per_connection_buffer_limit_bytes=uint32(BUFFER_LIMIT_BYTES),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=packed(connection_manager(gw, lst)),
+                    )
+                ]
+            )
+        ],
+    )
