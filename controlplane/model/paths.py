@@ -26,6 +26,7 @@ from ..ir import PathPattern, SegmentKind
 ANY_SEGMENT = "[^/]+"
 _INTEGER = "-?[0-9]+"
 _UNSIGNED = "[0-9]+"
+_POSITIVE = "0*[1-9][0-9]*"
 _NUMBER = "-?[0-9]+(?:\\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
 _BOOLEAN = "(?:true|false)"
 _UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -126,8 +127,14 @@ def parameter_regex(schema: Mapping[str, Any] | None) -> tuple[str, str | None]:
             return "(?:" + "|".join(re2_escape(t) for t in sorted(set(texts))) + ")", None
     if types == "integer":
         minimum = schema.get("minimum")
-        if isinstance(minimum, (int, float)) and not isinstance(minimum, bool) and minimum >= 0:
-            return _UNSIGNED, None
+        if isinstance(minimum, (int, float)) and not isinstance(minimum, bool):
+            exclusive = schema.get("exclusiveMinimum") is True  # OpenAPI 3.0 / 2.0 boolean form
+            if minimum > 0 or (minimum == 0 and exclusive):
+                return _POSITIVE, None
+            if minimum == 0:
+                return _UNSIGNED, None
+        if isinstance(schema.get("exclusiveMinimum"), (int, float)) and schema["exclusiveMinimum"] >= 0:
+            return _POSITIVE, None  # OpenAPI 3.1 numeric form
         return _INTEGER, None
     if types == "number":
         return _NUMBER, None

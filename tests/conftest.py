@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.echo import EchoServer
+from tests.harness import Gateway
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_SPECS = REPO.parent / "shared" / "real-specs"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-goldens", action="store_true", help="rewrite golden files and remove orphans")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Tests never read or write the user's validation cache.
+    os.environ["CONTROLPLANE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer().start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gateway_factory(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer) -> Iterator[Callable[..., Gateway]]:
+    """Start gateways from file texts; {{PORT}} is the listener port, {{BACKEND}} the echo backend."""
+    started: list[Gateway] = []
+
+    def make(files: dict[str, str]) -> Gateway:
+        workdir = tmp_path_factory.mktemp("gw")
+        texts = {k: v.replace("{{BACKEND}}", f"127.0.0.1:{echo.port}") for k, v in files.items()}
+        gw = Gateway(workdir, texts).start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
