@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
-from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.overload.v3 import overload_pb2
@@ -203,7 +202,7 @@ def dynamic_bootstrap(options: XdsOptions, admin: AdminOptions = AdminOptions())
         assert options.cert_file and options.key_file and options.ca_file
         context = tls_pb2.UpstreamTlsContext(
             sni=options.server_name or options.host,
-            common_tls_context=common_pb2.CommonTlsContext(
+            common_tls_context=tls_pb2.CommonTlsContext(
                 alpn_protocols=["h2"],
                 tls_certificates=[
                     common_pb2.TlsCertificate(
@@ -217,6 +216,6 @@ def dynamic_bootstrap(options: XdsOptions, admin: AdminOptions = AdminOptions())
             ),
         )
         xds.transport_socket.CopyFrom(
-            core_extension_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=packed(context))
+            base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=packed(context))
         )
     return boot

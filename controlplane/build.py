@@ -299,7 +299,7 @@ class _Builder:
             segments = prefix_segments + op.segments
             pattern = build_pattern(template, segments, {n: p.regex for n, p in op.path_params.items()})
             operation = ir.Operation(
-                name=f"{api.name}.{op.operation_id or (op.method.lower() + safe_name(op.path).replace('.', '-'))}",
+                name=f"{api.name}.{op.key}",
                 api=api.name,
                 operation_id=op.operation_id or "",
                 method=op.method,

@@ -14,31 +14,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, TextIO
-
-import yaml
 
 from . import ir
 from .bootstrap import AdminOptions, XdsOptions, dynamic_bootstrap, static_bootstrap
 from .compiler import CompileResult, compile
+from .output import write
 from .resources import Resources, to_dict
-
-
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
-    """YAML for humans: protobuf's OrderedDicts as plain mappings, key order kept."""
-
-
-_Dumper.add_representer(OrderedDict, lambda d, v: d.represent_dict(v.items()))
-
-
-def _dump(data: Any, fmt: str, out: TextIO) -> None:
-    if fmt == "json":
-        json.dump(data, out, indent=2)
-        out.write("\n")
-    else:
-        yaml.dump(data, out, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
 
 
 def _report(result: CompileResult, err: TextIO) -> None:
@@ -112,7 +95,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         data = [to_dict(m) for m in result.resources.of(Resources.TYPES[args.type]).values()]
     else:
         data = {short: [to_dict(m) for m in result.resources.of(url).values()] for short, url in Resources.TYPES.items()}
-    _dump(data, args.output, sys.stdout)
+    write(data, args.output, sys.stdout)
     return 0
 
 
@@ -134,7 +117,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         node_id=args.node_id, host=host, port=port, cluster=args.cluster, delta=args.delta, insecure=args.insecure,
         cert_file=args.tls_cert, key_file=args.tls_key, ca_file=args.tls_ca, server_name=args.server_name,
     )
-    _dump(to_dict(dynamic_bootstrap(options, AdminOptions(port=args.admin_port))), args.output, sys.stdout)
+    write(to_dict(dynamic_bootstrap(options, AdminOptions(port=args.admin_port))), args.output, sys.stdout)
     return 0
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +119,20 @@ class PathPattern:
 
     template: str
     regex: str | None
-    # Per segment: kind and the literal characters it contains; used for precedence.
-    specificity: tuple[tuple[int, int], ...]
 
     @property
     def is_literal(self) -> bool:
         return self.regex is None
 
     def sort_key(self) -> tuple[Any, ...]:
-        return (tuple((kind, -literal_chars) for kind, literal_chars in self.specificity), self.template)
+        """Precedence: segment by segment, literal before mixed before parameter, then the
+        segment with more literal text, so that /orders/export wins over /orders/{id}."""
+        segments = []
+        for raw in self.template[1:].split("/"):
+            literal = re.sub(r"\{[^{}]*\}", "", raw)
+            kind = SegmentKind.LITERAL if literal == raw else SegmentKind.PARAMETER if not literal else SegmentKind.MIXED
+            segments.append((int(kind), -len(literal)))
+        return (tuple(segments), self.template)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +212,31 @@ class Gateway:
     access_log: bool = True
     max_connections: int = 50_000
     max_heap_bytes: int = 1 << 30
+
+
+def from_dict(cls: type[T], data: Any) -> T:
+    """Rebuild an IR object from :func:`to_dict` output (golden files are read this way)."""
+    return cast(T, _from_plain(cls, data))
+
+
+def _from_plain(tp: Any, data: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _from_plain(inner, data)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_plain(args[0], v) for v in data)
+        return tuple(_from_plain(a, v) for a, v in zip(args, data))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(data)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _from_plain(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data})
+    return data
 
 
 def to_dict(value: Any) -> Any:

@@ -98,9 +98,8 @@ def normalized_template(segments: list[Segment]) -> str:
 
 def build_pattern(template: str, segments: list[Segment], param_regex: Mapping[str, str]) -> PathPattern:
     """A PathPattern for ``template``; ``param_regex`` maps parameter names to segment RE2."""
-    specificity = tuple((int(s.kind), sum(len(p) for p in s.literal_parts)) for s in segments)
     if not any(s.params for s in segments):
-        return PathPattern(template, None, specificity)
+        return PathPattern(template, None)
     out = []
     for seg in segments:
         pieces = [re2_escape(seg.literal_parts[0])]
@@ -109,7 +108,7 @@ def build_pattern(template: str, segments: list[Segment], param_regex: Mapping[s
             pieces.append(regex if regex == ANY_SEGMENT else "(?:" + regex + ")")
             pieces.append(re2_escape(after))
         out.append("".join(pieces))
-    return PathPattern(template, "/" + "/".join(out), specificity)
+    return PathPattern(template, "/" + "/".join(out))
 
 
 def parameter_regex(schema: Mapping[str, Any] | None) -> tuple[str, str | None]:

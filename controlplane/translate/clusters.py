@@ -10,7 +10,6 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
 from envoy.type.matcher.v3 import string_pb2
@@ -39,7 +38,7 @@ def load_assignment(upstream: ir.Upstream) -> endpoint_pb2.ClusterLoadAssignment
     return cla
 
 
-def _tls(upstream: ir.Upstream) -> core_extension_pb2.TransportSocket:
+def _tls(upstream: ir.Upstream) -> base_pb2.TransportSocket:
     validation = common_pb2.CertificateValidationContext(
         trusted_ca=base_pb2.DataSource(filename=SYSTEM_CA_BUNDLE),
     )
@@ -50,12 +49,12 @@ def _tls(upstream: ir.Upstream) -> core_extension_pb2.TransportSocket:
             )
         )
     context = tls_pb2.UpstreamTlsContext(
-        common_tls_context=common_pb2.CommonTlsContext(validation_context=validation),
+        common_tls_context=tls_pb2.CommonTlsContext(validation_context=validation),
         sni=upstream.sni or "",
     )
     if upstream.protocol is ir.Protocol.HTTP2:
         context.common_tls_context.alpn_protocols.append("h2")
-    return core_extension_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=packed(context))
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=packed(context))
 
 
 def cluster(upstream: ir.Upstream) -> cluster_pb2.Cluster:
