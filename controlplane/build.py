@@ -16,6 +16,7 @@ wins over the spec (owned by the API team).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
 from .model.openapi import ApiSpec, ServerUrl, parse_openapi, spec_version
-from .model.paths import build_pattern, normalized_template, parse_template
+from .model.paths import build_pattern, normalized_template, parse_template, re2_escape
 from .sources import Bundle
 
 DEFAULT_LISTENER = {"name": "default", "address": "0.0.0.0", "port": 8080}
@@ -74,10 +75,16 @@ class _Builder:
         self.gateway: dict[str, Any] = {}
         self.headers: dict[str, Any] = {}
         self.parsed: dict[Path, ApiSpec | None] = {}
+        self.broken: set[tuple[str, str]] = set()  # (kind, name) of listeners and upstreams with errors
 
     # -- policies ---------------------------------------------------------------------------
     def _merge_named(self, kind: str, items: list[Any], doc: Document, into: dict[str, tuple[dict[str, Any], ir.Source]]) -> None:
         for i, item in enumerate(items):
+            if item is None:  # wrong, and reported: uses of its name are not errors too
+                original = doc.data[kind][i]
+                if isinstance(original, dict) and isinstance(original.get("name"), str):
+                    self.broken.add((kind, original["name"]))
+                continue
             src = ir.Source(doc.name, pointer(kind, i))
             prev = into.get(item["name"])
             if prev is not None:
@@ -92,9 +99,8 @@ class _Builder:
         valid = []
         singletons: dict[str, str] = {}
         for doc in self.bundle.policies:
-            if not pol.check(doc.data, doc.name, "", self.diags):
-                continue
-            data = doc.data
+            # A policy with errors: go on with its right parts to find the errors beyond the schema too.
+            data = doc.data if pol.check(doc.data, doc.name, "", self.diags) else pol.usable_policy(doc.data)
             valid.append((doc, data))
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
@@ -119,6 +125,8 @@ class _Builder:
         mounted: set[Path] = set()
         for doc, data in policies:
             for i, entry in enumerate(data.get("apis", [])):
+                if entry is None:
+                    continue
                 ptr = pointer("apis", i)
                 if entry["name"] in names:
                     self.diags.error(f"api {entry['name']!r} is defined twice (also in {names[entry['name']]})",
@@ -168,7 +176,10 @@ class _Builder:
         from urllib.parse import urlsplit
 
         if "url" in spec:
-            parts = urlsplit(spec["url"])
+            try:
+                parts = urlsplit(spec["url"])
+            except ValueError:  # an unclosed '[' around an IPv6 address: reported below as a url without host
+                parts = urlsplit("")
             https = parts.scheme == "https"
             try:
                 port = parts.port or (443 if https else 80)
@@ -232,7 +243,7 @@ class _Builder:
             merged.update(value)
         return merged
 
-    def _operations(self, api: _Api, listeners: list[str], routes: dict[str, dict[str, list[tuple[ir.PathPattern, ir.Operation]]]]) -> None:
+    def _operations(self, api: _Api, listeners: list[str], routes: dict[str, dict[str, list[ir.Operation]]]) -> None:
         spec, entry = api.spec, api.entry
         pdoc = api.policy
         psrc = (lambda p: ir.Source(pdoc.name, api.ptr + p)) if pdoc else (lambda p: None)  # noqa: E731
@@ -241,6 +252,8 @@ class _Builder:
         policy_upstream = entry.get("upstream")
         if policy_upstream is not None:
             if policy_upstream not in self.upstreams:
+                if ("upstreams", policy_upstream) in self.broken:
+                    return
                 self.diags.error(f"no upstream named {policy_upstream!r}", pdoc.name if pdoc else "", api.ptr + "/upstream",
                                  "unknown-upstream")
                 return
@@ -272,6 +285,9 @@ class _Builder:
                 upstream_prefix = entry.get("upstreamPathPrefix", prefix or "/").rstrip("/")
             else:
                 server = op.server if op.server is not None else doc_server
+                if server is not None and server.usable and not server.is_absolute and doc_server is not None:
+                    # a relative operation server: the document's host, another base path
+                    server = dataclasses.replace(doc_server, base_path=server.base_path)
                 if server is None or not server.is_absolute:
                     self.diags.warning(
                         f"{op.method} {op.path} has no usable server URL; not served (set apis[].upstream)",
@@ -303,44 +319,39 @@ class _Builder:
                 api=api.name,
                 operation_id=op.operation_id or "",
                 method=op.method,
+                path=pattern,
                 upstream=upstream,
                 timeout_ms=pol.duration_ms(settings["timeout"]),
                 retry=retry,
                 sensitive=bool(settings.get("sensitive")),
                 source=op.source,
                 rewrite_prefix=(prefix, upstream_prefix) if prefix != upstream_prefix else None,
+                query=op.query,
             )
             shape = normalized_template(segments)
             for listener in listeners:
-                routes[listener][shape].append((pattern, operation))
+                routes[listener][shape].append(operation)
 
-    def _path_routes(self, found: dict[str, list[tuple[ir.PathPattern, ir.Operation]]]) -> tuple[ir.PathRoute, ...]:
+    def _path_routes(self, found: dict[str, list[ir.Operation]]) -> tuple[ir.PathRoute, ...]:
+        """Group operations by path shape; the same method twice on one shape is a conflict."""
         out = []
         for entries in found.values():
-            first_pattern, first_op = entries[0]
-            ops: dict[str, ir.Operation] = {}
-            ok = True
-            for pattern, op in entries:
-                if pattern != first_pattern:
+            ops: dict[tuple[str, tuple[tuple[str, str], ...]], ir.Operation] = {}
+            for op in entries:
+                prev = ops.get((op.method, op.query))
+                if prev is not None:
+                    same = "is declared twice" if prev.path.template == op.path.template else (
+                        f"conflicts with {op.method} {prev.path.template}: they match the same requests")
                     self.diags.error(
-                        f"path {pattern.template!r} conflicts with {first_pattern.template!r} "
-                        f"({first_op.source.file}#{first_op.source.pointer}): they match the same requests",
+                        f"{op.method} {op.path.template} {same} (also {prev.source.file}#{prev.source.pointer})",
                         op.source.file, op.source.pointer, "route-conflict",
                     )
-                    ok = False
                     continue
-                if op.method in ops:
-                    prev = ops[op.method]
-                    self.diags.error(
-                        f"{op.method} {pattern.template} is declared twice "
-                        f"(also {prev.source.file}#{prev.source.pointer})",
-                        op.source.file, op.source.pointer, "route-conflict",
-                    )
-                    ok = False
-                    continue
-                ops[op.method] = op
-            if ok or ops:
-                out.append(ir.PathRoute(first_pattern, tuple(ops[m] for m in sorted(ops))))
+                ops[(op.method, op.query)] = op
+            # Operations that require query parameters are tried before the bare one.
+            order = sorted(ops, key=lambda k: (k[0], -len(k[1]), k[1]))
+            operations = tuple(ops[k] for k in order)
+            out.append(ir.PathRoute(_union({op.path for op in operations}), operations))
         out.sort(key=lambda r: r.path.sort_key())
         return tuple(out)
 
@@ -350,13 +361,15 @@ class _Builder:
         apis = self._collect_apis(policies)
         if not self.listeners:
             self.listeners["default"] = (DEFAULT_LISTENER, ir.Source("<built-in>", ""))
-        routes: dict[str, dict[str, list[tuple[ir.PathPattern, ir.Operation]]]] = {
+        routes: dict[str, dict[str, list[ir.Operation]]] = {
             name: defaultdict(list) for name in self.listeners
         }
         for api in apis:
             chosen = api.entry.get("listeners", list(self.listeners))
             missing = [n for n in chosen if n not in self.listeners]
             for n in missing:
+                if ("listeners", n) in self.broken:
+                    continue
                 self.diags.error(f"no listener named {n!r}", api.policy.name if api.policy else "",
                                  api.ptr + "/listeners", "unknown-listener")
             self._operations(api, [n for n in chosen if n in self.listeners], routes)
@@ -413,6 +426,15 @@ class _Builder:
             max_connections=g.get("maxConnections", 50_000),
             max_heap_bytes=g.get("maxHeapBytes", 1 << 30),
         )
+
+
+def _union(patterns: set[ir.PathPattern]) -> ir.PathPattern:
+    """One pattern matching what any of ``patterns`` (all of one shape) matches."""
+    if len(patterns) == 1:
+        return next(iter(patterns))
+    ordered = sorted(patterns, key=lambda p: (p.template, p.regex or ""))
+    regexes = sorted({p.regex or re2_escape(p.template) for p in ordered})
+    return ir.PathPattern(ordered[0].template, "|".join(f"(?:{r})" for r in regexes))
 
 
 def _ms(value: str | None, default: int) -> int:

@@ -70,7 +70,7 @@ def compile(  # noqa: A001 - the verb users know
 
         from .model.openapi import spec_version
 
-        roots = [d for d in bundle.store if spec_version(d.data) is not None]
+        roots = [d for d in bundle.store if spec_version(d.data) not in (None, "unsupported")]
         for doc in sorted(roots, key=lambda d: d.name):
             diags.extend(validate(bundle.store, doc, use_cache=use_cache))
     docs = list(bundle.store)

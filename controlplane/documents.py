@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from urllib.parse import unquote, urldefrag
 
 import yaml
 
-from .errors import Diagnostic, Diagnostics
+from .errors import Diagnostic, Diagnostics, escape_pointer_token
 
 try:  # the C loader is several times faster; fall back so a broken libyaml is not fatal
     _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -44,6 +45,20 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """An integer, or a located error for one too long to convert (sys.get_int_max_str_digits)."""
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:
+        digits, limit = sum(c.isdigit() for c in node.value), sys.get_int_max_str_digits()
+        problem = f"{digits} digits is too many for a number" if limit and digits > limit else (
+            f"{node.value!r} is not an integer")
+        raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def display_name(path: Path) -> str:
@@ -76,11 +91,11 @@ class Document:
         if self._nodes is None:
             try:
                 self._nodes = yaml.compose(self.raw, Loader=_Loader)
-            except yaml.YAMLError:
-                return None
+            except yaml.YAMLError:  # JSON that YAML does not read (some escapes): only the whole is known
+                return 1 if not ptr else None
         node = self._nodes
         if node is None:
-            return None
+            return 1  # an empty document: the whole file
         line = node.start_mark.line + 1
         for token in split_pointer(ptr):
             child: yaml.Node | None = None
@@ -97,6 +112,53 @@ class Document:
                 break
             node = child
         return line
+
+
+def _recursive_alias(data: Any) -> str | None:
+    """Pointer of a YAML alias that refers to a node containing it, if any (PyYAML builds such cycles)."""
+    done: set[int] = set()
+    on_path: set[int] = set()
+    stack: list[tuple[Any, str, bool]] = [(data, "", False)]
+    while stack:
+        value, ptr, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(value))
+            done.add(id(value))
+            continue
+        if not isinstance(value, (dict, list)) or id(value) in done:
+            continue
+        if id(value) in on_path:
+            return ptr
+        on_path.add(id(value))
+        stack.append((value, ptr, True))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        stack.extend((v, ptr + "/" + escape_pointer_token(k), False) for k, v in items)
+    return None
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(data: Any) -> str | None:
+    """Pointer of a JSON string (or of the object with a key) that is not Unicode: a lone surrogate."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, ptr = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return ptr
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                try:
+                    k.encode("utf-8")
+                except UnicodeEncodeError:
+                    return ptr
+                stack.append((v, ptr + "/" + escape_pointer_token(k)))
+        elif isinstance(value, list):
+            stack.extend((v, f"{ptr}/{i}") for i, v in enumerate(value))
+    return None
 
 
 def split_pointer(ptr: str) -> list[str]:
@@ -121,7 +183,10 @@ class DocumentStore:
     def load(
         self, path: Path, referrer: tuple[Document, str] | None = None, diags: Diagnostics | None = None
     ) -> Document | None:
-        path = path.resolve()
+        try:
+            path = path.resolve()
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop: reading fails below
+            path = path.absolute()
         if path in self._docs:
             return self._docs[path]
         doc = self._read(path, referrer, self.diagnostics if diags is None else diags)
@@ -132,16 +197,17 @@ class DocumentStore:
         name = display_name(path)
         try:
             raw = path.read_bytes()
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL character in the name
+            reason = getattr(exc, "strerror", None) or str(exc)
             if referrer:
                 doc, ptr = referrer
                 diags.error(f"cannot read {name}: {reason}", doc.name, ptr, "unreadable-file")
             else:
                 diags.error(f"cannot read file: {reason}", name, "", "unreadable-file")
             return None
+        kind = "json" if path.suffix.lower() == ".json" else "yaml"
         try:
-            if path.suffix.lower() == ".json":
+            if kind == "json":
                 data = json.loads(raw)
             else:
                 data = yaml.load(raw, Loader=_Loader)
@@ -149,17 +215,42 @@ class DocumentStore:
             mark = exc.problem_mark or exc.context_mark
             problem = " ".join(filter(None, [exc.context, exc.problem]))
             diags.add(
-                Diagnostic(f"invalid YAML: {problem}", name, "", mark.line + 1 if mark else None, code="yaml")
+                Diagnostic(f"invalid YAML: {problem}", name, "", mark.line + 1 if mark else 1, code="yaml")
             )
             return None
+        except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
+            line = raw[: exc.position].count(b"\n") + 1
+            diags.add(Diagnostic(f"invalid YAML: {str(exc).splitlines()[0]}", name, "", line, code="yaml"))
+            return None
         except yaml.YAMLError as exc:
-            diags.error(f"invalid YAML: {exc}", name, "", "yaml")
+            diags.add(Diagnostic(f"invalid YAML: {exc}", name, "", 1, code="yaml"))
             return None
         except json.JSONDecodeError as exc:
             diags.add(Diagnostic(f"invalid JSON: {exc.msg}", name, "", exc.lineno, code="json"))
             return None
-        except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-            diags.error(f"unreadable document: {exc}", name, "", "yaml")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            diags.add(Diagnostic(f"unreadable document: {exc}", name, "", line, code="encoding"))
+            return None
+        except RecursionError:
+            diags.add(Diagnostic("unreadable document: it nests too deeply", name, "", 1, code=kind))
+            return None
+        except ValueError as exc:  # e.g. a JSON number with more digits than Python converts
+            limit = sys.get_int_max_str_digits()
+            digits = re.search(rb"[0-9]{%d,}" % (limit + 1), raw) if limit else None
+            line = raw[: digits.start()].count(b"\n") + 1 if digits else 1
+            problem = f"{len(digits[0])} digits is too many for a number" if digits else str(exc)
+            diags.add(Diagnostic(f"unreadable document: {problem}", name, "", line, code=kind))
+            return None
+        cycle = _recursive_alias(data) if kind == "yaml" and b"&" in raw and b"*" in raw else None
+        if cycle is not None:
+            diags.add(Diagnostic("invalid YAML: this alias refers to a node that contains it (infinite nesting)",
+                                 name, cycle, Document(path, name, raw, None).line_of(cycle), code="yaml"))
+            return None
+        surrogate = _lone_surrogate(data) if kind == "json" and _SURROGATE_ESCAPE.search(raw) else None
+        if surrogate is not None:
+            diags.add(Diagnostic("invalid JSON: a \\u escape is half of a UTF-16 surrogate pair, not a character",
+                                 name, surrogate, Document(path, name, raw, None).line_of(surrogate), code="json"))
             return None
         return Document(path, name, raw, data)
 

@@ -143,6 +143,7 @@ class Operation:
     api: str
     operation_id: str
     method: str
+    path: PathPattern  # this operation's own pattern: parameter types may differ per method
     upstream: str
     timeout_ms: int
     retry: RetryPolicy | None
@@ -150,11 +151,17 @@ class Operation:
     source: Source
     # Path sent upstream: the part after ``path_prefix`` is kept, the prefix swapped.
     rewrite_prefix: tuple[str, str] | None = None
+    # Query parameters (name, exact value) the request must carry to be this operation.
+    query: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class PathRoute:
-    """Every operation declared on one path; other methods get 405 with ``Allow``."""
+    """Every operation declared on one path; other methods get 405 with ``Allow``.
+
+    ``path`` matches every request any of the operations could take (the union of their
+    patterns when parameter types differ by method).
+    """
 
     path: PathPattern
     operations: tuple[Operation, ...]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from ..documents import Document, DocumentStore
 from ..errors import Diagnostics, pointer
@@ -31,10 +31,16 @@ class ServerUrl:
     host: str | None
     port: int | None
     base_path: str  # "" or "/v1": never ends with '/'
+    usable: bool = True
 
     @property
     def is_absolute(self) -> bool:
         return self.host is not None
+
+
+# A server that is declared but cannot be used (no host, variable without default…):
+# operations that rely on it are not served rather than sent somewhere else.
+UNUSABLE_SERVER = ServerUrl(None, None, None, "", usable=False)
 
 
 @dataclass(slots=True)
@@ -54,11 +60,17 @@ class OperationSpec:
     source: Source
     server: ServerUrl | None  # operation- or path-level server, if any
     x_gateway: list[tuple[str, dict[str, Any], Source]] = field(default_factory=list)  # (level, value, where)
+    # Query parameters the path key itself requires ("/responses?beta=true"): not OpenAPI,
+    # but real descriptions use it to tell operations apart, so the gateway matches on it.
+    query: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
-        """How a policy names this operation: its operationId, else 'METHOD /path'."""
-        return self.operation_id or f"{self.method} {self.path}"
+        """How a policy names this operation: its operationId, else 'METHOD /path' as written."""
+        if self.operation_id:
+            return self.operation_id
+        query = "&".join(f"{k}={v}" for k, v in self.query)
+        return f"{self.method} {self.path}" + (f"?{query}" if query else "")
 
 
 @dataclass(slots=True)
@@ -104,8 +116,13 @@ def parse_server_url(url: Any, variables: Any) -> tuple[ServerUrl | None, str | 
     resolved = _SERVER_VAR.sub(substitute, url)
     if problem:
         return None, problem
-    parts = urlsplit(resolved)
+    try:
+        parts = urlsplit(resolved)
+    except ValueError as exc:  # e.g. an unclosed '[' around an IPv6 address
+        return None, f"server url {resolved!r} is invalid: {exc}"
     base = parts.path.rstrip("/")
+    if "{" in base or "}" in base:
+        return None, f"server url {resolved!r} has a brace in its path (a variable without a definition?)"
     if parts.scheme or parts.netloc:
         if parts.scheme not in ("http", "https"):
             return None, f"server url {resolved!r} must use http or https"
@@ -153,6 +170,7 @@ class _Parser:
         url, problem = parse_server_url(server["url"], server.get("variables"))
         if problem:
             self.warning(problem, fdoc, fptr + "/url", "server-url")
+            return UNUSABLE_SERVER
         return url
 
     def parse(self) -> ApiSpec | None:
@@ -194,10 +212,16 @@ class _Parser:
         if base and not base.startswith("/"):
             self.error("basePath must start with '/'", self.doc, "/basePath")
             base = ""
+        if "{" in base or "}" in base:
+            self.error("basePath must not contain '{' or '}'", self.doc, "/basePath")
+            base = ""
         host = data.get("host")
         if not isinstance(host, str) or not host:
             return ServerUrl(None, None, None, base)
         schemes = data.get("schemes") or ["http"]
+        if not isinstance(schemes, list):
+            self.error("schemes must be a list", self.doc, "/schemes")
+            schemes = ["http"]
         scheme = "https" if "https" in schemes else str(schemes[0])
         url, problem = parse_server_url(f"{scheme}://{host}{base}", None)
         if problem or url is None:
@@ -207,6 +231,20 @@ class _Parser:
 
     def _path_item(self, path: str, item: Any, ptr: str, out: list[OperationSpec], version: str) -> None:
         doc = self.doc
+        query: tuple[tuple[str, str], ...] = ()
+        if "?" in path and "#" not in path:
+            path, _, query_text = path.partition("?")
+            query = tuple(parse_qsl(query_text, keep_blank_values=True))
+            if not query:
+                self.error(f"invalid path {path + '?' + query_text!r}: empty query string", doc, ptr, "path-template")
+                return
+            self.warning(
+                f"a path key with a query string is not OpenAPI; the gateway requires "
+                f"{', '.join(f'{k}={v}' for k, v in query)} on these operations",
+                doc,
+                ptr,
+                "path-query",
+            )
         try:
             segments = pathlib_.parse_template(path)
         except pathlib_.TemplateError as exc:
@@ -276,7 +314,7 @@ class _Parser:
                 x_layers.append(("path", path_x, Source(idoc.name, iptr + "/x-gateway")))
             if "x-gateway" in op:
                 x_layers.append(("operation", op["x-gateway"], Source(odoc.name, optr + "/x-gateway")))
-            out.append(OperationSpec(method.upper(), path, op_id, segments, regexes, src, server, x_layers))
+            out.append(OperationSpec(method.upper(), path, op_id, segments, regexes, src, server, x_layers, query))
 
     def _parameters(self, value: Any, doc: Document, ptr: str, version: str) -> dict[str, PathParam]:
         """Path parameters declared in a parameters list, by name."""

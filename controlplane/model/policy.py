@@ -7,6 +7,7 @@ After a document passes, the rest of the compiler may read it as plain dicts.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from importlib import resources
@@ -32,12 +33,21 @@ def policy_schema() -> dict[str, Any]:
     return schema
 
 
+# JSON Schema counts 80.0 as an integer; protobuf and Envoy do not.
+_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
+
+
 @functools.lru_cache(maxsize=None)
 def _validator(definition: str | None) -> jsonschema.Draft202012Validator:
     schema = policy_schema()
     if definition is not None:
         schema = {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
-    return jsonschema.Draft202012Validator(schema, format_checker=None)
+    return _Validator(schema, format_checker=None)  # type: ignore[no-any-return]
 
 
 def _describe(err: ValidationError) -> list[tuple[str, str]]:
@@ -67,11 +77,87 @@ def _describe(err: ValidationError) -> list[tuple[str, str]]:
 
 def check(value: Any, file: str, base: str, diags: Diagnostics, definition: str | None = None) -> bool:
     """Validate ``value`` (found at ``file#base``) against the policy schema or one of its $defs."""
-    errors = sorted(_validator(definition).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+    try:
+        errors = sorted(_validator(definition).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+    except RecursionError:
+        diags.error("the value nests too deeply to be checked", file, base, "policy-schema")
+        return False
     for err in errors:
         for ptr, message in _describe(err):
             diags.error(message, file, base + ptr, "policy-schema")
     return not errors
+
+
+def usable(value: Any, definition: str | None = None) -> Any:
+    """A copy of ``value`` without the parts that break the schema, or None if nothing usable is left.
+
+    Errors are not reported here (:func:`check` does): this lets the compiler go on with what
+    is right, so that the errors beyond the schema (unknown upstream, unknown operation…) are
+    found in the same run. A wrong list item takes its list with it: removing the item alone
+    would shift the pointers of the ones after it.
+    """
+    try:
+        value = copy.deepcopy(value)
+        for _round in range(10):
+            errors = list(_validator(definition).iter_errors(value))
+            if not errors:
+                return value
+            for err in errors:
+                path = list(err.absolute_path)
+                if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+                    known = err.schema.get("properties", {})
+                    targets = [[*path, k] for k in err.instance if k not in known]
+                else:
+                    targets = [path]
+                for target in targets:
+                    while target and isinstance(_at(value, target[:-1]), list):
+                        target = target[:-1]
+                    if not target:
+                        return None
+                    parent = _at(value, target[:-1])
+                    if isinstance(parent, dict):
+                        parent.pop(target[-1], None)
+    except RecursionError:
+        pass
+    return None
+
+
+def _at(value: Any, path: list[Any]) -> Any:
+    for token in path:
+        if (isinstance(value, dict) and token in value) or (
+            isinstance(value, list) and isinstance(token, int) and token < len(value)
+        ):
+            value = value[token]
+        else:
+            return None
+    return value
+
+
+NAMED_LISTS = {"listeners": "listener", "upstreams": "upstream", "apis": "api"}
+_WHERE_SERVED = ("listeners", "pathPrefix", "upstreamPathPrefix")
+
+
+def usable_policy(data: dict[str, Any]) -> dict[str, Any]:
+    """The usable parts of a policy that :func:`check` rejected (see :func:`usable`).
+
+    Items of ``listeners``, ``upstreams`` and ``apis`` keep their index; one with nothing
+    usable left is None. An api whose paths or listeners are wrong is checked but served on
+    no listener: its routes would be guesses, and their conflicts noise.
+    """
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in NAMED_LISTS:
+            if isinstance(value, list):
+                out[key] = [usable(item, NAMED_LISTS[key]) for item in value]
+            if key == "apis" and isinstance(value, list):
+                for item, part in zip(value, out[key], strict=True):
+                    if part is not None and any(k in item and k not in part for k in _WHERE_SERVED):
+                        part["listeners"] = []
+        elif key in ("gateway", "headers"):
+            part = usable(value, key)
+            if part is not None:
+                out[key] = part
+    return out
 
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}

@@ -56,7 +56,10 @@ def dependencies(store: DocumentStore, root: Document) -> dict[str, str]:
             file_part = urldefrag(ref)[0]
             if not file_part or "://" in file_part:
                 continue
-            target = (doc.path.parent / unquote(file_part)).resolve()
+            try:
+                target = (doc.path.parent / unquote(file_part)).resolve()
+            except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop
+                continue
             if str(target) in found:
                 continue
             loaded = store.load(target, diags=Diagnostics())

@@ -51,9 +51,13 @@ def _path_match(path: ir.PathPattern) -> rc.RouteMatch:
     return rc.RouteMatch(safe_regex=regex_pb2.RegexMatcher(regex=path.regex))
 
 
-def _operation_route(path: ir.PathPattern, op: ir.Operation) -> rc.Route:
-    match = _path_match(path)
+def _operation_route(op: ir.Operation) -> rc.Route:
+    match = _path_match(op.path)
     match.headers.append(rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=op.method)))
+    for name, value in op.query:
+        match.query_parameters.append(
+            rc.QueryParameterMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
+        )
     action = rc.RouteAction(cluster=op.upstream, timeout=duration(op.timeout_ms))
     if op.retry is not None:
         action.retry_policy.CopyFrom(
@@ -90,7 +94,7 @@ def _method_not_allowed(path_route: ir.PathRoute) -> rc.Route:
 
 
 def path_routes(path_route: ir.PathRoute) -> list[rc.Route]:
-    routes = [_operation_route(path_route.path, op) for op in path_route.operations]
+    routes = [_operation_route(op) for op in path_route.operations]
     routes.append(_method_not_allowed(path_route))
     return routes
 
