@@ -16,7 +16,6 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import downstr
 from envoy.extensions.resource_monitors.fixed_heap.v3 import fixed_heap_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
-
 from google.protobuf import struct_pb2
 
 from . import ir
@@ -121,7 +120,7 @@ def static_bootstrap(
     for msg in resources.of(Resources.LISTENER).values():
         lst = boot.static_resources.listeners.add()
         lst.CopyFrom(msg)
-        _inline_routes(lst, routes)  # type: ignore[arg-type]
+        _inline_routes(lst, routes)
     endpoints = resources.of(Resources.ENDPOINT)
     for msg in resources.of(Resources.CLUSTER).values():
         c = boot.static_resources.clusters.add()
@@ -168,7 +167,9 @@ def dynamic_bootstrap(options: XdsOptions, admin: AdminOptions = AdminOptions())
                 transport_api_version=config_source_pb2.V3,
                 set_node_on_first_message_only=True,
                 grpc_services=[
-                    grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER))
+                    grpc_service_pb2.GrpcService(
+                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER)
+                    )
                 ],
             ),
             lds_config=ads_source,

@@ -42,8 +42,13 @@ DEFAULT_ROUTE_SETTINGS: dict[str, Any] = {
 # Headers only the gateway may set. Later features (JWT claims…) add the ones they fill.
 BUILTIN_IDENTITY_HEADERS = ("x-user-id", "x-user-role", "x-user-email", "x-user-scopes", "x-real-ip", "forwarded")
 BUILTIN_IDENTITY_PREFIXES = ("x-user-",)
-BUILTIN_REMOVED_RESPONSE_HEADERS = ("server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version",
-                                    "x-envoy-upstream-service-time")
+BUILTIN_REMOVED_RESPONSE_HEADERS = (
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+    "x-envoy-upstream-service-time",
+)
 DEFAULT_HSTS = "max-age=31536000; includeSubDomains"
 _NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 
@@ -78,7 +83,9 @@ class _Builder:
         self.broken: set[tuple[str, str]] = set()  # (kind, name) of listeners and upstreams with errors
 
     # -- policies ---------------------------------------------------------------------------
-    def _merge_named(self, kind: str, items: list[Any], doc: Document, into: dict[str, tuple[dict[str, Any], ir.Source]]) -> None:
+    def _merge_named(
+        self, kind: str, items: list[Any], doc: Document, into: dict[str, tuple[dict[str, Any], ir.Source]]
+    ) -> None:
         for i, item in enumerate(items):
             if item is None:  # wrong, and reported: uses of its name are not errors too
                 original = doc.data[kind][i]
@@ -90,7 +97,9 @@ class _Builder:
             if prev is not None:
                 self.diags.error(
                     f"{kind[:-1]} {item['name']!r} is defined twice (also at {prev[1].file}#{prev[1].pointer})",
-                    doc.name, src.pointer + "/name", "duplicate-name",
+                    doc.name,
+                    src.pointer + "/name",
+                    "duplicate-name",
                 )
                 continue
             into[item["name"]] = (item, src)
@@ -107,8 +116,12 @@ class _Builder:
             for key in ("gateway", "headers"):
                 if key in data:
                     if key in singletons:
-                        self.diags.error(f"'{key}' is already set by {singletons[key]}; set it in one policy only",
-                                         doc.name, "/" + key, "duplicate-setting")
+                        self.diags.error(
+                            f"'{key}' is already set by {singletons[key]}; set it in one policy only",
+                            doc.name,
+                            "/" + key,
+                            "duplicate-setting",
+                        )
                     else:
                         singletons[key] = doc.name
                         setattr(self, key, data[key])
@@ -129,15 +142,21 @@ class _Builder:
                     continue
                 ptr = pointer("apis", i)
                 if entry["name"] in names:
-                    self.diags.error(f"api {entry['name']!r} is defined twice (also in {names[entry['name']]})",
-                                     doc.name, ptr + "/name", "duplicate-name")
+                    self.diags.error(
+                        f"api {entry['name']!r} is defined twice (also in {names[entry['name']]})",
+                        doc.name,
+                        ptr + "/name",
+                        "duplicate-name",
+                    )
                     continue
                 names[entry["name"]] = doc.name
                 spec_doc = self.bundle.store.load(doc.path.parent / entry["spec"], (doc, ptr + "/spec"))
                 if spec_doc is None:
                     continue
                 if spec_version(spec_doc.data) is None:
-                    self.diags.error(f"{spec_doc.name} is not an OpenAPI document", doc.name, ptr + "/spec", "not-a-spec")
+                    self.diags.error(
+                        f"{spec_doc.name} is not an OpenAPI document", doc.name, ptr + "/spec", "not-a-spec"
+                    )
                     continue
                 mounted.add(spec_doc.path)
                 spec = self._spec(spec_doc)
@@ -147,7 +166,9 @@ class _Builder:
             if spec_doc.path in mounted:
                 continue
             if policies:
-                self.diags.warning("not mounted by any policy's 'apis'; not served", spec_doc.name, "", "unmounted-spec")
+                self.diags.warning(
+                    "not mounted by any policy's 'apis'; not served", spec_doc.name, "", "unmounted-spec"
+                )
                 continue
             spec = self._spec(spec_doc)
             if spec is None:
@@ -188,8 +209,12 @@ class _Builder:
                 port = 80
             host = parts.hostname or ""
             if not host or parts.path not in ("", "/"):
-                self.diags.error("url must be scheme://host[:port] without a path (use apis[].upstreamPathPrefix)",
-                                 src.file, src.pointer + "/url", "upstream")
+                self.diags.error(
+                    "url must be scheme://host[:port] without a path (use apis[].upstreamPathPrefix)",
+                    src.file,
+                    src.pointer + "/url",
+                    "upstream",
+                )
             endpoints: tuple[ir.Endpoint, ...] = (ir.Endpoint(host, port),)
             tls = spec.get("tls", https)
         else:
@@ -198,7 +223,9 @@ class _Builder:
                 host, _, port_text = text.rpartition(":")
                 port = int(port_text)
                 if not 0 < port < 65536:
-                    self.diags.error(f"port {port} is out of range", src.file, f"{src.pointer}/endpoints/{i}", "upstream")
+                    self.diags.error(
+                        f"port {port} is out of range", src.file, f"{src.pointer}/endpoints/{i}", "upstream"
+                    )
                 eps.append(ir.Endpoint(host, port))
             endpoints = tuple(eps)
             tls = spec.get("tls", False)
@@ -220,16 +247,22 @@ class _Builder:
                 healthy_threshold=hc.get("healthyThreshold", 2),
                 unhealthy_threshold=hc.get("unhealthyThreshold", 3),
                 expected_statuses=tuple(hc.get("expectedStatuses", [200])),
-            ) if hc else None,
+            )
+            if hc
+            else None,
             circuit_breaker=ir.CircuitBreaker(
                 cb.get("maxConnections"), cb.get("maxPendingRequests"), cb.get("maxRequests"), cb.get("maxRetries")
-            ) if cb else None,
+            )
+            if cb
+            else None,
             outlier_detection=ir.OutlierDetection(
                 consecutive_5xx=od.get("consecutive5xx", 5),
                 interval_ms=pol.duration_ms(od.get("interval", "10s")),
                 base_ejection_time_ms=pol.duration_ms(od.get("baseEjectionTime", "30s")),
                 max_ejection_percent=od.get("maxEjectionPercent", 50),
-            ) if od is not None else None,
+            )
+            if od is not None
+            else None,
         )
 
     # -- operations -------------------------------------------------------------------------
@@ -246,7 +279,7 @@ class _Builder:
     def _operations(self, api: _Api, listeners: list[str], routes: dict[str, dict[str, list[ir.Operation]]]) -> None:
         spec, entry = api.spec, api.entry
         pdoc = api.policy
-        psrc = (lambda p: ir.Source(pdoc.name, api.ptr + p)) if pdoc else (lambda p: None)  # noqa: E731
+        psrc = (lambda p: ir.Source(pdoc.name, api.ptr + p)) if pdoc else (lambda p: None)
         doc_server = spec.server
         prefix = entry.get("pathPrefix", doc_server.base_path if doc_server else "").rstrip("/")
         policy_upstream = entry.get("upstream")
@@ -254,24 +287,38 @@ class _Builder:
             if policy_upstream not in self.upstreams:
                 if ("upstreams", policy_upstream) in self.broken:
                     return
-                self.diags.error(f"no upstream named {policy_upstream!r}", pdoc.name if pdoc else "", api.ptr + "/upstream",
-                                 "unknown-upstream")
+                self.diags.error(
+                    f"no upstream named {policy_upstream!r}",
+                    pdoc.name if pdoc else "",
+                    api.ptr + "/upstream",
+                    "unknown-upstream",
+                )
                 return
             self.used_upstreams.add(policy_upstream)
         elif doc_server is None or not doc_server.is_absolute:
             if not any(op.server and op.server.is_absolute for op in spec.operations):
-                where = (pdoc.name, api.ptr) if pdoc else (spec.document.name, "/servers" if spec.version != "2.0" else "/host")
+                where = (
+                    (pdoc.name, api.ptr)
+                    if pdoc
+                    else (spec.document.name, "/servers" if spec.version != "2.0" else "/host")
+                )
                 self.diags.error(
                     "no upstream: the spec has no absolute server URL; set apis[].upstream in a policy",
-                    where[0], where[1], "no-upstream",
+                    where[0],
+                    where[1],
+                    "no-upstream",
                 )
                 return
         overrides: dict[str, Any] = entry.get("operations", {})
         known = {op.key for op in spec.operations}
         for key in overrides:
             if key not in known:
-                self.diags.error(f"the spec has no operation {key!r}", pdoc.name if pdoc else "",
-                                 api.ptr + pointer("operations", key), "unknown-operation")
+                self.diags.error(
+                    f"the spec has no operation {key!r}",
+                    pdoc.name if pdoc else "",
+                    api.ptr + pointer("operations", key),
+                    "unknown-operation",
+                )
         up_defaults: dict[str, Any] = {}
         if policy_upstream is not None:
             up_spec = self.upstreams[policy_upstream][0]
@@ -291,7 +338,9 @@ class _Builder:
                 if server is None or not server.is_absolute:
                     self.diags.warning(
                         f"{op.method} {op.path} has no usable server URL; not served (set apis[].upstream)",
-                        op.source.file, op.source.pointer, "no-upstream",
+                        op.source.file,
+                        op.source.pointer,
+                        "no-upstream",
                     )
                     continue
                 upstream = self._auto_upstream(server, op.source)
@@ -305,12 +354,18 @@ class _Builder:
             settings = self._settings(layers)
             retries = settings.get("retries") or {}
             attempts = retries.get("attempts", 1)
-            retry = ir.RetryPolicy(
-                attempts=attempts,
-                retry_on=tuple(retries.get("on", DEFAULT_ROUTE_SETTINGS["retries"]["on"])),
-                per_try_timeout_ms=pol.duration_ms(retries["perTryTimeout"]) if "perTryTimeout" in retries else None,
-                retriable_status_codes=tuple(retries.get("retriableStatusCodes", ())),
-            ) if attempts else None
+            retry = (
+                ir.RetryPolicy(
+                    attempts=attempts,
+                    retry_on=tuple(retries.get("on", DEFAULT_ROUTE_SETTINGS["retries"]["on"])),
+                    per_try_timeout_ms=pol.duration_ms(retries["perTryTimeout"])
+                    if "perTryTimeout" in retries
+                    else None,
+                    retriable_status_codes=tuple(retries.get("retriableStatusCodes", ())),
+                )
+                if attempts
+                else None
+            )
             template = prefix + op.path
             segments = prefix_segments + op.segments
             pattern = build_pattern(template, segments, {n: p.regex for n, p in op.path_params.items()})
@@ -340,11 +395,16 @@ class _Builder:
             for op in entries:
                 prev = ops.get((op.method, op.query))
                 if prev is not None:
-                    same = "is declared twice" if prev.path.template == op.path.template else (
-                        f"conflicts with {op.method} {prev.path.template}: they match the same requests")
+                    same = (
+                        "is declared twice"
+                        if prev.path.template == op.path.template
+                        else (f"conflicts with {op.method} {prev.path.template}: they match the same requests")
+                    )
                     self.diags.error(
                         f"{op.method} {op.path.template} {same} (also {prev.source.file}#{prev.source.pointer})",
-                        op.source.file, op.source.pointer, "route-conflict",
+                        op.source.file,
+                        op.source.pointer,
+                        "route-conflict",
                     )
                     continue
                 ops[(op.method, op.query)] = op
@@ -361,17 +421,19 @@ class _Builder:
         apis = self._collect_apis(policies)
         if not self.listeners:
             self.listeners["default"] = (DEFAULT_LISTENER, ir.Source("<built-in>", ""))
-        routes: dict[str, dict[str, list[ir.Operation]]] = {
-            name: defaultdict(list) for name in self.listeners
-        }
+        routes: dict[str, dict[str, list[ir.Operation]]] = {name: defaultdict(list) for name in self.listeners}
         for api in apis:
             chosen = api.entry.get("listeners", list(self.listeners))
             missing = [n for n in chosen if n not in self.listeners]
             for n in missing:
                 if ("listeners", n) in self.broken:
                     continue
-                self.diags.error(f"no listener named {n!r}", api.policy.name if api.policy else "",
-                                 api.ptr + "/listeners", "unknown-listener")
+                self.diags.error(
+                    f"no listener named {n!r}",
+                    api.policy.name if api.policy else "",
+                    api.ptr + "/listeners",
+                    "unknown-listener",
+                )
             self._operations(api, [n for n in chosen if n in self.listeners], routes)
         listeners = []
         ports: dict[tuple[str, int], str] = {}
@@ -379,33 +441,41 @@ class _Builder:
             addr = spec.get("address", "0.0.0.0")
             key = (addr, spec["port"])
             if key in ports:
-                self.diags.error(f"listener {name!r} uses {addr}:{spec['port']} like listener {ports[key]!r}",
-                                 src.file, src.pointer + "/port", "port-conflict")
+                self.diags.error(
+                    f"listener {name!r} uses {addr}:{spec['port']} like listener {ports[key]!r}",
+                    src.file,
+                    src.pointer + "/port",
+                    "port-conflict",
+                )
             ports[key] = name
             timeouts = spec.get("timeouts", {})
             defaults = ir.ListenerTimeouts()
-            listeners.append(ir.Listener(
-                name=name,
-                address=addr,
-                port=spec["port"],
-                hostnames=tuple(spec.get("hostnames", ["*"])),
-                paths=self._path_routes(routes[name]),
-                source=src,
-                xff_num_trusted_hops=spec.get("xffNumTrustedHops", 0),
-                escaped_slashes=ir.EscapedSlashes(spec.get("escapedSlashes", "reject")),
-                trust_client_request_id=spec.get("trustClientRequestId", False),
-                max_request_headers_kb=spec.get("maxRequestHeadersKb", 60),
-                timeouts=ir.ListenerTimeouts(
-                    request_headers_ms=_ms(timeouts.get("requestHeaders"), defaults.request_headers_ms),
-                    stream_idle_ms=_ms(timeouts.get("streamIdle"), defaults.stream_idle_ms),
-                    request_ms=_ms(timeouts.get("request"), defaults.request_ms),
-                    connection_idle_ms=_ms(timeouts.get("connectionIdle"), defaults.connection_idle_ms),
-                ),
-            ))
+            listeners.append(
+                ir.Listener(
+                    name=name,
+                    address=addr,
+                    port=spec["port"],
+                    hostnames=tuple(spec.get("hostnames", ["*"])),
+                    paths=self._path_routes(routes[name]),
+                    source=src,
+                    xff_num_trusted_hops=spec.get("xffNumTrustedHops", 0),
+                    escaped_slashes=ir.EscapedSlashes(spec.get("escapedSlashes", "reject")),
+                    trust_client_request_id=spec.get("trustClientRequestId", False),
+                    max_request_headers_kb=spec.get("maxRequestHeadersKb", 60),
+                    timeouts=ir.ListenerTimeouts(
+                        request_headers_ms=_ms(timeouts.get("requestHeaders"), defaults.request_headers_ms),
+                        stream_idle_ms=_ms(timeouts.get("streamIdle"), defaults.stream_idle_ms),
+                        request_ms=_ms(timeouts.get("request"), defaults.request_ms),
+                        connection_idle_ms=_ms(timeouts.get("connectionIdle"), defaults.connection_idle_ms),
+                    ),
+                )
+            )
         upstreams = [self._upstream_ir(n, s, src) for n, (s, src) in self.upstreams.items()]
         for name, (_s, src) in self.upstreams.items():
             if name not in self.used_upstreams:
-                self.diags.warning(f"upstream {name!r} is not used by any api", src.file, src.pointer, "unused-upstream")
+                self.diags.warning(
+                    f"upstream {name!r} is not used by any api", src.file, src.pointer, "unused-upstream"
+                )
         upstreams.extend(self.auto_upstreams.values())
         if self.diags.has_errors():
             return None

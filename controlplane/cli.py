@@ -75,8 +75,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             return 1
         print("envoy accepts the generated configuration", file=sys.stderr)
     ops = sum(len(p.operations) for lst in result.gateway.listeners for p in lst.paths)
-    print(f"ok: {len(result.gateway.listeners)} listener(s), {ops} operation route(s), "
-          f"{len(result.gateway.upstreams)} upstream(s)", file=sys.stderr)
+    print(
+        f"ok: {len(result.gateway.listeners)} listener(s), {ops} operation route(s), "
+        f"{len(result.gateway.upstreams)} upstream(s)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -94,7 +97,9 @@ def cmd_dump(args: argparse.Namespace) -> int:
     elif args.type:
         data = [to_dict(m) for m in result.resources.of(Resources.TYPES[args.type]).values()]
     else:
-        data = {short: [to_dict(m) for m in result.resources.of(url).values()] for short, url in Resources.TYPES.items()}
+        data = {
+            short: [to_dict(m) for m in result.resources.of(url).values()] for short, url in Resources.TYPES.items()
+        }
     write(data, args.output, sys.stdout)
     return 0
 
@@ -109,20 +114,33 @@ def _host_port(text: str) -> tuple[str, int]:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     tls = (args.tls_cert, args.tls_key, args.tls_ca)
     if not args.insecure and not all(tls):
-        print("bootstrap: give --tls-cert, --tls-key and --tls-ca for an mTLS channel to the xDS server, "
-              "or --insecure for plaintext (loopback development only)", file=sys.stderr)
+        print(
+            "bootstrap: give --tls-cert, --tls-key and --tls-ca for an mTLS channel to the xDS server, "
+            "or --insecure for plaintext (loopback development only)",
+            file=sys.stderr,
+        )
         return 2
     host, port = args.xds_address
     options = XdsOptions(
-        node_id=args.node_id, host=host, port=port, cluster=args.cluster, delta=args.delta, insecure=args.insecure,
-        cert_file=args.tls_cert, key_file=args.tls_key, ca_file=args.tls_ca, server_name=args.server_name,
+        node_id=args.node_id,
+        host=host,
+        port=port,
+        cluster=args.cluster,
+        delta=args.delta,
+        insecure=args.insecure,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+        ca_file=args.tls_ca,
+        server_name=args.server_name,
     )
     write(to_dict(dynamic_bootstrap(options, AdminOptions(port=args.admin_port))), args.output, sys.stdout)
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="controlplane", description="Compile OpenAPI specs and gateway policies for Envoy.")
+    p = argparse.ArgumentParser(
+        prog="controlplane", description="Compile OpenAPI specs and gateway policies for Envoy."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def inputs(sp: argparse.ArgumentParser) -> None:

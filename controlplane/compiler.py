@@ -50,7 +50,7 @@ def _finish(diags: Diagnostics, docs: list[Document], strict: bool) -> list[Diag
     return unique
 
 
-def compile(  # noqa: A001 - the verb users know
+def compile(
     paths: Sequence[str | Path],
     *,
     strict: bool = False,
@@ -66,9 +66,8 @@ def compile(  # noqa: A001 - the verb users know
     bundle = collect(list(paths), diags)
     gateway = build(bundle, diags)
     if strict or full_validation:
-        from .model.validation import validate
-
         from .model.openapi import spec_version
+        from .model.validation import validate
 
         roots = [d for d in bundle.store if spec_version(d.data) not in (None, "unsupported")]
         for doc in sorted(roots, key=lambda d: d.name):

@@ -35,11 +35,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [
-        (tag, rx)
-        for tag, rx in resolvers
-        if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
-    ]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
@@ -53,8 +49,11 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
         return yaml.SafeLoader.construct_yaml_int(loader, node)
     except ValueError:
         digits, limit = sum(c.isdigit() for c in node.value), sys.get_int_max_str_digits()
-        problem = f"{digits} digits is too many for a number" if limit and digits > limit else (
-            f"{node.value!r} is not an integer")
+        problem = (
+            f"{digits} digits is too many for a number"
+            if limit and digits > limit
+            else (f"{node.value!r} is not an integer")
+        )
         raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
@@ -214,9 +213,7 @@ class DocumentStore:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             problem = " ".join(filter(None, [exc.context, exc.problem]))
-            diags.add(
-                Diagnostic(f"invalid YAML: {problem}", name, "", mark.line + 1 if mark else 1, code="yaml")
-            )
+            diags.add(Diagnostic(f"invalid YAML: {problem}", name, "", mark.line + 1 if mark else 1, code="yaml"))
             return None
         except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
             line = raw[: exc.position].count(b"\n") + 1
@@ -244,13 +241,27 @@ class DocumentStore:
             return None
         cycle = _recursive_alias(data) if kind == "yaml" and b"&" in raw and b"*" in raw else None
         if cycle is not None:
-            diags.add(Diagnostic("invalid YAML: this alias refers to a node that contains it (infinite nesting)",
-                                 name, cycle, Document(path, name, raw, None).line_of(cycle), code="yaml"))
+            diags.add(
+                Diagnostic(
+                    "invalid YAML: this alias refers to a node that contains it (infinite nesting)",
+                    name,
+                    cycle,
+                    Document(path, name, raw, None).line_of(cycle),
+                    code="yaml",
+                )
+            )
             return None
         surrogate = _lone_surrogate(data) if kind == "json" and _SURROGATE_ESCAPE.search(raw) else None
         if surrogate is not None:
-            diags.add(Diagnostic("invalid JSON: a \\u escape is half of a UTF-16 surrogate pair, not a character",
-                                 name, surrogate, Document(path, name, raw, None).line_of(surrogate), code="json"))
+            diags.add(
+                Diagnostic(
+                    "invalid JSON: a \\u escape is half of a UTF-16 surrogate pair, not a character",
+                    name,
+                    surrogate,
+                    Document(path, name, raw, None).line_of(surrogate),
+                    code="json",
+                )
+            )
             return None
         return Document(path, name, raw, data)
 
@@ -284,7 +295,10 @@ class DocumentStore:
                 value = value[int(token)]
             else:
                 diags.error(
-                    f"unresolvable $ref {ref!r}: {target.name} has nothing at #{fragment}", doc.name, ptr + "/$ref", "ref"
+                    f"unresolvable $ref {ref!r}: {target.name} has nothing at #{fragment}",
+                    doc.name,
+                    ptr + "/$ref",
+                    "ref",
                 )
                 return None
         return target, fragment, value

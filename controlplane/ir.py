@@ -130,7 +130,9 @@ class PathPattern:
         segments = []
         for raw in self.template[1:].split("/"):
             literal = re.sub(r"\{[^{}]*\}", "", raw)
-            kind = SegmentKind.LITERAL if literal == raw else SegmentKind.PARAMETER if not literal else SegmentKind.MIXED
+            kind = (
+                SegmentKind.LITERAL if literal == raw else SegmentKind.PARAMETER if not literal else SegmentKind.MIXED
+            )
             segments.append((int(kind), -len(literal)))
         return (tuple(segments), self.template)
 
@@ -237,12 +239,14 @@ def _from_plain(tp: Any, data: Any) -> Any:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_from_plain(args[0], v) for v in data)
-        return tuple(_from_plain(a, v) for a, v in zip(args, data))
+        return tuple(_from_plain(a, v) for a, v in zip(args, data, strict=False))
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return tp(data)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
-        return tp(**{f.name: _from_plain(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data})
+        return tp(
+            **{f.name: _from_plain(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data}
+        )
     return data
 
 

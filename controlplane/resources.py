@@ -59,19 +59,19 @@ def _sort_maps(message: Message, out: Any) -> None:
         message.Unpack(inner)  # type: ignore[attr-defined]
         _sort_maps(inner, out)
         return
-    for field, value in message.ListFields():
-        if field.message_type is None or field.name not in out:
+    for fd, value in message.ListFields():
+        if fd.message_type is None or fd.name not in out:
             continue
-        sub = out[field.name]
-        if field.message_type.GetOptions().map_entry:
+        sub = out[fd.name]
+        if fd.message_type.GetOptions().map_entry:
             if isinstance(sub, dict):
-                out[field.name] = sub = {k: sub[k] for k in sorted(sub)}
-                if field.message_type.fields_by_name["value"].message_type is not None:
+                out[fd.name] = sub = {k: sub[k] for k in sorted(sub)}
+                if fd.message_type.fields_by_name["value"].message_type is not None:
                     for k, v in value.items():
                         _sort_maps(v, sub.get(str(k)))
-        elif field.is_repeated:
+        elif fd.is_repeated:
             if isinstance(sub, list):
-                for m, d in zip(value, sub):
+                for m, d in zip(value, sub, strict=False):
                     _sort_maps(m, d)
         else:
             _sort_maps(value, sub)

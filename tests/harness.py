@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from controlplane import compile
 from controlplane.bootstrap import AdminOptions, static_bootstrap
 from controlplane.cli import find_envoy
@@ -78,8 +76,20 @@ class EnvoyProcess:
         self._log = self.log_path.open("w")
         self._stdout = self.stdout_path.open("w")
         self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(self.config_path), "-l", "info", "--disable-hot-restart",
-             "--log-path", str(self.log_path), "--concurrency", "1", "--file-flush-interval-msec", "50"],
+            [
+                envoy_binary(),
+                "-c",
+                str(self.config_path),
+                "-l",
+                "info",
+                "--disable-hot-restart",
+                "--log-path",
+                str(self.log_path),
+                "--concurrency",
+                "1",
+                "--file-flush-interval-msec",
+                "50",
+            ],
             stdout=self._stdout,
             stderr=subprocess.STDOUT,
         )
@@ -169,8 +179,9 @@ class Gateway:
                 time.sleep(0.05)
         raise RuntimeError("listener did not open")
 
-    def request(self, method: str, path: str, headers: list[tuple[str, str]] | dict[str, str] | None = None,
-                body: bytes = b"") -> Response:
+    def request(
+        self, method: str, path: str, headers: list[tuple[str, str]] | dict[str, str] | None = None, body: bytes = b""
+    ) -> Response:
         """Send exactly this request line and these headers (no normalization by a client library)."""
         items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
         if not any(k.lower() == "host" for k, _ in items):

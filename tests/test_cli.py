@@ -14,8 +14,9 @@ from tests.conftest import REPO
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controlplane", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_validate_ok_prints_a_summary() -> None:
@@ -43,8 +44,15 @@ def test_validate_reports_every_error_with_location_and_exits_1(tmp_path: Path) 
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize(("kind", "field"), [("listeners", "filter_chains"), ("routes", "virtual_hosts"),
-                                             ("clusters", "connect_timeout"), ("endpoints", "cluster_name")])
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("listeners", "filter_chains"),
+        ("routes", "virtual_hosts"),
+        ("clusters", "connect_timeout"),
+        ("endpoints", "cluster_name"),
+    ],
+)
 def test_dump_one_type(kind: str, field: str) -> None:
     proc = run("dump", "specs/", "--type", kind, "-o", "json")
     assert proc.returncode == 0, proc.stderr
@@ -65,7 +73,10 @@ def test_dump_ir_shows_resolved_settings_and_sources() -> None:
     ops = {op["name"]: op for lst in data["listeners"] for p in lst["paths"] for op in p["operations"]}
     assert ops["orders.exportOrders"]["timeout_ms"] == 120_000  # policy beats x-gateway (60s)
     assert ops["orders.createOrder"]["timeout_ms"] == 5_000  # x-gateway beats the upstream's 15s
-    assert ops["orders.getOrder"]["source"] == {"file": "specs/orders.openapi.yaml", "pointer": "/paths/~1orders~1{orderId}/get"}
+    assert ops["orders.getOrder"]["source"] == {
+        "file": "specs/orders.openapi.yaml",
+        "pointer": "/paths/~1orders~1{orderId}/get",
+    }
 
 
 def test_bootstrap_needs_tls_or_insecure() -> None:
@@ -82,8 +93,20 @@ def test_bootstrap_with_mtls_is_accepted_by_envoy(tmp_path: Path) -> None:
 
     ca = CertificateAuthority(tmp_path)
     client = ca.issue("gateway-1", client=True)
-    proc = run("bootstrap", "--node-id", "n1", "--xds-address", "xds.internal:18000", "--delta",
-               "--tls-cert", str(client.cert), "--tls-key", str(client.key), "--tls-ca", str(ca.path))
+    proc = run(
+        "bootstrap",
+        "--node-id",
+        "n1",
+        "--xds-address",
+        "xds.internal:18000",
+        "--delta",
+        "--tls-cert",
+        str(client.cert),
+        "--tls-key",
+        str(client.key),
+        "--tls-ca",
+        str(ca.path),
+    )
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     ads = config["dynamic_resources"]["ads_config"]

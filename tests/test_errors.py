@@ -85,88 +85,166 @@ class Case:
 def _cases() -> Iterator[Case]:
     # -- documents that are not YAML/JSON, or not documents --------------------------------
     text = SPEC_HEAD + "paths:\n  /a:\n    get: {operationId: a}\n    post: operationId: b\n"
-    yield Case("broken-yaml", {"a.yaml": text}, (
-        Expect("a.yaml", "", "yaml", ("invalid yaml", "mapping values"), line_of(text, "post: operationId")),
-    ), exact=True)
+    yield Case(
+        "broken-yaml",
+        {"a.yaml": text},
+        (Expect("a.yaml", "", "yaml", ("invalid yaml", "mapping values"), line_of(text, "post: operationId")),),
+        exact=True,
+    )
 
     text = '{\n  "openapi": "3.0.3",\n  "info": {"title": "t", "version": "1",},\n  "paths": {}\n}\n'
-    yield Case("broken-json", {"a.json": text}, (
-        Expect("a.json", "", "json", ("invalid json", "property name"), line_of(text, '"info"')),
-    ), exact=True)
+    yield Case(
+        "broken-json",
+        {"a.json": text},
+        (Expect("a.json", "", "json", ("invalid json", "property name"), line_of(text, '"info"')),),
+        exact=True,
+    )
 
-    yield Case("empty-file", {"a.yaml": ""}, (
-        Expect("a.yaml", "", "unknown-document", ("openapi", "policy"), 1),
-    ), exact=True)
-    yield Case("whitespace-only-file", {"a.yaml": "\n\n   \n"}, (
-        Expect("a.yaml", "", "unknown-document", ("openapi", "policy"), 1),
-    ), exact=True)
-    yield Case("yaml-list", {"a.yaml": "- openapi: 3.0.3\n- paths: {}\n"}, (
-        Expect("a.yaml", "", "unknown-document", ("openapi", "policy"), 1),
-    ), exact=True)
-    yield Case("yaml-scalar", {"a.yaml": "just some words\n"}, (
-        Expect("a.yaml", "", "unknown-document", ("openapi", "policy"), 1),
-    ), exact=True)
-    yield Case("binary-garbage-yaml", {"a.yaml": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"}, (
-        Expect("a.yaml", "", "yaml", ("invalid yaml", "character"), 1),
-    ), exact=True)
-    yield Case("binary-garbage-json", {"a.json": b"\x00\x01\x02\xff\xfe\xfd"}, (
-        Expect("a.json", "", "json", ("invalid json",), 1),
-    ), exact=True)
+    yield Case(
+        "empty-file", {"a.yaml": ""}, (Expect("a.yaml", "", "unknown-document", ("openapi", "policy"), 1),), exact=True
+    )
+    yield Case(
+        "whitespace-only-file",
+        {"a.yaml": "\n\n   \n"},
+        (Expect("a.yaml", "", "unknown-document", ("openapi", "policy"), 1),),
+        exact=True,
+    )
+    yield Case(
+        "yaml-list",
+        {"a.yaml": "- openapi: 3.0.3\n- paths: {}\n"},
+        (Expect("a.yaml", "", "unknown-document", ("openapi", "policy"), 1),),
+        exact=True,
+    )
+    yield Case(
+        "yaml-scalar",
+        {"a.yaml": "just some words\n"},
+        (Expect("a.yaml", "", "unknown-document", ("openapi", "policy"), 1),),
+        exact=True,
+    )
+    yield Case(
+        "binary-garbage-yaml",
+        {"a.yaml": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"},
+        (Expect("a.yaml", "", "yaml", ("invalid yaml", "character"), 1),),
+        exact=True,
+    )
+    yield Case(
+        "binary-garbage-json",
+        {"a.json": b"\x00\x01\x02\xff\xfe\xfd"},
+        (Expect("a.json", "", "json", ("invalid json",), 1),),
+        exact=True,
+    )
     text = SPEC_HEAD + 'x-note: "caf\xe9"\npaths: {}\n'
-    yield Case("invalid-utf8", {"a.yaml": text.encode("latin-1")}, (
-        Expect("a.yaml", "", "yaml", ("invalid yaml", "utf-8"), line_of(text, "x-note")),
-    ), exact=True)
+    yield Case(
+        "invalid-utf8",
+        {"a.yaml": text.encode("latin-1")},
+        (Expect("a.yaml", "", "yaml", ("invalid yaml", "utf-8"), line_of(text, "x-note")),),
+        exact=True,
+    )
 
     text = '{\n  "openapi": "3.0.3",\n  "info": {"title": "\\ud83d\\ude00", "version": "\\ud800"},\n  "paths": {}\n}\n'
-    yield Case("json-lone-surrogate", {"a.json": text}, (
-        Expect("a.json", "/info/version", "json", ("invalid json", "surrogate")),
-    ), exact=True)
+    yield Case(
+        "json-lone-surrogate",
+        {"a.json": text},
+        (Expect("a.json", "/info/version", "json", ("invalid json", "surrogate")),),
+        exact=True,
+    )
 
     # -- $ref --------------------------------------------------------------------------------
     text = SPEC_HEAD + "paths:\n  /a:\n    $ref: missing.yaml\n"
-    yield Case("ref-missing-file", {"a.yaml": text}, (
-        Expect("a.yaml", "/paths/~1a/$ref", "unreadable-file", ("cannot read", "missing.yaml"),
-               line_of(text, "$ref")),
-    ), exact=True)
+    yield Case(
+        "ref-missing-file",
+        {"a.yaml": text},
+        (
+            Expect(
+                "a.yaml", "/paths/~1a/$ref", "unreadable-file", ("cannot read", "missing.yaml"), line_of(text, "$ref")
+            ),
+        ),
+        exact=True,
+    )
     text = SPEC_HEAD + "paths:\n  /a:\n    $ref: '#/components/pathItems/nope'\n  /b:\n    $ref: 'b.yaml#/nope'\n"
-    yield Case("ref-missing-pointer", {"a.yaml": text, "b.yaml": "get: {operationId: b}\n"}, (
-        Expect("a.yaml", "/paths/~1a/$ref", "ref", ("unresolvable", "#/components/pathItems/nope"),
-               line_of(text, "pathItems/nope")),
-        Expect("a.yaml", "/paths/~1b/$ref", "ref", ("unresolvable", "b.yaml", "#/nope"), line_of(text, "b.yaml#")),
-    ), paths=("a.yaml",), exact=True)
+    yield Case(
+        "ref-missing-pointer",
+        {"a.yaml": text, "b.yaml": "get: {operationId: b}\n"},
+        (
+            Expect(
+                "a.yaml",
+                "/paths/~1a/$ref",
+                "ref",
+                ("unresolvable", "#/components/pathItems/nope"),
+                line_of(text, "pathItems/nope"),
+            ),
+            Expect("a.yaml", "/paths/~1b/$ref", "ref", ("unresolvable", "b.yaml", "#/nope"), line_of(text, "b.yaml#")),
+        ),
+        paths=("a.yaml",),
+        exact=True,
+    )
     text = SPEC_HEAD + "paths:\n  /a:\n    $ref: '#/x-one'\nx-one: {$ref: '#/x-two'}\nx-two: {$ref: '#/x-one'}\n"
-    yield Case("ref-circular", {"a.yaml": text}, (
-        Expect("a.yaml", "/x-two", "ref", ("circular",), line_of(text, "x-two:")),
-    ), exact=True)
+    yield Case(
+        "ref-circular",
+        {"a.yaml": text},
+        (Expect("a.yaml", "/x-two", "ref", ("circular",), line_of(text, "x-two:")),),
+        exact=True,
+    )
     a = SPEC_HEAD + "paths:\n  /a:\n    $ref: b.yaml\n"
-    yield Case("ref-circular-across-files", {"a.yaml": a, "b.yaml": "$ref: a.yaml#/paths/~1a\n"}, (
-        Expect("a.yaml", "/paths/~1a", "ref", ("circular",), line_of(a, "/a:")),
-    ), paths=("a.yaml",), exact=True)
+    yield Case(
+        "ref-circular-across-files",
+        {"a.yaml": a, "b.yaml": "$ref: a.yaml#/paths/~1a\n"},
+        (Expect("a.yaml", "/paths/~1a", "ref", ("circular",), line_of(a, "/a:")),),
+        paths=("a.yaml",),
+        exact=True,
+    )
 
     # -- OpenAPI content ---------------------------------------------------------------------
     text = SPEC_HEAD + "paths:\n  /a:\n    get: {operationId: same}\n  /b:\n    post: {operationId: same}\n"
-    yield Case("duplicate-operation-id", {"a.yaml": text}, (
-        Expect("a.yaml", "/paths/~1b/post/operationId", "duplicate-operation-id",
-               ("duplicate", "operationid", "'same'", "get /a"), line_of(text, "post:")),
-    ), exact=True)
+    yield Case(
+        "duplicate-operation-id",
+        {"a.yaml": text},
+        (
+            Expect(
+                "a.yaml",
+                "/paths/~1b/post/operationId",
+                "duplicate-operation-id",
+                ("duplicate", "operationid", "'same'", "get /a"),
+                line_of(text, "post:"),
+            ),
+        ),
+        exact=True,
+    )
 
     text = SPEC_HEAD + "paths:\n  /a/{x}:\n    get: {operationId: byX}\n  /a/{y}:\n    get: {operationId: byY}\n"
-    yield Case("route-conflict-parameter-names", {"a.yaml": text}, (
-        Expect("a.yaml", "/paths/~1a~1{y}/get", "route-conflict", ("get", "/a/{x}", "/a/{y}"),
-               line_of(text, "byY")),
-    ), exact=True)
+    yield Case(
+        "route-conflict-parameter-names",
+        {"a.yaml": text},
+        (Expect("a.yaml", "/paths/~1a~1{y}/get", "route-conflict", ("get", "/a/{x}", "/a/{y}"), line_of(text, "byY")),),
+        exact=True,
+    )
 
-    policy = POLICY_HEAD + UPSTREAM + (
-        "apis:\n"
-        "  - {name: one, spec: one.yaml, upstream: backend, pathPrefix: /shop}\n"
-        "  - {name: two, spec: two.yaml, upstream: backend, pathPrefix: /shop}\n"
+    policy = (
+        POLICY_HEAD
+        + UPSTREAM
+        + (
+            "apis:\n"
+            "  - {name: one, spec: one.yaml, upstream: backend, pathPrefix: /shop}\n"
+            "  - {name: two, spec: two.yaml, upstream: backend, pathPrefix: /shop}\n"
+        )
     )
     one = SPEC_HEAD + "paths:\n  /items:\n    get: {operationId: listItems}\n"
     two = SPEC_HEAD + "paths:\n  /items:\n    get: {operationId: listAllItems}\n"
-    yield Case("route-conflict-two-specs-one-prefix", {"p.yaml": policy, "one.yaml": one, "two.yaml": two}, (
-        Expect("two.yaml", "/paths/~1items/get", "route-conflict", ("get", "/shop/items", "one.yaml"),
-               line_of(two, "get:")),
-    ), paths=("p.yaml",), exact=True)
+    yield Case(
+        "route-conflict-two-specs-one-prefix",
+        {"p.yaml": policy, "one.yaml": one, "two.yaml": two},
+        (
+            Expect(
+                "two.yaml",
+                "/paths/~1items/get",
+                "route-conflict",
+                ("get", "/shop/items", "one.yaml"),
+                line_of(two, "get:"),
+            ),
+        ),
+        paths=("p.yaml",),
+        exact=True,
+    )
 
     text = SPEC_HEAD + (
         "paths:\n"
@@ -177,22 +255,34 @@ def _cases() -> Iterator[Case]:
         "  /e/{x}/{x}:\n    get: {}\n"
         "  /f}:\n    get: {}\n"
     )
-    yield Case("malformed-path-templates", {"a.yaml": text}, (
-        Expect("a.yaml", "/paths/~1a~1{", "path-template", ("invalid path", "brace"), line_of(text, "/a/{:")),
-        Expect("a.yaml", "/paths/~1b~1{}", "path-template", ("invalid path", "empty parameter"),
-               line_of(text, "/b/{}")),
-        Expect("a.yaml", "/paths/c", "path-template", ("invalid path", "start with '/'"), line_of(text, "  c:")),
-        Expect("a.yaml", "/paths/~1d~1{x}{y}", "path-template", ("invalid path", "adjacent"), line_of(text, "/d/")),
-        Expect("a.yaml", "/paths/~1e~1{x}~1{x}", "path-template", ("'x'", "twice"), line_of(text, "/e/")),
-        Expect("a.yaml", "/paths/~1f}", "path-template", ("invalid path", "brace"), line_of(text, "/f}")),
-    ), exact=True)
+    yield Case(
+        "malformed-path-templates",
+        {"a.yaml": text},
+        (
+            Expect("a.yaml", "/paths/~1a~1{", "path-template", ("invalid path", "brace"), line_of(text, "/a/{:")),
+            Expect(
+                "a.yaml", "/paths/~1b~1{}", "path-template", ("invalid path", "empty parameter"), line_of(text, "/b/{}")
+            ),
+            Expect("a.yaml", "/paths/c", "path-template", ("invalid path", "start with '/'"), line_of(text, "  c:")),
+            Expect("a.yaml", "/paths/~1d~1{x}{y}", "path-template", ("invalid path", "adjacent"), line_of(text, "/d/")),
+            Expect("a.yaml", "/paths/~1e~1{x}~1{x}", "path-template", ("'x'", "twice"), line_of(text, "/e/")),
+            Expect("a.yaml", "/paths/~1f}", "path-template", ("invalid path", "brace"), line_of(text, "/f}")),
+        ),
+        exact=True,
+    )
 
-    yield Case("unsupported-openapi-version", {"a.yaml": "openapi: 4.0.0\npaths: {}\n"}, (
-        Expect("a.yaml", "/openapi", "openapi", ("unsupported", "4.0.0", "3.1"), 1),
-    ), exact=True)
-    yield Case("unsupported-swagger-version", {"a.yaml": "info: {title: t}\nswagger: '1.2'\npaths: {}\n"}, (
-        Expect("a.yaml", "/swagger", "openapi", ("unsupported", "1.2", "2.0"), 2),
-    ), exact=True)
+    yield Case(
+        "unsupported-openapi-version",
+        {"a.yaml": "openapi: 4.0.0\npaths: {}\n"},
+        (Expect("a.yaml", "/openapi", "openapi", ("unsupported", "4.0.0", "3.1"), 1),),
+        exact=True,
+    )
+    yield Case(
+        "unsupported-swagger-version",
+        {"a.yaml": "info: {title: t}\nswagger: '1.2'\npaths: {}\n"},
+        (Expect("a.yaml", "/swagger", "openapi", ("unsupported", "1.2", "2.0"), 2),),
+        exact=True,
+    )
 
     text = SPEC_HEAD + (
         "x-gateway: {timeout: 5}\n"
@@ -203,17 +293,40 @@ def _cases() -> Iterator[Case]:
         "      operationId: getA\n"
         "      x-gateway: {speed: 11, retries: {attempts: -1}, sensitive: 'yes'}\n"
     )
-    yield Case("bad-x-gateway", {"a.yaml": text}, (
-        Expect("a.yaml", "/x-gateway/timeout", "policy-schema", ("not of type", "string"),
-               line_of(text, "x-gateway: {timeout")),
-        Expect("a.yaml", "/paths/~1a/x-gateway", "policy-schema", ("not of type", "object"),
-               line_of(text, "[fast]")),
-        Expect("a.yaml", "/paths/~1a/get/x-gateway/speed", "policy-schema", ("unknown key", "speed", "timeout"),
-               line_of(text, "speed")),
-        Expect("a.yaml", "/paths/~1a/get/x-gateway/retries/attempts", "policy-schema", ("minimum",),
-               line_of(text, "speed")),
-        Expect("a.yaml", "/paths/~1a/get/x-gateway/sensitive", "policy-schema", ("boolean",), line_of(text, "speed")),
-    ), exact=True)
+    yield Case(
+        "bad-x-gateway",
+        {"a.yaml": text},
+        (
+            Expect(
+                "a.yaml",
+                "/x-gateway/timeout",
+                "policy-schema",
+                ("not of type", "string"),
+                line_of(text, "x-gateway: {timeout"),
+            ),
+            Expect(
+                "a.yaml", "/paths/~1a/x-gateway", "policy-schema", ("not of type", "object"), line_of(text, "[fast]")
+            ),
+            Expect(
+                "a.yaml",
+                "/paths/~1a/get/x-gateway/speed",
+                "policy-schema",
+                ("unknown key", "speed", "timeout"),
+                line_of(text, "speed"),
+            ),
+            Expect(
+                "a.yaml",
+                "/paths/~1a/get/x-gateway/retries/attempts",
+                "policy-schema",
+                ("minimum",),
+                line_of(text, "speed"),
+            ),
+            Expect(
+                "a.yaml", "/paths/~1a/get/x-gateway/sensitive", "policy-schema", ("boolean",), line_of(text, "speed")
+            ),
+        ),
+        exact=True,
+    )
 
     text = """\
 swagger: "2.0"
@@ -225,10 +338,14 @@ paths:
   /a:
     get: {operationId: getA}
 """
-    yield Case("bad-swagger-server-fields", {"a.yaml": text}, (
-        Expect("a.yaml", "/basePath", "openapi", ("basepath", "{"), line_of(text, "basePath")),
-        Expect("a.yaml", "/schemes", "openapi", ("schemes", "list"), line_of(text, "schemes")),
-    ))
+    yield Case(
+        "bad-swagger-server-fields",
+        {"a.yaml": text},
+        (
+            Expect("a.yaml", "/basePath", "openapi", ("basepath", "{"), line_of(text, "basePath")),
+            Expect("a.yaml", "/schemes", "openapi", ("schemes", "list"), line_of(text, "schemes")),
+        ),
+    )
 
     # -- policies ----------------------------------------------------------------------------
     spec = SPEC_HEAD + "paths:\n  /a:\n    get: {operationId: getA}\n"
@@ -241,15 +358,34 @@ paths:
         "apis:\n"
         "  - {name: a, specc: s.yaml, upstream: backend}\n"
     )
-    yield Case("policy-unknown-keys", {"p.yaml": text, "s.yaml": spec}, (
-        Expect("p.yaml", "/colour", "policy-schema", ("unknown key", "colour", "listeners"), line_of(text, "colour")),
-        Expect("p.yaml", "/listeners/0/bogus", "policy-schema", ("unknown key", "bogus", "port"),
-               line_of(text, "bogus")),
-        Expect("p.yaml", "/upstreams/0/keepalive", "policy-schema", ("unknown key", "keepalive", "endpoints"),
-               line_of(text, "keepalive")),
-        Expect("p.yaml", "/apis/0/specc", "policy-schema", ("unknown key", "specc", "spec"), line_of(text, "specc")),
-        Expect("p.yaml", "/apis/0", "policy-schema", ("'spec'", "required"), line_of(text, "specc")),
-    ), paths=("p.yaml",))
+    yield Case(
+        "policy-unknown-keys",
+        {"p.yaml": text, "s.yaml": spec},
+        (
+            Expect(
+                "p.yaml", "/colour", "policy-schema", ("unknown key", "colour", "listeners"), line_of(text, "colour")
+            ),
+            Expect(
+                "p.yaml",
+                "/listeners/0/bogus",
+                "policy-schema",
+                ("unknown key", "bogus", "port"),
+                line_of(text, "bogus"),
+            ),
+            Expect(
+                "p.yaml",
+                "/upstreams/0/keepalive",
+                "policy-schema",
+                ("unknown key", "keepalive", "endpoints"),
+                line_of(text, "keepalive"),
+            ),
+            Expect(
+                "p.yaml", "/apis/0/specc", "policy-schema", ("unknown key", "specc", "spec"), line_of(text, "specc")
+            ),
+            Expect("p.yaml", "/apis/0", "policy-schema", ("'spec'", "required"), line_of(text, "specc")),
+        ),
+        paths=("p.yaml",),
+    )
 
     text = POLICY_HEAD + (
         "gateway: {accessLog: 'yes', maxConnections: many}\n"
@@ -260,97 +396,193 @@ paths:
         "upstreams: {name: backend}\n"
         "apis: 5\n"
     )
-    yield Case("policy-wrong-types", {"p.yaml": text}, (
-        Expect("p.yaml", "/gateway/accessLog", "policy-schema", ("not of type", "boolean"), line_of(text, "gateway")),
-        Expect("p.yaml", "/gateway/maxConnections", "policy-schema", ("not of type", "integer"),
-               line_of(text, "gateway")),
-        Expect("p.yaml", "/headers/identityHeaders", "policy-schema", ("not of type", "array"),
-               line_of(text, "headers")),
-        Expect("p.yaml", "/listeners/0/port", "policy-schema", ("not of type", "integer"), line_of(text, "'8080'")),
-        Expect("p.yaml", "/listeners/1/name", "policy-schema", ("admin_port", "lower-case"), line_of(text, "Admin")),
-        Expect("p.yaml", "/listeners/1/port", "policy-schema", ("80.0", "integer"), line_of(text, "Admin")),
-        Expect("p.yaml", "/upstreams", "policy-schema", ("not of type", "array"), line_of(text, "upstreams")),
-        Expect("p.yaml", "/apis", "policy-schema", ("not of type", "array"), line_of(text, "apis")),
-    ), exact=True)
+    yield Case(
+        "policy-wrong-types",
+        {"p.yaml": text},
+        (
+            Expect(
+                "p.yaml", "/gateway/accessLog", "policy-schema", ("not of type", "boolean"), line_of(text, "gateway")
+            ),
+            Expect(
+                "p.yaml",
+                "/gateway/maxConnections",
+                "policy-schema",
+                ("not of type", "integer"),
+                line_of(text, "gateway"),
+            ),
+            Expect(
+                "p.yaml",
+                "/headers/identityHeaders",
+                "policy-schema",
+                ("not of type", "array"),
+                line_of(text, "headers"),
+            ),
+            Expect("p.yaml", "/listeners/0/port", "policy-schema", ("not of type", "integer"), line_of(text, "'8080'")),
+            Expect(
+                "p.yaml", "/listeners/1/name", "policy-schema", ("admin_port", "lower-case"), line_of(text, "Admin")
+            ),
+            Expect("p.yaml", "/listeners/1/port", "policy-schema", ("80.0", "integer"), line_of(text, "Admin")),
+            Expect("p.yaml", "/upstreams", "policy-schema", ("not of type", "array"), line_of(text, "upstreams")),
+            Expect("p.yaml", "/apis", "policy-schema", ("not of type", "array"), line_of(text, "apis")),
+        ),
+        exact=True,
+    )
 
     text = POLICY_HEAD + UPSTREAM + "apis:\n  - {name: a, spec: nowhere/missing.yaml, upstream: backend}\n"
-    yield Case("policy-missing-spec", {"p.yaml": text}, (
-        Expect("p.yaml", "/apis/0/spec", "unreadable-file", ("cannot read", "missing.yaml"), line_of(text, "nowhere")),
-    ))
+    yield Case(
+        "policy-missing-spec",
+        {"p.yaml": text},
+        (
+            Expect(
+                "p.yaml", "/apis/0/spec", "unreadable-file", ("cannot read", "missing.yaml"), line_of(text, "nowhere")
+            ),
+        ),
+    )
     text = POLICY_HEAD + UPSTREAM + "apis:\n  - {name: a, spec: p.yaml, upstream: backend}\n"
-    yield Case("policy-spec-is-not-a-spec", {"p.yaml": text}, (
-        Expect("p.yaml", "/apis/0/spec", "not-a-spec", ("p.yaml", "not an openapi"), line_of(text, "spec:")),
-    ), exact=True)
+    yield Case(
+        "policy-spec-is-not-a-spec",
+        {"p.yaml": text},
+        (Expect("p.yaml", "/apis/0/spec", "not-a-spec", ("p.yaml", "not an openapi"), line_of(text, "spec:")),),
+        exact=True,
+    )
 
-    text = POLICY_HEAD + UPSTREAM + (
-        "listeners:\n  - {name: public, port: 8080}\n"
-        "apis:\n"
-        "  - name: a\n    spec: s.yaml\n    upstream: elsewhere\n"
-        "  - name: b\n    spec: t.yaml\n    upstream: backend\n    listeners: [public, internal]\n"
+    text = (
+        POLICY_HEAD
+        + UPSTREAM
+        + (
+            "listeners:\n  - {name: public, port: 8080}\n"
+            "apis:\n"
+            "  - name: a\n    spec: s.yaml\n    upstream: elsewhere\n"
+            "  - name: b\n    spec: t.yaml\n    upstream: backend\n    listeners: [public, internal]\n"
+        )
     )
     t = spec.replace("getA", "getB")
-    yield Case("policy-unknown-upstream-and-listener", {"p.yaml": text, "s.yaml": spec, "t.yaml": t}, (
-        Expect("p.yaml", "/apis/0/upstream", "unknown-upstream", ("no upstream", "elsewhere"),
-               line_of(text, "elsewhere")),
-        Expect("p.yaml", "/apis/1/listeners", "unknown-listener", ("no listener", "internal"),
-               line_of(text, "internal")),
-    ), paths=("p.yaml",), exact=True)
-
-    text = POLICY_HEAD + UPSTREAM + (
-        "apis:\n"
-        "  - name: a\n    spec: s.yaml\n    upstream: backend\n"
-        "    operations:\n"
-        "      getA: {timeout: 1s}\n"
-        "      getZ: {timeout: 1s}\n"
-        "      GET /zz: {sensitive: true}\n"
+    yield Case(
+        "policy-unknown-upstream-and-listener",
+        {"p.yaml": text, "s.yaml": spec, "t.yaml": t},
+        (
+            Expect(
+                "p.yaml",
+                "/apis/0/upstream",
+                "unknown-upstream",
+                ("no upstream", "elsewhere"),
+                line_of(text, "elsewhere"),
+            ),
+            Expect(
+                "p.yaml",
+                "/apis/1/listeners",
+                "unknown-listener",
+                ("no listener", "internal"),
+                line_of(text, "internal"),
+            ),
+        ),
+        paths=("p.yaml",),
+        exact=True,
     )
-    yield Case("policy-unknown-operations", {"p.yaml": text, "s.yaml": spec}, (
-        Expect("p.yaml", "/apis/0/operations/getZ", "unknown-operation", ("no operation", "getz"),
-               line_of(text, "getZ")),
-        Expect("p.yaml", "/apis/0/operations/GET ~1zz", "unknown-operation", ("no operation", "get /zz"),
-               line_of(text, "GET /zz")),
-    ), paths=("p.yaml",), exact=True)
 
-    text = POLICY_HEAD + UPSTREAM + (
-        "listeners:\n"
-        "  - {name: one, port: 8080}\n"
-        "  - {name: two, port: 8080}\n"
-        "  - {name: three, port: 8081, address: 127.0.0.1}\n"
-        "  - {name: four, port: 8081, address: 127.0.0.1}\n"
-        "apis:\n  - {name: a, spec: s.yaml, upstream: backend}\n"
+    text = (
+        POLICY_HEAD
+        + UPSTREAM
+        + (
+            "apis:\n"
+            "  - name: a\n    spec: s.yaml\n    upstream: backend\n"
+            "    operations:\n"
+            "      getA: {timeout: 1s}\n"
+            "      getZ: {timeout: 1s}\n"
+            "      GET /zz: {sensitive: true}\n"
+        )
     )
-    yield Case("duplicate-listener-ports", {"p.yaml": text, "s.yaml": spec}, (
-        Expect("p.yaml", "/listeners/1/port", "port-conflict", ("'two'", "'one'", "8080"), line_of(text, "two")),
-        Expect("p.yaml", "/listeners/3/port", "port-conflict", ("'four'", "'three'", "127.0.0.1:8081"),
-               line_of(text, "four")),
-    ), paths=("p.yaml",), exact=True)
+    yield Case(
+        "policy-unknown-operations",
+        {"p.yaml": text, "s.yaml": spec},
+        (
+            Expect(
+                "p.yaml",
+                "/apis/0/operations/getZ",
+                "unknown-operation",
+                ("no operation", "getz"),
+                line_of(text, "getZ"),
+            ),
+            Expect(
+                "p.yaml",
+                "/apis/0/operations/GET ~1zz",
+                "unknown-operation",
+                ("no operation", "get /zz"),
+                line_of(text, "GET /zz"),
+            ),
+        ),
+        paths=("p.yaml",),
+        exact=True,
+    )
+
+    text = (
+        POLICY_HEAD
+        + UPSTREAM
+        + (
+            "listeners:\n"
+            "  - {name: one, port: 8080}\n"
+            "  - {name: two, port: 8080}\n"
+            "  - {name: three, port: 8081, address: 127.0.0.1}\n"
+            "  - {name: four, port: 8081, address: 127.0.0.1}\n"
+            "apis:\n  - {name: a, spec: s.yaml, upstream: backend}\n"
+        )
+    )
+    yield Case(
+        "duplicate-listener-ports",
+        {"p.yaml": text, "s.yaml": spec},
+        (
+            Expect("p.yaml", "/listeners/1/port", "port-conflict", ("'two'", "'one'", "8080"), line_of(text, "two")),
+            Expect(
+                "p.yaml",
+                "/listeners/3/port",
+                "port-conflict",
+                ("'four'", "'three'", "127.0.0.1:8081"),
+                line_of(text, "four"),
+            ),
+        ),
+        paths=("p.yaml",),
+        exact=True,
+    )
 
     # -- deep, huge, self-referencing ------------------------------------------------------
     text = SPEC_HEAD + "x-deep: " + "[" * 5000 + "]" * 5000 + "\npaths: {}\n"
-    yield Case("deep-yaml", {"a.yaml": text}, (
-        Expect("a.yaml", "", "yaml", ("invalid yaml", "nesting depth"), line_of(text, "x-deep")),
-    ), exact=True)
+    yield Case(
+        "deep-yaml",
+        {"a.yaml": text},
+        (Expect("a.yaml", "", "yaml", ("invalid yaml", "nesting depth"), line_of(text, "x-deep")),),
+        exact=True,
+    )
     text = '{"openapi": "3.0.3",\n "x-deep": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
-    yield Case("deep-json", {"a.json": text}, (
-        Expect("a.json", "", "json", ("nests too deeply",), 1),
-    ), exact=True)
+    yield Case("deep-json", {"a.json": text}, (Expect("a.json", "", "json", ("nests too deeply",), 1),), exact=True)
     text = POLICY_HEAD + "metadata:\n  name: " + "[" * 990 + "]" * 990 + "\n"
-    yield Case("deep-policy-value", {"p.yaml": text}, (
-        Expect("p.yaml", "", "policy-schema", ("nests too deeply",), 1),
-    ), exact=True)
+    yield Case(
+        "deep-policy-value",
+        {"p.yaml": text},
+        (Expect("p.yaml", "", "policy-schema", ("nests too deeply",), 1),),
+        exact=True,
+    )
     text = SPEC_HEAD + "x-loop: &loop\n  again: *loop\npaths:\n  /a:\n    get: {operationId: getA}\n"
-    yield Case("recursive-yaml-alias", {"a.yaml": text}, (
-        Expect("a.yaml", "/x-loop/again", "yaml", ("alias", "contains it"), line_of(text, "again")),
-    ), exact=True)
+    yield Case(
+        "recursive-yaml-alias",
+        {"a.yaml": text},
+        (Expect("a.yaml", "/x-loop/again", "yaml", ("alias", "contains it"), line_of(text, "again")),),
+        exact=True,
+    )
 
     text = SPEC_HEAD + "x-big: " + "9" * 5000 + "\npaths: {}\n"
-    yield Case("huge-number-yaml", {"a.yaml": text}, (
-        Expect("a.yaml", "", "yaml", ("5000 digits", "too many"), line_of(text, "x-big")),
-    ), exact=True)
+    yield Case(
+        "huge-number-yaml",
+        {"a.yaml": text},
+        (Expect("a.yaml", "", "yaml", ("5000 digits", "too many"), line_of(text, "x-big")),),
+        exact=True,
+    )
     text = '{\n  "openapi": "3.0.3",\n  "x-big": ' + "9" * 5000 + "\n}\n"
-    yield Case("huge-number-json", {"a.json": text}, (
-        Expect("a.json", "", "json", ("5000 digits", "too many"), line_of(text, "x-big")),
-    ), exact=True)
+    yield Case(
+        "huge-number-json",
+        {"a.json": text},
+        (Expect("a.json", "", "json", ("5000 digits", "too many"), line_of(text, "x-big")),),
+        exact=True,
+    )
     big = 10**30
     text = POLICY_HEAD + (
         f"gateway: {{maxConnections: {big}}}\n"
@@ -360,19 +592,34 @@ paths:
         "    timeout: 99999999999999999999h\n"
         "apis:\n  - {name: a, spec: s.yaml, upstream: backend, defaults: {timeout: 100000000000000000ms}}\n"
     )
-    yield Case("huge-numbers-policy", {"p.yaml": text, "s.yaml": spec}, (
-        Expect("p.yaml", "/gateway/maxConnections", "policy-schema", ("maximum",), line_of(text, "gateway")),
-        Expect("p.yaml", "/listeners/0/port", "policy-schema", ("maximum", "65535"), line_of(text, "4294967377")),
-        Expect("p.yaml", "/upstreams/0/circuitBreaker/maxRequests", "policy-schema", ("maximum", "4294967295"),
-               line_of(text, "maxRequests")),
-        Expect("p.yaml", "/upstreams/0/timeout", "policy-schema", ("duration", "digits"), line_of(text, "999h")),
-        Expect("p.yaml", "/apis/0/defaults/timeout", "policy-schema", ("duration", "digits"),
-               line_of(text, "000ms")),
-    ), paths=("p.yaml",), exact=True)
+    yield Case(
+        "huge-numbers-policy",
+        {"p.yaml": text, "s.yaml": spec},
+        (
+            Expect("p.yaml", "/gateway/maxConnections", "policy-schema", ("maximum",), line_of(text, "gateway")),
+            Expect("p.yaml", "/listeners/0/port", "policy-schema", ("maximum", "65535"), line_of(text, "4294967377")),
+            Expect(
+                "p.yaml",
+                "/upstreams/0/circuitBreaker/maxRequests",
+                "policy-schema",
+                ("maximum", "4294967295"),
+                line_of(text, "maxRequests"),
+            ),
+            Expect("p.yaml", "/upstreams/0/timeout", "policy-schema", ("duration", "digits"), line_of(text, "999h")),
+            Expect(
+                "p.yaml", "/apis/0/defaults/timeout", "policy-schema", ("duration", "digits"), line_of(text, "000ms")
+            ),
+        ),
+        paths=("p.yaml",),
+        exact=True,
+    )
     text = SPEC_HEAD + "x-gateway: {timeout: 99999999999999999999h}\npaths:\n  /a:\n    get: {operationId: getA}\n"
-    yield Case("huge-duration-x-gateway", {"a.yaml": text}, (
-        Expect("a.yaml", "/x-gateway/timeout", "policy-schema", ("duration",), line_of(text, "x-gateway")),
-    ), exact=True)
+    yield Case(
+        "huge-duration-x-gateway",
+        {"a.yaml": text},
+        (Expect("a.yaml", "/x-gateway/timeout", "policy-schema", ("duration",), line_of(text, "x-gateway")),),
+        exact=True,
+    )
 
     # -- several independent errors in one file: all of them in one run ----------------------
     text = SPEC_HEAD + (
@@ -387,16 +634,28 @@ paths:
         "  /f/{y}:\n    get: {operationId: fy}\n"
         "  /g:\n    get: {operationId: g, x-gateway: {retries: {attempts: -1}}}\n"
     )
-    yield Case("spec-with-many-errors", {"a.yaml": text}, (
-        Expect("a.yaml", "/x-gateway/timeout", "policy-schema", ("string",), line_of(text, "x-gateway: {timeout")),
-        Expect("a.yaml", "/paths/~1a~1{", "path-template", ("brace",), line_of(text, "/a/{")),
-        Expect("a.yaml", "/paths/~1c/get/operationId", "duplicate-operation-id", ("twin",), line_of(text, "/c:") + 1),
-        Expect("a.yaml", "/paths/~1d/$ref", "ref", ("unresolvable",), line_of(text, "pathItems/missing")),
-        Expect("a.yaml", "/paths/~1e/$ref", "unreadable-file", ("other.yaml",), line_of(text, "other.yaml")),
-        Expect("a.yaml", "/paths/~1f~1{y}/get", "route-conflict", ("/f/{x}",), line_of(text, "fy")),
-        Expect("a.yaml", "/paths/~1g/get/x-gateway/retries/attempts", "policy-schema", ("minimum",),
-               line_of(text, "attempts")),
-    ), exact=True)
+    yield Case(
+        "spec-with-many-errors",
+        {"a.yaml": text},
+        (
+            Expect("a.yaml", "/x-gateway/timeout", "policy-schema", ("string",), line_of(text, "x-gateway: {timeout")),
+            Expect("a.yaml", "/paths/~1a~1{", "path-template", ("brace",), line_of(text, "/a/{")),
+            Expect(
+                "a.yaml", "/paths/~1c/get/operationId", "duplicate-operation-id", ("twin",), line_of(text, "/c:") + 1
+            ),
+            Expect("a.yaml", "/paths/~1d/$ref", "ref", ("unresolvable",), line_of(text, "pathItems/missing")),
+            Expect("a.yaml", "/paths/~1e/$ref", "unreadable-file", ("other.yaml",), line_of(text, "other.yaml")),
+            Expect("a.yaml", "/paths/~1f~1{y}/get", "route-conflict", ("/f/{x}",), line_of(text, "fy")),
+            Expect(
+                "a.yaml",
+                "/paths/~1g/get/x-gateway/retries/attempts",
+                "policy-schema",
+                ("minimum",),
+                line_of(text, "attempts"),
+            ),
+        ),
+        exact=True,
+    )
 
     text = POLICY_HEAD + (
         "colour: blue\n"
@@ -412,46 +671,76 @@ paths:
         "    operations:\n      nope: {timeout: 1s}\n      getB: {timeout: soon}\n"
         "  - name: three\n    spec: missing.yaml\n    upstream: backend\n"
     )
-    yield Case("policy-with-many-errors", {"p.yaml": text, "s.yaml": spec, "t.yaml": t}, (
-        Expect("p.yaml", "/colour", "policy-schema", ("unknown key",), line_of(text, "colour")),
-        Expect("p.yaml", "/listeners/1/port", "port-conflict", ("'b'", "'a'"), line_of(text, "name: b, port")),
-        Expect("p.yaml", "/listeners/2/port", "policy-schema", ("integer",), line_of(text, "name: c, port")),
-        Expect("p.yaml", "/upstreams/0/timeout", "policy-schema", ("string",), line_of(text, "backend, endpoints")),
-        Expect("p.yaml", "/apis/0/upstream", "unknown-upstream", ("nowhere",), line_of(text, "nowhere")),
-        Expect("p.yaml", "/apis/1/listeners", "unknown-listener", ("'zz'",), line_of(text, "zz")),
-        Expect("p.yaml", "/apis/1/operations/nope", "unknown-operation", ("'nope'",), line_of(text, "nope")),
-        Expect("p.yaml", "/apis/1/operations/getB/timeout", "policy-schema", ("soon", "duration"),
-               line_of(text, "soon")),
-        Expect("p.yaml", "/apis/2/spec", "unreadable-file", ("missing.yaml",), line_of(text, "missing.yaml")),
-    ), paths=("p.yaml",), exact=True)
+    yield Case(
+        "policy-with-many-errors",
+        {"p.yaml": text, "s.yaml": spec, "t.yaml": t},
+        (
+            Expect("p.yaml", "/colour", "policy-schema", ("unknown key",), line_of(text, "colour")),
+            Expect("p.yaml", "/listeners/1/port", "port-conflict", ("'b'", "'a'"), line_of(text, "name: b, port")),
+            Expect("p.yaml", "/listeners/2/port", "policy-schema", ("integer",), line_of(text, "name: c, port")),
+            Expect("p.yaml", "/upstreams/0/timeout", "policy-schema", ("string",), line_of(text, "backend, endpoints")),
+            Expect("p.yaml", "/apis/0/upstream", "unknown-upstream", ("nowhere",), line_of(text, "nowhere")),
+            Expect("p.yaml", "/apis/1/listeners", "unknown-listener", ("'zz'",), line_of(text, "zz")),
+            Expect("p.yaml", "/apis/1/operations/nope", "unknown-operation", ("'nope'",), line_of(text, "nope")),
+            Expect(
+                "p.yaml",
+                "/apis/1/operations/getB/timeout",
+                "policy-schema",
+                ("soon", "duration"),
+                line_of(text, "soon"),
+            ),
+            Expect("p.yaml", "/apis/2/spec", "unreadable-file", ("missing.yaml",), line_of(text, "missing.yaml")),
+        ),
+        paths=("p.yaml",),
+        exact=True,
+    )
 
     # A wrong pathPrefix: the api's spec is still checked, but its routes (which would be guesses)
     # do not produce conflicts of their own.
-    text = POLICY_HEAD + UPSTREAM + (
-        "apis:\n"
-        "  - {name: one, spec: s.yaml, upstream: backend}\n"
-        "  - {name: two, spec: t.yaml, upstream: backend, pathPrefix: shop}\n"
+    text = (
+        POLICY_HEAD
+        + UPSTREAM
+        + (
+            "apis:\n"
+            "  - {name: one, spec: s.yaml, upstream: backend}\n"
+            "  - {name: two, spec: t.yaml, upstream: backend, pathPrefix: shop}\n"
+        )
     )
     s = SPEC_HEAD.replace("example.com", "example.com/shop") + "paths:\n  /a:\n    get: {operationId: getA}\n"
     t2 = SPEC_HEAD.replace("example.com", "example.com/shop") + (
         "paths:\n  /a:\n    get: {operationId: getA2}\n  /b:\n    get: {operationId: getA2}\n"
     )
-    yield Case("policy-error-does-not-cascade", {"p.yaml": text, "s.yaml": s, "t.yaml": t2}, (
-        Expect("p.yaml", "/apis/1/pathPrefix", "policy-schema", ("'shop'", "starts with '/'"), line_of(text, "two")),
-        Expect("t.yaml", "/paths/~1b/get/operationId", "duplicate-operation-id", ("getA2",), line_of(t2, "/b:") + 1),
-    ), paths=("p.yaml",), exact=True)
+    yield Case(
+        "policy-error-does-not-cascade",
+        {"p.yaml": text, "s.yaml": s, "t.yaml": t2},
+        (
+            Expect(
+                "p.yaml", "/apis/1/pathPrefix", "policy-schema", ("'shop'", "starts with '/'"), line_of(text, "two")
+            ),
+            Expect(
+                "t.yaml", "/paths/~1b/get/operationId", "duplicate-operation-id", ("getA2",), line_of(t2, "/b:") + 1
+            ),
+        ),
+        paths=("p.yaml",),
+        exact=True,
+    )
 
-    yield Case("errors-in-several-files", {
-        "broken.yaml": "openapi: 3.0.3\npaths: {\n",
-        "empty.json": "",
-        "v4.yaml": "openapi: 4.0.0\n",
-        "s.yaml": SPEC_HEAD + "paths:\n  /a/{:\n    get: {}\n",
-    }, (
-        Expect("broken.yaml", "", "yaml", ("invalid yaml",), 3),
-        Expect("empty.json", "", "json", ("invalid json",), 1),
-        Expect("v4.yaml", "/openapi", "openapi", ("unsupported",), 1),
-        Expect("s.yaml", "/paths/~1a~1{", "path-template", ("brace",), 5),
-    ), exact=True)
+    yield Case(
+        "errors-in-several-files",
+        {
+            "broken.yaml": "openapi: 3.0.3\npaths: {\n",
+            "empty.json": "",
+            "v4.yaml": "openapi: 4.0.0\n",
+            "s.yaml": SPEC_HEAD + "paths:\n  /a/{:\n    get: {}\n",
+        },
+        (
+            Expect("broken.yaml", "", "yaml", ("invalid yaml",), 3),
+            Expect("empty.json", "", "json", ("invalid json",), 1),
+            Expect("v4.yaml", "/openapi", "openapi", ("unsupported",), 1),
+            Expect("s.yaml", "/paths/~1a~1{", "path-template", ("brace",), 5),
+        ),
+        exact=True,
+    )
 
 
 CASES = list(_cases())
@@ -554,7 +843,7 @@ def test_ref_with_nul_and_bad_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     )
     policy = POLICY_HEAD + (
         "upstreams:\n  - {name: backend, url: 'http://[::1'}\n"
-        "apis:\n  - {name: a, spec: \"b\\0.yaml\", upstream: backend}\n  - {name: s, spec: s.yaml, upstream: backend}\n"
+        'apis:\n  - {name: a, spec: "b\\0.yaml", upstream: backend}\n  - {name: s, spec: s.yaml, upstream: backend}\n'
     )
     write(tmp_path, {"s.yaml": spec, "p.yaml": policy})
     monkeypatch.chdir(tmp_path)
@@ -593,8 +882,14 @@ def error_lines(stderr: str) -> list[re.Match[str]]:
 # Inputs compiled together: specs alone (a policy would leave the ones it does not mount unread)
 # or one policy with what it mounts.
 CLI_GROUPS = {
-    "specs": ("broken-yaml", "binary-garbage-yaml", "unsupported-openapi-version", "recursive-yaml-alias",
-              "spec-with-many-errors", "errors-in-several-files"),
+    "specs": (
+        "broken-yaml",
+        "binary-garbage-yaml",
+        "unsupported-openapi-version",
+        "recursive-yaml-alias",
+        "spec-with-many-errors",
+        "errors-in-several-files",
+    ),
     "policy": ("policy-with-many-errors",),
     "numbers": ("huge-numbers-policy",),
 }
@@ -630,9 +925,13 @@ def test_cli_prints_every_error_located(command: str, group: str, tmp_path: Path
     [
         ("v4.yaml", "openapi: 4.0.0\ninfo: {title: t, version: '1'}\npaths: {}\n", "openapi"),  # crashed the validator
         ("loop.yaml", SPEC_HEAD + "x-loop: &l [*l]\npaths: {}\n", "yaml"),  # hung the validator
-        ("pattern.yaml", SPEC_HEAD + "paths:\n  /a/{x}:\n    get:\n      parameters:\n"
-         "        - {name: x, in: path, required: true, schema: {pattern: '^\u00e9+$'}}\n"
-         "      responses: {'200': {description: ok}}\n  /a/{y}:\n    get: {}\n", "route-conflict"),
+        (
+            "pattern.yaml",
+            SPEC_HEAD + "paths:\n  /a/{x}:\n    get:\n      parameters:\n"
+            "        - {name: x, in: path, required: true, schema: {pattern: '^\u00e9+$'}}\n"
+            "      responses: {'200': {description: ok}}\n  /a/{y}:\n    get: {}\n",
+            "route-conflict",
+        ),
         ("missing.yaml", None, "missing-input"),
     ],
     ids=["unsupported-version", "recursive-alias", "non-ascii-pattern", "missing-path"],
@@ -651,8 +950,11 @@ def test_cli_validate_regressions(name: str, content: str | None, code: str, tmp
 
 def test_cli_dump_bootstrap_with_numbers_envoy_cannot_hold(tmp_path: Path) -> None:
     spec = SPEC_HEAD + "paths:\n  /a:\n    get: {operationId: getA}\n"
-    policy = POLICY_HEAD + UPSTREAM + "gateway: {maxConnections: 9223372036854775808}\n" + (
-        "apis:\n  - {name: a, spec: s.yaml, upstream: backend}\n"
+    policy = (
+        POLICY_HEAD
+        + UPSTREAM
+        + "gateway: {maxConnections: 9223372036854775808}\n"
+        + ("apis:\n  - {name: a, spec: s.yaml, upstream: backend}\n")
     )
     write(tmp_path, {"s.yaml": spec, "p.yaml": policy})
     proc = run_cli("dump", "--bootstrap", "p.yaml", cwd=tmp_path)
@@ -684,31 +986,137 @@ scalars = (
     | st.sampled_from(["/a/{", "{}", "5s", "99999999999999999999999h", "3.0.3", "2.0", "GatewayPolicy", "~1", "\x00"])
 )
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
 MISSING_REFS = [
-    "missing.yaml", "#/nope", "#/components/parameters/Nope", "catalog/paths/missing.yaml#/get",
-    "catalog/components/schemas.yaml#/Nope", "orders.openapi.yaml#/paths/~1nope", "gateway.policy.yaml", "#", "",
-    "#/paths", "//[x", "a%00.yaml", "http://example.com/x.yaml", "catalog",
+    "missing.yaml",
+    "#/nope",
+    "#/components/parameters/Nope",
+    "catalog/paths/missing.yaml#/get",
+    "catalog/components/schemas.yaml#/Nope",
+    "orders.openapi.yaml#/paths/~1nope",
+    "gateway.policy.yaml",
+    "#",
+    "",
+    "#/paths",
+    "//[x",
+    "a%00.yaml",
+    "http://example.com/x.yaml",
+    "catalog",
 ]
-PATH_KEYS = ["/a/{", "/b/{}", "c", "/d/{x}{y}", "/e/{x}/{x}", "/orders/{other}", "/pets/{petId}", "/login", "/q?x=1",
-             "/#", "/{a}", "", "/f}", "/products/{sku}"]
+PATH_KEYS = [
+    "/a/{",
+    "/b/{}",
+    "c",
+    "/d/{x}{y}",
+    "/e/{x}/{x}",
+    "/orders/{other}",
+    "/pets/{petId}",
+    "/login",
+    "/q?x=1",
+    "/#",
+    "/{a}",
+    "",
+    "/f}",
+    "/products/{sku}",
+]
 # What decides routing, upstreams and listeners: mutated more often than descriptions.
 HOT_KEYS = {
-    "servers", "url", "variables", "default", "host", "basePath", "schemes", "paths", "parameters", "in", "name",
-    "schema", "type", "pattern", "enum", "minimum", "operationId", "x-gateway", "timeout", "retries", "$ref",
-    "listeners", "upstreams", "apis", "port", "address", "endpoints", "spec", "upstream", "pathPrefix",
-    "upstreamPathPrefix", "operations", "healthCheck", "circuitBreaker", "outlierDetection", "gateway", "headers",
+    "servers",
+    "url",
+    "variables",
+    "default",
+    "host",
+    "basePath",
+    "schemes",
+    "paths",
+    "parameters",
+    "in",
+    "name",
+    "schema",
+    "type",
+    "pattern",
+    "enum",
+    "minimum",
+    "operationId",
+    "x-gateway",
+    "timeout",
+    "retries",
+    "$ref",
+    "listeners",
+    "upstreams",
+    "apis",
+    "port",
+    "address",
+    "endpoints",
+    "spec",
+    "upstream",
+    "pathPrefix",
+    "upstreamPathPrefix",
+    "operations",
+    "healthCheck",
+    "circuitBreaker",
+    "outlierDetection",
+    "gateway",
+    "headers",
 }
 # Values of the right type that are wrong all the same.
-EDGY_STRINGS = ["", " ", "\x00", "{", "/a{b", "/a/{x}", "http://[x", "http://h:99999", "ftp://h", "https://h/p?q#f",
-                "^\u00e9[\u00e0-\u00ff]+$", "(?<=a)b", "a{1001}", "[", "99999999999999999999h", "0s", "1.5", "x" * 300,
-                "a%00.yaml", "../../../etc/passwd", "GET /nope", "\ud800", "~1", "#/x"]
+EDGY_STRINGS = [
+    "",
+    " ",
+    "\x00",
+    "{",
+    "/a{b",
+    "/a/{x}",
+    "http://[x",
+    "http://h:99999",
+    "ftp://h",
+    "https://h/p?q#f",
+    "^\u00e9[\u00e0-\u00ff]+$",
+    "(?<=a)b",
+    "a{1001}",
+    "[",
+    "99999999999999999999h",
+    "0s",
+    "1.5",
+    "x" * 300,
+    "a%00.yaml",
+    "../../../etc/passwd",
+    "GET /nope",
+    "\ud800",
+    "~1",
+    "#/x",
+]
 EDGY_NUMBERS = [0, -1, 1.0, 80.0, 2**31, 2**32, 2**63, 2**64, 10**30, float("inf"), float("nan"), -0.0, 1e308]
-SNIPPETS = ["{", "}", "[", "]", ": ", "- ", "\t", "\n  ", "&a [*a]", "*a", "!!python/object:os.system", "'", '"',
-            "\x00", "\ufeff", "9" * 5000, "$ref: nope.yaml\n", "<<: 5\n", "---\n", "? [1]\n: 2\n", "%YAML 9.9\n",
-            "[" * 3000, "\\u", "\x85", "\ud800"]
+SNIPPETS = [
+    "{",
+    "}",
+    "[",
+    "]",
+    ": ",
+    "- ",
+    "\t",
+    "\n  ",
+    "&a [*a]",
+    "*a",
+    "!!python/object:os.system",
+    "'",
+    '"',
+    "\x00",
+    "\ufeff",
+    "9" * 5000,
+    "$ref: nope.yaml\n",
+    "<<: 5\n",
+    "---\n",
+    "? [1]\n: 2\n",
+    "%YAML 9.9\n",
+    "[" * 3000,
+    "\\u",
+    "\x85",
+    "\ud800",
+]
 
 
 def _type_name(value: Any) -> str:
@@ -792,7 +1200,7 @@ def damaged_text(draw: st.DrawFn, text: str) -> str | bytes:
         return raw[: draw(st.integers(0, len(raw)))]
     if kind == "bytes":
         pos = draw(st.integers(0, len(raw)))
-        return raw[:pos] + draw(st.binary(min_size=1, max_size=16)) + raw[pos + draw(st.integers(0, 16)):]
+        return raw[:pos] + draw(st.binary(min_size=1, max_size=16)) + raw[pos + draw(st.integers(0, 16)) :]
     return draw(random_document())
 
 
@@ -887,4 +1295,3 @@ def test_property_inputs_are_valid_before_damage() -> None:
     """The mutations start from examples that compile, so what breaks is the mutation."""
     result = compile([str(SPECS)])
     assert result.ok, "\n".join(map(str, result.errors))
-

@@ -15,8 +15,16 @@ from tests.harness import envoy_validate_file
 # envoy/<file> ← the command that produces it (run from the repository root)
 EXAMPLE_BOOTSTRAPS = {
     "gateway.static.yaml": ["dump", "--bootstrap", "specs/"],
-    "gateway.xds.yaml": ["bootstrap", "--node-id", "gateway-1", "--cluster", "gateway",
-                         "--xds-address", "127.0.0.1:18000", "--insecure"],
+    "gateway.xds.yaml": [
+        "bootstrap",
+        "--node-id",
+        "gateway-1",
+        "--cluster",
+        "gateway",
+        "--xds-address",
+        "127.0.0.1:18000",
+        "--insecure",
+    ],
 }
 
 
@@ -33,8 +41,13 @@ def test_examples_are_clean_even_in_strict_mode() -> None:
 @pytest.mark.envoy
 @pytest.mark.parametrize("name", sorted(EXAMPLE_BOOTSTRAPS))
 def test_example_bootstraps_are_current_and_valid(name: str, request: pytest.FixtureRequest) -> None:
-    out = subprocess.run([sys.executable, "-m", "controlplane", *EXAMPLE_BOOTSTRAPS[name]],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "controlplane", *EXAMPLE_BOOTSTRAPS[name]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     path = REPO / "envoy" / name
     if request.config.getoption("--update-goldens"):
         path.write_text(out)

@@ -69,7 +69,7 @@ def test_ir_to_resources(case: str, update: bool) -> None:
     resources = translate(gateway)
     for short, url in Resources.TYPES.items():
         data = [to_dict(m) for m in resources.of(url).values()]
-        _check(GOLDEN / case / f"{short}.yaml", _text((data)), update)
+        _check(GOLDEN / case / f"{short}.yaml", _text(data), update)
 
 
 @pytest.mark.envoy
@@ -77,6 +77,6 @@ def test_ir_to_resources(case: str, update: bool) -> None:
 def test_envoy_accepts_golden(case: str, tmp_path: Path) -> None:
     gateway = ir.from_dict(ir.Gateway, yaml.safe_load((GOLDEN / case / "ir.yaml").read_text()))
     config = tmp_path / "envoy.yaml"
-    config.write_text(_text((to_dict(static_bootstrap(gateway, translate(gateway))))))
+    config.write_text(_text(to_dict(static_bootstrap(gateway, translate(gateway)))))
     proc = envoy_validate_file(config)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.skipif(not OPENAI.exists(), reason="../shared/real-spec
 
 def _operations(result: object) -> dict[str, str]:
     gw = result.gateway  # type: ignore[attr-defined]
-    return {op.name: f"{op.method} {op.path.template}" for lst in gw.listeners for p in lst.paths for op in p.operations}
+    return {
+        op.name: f"{op.method} {op.path.template}" for lst in gw.listeners for p in lst.paths for op in p.operations
+    }
 
 
 @pytest.mark.envoy

@@ -117,8 +117,9 @@ def log_of(gw: Gateway, resp: Response) -> dict:
         ("GET", "/p/things/other/parts/special", "precedence.getSpecialPart"),
     ],
 )
-def test_declared_operations_reach_the_backend(echo: EchoServer, gw: Gateway, method: str, path: str,
-                                               operation: str) -> None:
+def test_declared_operations_reach_the_backend(
+    echo: EchoServer, gw: Gateway, method: str, path: str, operation: str
+) -> None:
     resp, seen = forwarded(echo, gw, method, path)
     assert resp.status == 200, resp.body
     assert seen is not None and seen["method"] == method and seen["path"] == path
@@ -207,8 +208,7 @@ def test_normalized_paths_are_matched_after_normalization(echo: EchoServer, gw: 
         ("POST", "/p/things/special", "GET"),  # the literal path decides, not /things/{name}
     ],
 )
-def test_wrong_method_answers_405_with_allow(echo: EchoServer, gw: Gateway, method: str, path: str,
-                                             allow: str) -> None:
+def test_wrong_method_answers_405_with_allow(echo: EchoServer, gw: Gateway, method: str, path: str, allow: str) -> None:
     resp, seen = forwarded(echo, gw, method, path)
     assert resp.status == 405
     assert resp.header("allow") == allow
@@ -232,7 +232,7 @@ SPOOFED = [
 @pytest.mark.parametrize("path", ["/api/orders", "/api/login"])
 def test_spoofed_identity_headers_never_reach_the_backend(echo: EchoServer, gw: Gateway, path: str) -> None:
     method = "POST" if path.endswith("login") else "GET"
-    headers = SPOOFED + [("X-User-Id", "second-copy"), ("x-user-id", "third")]
+    headers = [*SPOOFED, ("X-User-Id", "second-copy"), ("x-user-id", "third")]
     resp, seen = forwarded(echo, gw, method, path, headers=headers)
     assert resp.status == 200
     assert seen is not None

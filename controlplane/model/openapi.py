@@ -183,12 +183,13 @@ class _Parser:
         assert version is not None
         info = data.get("info")
         title = str(info.get("title", "")) if isinstance(info, dict) else ""
+        server: ServerUrl | None
         if version == "2.0":
             server = self._swagger_server(data)
-        else:
-            server = self.servers(data["servers"], doc, "/servers") if "servers" in data else None
-            if server is None and "servers" not in data:
-                server = ServerUrl(None, None, None, "")
+        elif "servers" in data:
+            server = self.servers(data["servers"], doc, "/servers")
+        else:  # no servers at all means "/" (OpenAPI 3): mounted at the root, no upstream known
+            server = ServerUrl(None, None, None, "")
         x_gw = data.get("x-gateway")
         x_gateway = (x_gw, Source(doc.name, "/x-gateway")) if x_gw is not None else None
         paths = data.get("paths")

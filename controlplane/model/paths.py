@@ -10,16 +10,11 @@ leave the parameter unconstrained and produce a warning.
 from __future__ import annotations
 
 import re
+import re._constants as sre_c  # Python's own regex parser: ECMA patterns are parsed, not guessed
+import re._parser as sre_p
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-try:  # Python 3.11+
-    import re._constants as sre_c  # type: ignore[import-not-found]
-    import re._parser as sre_p  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover
-    import sre_constants as sre_c
-    import sre_parse as sre_p
 
 from ..ir import PathPattern, SegmentKind
 
@@ -80,7 +75,7 @@ def parse_template(template: str) -> list[Segment]:
         for text in parts:
             if "{" in text or "}" in text:
                 raise TemplateError(f"unbalanced brace in segment {raw!r}")
-        for a, b in zip(parts[1:-1], params[1:]):
+        for a, b in zip(parts[1:-1], params[1:], strict=True):
             if a == "" and b:
                 raise TemplateError(f"two adjacent parameters in segment {raw!r} cannot be told apart")
         segments.append(Segment(tuple(parts), tuple(params)))
@@ -103,7 +98,7 @@ def build_pattern(template: str, segments: list[Segment], param_regex: Mapping[s
     out = []
     for seg in segments:
         pieces = [re2_escape(seg.literal_parts[0])]
-        for name, after in zip(seg.params, seg.literal_parts[1:]):
+        for name, after in zip(seg.params, seg.literal_parts[1:], strict=True):
             regex = param_regex.get(name, ANY_SEGMENT)
             pieces.append(regex if regex == ANY_SEGMENT else "(?:" + regex + ")")
             pieces.append(re2_escape(after))
@@ -247,13 +242,13 @@ def _emit(items: Any) -> str:
             atomic = len(sub) == 1 and sub[0][0] in _ATOMIC
             body = inner if atomic else "(?:" + inner + ")"
             if hi is sre_c.MAXREPEAT:
-                rep = "*" if lo == 0 else "+" if lo == 1 else "{%d,}" % lo
+                rep = "*" if lo == 0 else "+" if lo == 1 else f"{{{lo},}}"
             elif lo == 0 and hi == 1:
                 rep = "?"
             elif lo == hi:
-                rep = "{%d}" % lo
+                rep = f"{{{lo}}}"
             else:
-                rep = "{%d,%d}" % (lo, hi)
+                rep = f"{{{lo},{hi}}}"
             out.append(body + rep + ("?" if op is sre_c.MIN_REPEAT else ""))
         elif op is sre_c.AT and av in (sre_c.AT_BOUNDARY, sre_c.AT_NON_BOUNDARY):
             out.append("\\b" if av is sre_c.AT_BOUNDARY else "\\B")

@@ -42,7 +42,7 @@ _Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(definition: str | None) -> jsonschema.Draft202012Validator:
     schema = policy_schema()
     if definition is not None:
@@ -53,24 +53,23 @@ def _validator(definition: str | None) -> jsonschema.Draft202012Validator:
 def _describe(err: ValidationError) -> list[tuple[str, str]]:
     """(pointer, message) pairs a person can act on, for one schema violation."""
     where = pointer(*err.absolute_path)
+    schema: dict[str, Any] = err.schema if isinstance(err.schema, dict) else {}
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = sorted(err.schema.get("properties", {}))
-        extra = [k for k in err.instance if k not in err.schema.get("properties", {})]
+        allowed = sorted(schema.get("properties", {}))
+        extra = [k for k in err.instance if k not in schema.get("properties", {})]
         hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
         return [(where + pointer(k), f"unknown key {k!r}{hint}") for k in extra]
     if err.validator == "required":
         return [(where, err.message.replace("is a required property", "is required"))]
-    if err.validator == "oneOf" and err.schema.get("oneOf") and all(
-        set(s) == {"required"} for s in err.schema["oneOf"]
-    ):
-        keys = [s["required"][0] for s in err.schema["oneOf"]]
+    if err.validator == "oneOf" and schema.get("oneOf") and all(set(s) == {"required"} for s in schema["oneOf"]):
+        keys = [s["required"][0] for s in schema["oneOf"]]
         return [(where, f"exactly one of {', '.join(keys)} must be set")]
     if err.validator == "pattern":
-        description = err.schema.get("description")
+        description = schema.get("description")
         message = f"{err.instance!r} is not valid"
-        return [(where, f"{message}: {description}" if description else f"{message} (must match {err.schema['pattern']})")]
+        return [(where, f"{message}: {description}" if description else f"{message} (must match {schema['pattern']})")]
     if err.validator in ("enum", "const"):
-        options = err.schema.get("enum", [err.schema.get("const")])
+        options = schema.get("enum", [schema.get("const")])
         return [(where, f"{err.instance!r} is not one of {', '.join(repr(o) for o in options)}")]
     return [(where, err.message)]
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urldefrag, unquote
+from urllib.parse import unquote, urldefrag
 
 from ..documents import Document, DocumentStore
 from ..errors import Diagnostic, Diagnostics, Severity, pointer
@@ -110,10 +110,17 @@ def _cache_store(root: Document, deps: dict[str, str], findings: list[dict[str, 
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".{root.digest}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({
-            "format": CACHE_FORMAT, "validator": _validator_version(), "root": str(root.path),
-            "deps": deps, "findings": findings,
-        }))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "format": CACHE_FORMAT,
+                    "validator": _validator_version(),
+                    "root": str(root.path),
+                    "deps": deps,
+                    "findings": findings,
+                }
+            )
+        )
         tmp.replace(directory / f"{root.digest}.json")
     except OSError:
         pass  # a cache that cannot be written only costs time
@@ -223,14 +230,28 @@ def validate(store: DocumentStore, root: Document, use_cache: bool = True) -> li
             severity = Severity.ERROR if decides_routing_or_security(store, root, parts) else Severity.WARNING
             findings.append({"message": message, "file": str(doc.path), "pointer": ptr, "severity": severity.value})
         if stopped:
-            findings.append({"message": f"full validation stopped early: {stopped}", "file": str(root.path),
-                             "pointer": "", "severity": Severity.WARNING.value})
+            findings.append(
+                {
+                    "message": f"full validation stopped early: {stopped}",
+                    "file": str(root.path),
+                    "pointer": "",
+                    "severity": Severity.WARNING.value,
+                }
+            )
         if use_cache:
             _cache_store(root, dependencies(store, root), findings)
     out = []
     for f in findings:
-        doc = store.load(Path(f["file"]))
-        name = doc.name if doc else f["file"]
-        out.append(Diagnostic(f"OpenAPI validation: {f['message']}", name, f["pointer"], None,
-                              Severity(f["severity"]), "openapi-validation"))
+        found = store.load(Path(f["file"]))
+        name = found.name if found else f["file"]
+        out.append(
+            Diagnostic(
+                f"OpenAPI validation: {f['message']}",
+                name,
+                f["pointer"],
+                None,
+                Severity(f["severity"]),
+                "openapi-validation",
+            )
+        )
     return out

@@ -80,9 +80,7 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
         normalize_path=packed_bool(True),
         merge_slashes=True,
         path_with_escaped_slashes_action=(
-            HCM.REJECT_REQUEST
-            if listener.escaped_slashes is ir.EscapedSlashes.REJECT
-            else HCM.UNESCAPE_AND_REDIRECT
+            HCM.REJECT_REQUEST if listener.escaped_slashes is ir.EscapedSlashes.REJECT else HCM.UNESCAPE_AND_REDIRECT
         ),
         strip_trailing_host_dot=True,
         strip_any_host_port=True,

@@ -26,7 +26,8 @@ from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 
 from .. import ir
-from ..model.paths import SegmentKind, parse_template, re2_escape
+from ..ir import SegmentKind
+from ..model.paths import parse_template, re2_escape
 from ._pb import duration, header, packed, uint32
 
 NOT_FOUND_ROUTE = "not-found"
@@ -115,7 +116,7 @@ def _may_extend(path: ir.PathPattern, key: str) -> bool:
     full, partial = key_segments[:-1], key_segments[-1]
     if len(segments) <= len(full):
         return False
-    for seg, text in zip(segments, full):
+    for seg, text in zip(segments, full, strict=False):
         if seg.kind is SegmentKind.LITERAL:
             if seg.literal_parts[0] != text:
                 return False
