@@ -10,7 +10,22 @@ from controlplane.echo import EchoServer
 from tests.harness import Gateway
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_SPECS = REPO.parent / "shared" / "real-specs"
+
+
+def _real_specs() -> Path:
+    """../shared/real-specs beside the checkout (CI may clone elsewhere: then the workplace copy)."""
+    candidates = [
+        os.environ.get("CONTROLPLANE_REAL_SPECS", ""),
+        REPO.parent / "shared" / "real-specs",
+        "/work/shared/real-specs",
+    ]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return REPO.parent / "shared" / "real-specs"
+
+
+REAL_SPECS = _real_specs()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
