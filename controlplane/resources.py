@@ -24,6 +24,9 @@ class Resources:
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=dict)
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
+    # Finer places inside resources (route names, path regexes) → where they came from,
+    # so that an error Envoy reports about one route can name the operation.
+    details: dict[str, list[tuple[str, Source]]] = field(default_factory=dict)
 
     def add(self, type_url: str, message: Message, source: Source) -> None:
         name = getattr(message, "name", "") or getattr(message, "cluster_name", "")

@@ -12,6 +12,10 @@ def translate(gw: ir.Gateway) -> Resources:
     for lst in gw.listeners:
         out.add(Resources.LISTENER, listener.listener(gw, lst), lst.source)
         out.add(Resources.ROUTE, routes.route_configuration(lst, gw.headers), lst.source)
+        details = out.details.setdefault(Resources.ROUTE, [])
+        for path_route in lst.paths:
+            for op in path_route.operations:
+                details.extend((needle, op.source) for needle in (op.name, op.path.regex, op.path.template) if needle)
     for upstream in gw.upstreams:
         out.add(Resources.CLUSTER, clusters.cluster(upstream), upstream.source)
         if not upstream.uses_dns:

@@ -1,0 +1,311 @@
+"""The xDS protocol state machines (state-of-the-world and delta) over a small stream interface.
+
+They know nothing of gRPC: a :class:`Stream` gives requests and takes response bytes, so
+tests drive them with a fake stream. ``fixed_type`` serves the per-type services (LDS,
+RDS, CDS, EDS); ``None`` serves ADS, where each request names its type.
+
+State of the world (per type on a stream):
+- a request with a nonce that is not the last one sent is stale and ignored;
+- a request with the last nonce ACKs (no ``error_detail``) or NACKs that response; a
+  NACKed version is not sent again (Envoy keeps its last good config);
+- a response is sent only when the client has a request open and what it would receive
+  differs from what it has (a reconnecting Envoy that already has the current version,
+  or a change that yields identical resources, gets nothing);
+- listeners and clusters are always the full state; route configurations and endpoint
+  sets are the subscribed names;
+- on ADS, pending types are answered in the order CDS, EDS, LDS, RDS.
+
+Delta: subscriptions change by name (``*`` is the wildcard, the default for listeners and
+clusters), ``initial_resource_versions`` tells what a reconnecting Envoy has, only changed
+resources are sent and removed ones named in ``removed_resources``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .cache import SnapshotCache
+from .registry import Connection, Nack, Registry, TypeState, nack_sources
+from .snapshot import FULL_STATE_TYPES, TYPE_ORDER, Snapshot, delta_response, sotw_response
+
+
+class Stream(Protocol):
+    peer: str
+    identity: tuple[str, str] | None  # (node id, group) proven by a client certificate
+
+    async def recv(self) -> Any | None:
+        """The next request, or None when the client has closed the stream."""
+
+    async def send(self, data: bytes) -> None: ...
+
+
+@dataclass
+class XdsContext:
+    """What all streams share."""
+
+    cache: SnapshotCache
+    registry: Registry = field(default_factory=Registry)
+    # Called with (connection, node) on the first request: returns the group, may refuse.
+    authorize: Callable[[Connection, Any, Stream], Awaitable[None]] | None = None
+
+
+def _group_of(node: Any) -> str:
+    return node.cluster or "*"
+
+
+async def _identify(ctx: XdsContext, conn: Connection, node: Any, stream: Stream) -> None:
+    if stream.identity is not None:
+        conn.node_id, conn.group = stream.identity
+        conn.identity = "certificate"
+    else:
+        conn.node_id, conn.group = node.id, _group_of(node)
+    v = node.user_agent_build_version.version
+    conn.envoy_version = f"{node.user_agent_name}/{v.major_number}.{v.minor_number}.{v.patch}".strip("/")
+    if ctx.authorize is not None:
+        await ctx.authorize(conn, node, stream)
+    ctx.registry.emit("identified", conn, "", {"node": node})
+
+
+class _Loop:
+    """Waits for either the next request or the next snapshot change."""
+
+    def __init__(self, stream: Stream, cache: SnapshotCache):
+        self.stream = stream
+        self.cache = cache
+        self.recv_task: asyncio.Task[Any] | None = None
+
+    async def next(self) -> tuple[bool, Any]:
+        """(True, request-or-None) when a request came, (False, None) on a snapshot change."""
+        if self.recv_task is None:
+            self.recv_task = asyncio.ensure_future(self.stream.recv())
+        change = asyncio.ensure_future(self.cache.change_event().wait())
+        try:
+            done, _ = await asyncio.wait({self.recv_task, change}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            change.cancel()
+        if self.recv_task in done:
+            task, self.recv_task = self.recv_task, None
+            return True, task.result()
+        return False, None
+
+    def close(self) -> None:
+        if self.recv_task is not None:
+            self.recv_task.cancel()
+
+
+_nonces = itertools.count(1)
+
+
+def _nonce() -> str:
+    return str(next(_nonces))
+
+
+def _ordered(types: list[str]) -> list[str]:
+    rank = {t: i for i, t in enumerate(TYPE_ORDER)}
+    return sorted(types, key=lambda t: rank.get(t, len(rank)))
+
+
+# -- state of the world -------------------------------------------------------------------
+
+
+@dataclass
+class _Watch:
+    pending: bool = False  # the client has a request we have not answered
+
+
+async def serve_sotw(stream: Stream, ctx: XdsContext, fixed_type: str | None = None) -> None:
+    conn = ctx.registry.open("sotw", stream.peer)
+    loop = _Loop(stream, ctx.cache)
+    watches: dict[str, _Watch] = {}
+    identified = False
+    try:
+        while True:
+            snapshot = ctx.cache.get(conn.group) if identified else None
+            if snapshot is not None:
+                for type_url in _ordered(list(watches)):
+                    await _sotw_respond(stream, ctx, conn, watches[type_url], type_url, snapshot)
+            got_request, request = await loop.next()
+            if not got_request:
+                continue
+            if request is None:
+                return
+            if not identified:
+                await _identify(ctx, conn, request.node, stream)
+                identified = True
+            type_url = fixed_type or request.type_url
+            if not type_url:
+                continue
+            _sotw_request(ctx, conn, watches.setdefault(type_url, _Watch()), type_url, request)
+    finally:
+        loop.close()
+        ctx.registry.close(conn)
+
+
+def _sotw_request(ctx: XdsContext, conn: Connection, watch: _Watch, type_url: str, req: Any) -> None:
+    state = conn.state(type_url)
+    if req.response_nonce:
+        if req.response_nonce != state.sent_nonce:
+            return  # stale: an answer to a response that has been superseded
+        if req.HasField("error_detail"):
+            snapshot = ctx.cache.get(conn.group)
+            state.nack = Nack(
+                state.sent_version,
+                req.error_detail.message,
+                time.time(),
+                nack_sources(snapshot, type_url, state.sent_names, req.error_detail.message),
+            )
+            ctx.registry.emit("nack", conn, type_url, {"version": state.sent_version})
+        else:
+            state.acked_version = req.version_info
+            ctx.registry.emit("ack", conn, type_url, {"version": req.version_info})
+    elif req.version_info and not state.sent_version:
+        # A reconnecting Envoy says what it already has: no need to send it again.
+        state.sent_version = state.acked_version = req.version_info
+    names = set(req.resource_names)
+    if type_url in FULL_STATE_TYPES and (not names or "*" in names):
+        state.subscribed = None
+    else:
+        names.discard("*")
+        state.subscribed = names
+    watch.pending = True
+
+
+async def _sotw_respond(
+    stream: Stream, ctx: XdsContext, conn: Connection, watch: _Watch, type_url: str, snapshot: Snapshot
+) -> None:
+    if not watch.pending:
+        return
+    state = conn.state(type_url)
+    entries = snapshot.of(type_url)
+    names = sorted(entries) if state.subscribed is None else sorted(n for n in state.subscribed if n in entries)
+    version = snapshot.version_of(type_url, None if state.subscribed is None else state.subscribed)
+    if version == state.sent_version and frozenset(names) == state.sent_names:
+        return
+    if version == state.sent_version and state.sent_names == frozenset() and state.acked_version == version:
+        # reconnected with the current version: what it has is what it would get
+        state.sent_names = frozenset(names)
+        return
+    nonce = _nonce()
+    data = sotw_response((entries[n] for n in names), version, type_url, nonce)
+    await stream.send(data)
+    watch.pending = False
+    state.sent_version, state.sent_nonce, state.sent_at = version, nonce, time.time()
+    state.sent_names = frozenset(names)
+    state.pushes += 1
+    ctx.registry.emit("send", conn, type_url, {"bytes": len(data), "version": version, "resources": len(names)})
+
+
+# -- delta --------------------------------------------------------------------------------
+
+
+@dataclass
+class _DeltaType:
+    wildcard: bool = False
+    subscribed: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)  # what the client has: name → version
+    missing_told: set[str] = field(default_factory=set)  # subscribed names told not to exist
+    in_flight: dict[str, str] = field(default_factory=dict)  # nonce → version
+    started: bool = False
+
+
+async def serve_delta(stream: Stream, ctx: XdsContext, fixed_type: str | None = None) -> None:
+    conn = ctx.registry.open("delta", stream.peer)
+    loop = _Loop(stream, ctx.cache)
+    types: dict[str, _DeltaType] = {}
+    identified = False
+    try:
+        while True:
+            snapshot = ctx.cache.get(conn.group) if identified else None
+            if snapshot is not None:
+                for type_url in _ordered(list(types)):
+                    await _delta_respond(stream, ctx, conn, types[type_url], type_url, snapshot)
+            got_request, request = await loop.next()
+            if not got_request:
+                continue
+            if request is None:
+                return
+            if not identified:
+                await _identify(ctx, conn, request.node, stream)
+                identified = True
+            type_url = fixed_type or request.type_url
+            if not type_url:
+                continue
+            _delta_request(ctx, conn, types.setdefault(type_url, _DeltaType()), type_url, request)
+    finally:
+        loop.close()
+        ctx.registry.close(conn)
+
+
+def _delta_request(ctx: XdsContext, conn: Connection, dt: _DeltaType, type_url: str, req: Any) -> None:
+    state = conn.state(type_url)
+    if not dt.started:
+        dt.started = True
+        dt.wildcard = type_url in FULL_STATE_TYPES and not req.resource_names_subscribe
+        dt.known.update(req.initial_resource_versions)
+    for name in req.resource_names_subscribe:
+        if name == "*":
+            dt.wildcard = True
+        else:
+            dt.subscribed.add(name)
+    for name in req.resource_names_unsubscribe:
+        if name == "*":
+            dt.wildcard = False
+        else:
+            dt.subscribed.discard(name)
+            dt.missing_told.discard(name)
+            if not dt.wildcard:
+                dt.known.pop(name, None)  # the client dropped it: a later subscribe resends it
+    state.subscribed = None if dt.wildcard else set(dt.subscribed)
+    if req.response_nonce:
+        version = dt.in_flight.pop(req.response_nonce, None)
+        if version is None:
+            return  # stale or unknown nonce
+        if req.HasField("error_detail"):
+            snapshot = ctx.cache.get(conn.group)
+            state.nack = Nack(
+                version,
+                req.error_detail.message,
+                time.time(),
+                nack_sources(snapshot, type_url, state.sent_names, req.error_detail.message),
+            )
+            ctx.registry.emit("nack", conn, type_url, {"version": version})
+        else:
+            state.acked_version = version
+            ctx.registry.emit("ack", conn, type_url, {"version": version})
+
+
+async def _delta_respond(
+    stream: Stream, ctx: XdsContext, conn: Connection, dt: _DeltaType, type_url: str, snapshot: Snapshot
+) -> None:
+    if not dt.started:
+        return
+    state: TypeState = conn.state(type_url)
+    entries = snapshot.of(type_url)
+    wanted = set(entries) if dt.wildcard else dt.subscribed
+    changed = [entries[n] for n in sorted(wanted) if n in entries and dt.known.get(n) != entries[n].version]
+    removed = sorted(n for n in dt.known if n not in entries or n not in wanted)
+    # named subscriptions to resources that do not exist are answered, so Envoy stops waiting
+    missing = sorted(n for n in dt.subscribed if n not in entries and n not in dt.known and n not in dt.missing_told)
+    if not changed and not removed and not missing:
+        return
+    nonce = _nonce()
+    version = snapshot.version_of(type_url, None if dt.wildcard else dt.subscribed)
+    data = delta_response(changed, removed + missing, snapshot.version, type_url, nonce)
+    await stream.send(data)
+    for e in changed:
+        dt.known[e.name] = e.version
+    for n in removed:
+        dt.known.pop(n, None)
+    dt.missing_told.update(missing)
+    dt.in_flight[nonce] = version
+    state.sent_version, state.sent_nonce, state.sent_at = version, nonce, time.time()
+    state.sent_names = frozenset(e.name for e in changed)
+    state.pushes += 1
+    ctx.registry.emit(
+        "send", conn, type_url, {"bytes": len(data), "version": version, "resources": len(changed), "removed": removed}
+    )

@@ -1,0 +1,196 @@
+"""Immutable snapshots of serialized resources, and responses assembled from their bytes.
+
+A resource is serialized once per version. Its wire form as a ``resources`` entry of a
+``DiscoveryResponse`` (and as a ``Resource`` entry of a ``DeltaDiscoveryResponse``) is
+computed once too; a response for a stream is the concatenation of those entries with a
+few per-stream fields (version, type, nonce). Protobuf messages are sequences of fields,
+so concatenating encoded fields is encoding the message: nothing is re-serialized per
+client, and every stream gets the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from ..ir import Source
+from ..resources import Resources
+
+# ADS order: clusters before their endpoints, listeners before their routes ("make before break").
+TYPE_ORDER = (Resources.CLUSTER, Resources.ENDPOINT, Resources.LISTENER, Resources.ROUTE)
+# Types whose wildcard subscription is the full state: a response must never be partial.
+FULL_STATE_TYPES = frozenset({Resources.LISTENER, Resources.CLUSTER})
+
+_F = discovery_pb2.DiscoveryResponse.DESCRIPTOR.fields_by_name
+_D = discovery_pb2.DeltaDiscoveryResponse.DESCRIPTOR.fields_by_name
+_R = discovery_pb2.Resource.DESCRIPTOR.fields_by_name
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """One field of wire type 2 (strings, bytes, messages)."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _text(number: int, value: str) -> bytes:
+    return length_delimited(number, value.encode()) if value else b""
+
+
+def short_hash(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One resource of one version, with its wire forms ready."""
+
+    name: str
+    version: str  # content hash of the serialized resource
+    value: bytes  # the serialized resource message
+    sotw: bytes  # DiscoveryResponse.resources entry (an Any)
+    delta: bytes  # DeltaDiscoveryResponse.resources entry (a Resource wrapping the Any)
+
+
+def make_entry(type_url: str, name: str, value: bytes) -> Entry:
+    version = short_hash(value)
+    any_bytes = length_delimited(1, type_url.encode()) + length_delimited(2, value)
+    resource = _text(_R["name"].number, name) + _text(_R["version"].number, version)
+    resource += length_delimited(_R["resource"].number, any_bytes)
+    return Entry(
+        name,
+        version,
+        value,
+        length_delimited(_F["resources"].number, any_bytes),
+        length_delimited(_D["resources"].number, resource),
+    )
+
+
+class InconsistentSnapshot(ValueError):
+    """A snapshot references resources it does not contain."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one group of Envoys should have, at one version."""
+
+    resources: Mapping[str, Mapping[str, Entry]]  # type URL → name → entry
+    version: str = ""  # content hash of the whole snapshot
+    sources: Mapping[tuple[str, str], Source] = field(default_factory=dict)
+    # The resources each type's resources name (listeners → route configs, EDS clusters → endpoints).
+    references: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Names inside resources (route names, regexes) → the spec place that produced them.
+    details: Mapping[str, tuple[tuple[str, Source], ...]] = field(default_factory=dict)
+
+    def of(self, type_url: str) -> Mapping[str, Entry]:
+        return self.resources.get(type_url, {})
+
+    def version_of(self, type_url: str, names: Iterable[str] | None = None) -> str:
+        """Version of the resources a subscriber sees: all of a type, or the named ones."""
+        entries = self.of(type_url)
+        chosen = sorted(entries) if names is None else sorted(n for n in set(names) if n in entries)
+        return short_hash(type_url, *(f"{n}={entries[n].version}" for n in chosen))
+
+    def check(self) -> None:
+        """Every route configuration and endpoint set referenced must be present."""
+        missing: list[str] = []
+        for type_url, names in self.references.items():
+            have = self.of(type_url)
+            missing.extend(f"{type_url.rsplit('.', 1)[-1]} {n!r}" for n in sorted(names) if n not in have)
+        if missing:
+            raise InconsistentSnapshot("snapshot references missing resources: " + ", ".join(missing))
+        if not self.of(Resources.LISTENER):
+            raise InconsistentSnapshot("snapshot has no listeners: it would delete every listener of the gateway")
+
+
+def build_snapshot(
+    serialized: Mapping[str, Mapping[str, bytes]],
+    references: Mapping[str, Iterable[str]] | None = None,
+    sources: Mapping[tuple[str, str], Source] | None = None,
+    details: Mapping[str, Iterable[tuple[str, Source]]] | None = None,
+) -> Snapshot:
+    """A checked snapshot from serialized resources (deterministic serialization expected)."""
+    resources = {
+        type_url: {name: make_entry(type_url, name, value) for name, value in sorted(by_name.items())}
+        for type_url, by_name in serialized.items()
+    }
+    version = short_hash(*(f"{t}/{n}={e.version}" for t in sorted(resources) for n, e in resources[t].items()))
+    snap = Snapshot(
+        resources,
+        version,
+        dict(sources or {}),
+        {t: frozenset(names) for t, names in (references or {}).items()},
+        {t: tuple(pairs) for t, pairs in (details or {}).items()},
+    )
+    snap.check()
+    return snap
+
+
+def snapshot_from_resources(resources: Resources) -> Snapshot:
+    """Serialize a compiled resource table once and check it."""
+    serialized = {
+        type_url: {name: msg.SerializeToString(deterministic=True) for name, msg in by_name.items()}
+        for type_url, by_name in resources.by_type.items()
+    }
+    return build_snapshot(serialized, references_of(resources), resources.sources, resources.details)
+
+
+def references_of(resources: Resources) -> dict[str, set[str]]:
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    routes: set[str] = set()
+    for listener in resources.of(Resources.LISTENER).values():
+        for chain in listener.filter_chains:  # type: ignore[attr-defined]
+            for f in chain.filters:
+                if f.typed_config.type_url.endswith("HttpConnectionManager"):
+                    hcm = hcm_pb2.HttpConnectionManager()
+                    f.typed_config.Unpack(hcm)
+                    if hcm.HasField("rds"):
+                        routes.add(hcm.rds.route_config_name)
+    endpoints = {
+        name
+        for name, c in resources.of(Resources.CLUSTER).items()
+        if c.type == cluster_pb2.Cluster.EDS  # type: ignore[attr-defined]
+    }
+    return {Resources.ROUTE: routes, Resources.ENDPOINT: endpoints}
+
+
+def sotw_response(snapshot_entries: Iterable[Entry], version: str, type_url: str, nonce: str) -> bytes:
+    """A DiscoveryResponse, as bytes, from ready entries."""
+    body = b"".join(e.sotw for e in snapshot_entries)
+    return (
+        _text(_F["version_info"].number, version)
+        + body
+        + _text(_F["type_url"].number, type_url)
+        + _text(_F["nonce"].number, nonce)
+    )
+
+
+def delta_response(
+    entries: Iterable[Entry], removed: Iterable[str], system_version: str, type_url: str, nonce: str
+) -> bytes:
+    """A DeltaDiscoveryResponse, as bytes, from ready entries."""
+    out = _text(_D["system_version_info"].number, system_version)
+    out += b"".join(e.delta for e in entries)
+    out += _text(_D["type_url"].number, type_url)
+    out += b"".join(_text(_D["removed_resources"].number, name) for name in removed)
+    out += _text(_D["nonce"].number, nonce)
+    return out
