@@ -8,6 +8,7 @@ refused the result), 2 wrong usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -83,7 +84,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_get(address: str, path: str) -> tuple[int, Any]:
+    import http.client
+
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
+    if args.server:
+        if not args.node:
+            print("dump: --server needs --node ID", file=sys.stderr)
+            return 2
+        from urllib.parse import quote
+
+        try:
+            code, dump = _admin_get(args.server, f"/config_dump?node={quote(args.node)}")
+        except OSError as exc:
+            print(f"dump: cannot reach the control plane at {args.server}: {exc}", file=sys.stderr)
+            return 1
+        if code != 200:
+            print(f"dump: {dump.get('error', code)}", file=sys.stderr)
+            return 1
+        write(dump[args.type] if args.type else dump, args.output, sys.stdout)
+        return 0
+    if not args.paths:
+        print("dump: give PATH... or --server ADDR --node ID", file=sys.stderr)
+        return 2
     result = _compile(args)
     _report(result, sys.stderr)
     if not result.ok:
@@ -137,6 +170,103 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        _code, data = _admin_get(args.server, "/status")
+        _, compiled = _admin_get(args.server, "/compile")
+    except OSError as exc:
+        print(f"status: cannot reach the control plane at {args.server}: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        write({"compile": compiled, **data}, "json", sys.stdout)
+        return 0
+    print(status_table(data, compiled))
+    return 0 if all(n["state"] == "SYNCED" for n in data["nodes"]) else 3
+
+
+def status_table(data: dict[str, Any], compiled: dict[str, Any]) -> str:
+    """One line per connected Envoy, like ``istioctl proxy-status``, then NACK details."""
+    short = {"clusters": "CDS", "endpoints": "EDS", "listeners": "LDS", "routes": "RDS"}
+    header = ["NODE", "GROUP", "PROTOCOL", *short.values(), "STATE"]
+    rows = [header]
+    notes = []
+    for n in data["nodes"]:
+        cells = [n["node"], n["group"], n["protocol"]]
+        for kind in short:
+            t = n["types"].get(kind)
+            cells.append(f"{t['state']} {t['sent'][:8]}" if t else "-")
+        cells.append(n["state"])
+        rows.append(cells)
+        for kind, t in n["types"].items():
+            if "nack" in t:
+                where = ", ".join(t["nack"]["sources"]) or "unknown source"
+                notes.append(
+                    f"{n['node']} {short[kind]} NACKED version {t['nack']['version']}: {t['nack']['message']}"
+                    f"\n    from: {where}"
+                )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if not data["nodes"]:
+        lines.append("(no Envoy connected)")
+    state = "ok" if compiled.get("ok") else "REJECTED"
+    lines.append(
+        f"\nlast compile: {state}, serving version {compiled.get('served_version') or '-'}, "
+        f"{compiled.get('operations', 0)} operations"
+    )
+    lines.extend(f"  {e}" for e in compiled.get("errors", []))
+    lines.extend(notes)
+    return "\n".join(lines)
+
+
+def _tls_files(args: argparse.Namespace, what: str) -> Any:
+    from .xds.grpc_server import TlsFiles
+
+    given = (args.tls_cert, args.tls_key, args.tls_client_ca)
+    if args.insecure:
+        return None
+    if not all(given):
+        raise SystemExit(
+            f"{what}: give --tls-cert, --tls-key and --tls-client-ca to require mTLS from Envoys, "
+            "or --insecure for plaintext (loopback development only)"
+        )
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .server import ServeOptions, serve_forever
+
+    tls = _tls_files(args, "serve")
+    _logging()
+    options = ServeOptions(
+        paths=args.paths,
+        xds_address=args.xds_address,
+        admin_address=args.admin_address,
+        tls=tls,
+        strict=args.strict,
+        poll_interval=args.poll_interval,
+        quiet_period=args.quiet_period,
+        max_delay=args.max_delay,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(options))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .gateway import run_gateway
+
+    _logging()
+    return run_gateway(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="controlplane", description="Compile OpenAPI specs and gateway policies for Envoy."
@@ -154,7 +284,11 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     d = sub.add_parser("dump", help="print the generated Envoy resources or a static bootstrap")
-    inputs(d)
+    d.add_argument("paths", nargs="*", metavar="PATH", help="OpenAPI files, policy files or directories")
+    d.add_argument("--strict", action="store_true", help="every validator finding is an error")
+    d.add_argument("--no-cache", action="store_true", help="do not use the validation cache")
+    d.add_argument("--server", metavar="ADDR", help="the live config of a node from a control plane's admin address")
+    d.add_argument("--node", metavar="ID", help="with --server: the node")
     d.add_argument("--type", choices=list(Resources.TYPES), help="only resources of this type")
     d.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     d.add_argument("--bootstrap", action="store_true", help="a complete static Envoy config (envoy -c)")
@@ -176,6 +310,54 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--admin-port", type=int, default=9901)
     b.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     b.set_defaults(func=cmd_bootstrap)
+
+    def server_tls(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--insecure", action="store_true", help="plaintext xDS (loopback development only)")
+        sp.add_argument("--tls-cert", help="the xDS server's certificate")
+        sp.add_argument("--tls-key", help="its private key")
+        sp.add_argument("--tls-client-ca", help="CA that signs Envoy client certificates (mTLS is required)")
+
+    s = sub.add_parser("serve", help="serve the compiled configuration to Envoys over xDS, reloading on change")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="OpenAPI files, policy files or directories")
+    s.add_argument("--xds-address", default="127.0.0.1:18000", metavar="HOST:PORT")
+    s.add_argument(
+        "--admin-address",
+        default="127.0.0.1:18001",
+        metavar="HOST:PORT",
+        help="health, readiness, metrics, status and config dumps",
+    )
+    server_tls(s)
+    s.add_argument("--strict", action="store_true", help="publish only inputs that pass full validation")
+    s.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS")
+    s.add_argument(
+        "--quiet-period",
+        type=float,
+        default=0.3,
+        metavar="SECONDS",
+        help="recompile once the files have been quiet this long",
+    )
+    s.add_argument(
+        "--max-delay",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="recompile at the latest this long after the first change of a burst",
+    )
+    s.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("status", help="one line per connected Envoy: versions per type, SYNCED/STALE/NACKED")
+    st.add_argument("--server", required=True, metavar="ADDR", help="the control plane's admin address")
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    st.set_defaults(func=cmd_status)
+
+    r = sub.add_parser("run", help="a whole local gateway: control plane, Envoy and the sample backend")
+    r.add_argument("paths", nargs="*", default=["specs/"], metavar="PATH")
+    r.add_argument("--backend-port", type=int, default=9000, help="sample backend port (0: none)")
+    r.add_argument("--xds-port", type=int, default=18000)
+    r.add_argument("--admin-port", type=int, default=18001, help="control plane admin port")
+    r.add_argument("--envoy-admin-port", type=int, default=9901)
+    r.add_argument("--delta", action="store_true", help="Envoy uses delta xDS")
+    r.set_defaults(func=cmd_run)
     return p
 
 

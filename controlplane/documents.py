@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,14 @@ def _lone_surrogate(data: Any) -> str | None:
     return None
 
 
+# Parsed data by (path, content hash): a long-lived process (the xDS server's compile
+# worker) re-reads every file on each compile but parses only the ones that changed.
+# Parsed data is never modified after loading.
+_PARSED: OrderedDict[tuple[Path, str], Any] = OrderedDict()
+_PARSED_MAX = 20_000
+_MISSING = object()
+
+
 def split_pointer(ptr: str) -> list[str]:
     if not ptr:
         return []
@@ -204,6 +213,21 @@ class DocumentStore:
             else:
                 diags.error(f"cannot read file: {reason}", name, "", "unreadable-file")
             return None
+        digest = hashlib.sha256(raw).hexdigest()
+        cached = _PARSED.get((path, digest), _MISSING)
+        if cached is not _MISSING:
+            _PARSED.move_to_end((path, digest))
+            return Document(path, name, raw, cached, _digest=digest)
+        data = self._parse(path, name, raw, diags)
+        if data is _MISSING:
+            return None
+        _PARSED[(path, digest)] = data
+        if len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+        return Document(path, name, raw, data, _digest=digest)
+
+    def _parse(self, path: Path, name: str, raw: bytes, diags: Diagnostics) -> Any:
+        """The document's data, or ``_MISSING`` after reporting why it cannot be read."""
         kind = "json" if path.suffix.lower() == ".json" else "yaml"
         try:
             if kind == "json":
@@ -214,31 +238,31 @@ class DocumentStore:
             mark = exc.problem_mark or exc.context_mark
             problem = " ".join(filter(None, [exc.context, exc.problem]))
             diags.add(Diagnostic(f"invalid YAML: {problem}", name, "", mark.line + 1 if mark else 1, code="yaml"))
-            return None
+            return _MISSING
         except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
             line = raw[: exc.position].count(b"\n") + 1
             diags.add(Diagnostic(f"invalid YAML: {str(exc).splitlines()[0]}", name, "", line, code="yaml"))
-            return None
+            return _MISSING
         except yaml.YAMLError as exc:
             diags.add(Diagnostic(f"invalid YAML: {exc}", name, "", 1, code="yaml"))
-            return None
+            return _MISSING
         except json.JSONDecodeError as exc:
             diags.add(Diagnostic(f"invalid JSON: {exc.msg}", name, "", exc.lineno, code="json"))
-            return None
+            return _MISSING
         except UnicodeDecodeError as exc:
             line = raw[: exc.start].count(b"\n") + 1
             diags.add(Diagnostic(f"unreadable document: {exc}", name, "", line, code="encoding"))
-            return None
+            return _MISSING
         except RecursionError:
             diags.add(Diagnostic("unreadable document: it nests too deeply", name, "", 1, code=kind))
-            return None
+            return _MISSING
         except ValueError as exc:  # e.g. a JSON number with more digits than Python converts
             limit = sys.get_int_max_str_digits()
             digits = re.search(rb"[0-9]{%d,}" % (limit + 1), raw) if limit else None
             line = raw[: digits.start()].count(b"\n") + 1 if digits else 1
             problem = f"{len(digits[0])} digits is too many for a number" if digits else str(exc)
             diags.add(Diagnostic(f"unreadable document: {problem}", name, "", line, code=kind))
-            return None
+            return _MISSING
         cycle = _recursive_alias(data) if kind == "yaml" and b"&" in raw and b"*" in raw else None
         if cycle is not None:
             diags.add(
@@ -250,7 +274,7 @@ class DocumentStore:
                     code="yaml",
                 )
             )
-            return None
+            return _MISSING
         surrogate = _lone_surrogate(data) if kind == "json" and _SURROGATE_ESCAPE.search(raw) else None
         if surrogate is not None:
             diags.add(
@@ -262,8 +286,8 @@ class DocumentStore:
                     code="json",
                 )
             )
-            return None
-        return Document(path, name, raw, data)
+            return _MISSING
+        return data
 
     def resolve(
         self, doc: Document, ptr: str, ref: Any, diags: Diagnostics | None = None

@@ -88,7 +88,7 @@ def test_bootstrap_needs_tls_or_insecure() -> None:
 
 @pytest.mark.envoy
 def test_bootstrap_with_mtls_is_accepted_by_envoy(tmp_path: Path) -> None:
-    from tests.certs import CertificateAuthority
+    from controlplane.certs import CertificateAuthority
     from tests.harness import envoy_validate_file
 
     ca = CertificateAuthority(tmp_path)

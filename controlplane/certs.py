@@ -1,9 +1,14 @@
-"""Real X.509 certificates for tests: a CA, and server/client certificates it signs."""
+"""X.509 certificates: a private CA and the server/client certificates it signs.
+
+``run`` uses it to give the local Envoy and the control plane an mTLS channel without
+any setup; the tests use it for real certificates.
+"""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +53,7 @@ class CertificateAuthority:
         self.path = directory / f"{name}.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, sans: list[str] = (), client: bool = False) -> Issued:  # type: ignore[assignment]
+    def issue(self, cn: str, sans: Sequence[str] = (), client: bool = False, unit: str | None = None) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         alt: list[x509.GeneralName] = []
@@ -58,9 +63,12 @@ class CertificateAuthority:
             except ValueError:
                 alt.append(x509.DNSName(san))
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        subject = _name(cn)
+        if unit:
+            subject = x509.Name([*subject, x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit)])
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(cn))
+            .subject_name(subject)
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

@@ -1,0 +1,266 @@
+"""The control plane process: watch sources, compile off the loop, publish, serve xDS.
+
+Life of a change: the watcher polls the files of the last compile (and the directories
+given) and waits for a quiet period (bounded by a maximum delay) so that an editor's or
+a CI job's burst of writes becomes one compile. The compile runs in a worker process. A
+compile with errors is logged, shown by ``/status`` and ``/compile`` and counted in
+metrics, and changes nothing: the previous configuration keeps serving. A good compile
+becomes a checked snapshot; if its content is the same as what is served, nothing is
+pushed.
+
+In default mode the full OpenAPI validation runs after publishing, in a second worker,
+so that a big description never delays a route change; its findings go to ``/compile``.
+With ``strict`` a compile is only published once it passes full validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Diagnostic
+from .sources import SUFFIXES
+from .worker import CompiledConfig, Compiler
+from .xds.admin import AdminServer, json_answer, metrics_handler
+from .xds.cache import DEFAULT_GROUP, SnapshotCache
+from .xds.grpc_server import TlsFiles, build_server
+from .xds.metrics import Metrics
+from .xds.protocol import XdsContext
+from .xds.snapshot import InconsistentSnapshot, build_snapshot
+from .xds.status import config_dump, status
+
+log = logging.getLogger("controlplane")
+
+
+@dataclass
+class ServeOptions:
+    paths: Sequence[str | Path]
+    xds_address: str = "127.0.0.1:18000"
+    admin_address: str = "127.0.0.1:18001"
+    tls: TlsFiles | None = None
+    strict: bool = False
+    poll_interval: float = 0.2
+    quiet_period: float = 0.3
+    max_delay: float = 2.0
+    background_validation: bool = True
+    in_process: bool = False  # compile in the server process (tests, tiny inputs)
+
+
+@dataclass
+class CompileReport:
+    ok: bool = False
+    at: float = 0.0
+    seconds: float = 0.0
+    version: str = ""
+    operations: int = 0
+    errors: list[Diagnostic] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)
+    validation: list[Diagnostic] = field(default_factory=list)
+    listeners: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "at": self.at,
+            "seconds": round(self.seconds, 3),
+            "served_version": self.version,
+            "operations": self.operations,
+            "errors": [str(d) for d in self.errors],
+            "warnings": [str(d) for d in self.warnings],
+            "validation": [str(d) for d in self.validation],
+        }
+
+
+def _fingerprint(files: Sequence[str], inputs: Sequence[str | Path]) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for f in files:
+        try:
+            st = os.stat(f)
+            out[f] = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            out[f] = (-1, -1)
+    for given in inputs:
+        p = Path(given)
+        if p.is_dir():  # a new file in a directory given on the command line is a change
+            with contextlib.suppress(OSError):
+                for child in p.iterdir():
+                    if child.suffix.lower() in SUFFIXES and str(child.resolve()) not in out:
+                        st = child.stat()
+                        out[str(child.resolve())] = (st.st_mtime_ns, st.st_size)
+        elif str(p.resolve()) not in out:
+            try:
+                st = p.stat()
+                out[str(p.resolve())] = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                out[str(p.resolve())] = (-1, -1)
+    return out
+
+
+class ControlPlane:
+    def __init__(self, options: ServeOptions):
+        self.options = options
+        self.cache = SnapshotCache()
+        self.ctx = XdsContext(self.cache)
+        self.metrics = Metrics(self.ctx.registry, self.cache)
+        self.compiler = Compiler(options.paths, options.strict, in_process=options.in_process)
+        self.validator = Compiler(options.paths, False, in_process=options.in_process)
+        self.report = CompileReport()
+        self.files: list[str] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._validation: asyncio.Task[Any] | None = None
+        self.grpc: Any = None
+        self.admin = AdminServer(
+            {
+                "/healthz": lambda q: json_answer(200, {"live": True}),
+                "/readyz": lambda q: json_answer(200 if self.cache.ready else 503, {"ready": self.cache.ready}),
+                "/metrics": metrics_handler(self.metrics.prometheus),
+                "/status": lambda q: json_answer(200, status(self.ctx.registry, self.cache)),
+                "/config_dump": self._config_dump,
+                "/compile": lambda q: json_answer(200, self.report.as_json()),
+            }
+        )
+        self.xds_port = 0
+        self.admin_port = 0
+        self.compiles = 0
+
+    def _config_dump(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        node = (query.get("node") or [""])[0]
+        dump = config_dump(self.ctx.registry, self.cache, node)
+        if dump is None:
+            return json_answer(404, {"error": f"no connected node {node!r}"})
+        return json_answer(200, dump)
+
+    async def start(self) -> None:
+        self.grpc, self.xds_port = build_server(self.ctx, self.options.xds_address, self.options.tls)
+        await self.grpc.start()
+        host, _, port = self.options.admin_address.rpartition(":")
+        self.admin_port = await self.admin.start(host or "127.0.0.1", int(port))
+        log.info(
+            "xDS on port %d%s, admin on %s:%d",
+            self.xds_port,
+            " (mTLS)" if self.options.tls else " (plaintext)",
+            host,
+            self.admin_port,
+        )
+        await self.recompile(time.monotonic())
+        self._tasks.append(asyncio.ensure_future(self._watch()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._validation is not None:
+            self._validation.cancel()
+        if self.grpc is not None:
+            await self.grpc.stop(grace=1)
+        await self.admin.close()
+        self.compiler.close()
+        self.validator.close()
+
+    async def recompile(self, changed_at: float) -> bool:
+        started = time.perf_counter()
+        result: CompiledConfig = await self.compiler.compile()
+        self.compiles += 1
+        self.metrics.compile_seconds.observe(time.perf_counter() - started)
+        if result.files:
+            self.files = result.files
+        report = CompileReport(
+            ok=result.ok,
+            at=time.time(),
+            seconds=result.seconds,
+            version=self.report.version,
+            operations=result.operations,
+            errors=result.errors,
+            warnings=result.warnings,
+            validation=self.report.validation,
+            listeners=result.listeners or self.report.listeners,
+        )
+        if not result.ok:
+            self._rejected(report, "the inputs have errors")
+            return False
+        try:
+            snapshot = build_snapshot(result.serialized, result.references, result.sources, result.details)
+        except InconsistentSnapshot as exc:
+            report.errors = [Diagnostic(str(exc), "")]
+            report.ok = False
+            self._rejected(report, "the compiled configuration is inconsistent")
+            return False
+        changed = self.cache.set(snapshot, DEFAULT_GROUP, changed_at)
+        report.version = snapshot.version
+        self.report = report
+        self.metrics.compiles.labels("ok").inc()
+        self.metrics.last_compile_ok.set(1)
+        self.metrics.config_operations.set(result.operations)
+        if changed:
+            self.metrics.published(DEFAULT_GROUP, snapshot.version, changed_at)
+            log.info(
+                "serving version %s: %d operations (compiled in %.2fs)",
+                snapshot.version,
+                result.operations,
+                result.seconds,
+            )
+        else:
+            log.info("compiled: no change to the served configuration (version %s)", snapshot.version)
+        for d in result.warnings:
+            log.warning("%s", d)
+        if self.options.background_validation and not self.options.strict:
+            self._start_validation()
+        return True
+
+    def _rejected(self, report: CompileReport, why: str) -> None:
+        self.report = report
+        self.metrics.compiles.labels("error").inc()
+        self.metrics.last_compile_ok.set(0)
+        kept = f"; still serving version {report.version}" if report.version else "; nothing served yet"
+        log.error("change rejected: %s (%d error(s))%s", why, len(report.errors), kept)
+        for d in report.errors:
+            log.error("%s", d)
+
+    def _start_validation(self) -> None:
+        if self._validation is not None and not self._validation.done():
+            self._validation.cancel()  # only the latest inputs matter
+
+        async def validate() -> None:
+            result = await self.validator.compile(full_validation=True)
+            self.report.validation = [d for d in result.diagnostics if d.code == "openapi-validation"]
+            errors = [d for d in self.report.validation if d.severity.value == "error"]
+            if errors:
+                log.error("full validation found %d error(s) in the served inputs; see /compile", len(errors))
+
+        self._validation = asyncio.ensure_future(validate())
+
+    async def _watch(self) -> None:
+        o = self.options
+        seen = _fingerprint(self.files, o.paths)
+        first_change = last_change = 0.0
+        while True:
+            await asyncio.sleep(o.poll_interval)
+            now = time.monotonic()
+            current = await asyncio.to_thread(_fingerprint, self.files, o.paths)
+            if current != seen:
+                seen = current
+                last_change = now
+                first_change = first_change or now
+            quiet = now - last_change >= o.quiet_period
+            if first_change and (quiet or now - first_change >= o.max_delay):
+                changed_at, first_change = first_change, 0.0
+                await self.recompile(changed_at)
+                after = await asyncio.to_thread(_fingerprint, self.files, o.paths)
+                if any(after.get(f, stamp) != stamp for f, stamp in seen.items()):
+                    first_change = last_change = time.monotonic()  # written to while compiling
+                seen = after
+
+
+async def serve_forever(options: ServeOptions) -> None:
+    plane = ControlPlane(options)
+    await plane.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await plane.stop()

@@ -1,0 +1,108 @@
+"""Compiling in a worker process, so the server's event loop never waits on it.
+
+The worker returns what the server needs and nothing more: resources already serialized
+(deterministically, once), the names they reference, where each came from, every
+diagnostic, and the files that were read (the watcher's list). The worker process is
+kept between compiles, so its parsed-document cache (``documents.py``) and the
+validation cache make recompiles cheap for files that did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import Diagnostic, Severity
+from .ir import Source
+
+
+@dataclass(frozen=True)
+class CompiledConfig:
+    ok: bool
+    diagnostics: list[Diagnostic]
+    serialized: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    references: dict[str, set[str]] = field(default_factory=dict)
+    sources: dict[tuple[str, str], Source] = field(default_factory=dict)
+    details: dict[str, list[tuple[str, Source]]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # every file read: what to watch
+    operations: int = 0
+    seconds: float = 0.0
+    listeners: list[tuple[str, str, int]] = field(default_factory=list)  # (name, address, port)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity is Severity.WARNING]
+
+
+def compile_serialized(paths: Sequence[str], strict: bool = False, full_validation: bool = False) -> CompiledConfig:
+    """Runs in the worker process (and directly in tests)."""
+    from .compiler import compile
+    from .xds.snapshot import references_of
+
+    started = time.perf_counter()
+    try:
+        result = compile(list(paths), strict=strict, full_validation=full_validation)
+    except RecursionError:  # pragma: no cover - compile reports these itself; a last guard
+        return CompiledConfig(False, [Diagnostic("input nests too deeply", ", ".join(paths))])
+    files = sorted({str(d.path) for d in result.documents})
+    if not result.ok or result.resources is None or result.gateway is None:
+        return CompiledConfig(False, result.diagnostics, files=files, seconds=time.perf_counter() - started)
+    serialized = {
+        type_url: {name: msg.SerializeToString(deterministic=True) for name, msg in by_name.items()}
+        for type_url, by_name in result.resources.by_type.items()
+    }
+    ops = sum(len(p.operations) for lst in result.gateway.listeners for p in lst.paths)
+    return CompiledConfig(
+        True,
+        result.diagnostics,
+        serialized,
+        references_of(result.resources),
+        dict(result.resources.sources),
+        dict(result.resources.details),
+        files,
+        ops,
+        time.perf_counter() - started,
+        [(lst.name, lst.address, lst.port) for lst in result.gateway.listeners],
+    )
+
+
+class Compiler:
+    """A long-lived worker process for compiles; ``await compile(...)`` never blocks the loop."""
+
+    def __init__(self, paths: Sequence[str | Path], strict: bool = False, in_process: bool = False):
+        self.paths = [str(p) for p in paths]
+        self.strict = strict
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.in_process = in_process
+
+    def _executor(self) -> concurrent.futures.Executor | None:
+        if self.in_process:
+            return None
+        if self._pool is None:
+            # spawn, not fork: the parent runs gRPC threads, which fork would copy half-alive
+            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def compile(self, full_validation: bool = False) -> CompiledConfig:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor(), compile_serialized, self.paths, self.strict, full_validation or self.strict
+            )
+        except concurrent.futures.process.BrokenProcessPool:
+            self._pool = None  # the worker died (out of memory…): start a new one next time
+            return CompiledConfig(False, [Diagnostic("the compile worker died; retrying on the next change", "")])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

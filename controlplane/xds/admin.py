@@ -1,0 +1,84 @@
+"""The control plane's own HTTP endpoints: liveness, readiness, metrics, status, config dumps.
+
+| path | answer |
+|---|---|
+| ``/healthz`` | 200 while the process runs |
+| ``/readyz`` | 200 once the first complete compile is served, else 503 |
+| ``/metrics`` | Prometheus text format |
+| ``/status`` | JSON: every connected Envoy, per type SYNCED / STALE / NACKED, NACK errors and sources |
+| ``/config_dump?node=ID`` | JSON: what that node was sent, in ``dump``'s format |
+| ``/compile`` | JSON: the last compile (ok, when, errors and warnings with locations) |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("controlplane.admin")
+
+Handler = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]
+
+
+def json_answer(status: int, data: Any) -> tuple[int, str, bytes]:
+    return status, "application/json", (json.dumps(data, indent=2) + "\n").encode()
+
+
+class AdminServer:
+    def __init__(self, routes: dict[str, Handler]):
+        self.routes = routes
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._serve, host, port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = line.decode("latin-1").split()
+            if len(parts) < 2:
+                return
+            method, target = parts[0], parts[1]
+            url = urlsplit(target)
+            handler = self.routes.get(url.path)
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = json_answer(405, {"error": "only GET"})
+            elif handler is None:
+                status, ctype, body = json_answer(404, {"error": f"no such endpoint; try {sorted(self.routes)}"})
+            else:
+                try:
+                    status, ctype, body = handler(parse_qs(url.query))
+                except Exception as exc:  # an endpoint failing must not kill the admin server
+                    log.exception("admin endpoint %s failed", url.path)
+                    status, ctype, body = json_answer(500, {"error": str(exc)})
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}.get(
+                status, "Error"
+            )
+            head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n"
+            writer.write((head + "connection: close\r\n\r\n").encode() + (body if method == "GET" else b""))
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def metrics_handler(registry: Any) -> Handler:
+    def handle(_query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+
+    return handle
