@@ -67,7 +67,7 @@ class Response:
 class EnvoyProcess:
     """One running Envoy; logs go to a file so a failing test can show them."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, admin_port: int):
+    def __init__(self, config: dict[str, Any], workdir: Path, admin_port: int, wait: bool = True):
         self.config_path = workdir / f"envoy-{admin_port}.json"
         self.config_path.write_text(json.dumps(config))
         self.log_path = workdir / f"envoy-{admin_port}.log"
@@ -93,7 +93,8 @@ class EnvoyProcess:
             stdout=self._stdout,
             stderr=subprocess.STDOUT,
         )
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
 
     def admin(self, path: str) -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)

@@ -49,7 +49,9 @@ def test_ecma_patterns_become_single_segment_re2(pattern: str, matches: list[str
         assert not re.fullmatch(regex, value), (regex, value)
 
 
-@pytest.mark.parametrize("pattern", ["^(?!admin).*$", "(a)\\1", "^(?<=x)y$", "(?i)abc", "[", "a{2000}"])
+@pytest.mark.parametrize(
+    "pattern", ["^(?!admin).*$", "(a)\\1", "^(?<=x)y$", "(?i)abc", "[", "a{2000}", "^(?:[a-z]{100}){20}$"]
+)
 def test_patterns_re2_cannot_express_are_refused(pattern: str) -> None:
     assert ecma_to_segment_re2(pattern) is None
     regex, warning = parameter_regex({"type": "string", "pattern": pattern})

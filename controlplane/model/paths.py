@@ -209,7 +209,8 @@ def _emit_class(items: list[tuple[Any, Any]]) -> str:
 _ATOMIC = (sre_c.LITERAL, sre_c.NOT_LITERAL, sre_c.ANY, sre_c.IN, sre_c.CATEGORY, sre_c.SUBPATTERN, sre_c.BRANCH)
 
 
-def _emit(items: Any) -> str:
+def _emit(items: Any, repeat: int = 1) -> str:
+    """RE2 for parsed items; ``repeat`` is the product of the enclosing repetition counts."""
     out = []
     for op, av in items:
         if op is sre_c.LITERAL:
@@ -228,17 +229,18 @@ def _emit(items: Any) -> str:
                 raise _Untranslatable(str(av))
             out.append(_CATEGORY_ALONE[av])
         elif op is sre_c.BRANCH:
-            out.append("(?:" + "|".join(_emit(b) for b in av[1]) + ")")
+            out.append("(?:" + "|".join(_emit(b, repeat) for b in av[1]) + ")")
         elif op is sre_c.SUBPATTERN:
             _group, add_flags, del_flags, sub = av
             if add_flags or del_flags:
                 raise _Untranslatable("inline flags")
-            out.append("(?:" + _emit(sub) + ")")
+            out.append("(?:" + _emit(sub, repeat) + ")")
         elif op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT):
             lo, hi, sub = av
-            if lo > 1000 or (hi is not sre_c.MAXREPEAT and hi > 1000):
+            count = repeat * max(lo, 0 if hi is sre_c.MAXREPEAT else hi, 1)
+            if count > 1000:  # RE2 refuses repetition counts (nested ones multiplied) above 1000
                 raise _Untranslatable("repeat count above RE2's limit")
-            inner = _emit(sub)
+            inner = _emit(sub, count)
             atomic = len(sub) == 1 and sub[0][0] in _ATOMIC
             body = inner if atomic else "(?:" + inner + ")"
             if hi is sre_c.MAXREPEAT:
