@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import ir
 from .build import build
-from .documents import Document, locate
+from .documents import Document, gc_paused, locate
 from .errors import Diagnostic, Diagnostics, InputError, Severity
 from .resources import Resources
 from .sources import collect
@@ -62,6 +62,11 @@ def compile(
     ``full_validation`` also runs openapi-spec-validator over every served spec (cached by
     content hash); ``strict`` implies it and turns every finding into an error.
     """
+    with gc_paused():
+        return _compile(paths, strict, full_validation, use_cache)
+
+
+def _compile(paths: Sequence[str | Path], strict: bool, full_validation: bool, use_cache: bool) -> CompileResult:
     diags = Diagnostics()
     bundle = collect(list(paths), diags)
     gateway = build(bundle, diags)

@@ -8,6 +8,8 @@ request for a line.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -169,6 +171,21 @@ _PARSED_MAX = 20_000
 _MISSING = object()
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: building large trees of fresh objects (parsed
+    YAML, protos) otherwise triggers full collections that cost more than the work itself
+    (measured: 64% of a 50k-operation compile). Documents cannot hold cycles (recursive
+    aliases are refused), so nothing is lost; the collector runs again on exit."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def split_pointer(ptr: str) -> list[str]:
     if not ptr:
         return []
@@ -218,7 +235,8 @@ class DocumentStore:
         if cached is not _MISSING:
             _PARSED.move_to_end((path, digest))
             return Document(path, name, raw, cached, _digest=digest)
-        data = self._parse(path, name, raw, diags)
+        with gc_paused():
+            data = self._parse(path, name, raw, diags)
         if data is _MISSING:
             return None
         _PARSED[(path, digest)] = data

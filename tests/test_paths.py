@@ -22,7 +22,8 @@ from controlplane.model.paths import (
     parameter_regex,
     parse_template,
 )
-from controlplane.translate.routes import partition_key, partitions
+from controlplane.translate import routes
+from controlplane.translate.routes import partition_keys, partitions
 
 
 @pytest.mark.parametrize(
@@ -145,12 +146,16 @@ def _matches(route: ir.PathRoute, path: str) -> bool:
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(templates, requests, st.booleans())
+@given(templates, requests, st.booleans(), st.sampled_from([1, 3, 64]))
 def test_longest_key_partition_answers_like_the_flat_list(
-    raw: list[list[str]], reqs: list[list[str]], with_query: bool
+    raw: list[list[str]], reqs: list[list[str]], with_query: bool, wide: int
 ) -> None:
     paths = _path_routes(raw)
-    parts = partitions(paths)
+    saved, routes.WIDE_DIRECTORY = routes.WIDE_DIRECTORY, wide  # small values exercise per-path keys
+    try:
+        parts = partitions(paths)
+    finally:
+        routes.WIDE_DIRECTORY = saved
     for segs in reqs:
         path = "/" + "/".join(segs)
         target = path + ("?q=1" if with_query else "")  # the matcher's input includes the query
@@ -164,7 +169,11 @@ def test_longest_key_partition_answers_like_the_flat_list(
         assert actual == expected, (path, [paths[i].path.template for i in chosen])
 
 
-def test_partition_keys() -> None:
-    t = "/orders/{id}/items"
-    assert partition_key(build_pattern(t, parse_template(t), {})) == "/orders/"
-    assert partition_key(build_pattern("/orders/export", parse_template("/orders/export"), {})) == "/orders/export"
+def test_partition_keys_are_directories_unless_a_directory_is_wide() -> None:
+    def route(t: str) -> ir.PathRoute:
+        return ir.PathRoute(build_pattern(t, parse_template(t), {}), ())
+
+    paths = (route("/orders"), route("/orders/export"), route("/orders/{id}/items"), route("/r/x{id}.csv"))
+    assert partition_keys(paths) == ["/", "/orders/", "/orders/", "/r/"]
+    wide = tuple(route(f"/w/item{i}") for i in range(routes.WIDE_DIRECTORY + 1))
+    assert partition_keys(wide)[:2] == ["/w/item0", "/w/item1"]

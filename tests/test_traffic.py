@@ -248,8 +248,14 @@ def test_identity_header_with_underscores_is_refused(echo: EchoServer, gw: Gatew
 
 
 def test_security_response_headers(echo: EchoServer, gw: Gateway) -> None:
-    for method, path, expected in [("GET", "/api/orders", 200), ("GET", "/nope", 404), ("PUT", "/api/orders", 405)]:
-        resp = gw.request(method, path)
+    for method, path, headers, expected in [
+        ("GET", "/api/orders", {}, 200),
+        ("GET", "/nope", {}, 404),  # no partition at all
+        ("GET", "/api/nothing", {}, 404),  # a partition without a matching route: Envoy's no-route reply
+        ("PUT", "/api/orders", {}, 405),
+        ("GET", "/api/orders", {"X_Under": "1"}, 400),  # refused before routing
+    ]:
+        resp = gw.request(method, path, headers=headers)
         assert resp.status == expected
         assert resp.header("strict-transport-security") == "max-age=31536000; includeSubDomains"
         assert resp.header("x-content-type-options") == "nosniff"

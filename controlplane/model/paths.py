@@ -282,7 +282,7 @@ def ecma_to_segment_re2(pattern: str) -> str | None:
         body = _emit(items)
     except (_Untranslatable, RecursionError):
         return None
-    if re.fullmatch(_python_syntax(body), "") and not (anchored_start and anchored_end):
+    if re.fullmatch(python_syntax(body), "") and not (anchored_start and anchored_end):
         return ANY_SEGMENT  # every non-empty value contains an empty match
     prefix = "" if anchored_start else "[^/]*"
     suffix = "" if anchored_end else "[^/]*"
@@ -290,12 +290,12 @@ def ecma_to_segment_re2(pattern: str) -> str | None:
         return None
     regex = f"{prefix}(?:{body}){suffix}" if prefix or suffix else body
     try:  # the emitted subset of RE2 is also Python syntax; a failure here means a bug, not bad input
-        re.compile(_python_syntax(regex))
+        re.compile(python_syntax(regex))
     except re.error:  # pragma: no cover
         return None
     return regex
 
 
-def _python_syntax(regex: str) -> str:
+def python_syntax(regex: str) -> str:
     """The emitted RE2 in Python's syntax: RE2's ``\\x{e9}`` escapes are ``\\U000000e9`` there."""
     return re.sub(r"\\x\{([0-9a-f]+)\}", lambda m: f"\\U{int(m.group(1), 16):08x}", regex)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
 from envoy.config.core.v3 import substitution_format_string_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
@@ -10,7 +11,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2
 
 from .. import ir
-from ._pb import packed
+from ._pb import header, packed
 
 
 def strip_identity_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter:
@@ -33,14 +34,29 @@ def strip_identity_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.Http
     return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=packed(config))
 
 
-def local_reply_config() -> hcm_pb2.LocalReplyConfig:
+def security_headers(policy: ir.HeaderPolicy) -> list[tuple[str, str]]:
+    """Response headers every reply carries, the gateway's own included."""
+    out = [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")]
+    if policy.strict_transport_security:
+        out.insert(0, ("strict-transport-security", policy.strict_transport_security))
+    return out
+
+
+def local_reply_config(policy: ir.HeaderPolicy) -> hcm_pb2.LocalReplyConfig:
     """Every reply the gateway makes itself, as small JSON with the request id.
 
-    This covers direct responses (404, 405) and Envoy's own errors (400 on bad headers,
-    503 no healthy upstream, 504 timeout…); ``message`` is their text, never internals.
+    This covers direct responses (405), requests no route matches (404), and Envoy's own
+    errors (400 on bad headers, 503 no healthy upstream, 504 timeout…); ``message`` is
+    their text, never internals. Replies made before any route is chosen get the security
+    headers here, since route configuration headers never apply to them.
     """
     fmt = struct_pb2.Struct()
     fmt.update({"status": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "request_id": "%REQ(X-REQUEST-ID)%"})
+    every_reply = hcm_pb2.ResponseMapper(
+        filter=accesslog_pb2.AccessLogFilter(not_health_check_filter=accesslog_pb2.NotHealthCheckFilter()),
+        headers_to_add=[header(k, v) for k, v in security_headers(policy)],
+    )
     return hcm_pb2.LocalReplyConfig(
-        body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt)
+        mappers=[every_reply],
+        body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt),
     )

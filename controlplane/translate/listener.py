@@ -101,7 +101,7 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
             initial_stream_window_size=uint32(64 * 1024),
             initial_connection_window_size=uint32(1024 * 1024),
         ),
-        local_reply_config=headers.local_reply_config(),
+        local_reply_config=headers.local_reply_config(gw.headers),
     )
     for build, _why in HTTP_FILTERS:
         f = build(gw, listener)

@@ -16,7 +16,9 @@ catch-all answers 404. Nothing reaches an upstream unless a spec declares it.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import functools
+import re
+from collections import Counter, defaultdict
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -27,8 +29,10 @@ from xds.type.matcher.v3 import matcher_pb2
 
 from .. import ir
 from ..ir import SegmentKind
-from ..model.paths import parse_template, re2_escape
+from ..model.paths import Segment, parse_template, python_syntax, re2_escape
+from ..wire import length_delimited
 from ._pb import duration, header, packed, uint32
+from .headers import security_headers
 
 NOT_FOUND_ROUTE = "not-found"
 
@@ -100,28 +104,92 @@ def path_routes(path_route: ir.PathRoute) -> list[rc.Route]:
     return routes
 
 
-def partition_key(path: ir.PathPattern) -> str:
-    if path.regex is None:
-        return path.template
-    return path.template[: path.template.index("{")]
+# A directory with more literal paths than this gives each its own key, so that no list
+# grows with the API; below it, one key per directory keeps copies of templates rare.
+WIDE_DIRECTORY = 64
+
+
+def partition_keys(paths: tuple[ir.PathRoute, ...]) -> list[str]:
+    """The key of each path: its directory (the text up to the ``/`` before its first
+    parameter, or its last ``/`` for a literal path), or the whole literal path in a wide
+    directory."""
+    literal_dirs = Counter(_directory(p.path.template) for p in paths if p.path.regex is None)
+    keys = []
+    for pr in paths:
+        template = pr.path.template
+        if pr.path.regex is None:
+            directory = _directory(template)
+            keys.append(template if literal_dirs[directory] > WIDE_DIRECTORY else directory)
+        else:
+            keys.append(_directory(template[: template.index("{")]))
+    return keys
+
+
+def _directory(path: str) -> str:
+    return path[: path.rindex("/") + 1]
+
+
+@functools.lru_cache(maxsize=65536)
+def _segment_regexes(regex: str) -> tuple[re.Pattern[str], ...] | None:
+    """Per-segment patterns of a generated path regex (None when it is a union of several)."""
+    if regex.startswith("(?:") and ")|(?:" in regex:
+        return None
+    parts, current, in_class, escaped = [], [], False, False
+    for ch in regex:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            current.append(ch)
+            escaped = True
+        elif in_class:
+            current.append(ch)
+            in_class = ch != "]"
+        elif ch == "[":
+            current.append(ch)
+            in_class = True
+        elif ch == "/":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    try:
+        return tuple(re.compile(python_syntax(p)) for p in parts[1:])
+    except re.error:  # pragma: no cover - generated regexes compile; be conservative if not
+        return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _segments(template: str) -> tuple[Segment, ...]:
+    return tuple(parse_template(template))
 
 
 def _may_extend(path: ir.PathPattern, key: str) -> bool:
-    """Could ``path`` (templated) match a request whose path starts with ``key``?
+    """Could ``path`` match a request whose path starts with ``key``?
 
-    Conservative: True unless a literal part of the template contradicts the key.
+    Exact for the key's whole segments (a parameter's pattern is tried on them);
+    conservative for a partial last segment.
     """
-    segments = parse_template(path.template)
+    if path.regex is None:
+        return path.template.startswith(key)
+    segments = _segments(path.template)
     key_segments = key[1:].split("/")
     full, partial = key_segments[:-1], key_segments[-1]
     if len(segments) <= len(full):
         return False
-    for seg, text in zip(segments, full, strict=False):
+    regexes = _segment_regexes(path.regex)
+    for i, (seg, text) in enumerate(zip(segments, full, strict=False)):
         if seg.kind is SegmentKind.LITERAL:
             if seg.literal_parts[0] != text:
                 return False
+        elif regexes is not None:
+            if not regexes[i].fullmatch(text):
+                return False
         elif not (text.startswith(seg.literal_parts[0]) and text.endswith(seg.literal_parts[-1])):
             return False
+    if not partial:
+        return True
     seg = segments[len(full)]
     head = seg.literal_parts[0]
     if seg.kind is SegmentKind.LITERAL:
@@ -131,46 +199,48 @@ def _may_extend(path: ir.PathPattern, key: str) -> bool:
 
 def partitions(paths: tuple[ir.PathRoute, ...]) -> dict[str, list[int]]:
     """Key → indexes into ``paths`` (in precedence order) of the paths tried for that key."""
+    keys = partition_keys(paths)
     by_key: dict[str, list[int]] = defaultdict(list)
-    templated_by_key: dict[str, list[int]] = defaultdict(list)
-    for i, pr in enumerate(paths):
-        key = partition_key(pr.path)
+    for i, key in enumerate(keys):
         by_key[key].append(i)
-        if pr.path.regex is not None:
-            templated_by_key[key].append(i)
     out: dict[str, list[int]] = {}
     for key, own in by_key.items():
         members = list(own)
         for cut in range(len(key)):
-            ancestor = key[:cut]
-            for i in templated_by_key.get(ancestor, ()):
+            for i in by_key.get(key[:cut], ()):
                 if _may_extend(paths[i].path, key):
                     members.append(i)
         out[key] = sorted(members)
     return out
 
 
-def _action(name: str, message: rc.Route | rc.RouteList) -> extension_pb2.TypedExtensionConfig:
-    return extension_pb2.TypedExtensionConfig(name=name, typed_config=packed(message))
+_ROUTE_LIST_URL = "type.googleapis.com/envoy.config.route.v3.RouteList"
+_ROUTES_FIELD = rc.RouteList.DESCRIPTOR.fields_by_name["routes"].number
 
 
 def virtual_host_matcher(paths: tuple[ir.PathRoute, ...]) -> matcher_pb2.Matcher:
-    built = [path_routes(pr) for pr in paths]
+    """The matcher tree. Each path's routes are serialized once; a partition's RouteList is
+    the concatenation of its members' encoded routes (a message is a sequence of fields),
+    so a path shared by several partitions costs bytes, not proto copies."""
+    encoded = [
+        b"".join(length_delimited(_ROUTES_FIELD, r.SerializeToString(deterministic=True)) for r in path_routes(pr))
+        for pr in paths
+    ]
     tree = matcher_pb2.Matcher.MatcherTree(
         input=extension_pb2.TypedExtensionConfig(
             name="request-path", typed_config=packed(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=":path"))
         )
     )
-    catch_all = not_found_route()
     for key, members in sorted(partitions(paths).items()):
-        route_list = rc.RouteList()
-        for i in members:
-            route_list.routes.extend(built[i])
-        route_list.routes.append(catch_all)
-        tree.prefix_match_map.map[key].action.CopyFrom(_action(key, route_list))
-    return matcher_pb2.Matcher(
-        matcher_tree=tree, on_no_match=matcher_pb2.Matcher.OnMatch(action=_action(NOT_FOUND_ROUTE, catch_all))
-    )
+        action = tree.prefix_match_map.map[key].action
+        action.name = key
+        action.typed_config.type_url = _ROUTE_LIST_URL
+        action.typed_config.value = b"".join(encoded[i] for i in members)
+    # Only a path that starts with no key gets here (every key starts with "/"); a request
+    # whose partition has no matching route gets Envoy's no-route 404, which the local
+    # reply config turns into the same JSON with the same headers.
+    not_found = extension_pb2.TypedExtensionConfig(name=NOT_FOUND_ROUTE, typed_config=packed(not_found_route()))
+    return matcher_pb2.Matcher(matcher_tree=tree, on_no_match=matcher_pb2.Matcher.OnMatch(action=not_found))
 
 
 def route_configuration(listener: ir.Listener, headers: ir.HeaderPolicy) -> route_pb2.RouteConfiguration:
@@ -184,12 +254,6 @@ def route_configuration(listener: ir.Listener, headers: ir.HeaderPolicy) -> rout
     # trusts (the TCP peer, or the entry xff_num_trusted_hops selects). Client-sent
     # entries would otherwise reach naive backends as the "first" address.
     config.request_headers_to_add.append(header("x-forwarded-for", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"))
-    security = [
-        ("x-content-type-options", "nosniff"),
-        ("x-frame-options", "DENY"),
-    ]
-    if headers.strict_transport_security:
-        security.insert(0, ("strict-transport-security", headers.strict_transport_security))
-    config.response_headers_to_add.extend(header(k, v) for k, v in security)
+    config.response_headers_to_add.extend(header(k, v) for k, v in security_headers(headers))
     config.response_headers_to_remove.extend(headers.remove_response_headers)
     return config

@@ -18,6 +18,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from ..ir import Source
 from ..resources import Resources
+from ..wire import length_delimited
 
 # ADS order: clusters before their endpoints, listeners before their routes ("make before break").
 TYPE_ORDER = (Resources.CLUSTER, Resources.ENDPOINT, Resources.LISTENER, Resources.ROUTE)
@@ -27,23 +28,6 @@ FULL_STATE_TYPES = frozenset({Resources.LISTENER, Resources.CLUSTER})
 _F = discovery_pb2.DiscoveryResponse.DESCRIPTOR.fields_by_name
 _D = discovery_pb2.DeltaDiscoveryResponse.DESCRIPTOR.fields_by_name
 _R = discovery_pb2.Resource.DESCRIPTOR.fields_by_name
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def length_delimited(number: int, payload: bytes) -> bytes:
-    """One field of wire type 2 (strings, bytes, messages)."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
 def _text(number: int, value: str) -> bytes:

@@ -1,0 +1,24 @@
+"""Protobuf wire format, by hand, for the few places that assemble messages from bytes."""
+
+from __future__ import annotations
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """One field of wire type 2 (strings, bytes, messages).
+
+    A message is a sequence of fields, so concatenating encoded fields encodes a message,
+    and a repeated message field is the concatenation of its entries.
+    """
+    return varint((number << 3) | 2) + varint(len(payload)) + payload
