@@ -23,8 +23,9 @@ from typing import Any
 from urllib.parse import unquote, urldefrag
 
 import yaml
+import yaml_rs
 
-from .errors import Diagnostic, Diagnostics, escape_pointer_token
+from .errors import Diagnostic, Diagnostics, Severity, escape_pointer_token
 
 try:  # the C loader is several times faster; fall back so a broken libyaml is not fatal
     _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -166,7 +167,7 @@ def _lone_surrogate(data: Any) -> str | None:
 # Parsed data by (path, content hash): a long-lived process (the xDS server's compile
 # worker) re-reads every file on each compile but parses only the ones that changed.
 # Parsed data is never modified after loading.
-_PARSED: OrderedDict[tuple[Path, str], Any] = OrderedDict()
+_PARSED: OrderedDict[tuple[Path, str], tuple[Any, Diagnostics]] = OrderedDict()
 _PARSED_MAX = 20_000
 _MISSING = object()
 
@@ -184,6 +185,52 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+# Anchors and aliases are rare in API descriptions; documents that use them take PyYAML's
+# path, which rejects aliases that contain themselves.
+_ALIAS = re.compile(rb"(?:^|[\s\[{,:-])\*[A-Za-z0-9_-]+", re.M)
+# Numbers Python refuses to convert from text: PyYAML reports them with their line.
+_HUGE_NUMBER = re.compile(rb"[0-9]{%d,}" % (sys.get_int_max_str_digits() + 1))
+
+
+def _fast_yaml(raw: bytes) -> Any:
+    """yaml-rs (Rust, YAML 1.2 core schema, dates kept as text): ten times faster than
+    PyYAML's C loader, whose constructor is Python, and linear in size. Anything it
+    refuses (syntax errors, duplicate keys…) goes to PyYAML, which locates the problem."""
+    if _ALIAS.search(raw) or _HUGE_NUMBER.search(raw):
+        return _MISSING
+    try:
+        return yaml_rs.loads(raw.decode("utf-8"), parse_datetime=False)
+    except Exception:
+        return _MISSING
+
+
+def _duplicate_keys(raw: bytes) -> list[tuple[str, int, str]]:
+    """(pointer, line, key) of every key repeated in a mapping: YAML forbids it, PyYAML keeps the last."""
+    try:
+        root = yaml.compose(raw, Loader=_Loader)
+    except yaml.YAMLError:
+        return []
+    out = []
+    stack: list[tuple[yaml.Node, str]] = [(root, "")] if root is not None else []
+    visited: set[int] = set()  # aliases make the node graph a DAG, or a cycle
+    while stack:
+        node, ptr = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                text = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
+                if text in seen:
+                    out.append((ptr + "/" + escape_pointer_token(text), key.start_mark.line + 1, text))
+                seen.add(text)
+                stack.append((value, ptr + "/" + escape_pointer_token(text)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, f"{ptr}/{i}") for i, child in enumerate(node.value))
+    return sorted(out, key=lambda t: t[1])
 
 
 def split_pointer(ptr: str) -> list[str]:
@@ -231,17 +278,21 @@ class DocumentStore:
                 diags.error(f"cannot read file: {reason}", name, "", "unreadable-file")
             return None
         digest = hashlib.sha256(raw).hexdigest()
-        cached = _PARSED.get((path, digest), _MISSING)
-        if cached is not _MISSING:
+        cached = _PARSED.get((path, digest))
+        if cached is not None:
             _PARSED.move_to_end((path, digest))
-            return Document(path, name, raw, cached, _digest=digest)
-        with gc_paused():
-            data = self._parse(path, name, raw, diags)
+            data, found = cached
+        else:
+            found = Diagnostics()
+            with gc_paused():
+                data = self._parse(path, name, raw, found)
+            if data is not _MISSING:
+                _PARSED[(path, digest)] = (data, found)
+                if len(_PARSED) > _PARSED_MAX:
+                    _PARSED.popitem(last=False)
+        diags.extend(found)
         if data is _MISSING:
             return None
-        _PARSED[(path, digest)] = data
-        if len(_PARSED) > _PARSED_MAX:
-            _PARSED.popitem(last=False)
         return Document(path, name, raw, data, _digest=digest)
 
     def _parse(self, path: Path, name: str, raw: bytes, diags: Diagnostics) -> Any:
@@ -251,7 +302,20 @@ class DocumentStore:
             if kind == "json":
                 data = json.loads(raw)
             else:
-                data = yaml.load(raw, Loader=_Loader)
+                data = _fast_yaml(raw)
+                if data is _MISSING:
+                    data = yaml.load(raw, Loader=_Loader)
+                    for ptr, line, key in _duplicate_keys(raw):
+                        diags.add(
+                            Diagnostic(
+                                f"duplicate key {key!r}: the last value is used",
+                                name,
+                                ptr,
+                                line,
+                                Severity.WARNING,
+                                "yaml-duplicate-key",
+                            )
+                        )
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             problem = " ".join(filter(None, [exc.context, exc.problem]))
