@@ -279,3 +279,42 @@ def test_live_dump_matches_the_offline_dump(setup: Setup) -> None:
     )
     assert live.returncode == 0 and offline.returncode == 0, live.stderr + offline.stderr
     assert live.stdout == offline.stdout
+
+
+@pytest.mark.parametrize(
+    ("method", "type_url", "names"),
+    [
+        ("/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners", "Listener", []),
+        ("/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters", "Cluster", []),
+        ("/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes", "RouteConfiguration", ["public"]),
+        ("/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints", "ClusterLoadAssignment", ["backend"]),
+    ],
+)
+def test_per_type_services_over_real_grpc(setup: Setup, method: str, type_url: str, names: list[str]) -> None:
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    plane = setup.plane()
+    wait_for(lambda: plane.get("/compile")["ok"], 15, "first compile")
+    full_type = next(t for t in _TYPES if t.endswith("." + type_url))
+    request = discovery_pb2.DiscoveryRequest(
+        node=base_pb2.Node(id="probe", cluster="gateway"), type_url=full_type, resource_names=names
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
+        stream = channel.stream_stream(
+            method,
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )
+        responses = stream(iter([request]), timeout=10)
+        first = next(responses)
+        responses.cancel()
+    assert first.type_url == full_type and len(first.resources) == 1 and first.version_info
+
+
+_TYPES = [
+    "type.googleapis.com/envoy.config.listener.v3.Listener",
+    "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+]
