@@ -119,16 +119,29 @@ class _Watch:
 
 
 async def serve_sotw(stream: Stream, ctx: XdsContext, fixed_type: str | None = None) -> None:
-    conn = ctx.registry.open("sotw", stream.peer)
+    await _serve(stream, ctx, "sotw", fixed_type, _Watch, _sotw_request, _sotw_respond)
+
+
+async def _serve(
+    stream: Stream,
+    ctx: XdsContext,
+    protocol: str,
+    fixed_type: str | None,
+    new_state: Callable[[], Any],
+    on_request: Callable[[XdsContext, Connection, Any, str, Any], None],
+    respond: Callable[[Stream, XdsContext, Connection, Any, str, Snapshot], Awaitable[None]],
+) -> None:
+    """The loop both protocols share: answer what is pending, then wait for a request or a change."""
+    conn = ctx.registry.open(protocol, stream.peer)
     loop = _Loop(stream, ctx.cache)
-    watches: dict[str, _Watch] = {}
+    states: dict[str, Any] = {}
     identified = False
     try:
         while True:
             snapshot = ctx.cache.get(conn.group) if identified else None
             if snapshot is not None:
-                for type_url in _ordered(list(watches)):
-                    await _sotw_respond(stream, ctx, conn, watches[type_url], type_url, snapshot)
+                for type_url in _ordered(list(states)):
+                    await respond(stream, ctx, conn, states[type_url], type_url, snapshot)
             got_request, request = await loop.next()
             if not got_request:
                 continue
@@ -138,9 +151,8 @@ async def serve_sotw(stream: Stream, ctx: XdsContext, fixed_type: str | None = N
                 await _identify(ctx, conn, request.node, stream)
                 identified = True
             type_url = fixed_type or request.type_url
-            if not type_url:
-                continue
-            _sotw_request(ctx, conn, watches.setdefault(type_url, _Watch()), type_url, request)
+            if type_url:
+                on_request(ctx, conn, states.setdefault(type_url, new_state()), type_url, request)
     finally:
         loop.close()
         ctx.registry.close(conn)
@@ -214,31 +226,7 @@ class _DeltaType:
 
 
 async def serve_delta(stream: Stream, ctx: XdsContext, fixed_type: str | None = None) -> None:
-    conn = ctx.registry.open("delta", stream.peer)
-    loop = _Loop(stream, ctx.cache)
-    types: dict[str, _DeltaType] = {}
-    identified = False
-    try:
-        while True:
-            snapshot = ctx.cache.get(conn.group) if identified else None
-            if snapshot is not None:
-                for type_url in _ordered(list(types)):
-                    await _delta_respond(stream, ctx, conn, types[type_url], type_url, snapshot)
-            got_request, request = await loop.next()
-            if not got_request:
-                continue
-            if request is None:
-                return
-            if not identified:
-                await _identify(ctx, conn, request.node, stream)
-                identified = True
-            type_url = fixed_type or request.type_url
-            if not type_url:
-                continue
-            _delta_request(ctx, conn, types.setdefault(type_url, _DeltaType()), type_url, request)
-    finally:
-        loop.close()
-        ctx.registry.close(conn)
+    await _serve(stream, ctx, "delta", fixed_type, _DeltaType, _delta_request, _delta_respond)
 
 
 def _delta_request(ctx: XdsContext, conn: Connection, dt: _DeltaType, type_url: str, req: Any) -> None:
