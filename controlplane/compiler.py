@@ -12,14 +12,14 @@ from pathlib import Path
 from . import ir
 from .build import build
 from .documents import Document, gc_paused, locate
-from .errors import Diagnostic, Diagnostics, InputError, Severity
+from .errors import Diagnostic, Diagnostics, InputError, Severity, WithDiagnostics
 from .resources import Resources
 from .sources import collect
 from .translate import translate
 
 
 @dataclass(frozen=True)
-class CompileResult:
+class CompileResult(WithDiagnostics):
     gateway: ir.Gateway | None
     resources: Resources | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
@@ -29,13 +29,6 @@ class CompileResult:
     def ok(self) -> bool:
         return self.resources is not None
 
-    @property
-    def errors(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.severity is Severity.ERROR]
-
-    @property
-    def warnings(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.severity is Severity.WARNING]
 
     def raise_for_errors(self) -> None:
         if not self.ok:

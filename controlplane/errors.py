@@ -58,6 +58,20 @@ class Diagnostic:
         return Diagnostic(self.message, self.file, self.pointer, self.line, Severity.ERROR, self.code)
 
 
+class WithDiagnostics:
+    """``errors`` and ``warnings`` of anything that carries a ``diagnostics`` list."""
+
+    diagnostics: list[Diagnostic]
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity is Severity.WARNING]
+
+
 @dataclass
 class Diagnostics:
     """Collects findings so that every error is reported at once."""

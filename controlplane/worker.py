@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import Diagnostic, Severity
+from .errors import Diagnostic, WithDiagnostics
 from .ir import Source
 
 
 @dataclass(frozen=True)
-class CompiledConfig:
+class CompiledConfig(WithDiagnostics):
     ok: bool
     diagnostics: list[Diagnostic]
     serialized: dict[str, dict[str, bytes]] = field(default_factory=dict)
@@ -34,13 +34,6 @@ class CompiledConfig:
     seconds: float = 0.0
     listeners: list[tuple[str, str, int]] = field(default_factory=list)  # (name, address, port)
 
-    @property
-    def errors(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.severity is Severity.ERROR]
-
-    @property
-    def warnings(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.severity is Severity.WARNING]
 
 
 def compile_serialized(paths: Sequence[str], strict: bool = False, full_validation: bool = False) -> CompiledConfig:
