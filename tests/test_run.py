@@ -28,9 +28,25 @@ apis: [{{name: orders, spec: {REPO}/specs/orders.openapi.yaml, upstream: sample}
 """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane", "run", str(tmp_path), "--backend-port", str(backend),
-         "--xds-port", str(xds), "--admin-port", str(admin), "--envoy-admin-port", str(envoy_admin)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "controlplane",
+            "run",
+            str(tmp_path),
+            "--backend-port",
+            str(backend),
+            "--xds-port",
+            str(xds),
+            "--admin-port",
+            str(admin),
+            "--envoy-admin-port",
+            str(envoy_admin),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
     )
     lines: list[str] = []
     try:
