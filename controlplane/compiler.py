@@ -29,7 +29,6 @@ class CompileResult(WithDiagnostics):
     def ok(self) -> bool:
         return self.resources is not None
 
-
     def raise_for_errors(self) -> None:
         if not self.ok:
             raise InputError(self.diagnostics)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ class CompiledConfig(WithDiagnostics):
     operations: int = 0
     seconds: float = 0.0
     listeners: list[tuple[str, str, int]] = field(default_factory=list)  # (name, address, port)
-
 
 
 def compile_serialized(paths: Sequence[str], strict: bool = False, full_validation: bool = False) -> CompiledConfig:
@@ -68,6 +68,24 @@ def compile_serialized(paths: Sequence[str], strict: bool = False, full_validati
     )
 
 
+def _follow_parent(parent: int) -> None:
+    """Worker initializer: die with the server, even when it is killed with SIGKILL.
+
+    A killed parent cannot shut its pool down, and an orphaned worker would otherwise live
+    on holding its caches (measured: 37-50 MB each).
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    if os.getppid() != parent:  # it died before we started
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class Compiler:
     """A long-lived worker process for compiles; ``await compile(...)`` never blocks the loop."""
 
@@ -82,7 +100,12 @@ class Compiler:
             return None
         if self._pool is None:
             # spawn, not fork: the parent runs gRPC threads, which fork would copy half-alive
-            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_follow_parent,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     async def compile(self, full_validation: bool = False) -> CompiledConfig:

@@ -318,3 +318,27 @@ _TYPES = [
     "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
 ]
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        out.update(int(c) for c in children)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_control_plane_leaves_no_compile_worker_behind(setup: Setup) -> None:
+    plane = setup.plane()
+    wait_for(lambda: plane.get("/compile")["ok"], 15, "first compile")
+    assert plane.proc is not None
+    workers = wait_for(lambda: _children(plane.proc.pid), 15, "the compile workers")
+    plane.kill()
+    wait_for(lambda: not any(_alive(w) for w in workers), 10, "the workers to exit")
