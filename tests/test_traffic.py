@@ -303,3 +303,34 @@ def test_access_log_is_json_with_the_request_story(gw: Gateway) -> None:
     assert isinstance(entry["duration_ms"], int)
     entry = log_of(gw, gw.request("GET", "/nope"))
     assert entry["status"] == 404 and entry["operation"] == "not-found"
+
+
+RETRY_SPEC = """
+openapi: 3.0.3
+info: {title: retries, version: "1"}
+servers: [{url: /r}]
+paths:
+  /safe:
+    get: {operationId: safe, responses: {"200": {description: ok}}}
+  /once:
+    get: {operationId: once, x-gateway: {retries: {attempts: 0}}, responses: {"200": {description: ok}}}
+"""
+
+
+def test_default_retries_hide_a_dead_endpoint_and_can_be_turned_off(gateway_factory: Callable[..., Gateway]) -> None:
+    from tests.harness import free_port
+
+    dead = free_port()  # nothing listens here: connections are refused
+    policy = f"""
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+listeners: [{{name: public, address: 127.0.0.1, port: {{{{PORT}}}}}}]
+upstreams: [{{name: pool, endpoints: ["127.0.0.1:{dead}", "{{{{BACKEND}}}}"]}}]
+apis: [{{name: r, spec: retry.yaml, upstream: pool}}]
+"""
+    gw = gateway_factory({"policy.yaml": policy, "retry.yaml": RETRY_SPEC})
+    # the default policy retries a refused connection on the other endpoint (set once on the virtual host)
+    assert [gw.request("GET", "/r/safe").status for _ in range(20)] == [200] * 20
+    # attempts: 0 on one operation: about half its requests meet the dead endpoint
+    statuses = [gw.request("GET", "/r/once").status for _ in range(20)]
+    assert 503 in statuses and 200 in statuses

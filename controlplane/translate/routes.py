@@ -56,7 +56,26 @@ def _path_match(path: ir.PathPattern) -> rc.RouteMatch:
     return rc.RouteMatch(safe_regex=regex_pb2.RegexMatcher(regex=path.regex))
 
 
-def _operation_route(op: ir.Operation) -> rc.Route:
+def retry_policy(retry: ir.RetryPolicy | None) -> rc.RetryPolicy:
+    if retry is None:
+        return rc.RetryPolicy(num_retries=uint32(0))
+    policy = rc.RetryPolicy(
+        retry_on=",".join(retry.retry_on),
+        num_retries=uint32(retry.attempts),
+        retriable_status_codes=retry.retriable_status_codes,
+    )
+    if retry.per_try_timeout_ms is not None:
+        policy.per_try_timeout.CopyFrom(duration(retry.per_try_timeout_ms))
+    return policy
+
+
+def common_retry(paths: tuple[ir.PathRoute, ...]) -> ir.RetryPolicy | None:
+    """The retry policy most operations share: set once on the virtual host, not per route."""
+    counts = Counter(op.retry for pr in paths for op in pr.operations)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None) -> rc.Route:
     match = _path_match(op.path)
     match.headers.append(rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=op.method)))
     for name, value in op.query:
@@ -64,16 +83,8 @@ def _operation_route(op: ir.Operation) -> rc.Route:
             rc.QueryParameterMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
         )
     action = rc.RouteAction(cluster=op.upstream, timeout=duration(op.timeout_ms))
-    if op.retry is not None:
-        action.retry_policy.CopyFrom(
-            rc.RetryPolicy(
-                retry_on=",".join(op.retry.retry_on),
-                num_retries=uint32(op.retry.attempts),
-                retriable_status_codes=op.retry.retriable_status_codes,
-            )
-        )
-        if op.retry.per_try_timeout_ms is not None:
-            action.retry_policy.per_try_timeout.CopyFrom(duration(op.retry.per_try_timeout_ms))
+    if op.retry != default_retry:  # the virtual host carries the common one
+        action.retry_policy.CopyFrom(retry_policy(op.retry))
     if op.rewrite_prefix is not None:
         gateway_prefix, upstream_prefix = op.rewrite_prefix
         action.regex_rewrite.CopyFrom(
@@ -89,17 +100,17 @@ def _operation_route(op: ir.Operation) -> rc.Route:
 
 
 def _method_not_allowed(path_route: ir.PathRoute) -> rc.Route:
-    allow = path_route.allow
+    allow = ", ".join(path_route.allow)
     return rc.Route(
-        name=f"method-not-allowed {path_route.path.template}",
+        name="method-not-allowed",
         match=_path_match(path_route.path),
-        direct_response=direct(405, f"method not declared for this path; allowed: {', '.join(allow)}"),
-        response_headers_to_add=[header("allow", ", ".join(allow))],
+        direct_response=direct(405, "method not allowed: see the Allow header"),
+        response_headers_to_add=[header("allow", allow)],
     )
 
 
-def path_routes(path_route: ir.PathRoute) -> list[rc.Route]:
-    routes = [_operation_route(op) for op in path_route.operations]
+def path_routes(path_route: ir.PathRoute, default_retry: ir.RetryPolicy | None = None) -> list[rc.Route]:
+    routes = [_operation_route(op, default_retry) for op in path_route.operations]
     routes.append(_method_not_allowed(path_route))
     return routes
 
@@ -218,12 +229,17 @@ _ROUTE_LIST_URL = "type.googleapis.com/envoy.config.route.v3.RouteList"
 _ROUTES_FIELD = rc.RouteList.DESCRIPTOR.fields_by_name["routes"].number
 
 
-def virtual_host_matcher(paths: tuple[ir.PathRoute, ...]) -> matcher_pb2.Matcher:
+def virtual_host_matcher(
+    paths: tuple[ir.PathRoute, ...], default_retry: ir.RetryPolicy | None = None
+) -> matcher_pb2.Matcher:
     """The matcher tree. Each path's routes are serialized once; a partition's RouteList is
     the concatenation of its members' encoded routes (a message is a sequence of fields),
     so a path shared by several partitions costs bytes, not proto copies."""
     encoded = [
-        b"".join(length_delimited(_ROUTES_FIELD, r.SerializeToString(deterministic=True)) for r in path_routes(pr))
+        b"".join(
+            length_delimited(_ROUTES_FIELD, r.SerializeToString(deterministic=True))
+            for r in path_routes(pr, default_retry)
+        )
         for pr in paths
     ]
     tree = matcher_pb2.Matcher.MatcherTree(
@@ -246,7 +262,10 @@ def virtual_host_matcher(paths: tuple[ir.PathRoute, ...]) -> matcher_pb2.Matcher
 def route_configuration(listener: ir.Listener, headers: ir.HeaderPolicy) -> route_pb2.RouteConfiguration:
     config = route_pb2.RouteConfiguration(name=listener.name)
     host = config.virtual_hosts.add(name=listener.name, domains=list(listener.hostnames))
-    host.matcher.CopyFrom(virtual_host_matcher(listener.paths))
+    default_retry = common_retry(listener.paths)
+    if default_retry is not None:
+        host.retry_policy.CopyFrom(retry_policy(default_retry))
+    host.matcher.CopyFrom(virtual_host_matcher(listener.paths, default_retry))
     if "*" not in listener.hostnames:
         # Unknown Host headers get the gateway's JSON 404, not Envoy's empty one.
         config.virtual_hosts.add(name="unknown-host", domains=["*"], routes=[not_found_route()])
