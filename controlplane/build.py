@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import ir
+from . import auth, ir
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -81,6 +81,9 @@ class _Builder:
         self.headers: dict[str, Any] = {}
         self.parsed: dict[Path, ApiSpec | None] = {}
         self.broken: set[tuple[str, str]] = set()  # (kind, name) of listeners and upstreams with errors
+        self.providers: dict[str, ir.JwtProvider] = {}
+        # (path prefix, CIDRs, listeners or None for all)
+        self.ip_prefix_lists: list[tuple[str, tuple[str, ...], set[str] | None]] = []
 
     # -- policies ---------------------------------------------------------------------------
     def _merge_named(
@@ -113,6 +116,7 @@ class _Builder:
             valid.append((doc, data))
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
+            self._read_auth(doc, data)
             for key in ("gateway", "headers"):
                 if key in data:
                     if key in singletons:
@@ -126,6 +130,30 @@ class _Builder:
                         singletons[key] = doc.name
                         setattr(self, key, data[key])
         return valid
+
+    def _read_auth(self, doc: Document, data: dict[str, Any]) -> None:
+        for i, item in enumerate((data.get("auth") or {}).get("providers", [])):
+            if item is None:
+                continue
+            ptr = f"/auth/providers/{i}"
+            if item["name"] in self.providers:
+                prev = self.providers[item["name"]].source
+                self.diags.error(
+                    f"auth provider {item['name']!r} is defined twice (also at {prev.file}#{prev.pointer})",
+                    doc.name,
+                    ptr + "/name",
+                    "duplicate-name",
+                )
+                continue
+            provider = auth.provider_ir(item, doc, ptr, self.bundle.store, self.diags)
+            if provider is not None:
+                self.providers[item["name"]] = provider
+        for i, item in enumerate(data.get("ipAllowlists", [])):
+            if item is None:
+                continue
+            cidrs = auth.check_cidrs(item["allow"], doc.name, f"/ipAllowlists/{i}/allow", self.diags)
+            listeners = set(item["listeners"]) if "listeners" in item else None
+            self.ip_prefix_lists.append((item["pathPrefix"], cidrs, listeners))
 
     def _spec(self, doc: Document) -> ApiSpec | None:
         if doc.path not in self.parsed:
@@ -323,6 +351,14 @@ class _Builder:
         if policy_upstream is not None:
             up_spec = self.upstreams[policy_upstream][0]
             up_defaults = {k: up_spec[k] for k in ("timeout", "retries") if k in up_spec}
+        where = (pdoc.name, api.ptr) if pdoc else (spec.document.name, "")
+        auth_ctx = auth.api_auth(entry, self.providers, where, self.diags)
+        auth.check_rule_operations(auth_ctx, spec, where, self.diags)
+        api_ip = (
+            {"ipAllow": list(auth.check_cidrs(entry["ipAllow"], where[0], where[1] + "/ipAllow", self.diags))}
+            if "ipAllow" in entry
+            else None
+        )
         doc_x = spec.x_gateway
         prefix_segments = parse_template(prefix) if prefix else []
         for op in spec.operations:
@@ -348,6 +384,7 @@ class _Builder:
             layers: list[tuple[dict[str, Any] | None, ir.Source | None]] = [(up_defaults, None)]
             if doc_x:
                 layers.append(doc_x)
+            layers.append((api_ip, None))
             layers.append((entry.get("defaults"), None))
             layers.extend((value, src) for _level, value, src in op.x_gateway)
             layers.append((overrides.get(op.key), psrc(pointer("operations", op.key))))
@@ -382,10 +419,14 @@ class _Builder:
                 source=op.source,
                 rewrite_prefix=(prefix, upstream_prefix) if prefix != upstream_prefix else None,
                 query=op.query,
+                auth=auth.operation_auth(auth_ctx, spec, op, settings, self.diags),
             )
             shape = normalized_template(segments)
             for listener in listeners:
-                routes[listener][shape].append(operation)
+                ip_allow = auth.ip_allowlists(settings, template, self.ip_prefix_lists, listener)
+                routes[listener][shape].append(
+                    dataclasses.replace(operation, ip_allow=ip_allow) if ip_allow else operation
+                )
 
     def _path_routes(self, found: dict[str, list[ir.Operation]]) -> tuple[ir.PathRoute, ...]:
         """Group operations by path shape; the same method twice on one shape is a conflict."""
@@ -495,6 +536,7 @@ class _Builder:
             access_log=g.get("accessLog", True),
             max_connections=g.get("maxConnections", 50_000),
             max_heap_bytes=g.get("maxHeapBytes", 1 << 30),
+            providers=tuple(sorted(self.providers.values(), key=lambda p: p.name)),
         )
 
 

@@ -90,6 +90,7 @@ class Upstream:
     source: Source
     tls: bool = False
     sni: str | None = None
+    ca_file: str | None = None  # verifies the upstream's certificate; None: the system CAs
     protocol: Protocol = Protocol.HTTP1
     connect_timeout_ms: int = 2000
     health_check: HealthCheck | None = None
@@ -138,6 +139,47 @@ class PathPattern:
 
 
 @dataclass(frozen=True, slots=True)
+class JwtProvider:
+    """Who issues the tokens the gateway accepts, and how to check them."""
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...]
+    source: Source
+    jwks_uri: str | None = None  # fetched by every Envoy (remote JWKS) when jwks_json is None
+    jwks_json: str | None = None  # keys given to Envoy inline (from a file, or fetched by the control plane)
+    jwks_fetch: str = "envoy"  # "envoy", "controlplane", or "static" (file / inline)
+    cache_duration_ms: int = 600_000
+    refresh_interval_ms: int = 60_000
+    timeout_ms: int = 5_000
+    ca_file: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    clock_skew_s: int = 60
+    query_parameters: tuple[str, ...] = ()
+    cookies: tuple[str, ...] = ()
+    claim_headers: tuple[tuple[str, str], ...] = (("sub", "x-user-id"), ("role", "x-user-role"))
+    roles_claim: str = "role"
+    scopes_claim: str = "scope"
+
+    @property
+    def jwks_cluster(self) -> str:
+        return f"jwks.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Who may call an operation: a valid token from ``provider`` and, when ``authorize``,
+    any of ``roles`` or all scopes of any of ``scope_sets``."""
+
+    provider: str
+    authorize: bool = False
+    roles: tuple[str, ...] = ()
+    scope_sets: tuple[tuple[str, ...], ...] = ()
+    optional: bool = False  # a token is checked if present, not required (OpenAPI ``{}`` requirement)
+    dry_run: bool = False  # authorization is logged, not enforced
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One method on one path: a route to an upstream."""
 
@@ -155,6 +197,9 @@ class Operation:
     rewrite_prefix: tuple[str, str] | None = None
     # Query parameters (name, exact value) the request must carry to be this operation.
     query: tuple[tuple[str, str], ...] = ()
+    auth: Auth | None = None  # None: public
+    # Client address allowlists, checked before authentication; every list must admit the client.
+    ip_allow: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +263,7 @@ class Gateway:
     listeners: tuple[Listener, ...]
     upstreams: tuple[Upstream, ...]
     headers: HeaderPolicy
+    providers: tuple[JwtProvider, ...] = ()
     access_log: bool = True
     max_connections: int = 50_000
     max_heap_bytes: int = 1 << 30

@@ -63,6 +63,9 @@ class OperationSpec:
     # Query parameters the path key itself requires ("/responses?beta=true"): not OpenAPI,
     # but real descriptions use it to tell operations apart, so the gateway matches on it.
     query: tuple[tuple[str, str], ...] = ()
+    # The operation's own ``security`` (None: the document's applies); located.
+    security: tuple[Requirement, ...] | None = None
+    security_source: Source | None = None
 
     @property
     def key(self) -> str:
@@ -81,6 +84,19 @@ class ApiSpec:
     server: ServerUrl | None
     operations: list[OperationSpec]
     x_gateway: tuple[dict[str, Any], Source] | None
+    security: tuple[Requirement, ...] = ()  # the document's requirements
+    schemes: dict[str, SecurityScheme] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityScheme:
+    name: str
+    kind: str  # "jwt" (http bearer, oauth2, openIdConnect) or what the gateway cannot check ("apiKey"…)
+    source: Source
+
+
+# One requirement object: scheme name → scopes; all of its schemes must be satisfied.
+Requirement = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 def spec_version(data: Any) -> str | None:
@@ -205,7 +221,65 @@ class _Parser:
             for path, item in paths.items():
                 self._path_item(str(path), item, pointer("paths", str(path)), operations, version)
         self._check_operation_ids(operations)
-        return ApiSpec(doc, version, title, server, operations, x_gateway)
+        schemes = self._schemes(data, version)
+        security = self._security(data.get("security"), doc, "/security") if "security" in data else ()
+        return ApiSpec(doc, version, title, server, operations, x_gateway, security or (), schemes)
+
+    def _schemes(self, data: dict[str, Any], version: str) -> dict[str, SecurityScheme]:
+        doc = self.doc
+        if version == "2.0":
+            raw, base = data.get("securityDefinitions"), "/securityDefinitions"
+        else:
+            components = data.get("components")
+            raw = components.get("securitySchemes") if isinstance(components, dict) else None
+            base = "/components/securitySchemes"
+        out: dict[str, SecurityScheme] = {}
+        if raw is None:
+            return out
+        if not isinstance(raw, dict):
+            self.error("security schemes must be a mapping", doc, base, "security")
+            return out
+        for name, value in raw.items():
+            resolved = self.store.deref(doc, pointer(*base[1:].split("/"), str(name)), value)
+            if resolved is None:
+                continue
+            sdoc, sptr, scheme = resolved
+            if not isinstance(scheme, dict) or not isinstance(scheme.get("type"), str):
+                self.error(f"security scheme {name!r} needs a type", sdoc, sptr, "security")
+                continue
+            kind = scheme["type"]
+            if kind in ("oauth2", "openIdConnect") or (
+                kind == "http" and str(scheme.get("scheme", "")).lower() == "bearer"
+            ):
+                kind = "jwt"
+            elif kind == "http":
+                kind = f"http {scheme.get('scheme', '')}".strip()
+            out[str(name)] = SecurityScheme(str(name), kind, Source(sdoc.name, sptr))
+        return out
+
+    def _security(self, value: Any, doc: Document, ptr: str) -> tuple[Requirement, ...] | None:
+        """A security requirement list; None when it is malformed (reported)."""
+        if not isinstance(value, list):
+            self.error("security must be a list of requirement objects", doc, ptr, "security")
+            return None
+        out = []
+        for i, req in enumerate(value):
+            if not isinstance(req, dict):
+                self.error("a security requirement must be a mapping", doc, f"{ptr}/{i}", "security")
+                return None
+            entries = []
+            for name, scopes in req.items():
+                if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+                    self.error(
+                        f"scopes of {name!r} must be a list of strings",
+                        doc,
+                        f"{ptr}/{i}" + pointer(str(name)),
+                        "security",
+                    )
+                    return None
+                entries.append((str(name), tuple(scopes)))
+            out.append(tuple(entries))
+        return tuple(out)
 
     def _swagger_server(self, data: dict[str, Any]) -> ServerUrl:
         base = data.get("basePath", "")
@@ -315,7 +389,22 @@ class _Parser:
                 x_layers.append(("path", path_x, Source(idoc.name, iptr + "/x-gateway")))
             if "x-gateway" in op:
                 x_layers.append(("operation", op["x-gateway"], Source(odoc.name, optr + "/x-gateway")))
-            out.append(OperationSpec(method.upper(), path, op_id, segments, regexes, src, server, x_layers, query))
+            security = self._security(op["security"], odoc, optr + "/security") if "security" in op else None
+            out.append(
+                OperationSpec(
+                    method.upper(),
+                    path,
+                    op_id,
+                    segments,
+                    regexes,
+                    src,
+                    server,
+                    x_layers,
+                    query,
+                    security,
+                    Source(odoc.name, optr + "/security") if security is not None else None,
+                )
+            )
 
     def _parameters(self, value: Any, doc: Document, ptr: str, version: str) -> dict[str, PathParam]:
         """Path parameters declared in a parameters list, by name."""

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from .. import ir
 from ..resources import Resources
-from . import clusters, listener, routes
+from . import auth, clusters, listener, routes
 
 
 def translate(gw: ir.Gateway) -> Resources:
     out = Resources()
     for lst in gw.listeners:
         out.add(Resources.LISTENER, listener.listener(gw, lst), lst.source)
-        out.add(Resources.ROUTE, routes.route_configuration(lst, gw.headers), lst.source)
+        out.add(Resources.ROUTE, routes.route_configuration(gw, lst), lst.source)
         details = out.details.setdefault(Resources.ROUTE, [])
         for path_route in lst.paths:
             for op in path_route.operations:
                 details.extend((needle, op.source) for needle in (op.name, op.path.regex, op.path.template) if needle)
-    for upstream in gw.upstreams:
+    for upstream in (*gw.upstreams, *auth.jwks_upstreams(gw)):
         out.add(Resources.CLUSTER, clusters.cluster(upstream), upstream.source)
         if not upstream.uses_dns:
             out.add(Resources.ENDPOINT, clusters.load_assignment(upstream), upstream.source)

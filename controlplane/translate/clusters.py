@@ -40,7 +40,7 @@ def load_assignment(upstream: ir.Upstream) -> endpoint_pb2.ClusterLoadAssignment
 
 def _tls(upstream: ir.Upstream) -> base_pb2.TransportSocket:
     validation = common_pb2.CertificateValidationContext(
-        trusted_ca=base_pb2.DataSource(filename=SYSTEM_CA_BUNDLE),
+        trusted_ca=base_pb2.DataSource(filename=upstream.ca_file or SYSTEM_CA_BUNDLE),
     )
     if upstream.sni:
         validation.match_typed_subject_alt_names.append(

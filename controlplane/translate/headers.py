@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
-from envoy.config.core.v3 import substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import string_pb2
@@ -52,11 +52,29 @@ def local_reply_config(policy: ir.HeaderPolicy) -> hcm_pb2.LocalReplyConfig:
     """
     fmt = struct_pb2.Struct()
     fmt.update({"status": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "request_id": "%REQ(X-REQUEST-ID)%"})
+    added = [header(k, v) for k, v in security_headers(policy)]
     every_reply = hcm_pb2.ResponseMapper(
         filter=accesslog_pb2.AccessLogFilter(not_health_check_filter=accesslog_pb2.NotHealthCheckFilter()),
-        headers_to_add=[header(k, v) for k, v in security_headers(policy)],
+        headers_to_add=added,
     )
+    # Token and permission failures say what, never why (no verification details).
+    # Only the first matching mapper applies, so each carries the security headers too.
+    denials = [
+        hcm_pb2.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(
+                status_code_filter=accesslog_pb2.StatusCodeFilter(
+                    comparison=accesslog_pb2.ComparisonFilter(
+                        op=accesslog_pb2.ComparisonFilter.EQ,
+                        value=base_pb2.RuntimeUInt32(default_value=status, runtime_key=f"controlplane.reply_{status}"),
+                    )
+                )
+            ),
+            body=base_pb2.DataSource(inline_string=message),
+            headers_to_add=added,
+        )
+        for status, message in ((401, "authentication required"), (403, "forbidden"))
+    ]
     return hcm_pb2.LocalReplyConfig(
-        mappers=[every_reply],
+        mappers=[*denials, every_reply],
         body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt),
     )

@@ -19,7 +19,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import headers
+from . import auth, headers
 from ._pb import ads, duration, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -52,6 +52,9 @@ def _router(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter:
 # The order of HTTP filters, in one place. Each entry says why it stands where it does.
 HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter | None], str]] = [
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
+    (auth.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
+    (auth.jwt_filter, "verifies the token, sets identity headers from its claims, leaves its payload for RBAC"),
+    (auth.authorization_filter, "after the token: roles and scopes come from its verified payload"),
     (_router, "last: forwards the request upstream"),
 ]
 

@@ -31,6 +31,7 @@ from .. import ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited
+from . import auth
 from ._pb import duration, header, packed, uint32
 from .headers import security_headers
 
@@ -75,7 +76,7 @@ def common_retry(paths: tuple[ir.PathRoute, ...]) -> ir.RetryPolicy | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None) -> rc.Route:
+def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx: RouteContext) -> rc.Route:
     match = _path_match(op.path)
     match.headers.append(rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=op.method)))
     for name, value in op.query:
@@ -94,6 +95,9 @@ def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None) -> 
             )
         )
     route = rc.Route(name=op.name, match=match, route=action)
+    if ctx is not None:
+        for name, config in auth.route_filter_configs(op, ctx[1], ctx[0]).items():
+            route.typed_per_filter_config[name].CopyFrom(packed(config))
     if op.sensitive:
         route.response_headers_to_add.append(header("cache-control", "no-store"))
     return route
@@ -109,8 +113,14 @@ def _method_not_allowed(path_route: ir.PathRoute) -> rc.Route:
     )
 
 
-def path_routes(path_route: ir.PathRoute, default_retry: ir.RetryPolicy | None = None) -> list[rc.Route]:
-    routes = [_operation_route(op, default_retry) for op in path_route.operations]
+# The gateway and listener routes are built for (per-route filter configs need them).
+RouteContext = tuple[ir.Gateway, ir.Listener] | None
+
+
+def path_routes(
+    path_route: ir.PathRoute, default_retry: ir.RetryPolicy | None = None, ctx: RouteContext = None
+) -> list[rc.Route]:
+    routes = [_operation_route(op, default_retry, ctx) for op in path_route.operations]
     routes.append(_method_not_allowed(path_route))
     return routes
 
@@ -230,7 +240,7 @@ _ROUTES_FIELD = rc.RouteList.DESCRIPTOR.fields_by_name["routes"].number
 
 
 def virtual_host_matcher(
-    paths: tuple[ir.PathRoute, ...], default_retry: ir.RetryPolicy | None = None
+    paths: tuple[ir.PathRoute, ...], default_retry: ir.RetryPolicy | None = None, ctx: RouteContext = None
 ) -> matcher_pb2.Matcher:
     """The matcher tree. Each path's routes are serialized once; a partition's RouteList is
     the concatenation of its members' encoded routes (a message is a sequence of fields),
@@ -238,7 +248,7 @@ def virtual_host_matcher(
     encoded = [
         b"".join(
             length_delimited(_ROUTES_FIELD, r.SerializeToString(deterministic=True))
-            for r in path_routes(pr, default_retry)
+            for r in path_routes(pr, default_retry, ctx)
         )
         for pr in paths
     ]
@@ -259,13 +269,14 @@ def virtual_host_matcher(
     return matcher_pb2.Matcher(matcher_tree=tree, on_no_match=matcher_pb2.Matcher.OnMatch(action=not_found))
 
 
-def route_configuration(listener: ir.Listener, headers: ir.HeaderPolicy) -> route_pb2.RouteConfiguration:
+def route_configuration(gw: ir.Gateway, listener: ir.Listener) -> route_pb2.RouteConfiguration:
+    headers = gw.headers
     config = route_pb2.RouteConfiguration(name=listener.name)
     host = config.virtual_hosts.add(name=listener.name, domains=list(listener.hostnames))
     default_retry = common_retry(listener.paths)
     if default_retry is not None:
         host.retry_policy.CopyFrom(retry_policy(default_retry))
-    host.matcher.CopyFrom(virtual_host_matcher(listener.paths, default_retry))
+    host.matcher.CopyFrom(virtual_host_matcher(listener.paths, default_retry, (gw, listener)))
     if "*" not in listener.hostnames:
         # Unknown Host headers get the gateway's JSON 404, not Envoy's empty one.
         config.virtual_hosts.add(name="unknown-host", domains=["*"], routes=[not_found_route()])

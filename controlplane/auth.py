@@ -1,0 +1,244 @@
+"""Model → IR for authentication, authorization and client address allowlists.
+
+Which operations need a token follows OpenAPI: the operation's ``security`` (else the
+document's); ``security: []`` makes an operation public; a ``{}`` requirement makes the
+token optional. Schemes the gateway checks are http ``bearer``, ``oauth2`` and
+``openIdConnect`` (all JWTs, validated by the API's provider). Policy or ``x-gateway``
+``public: true|false`` overrides the spec.
+
+Authorization applies to an API as soon as it has rules (``apis[].auth.rules``) or an
+operation names roles or scopes (``x-gateway`` / policy ``roles``, ``scopes``, or OAuth2
+scopes in the spec): then a protected operation no rule allows is denied to everyone.
+Without any of these, a valid token is enough.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import ir
+from .documents import Document, DocumentStore
+from .errors import Diagnostics
+from .model import policy as pol
+from .model.openapi import ApiSpec, OperationSpec
+
+
+def provider_ir(
+    spec: dict[str, Any], doc: Document, ptr: str, store: DocumentStore, diags: Diagnostics
+) -> ir.JwtProvider | None:
+    jwks = spec["jwks"]
+    src = ir.Source(doc.name, ptr)
+    uri = jwks.get("uri")
+    jwks_json: str | None = None
+    fetch = "static"
+    if "file" in jwks:
+        # through the store: located errors, and the server watches it like a spec
+        loaded = store.load(doc.path.parent / jwks["file"], (doc, ptr + "/jwks/file"))
+        if loaded is None:
+            return None
+        jwks_json = _checked_jwks(loaded.data, doc, ptr + "/jwks/file", diags)
+        if jwks_json is None:
+            return None
+    elif "inline" in jwks:
+        jwks_json = _checked_jwks(jwks["inline"], doc, ptr + "/jwks/inline", diags)
+        if jwks_json is None:
+            return None
+    else:
+        fetch = jwks.get("fetch", "envoy")
+    algorithms = tuple(spec.get("algorithms", ("RS256", "ES256")))
+    if jwks_json is not None:
+        jwks_json = filter_jwks(jwks_json, algorithms)
+    claim_headers = spec.get("claimHeaders", {"sub": "x-user-id", "role": "x-user-role"})
+    ca_file = jwks.get("caFile")
+    if ca_file is not None:
+        ca_file = str((doc.path.parent / ca_file).resolve())
+    return ir.JwtProvider(
+        name=spec["name"],
+        issuer=spec["issuer"],
+        audiences=tuple(spec.get("audiences", ())),
+        source=src,
+        jwks_uri=uri,
+        jwks_json=jwks_json,
+        jwks_fetch=fetch,
+        cache_duration_ms=pol.duration_ms(jwks.get("cacheDuration", "10m")),
+        refresh_interval_ms=pol.duration_ms(jwks.get("refreshInterval", "1m")),
+        timeout_ms=pol.duration_ms(jwks.get("timeout", "5s")),
+        ca_file=ca_file,
+        algorithms=algorithms,
+        clock_skew_s=pol.duration_ms(spec.get("clockSkew", "60s")) // 1000,
+        query_parameters=tuple(spec.get("tokenFrom", {}).get("queryParameters", ())),
+        cookies=tuple(spec.get("tokenFrom", {}).get("cookies", ())),
+        claim_headers=tuple((claim, header.lower()) for claim, header in claim_headers.items()),
+        roles_claim=spec.get("rolesClaim", "role"),
+        scopes_claim=spec.get("scopesClaim", "scope"),
+    )
+
+
+def _checked_jwks(data: Any, doc: Document, ptr: str, diags: Diagnostics) -> str | None:
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and "kty" in k for k in keys):
+        diags.error("a JWKS needs a non-empty 'keys' list of JWKs (each with 'kty')", doc.name, ptr, "jwks")
+        return None
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def filter_jwks(jwks_json: str, algorithms: tuple[str, ...]) -> str:
+    """Only keys usable with an allowed algorithm (a key without ``alg`` is kept)."""
+    data = json.loads(jwks_json)
+    data["keys"] = [k for k in data.get("keys", []) if k.get("alg") in (None, *algorithms)]
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class ApiAuth:
+    """An API's authentication context, resolved once per API."""
+
+    provider: str | None
+    rules: list[dict[str, Any]]
+    dry_run: bool
+    warned: bool = False
+
+
+def api_auth(
+    entry: dict[str, Any], providers: dict[str, ir.JwtProvider], where: tuple[str, str], diags: Diagnostics
+) -> ApiAuth:
+    auth = entry.get("auth", {})
+    name = auth.get("provider")
+    if name is not None and name not in providers:
+        diags.error(f"no auth provider named {name!r}", where[0], where[1] + "/auth/provider", "unknown-provider")
+        name = None
+    elif name is None and len(providers) == 1:
+        name = next(iter(providers))
+    return ApiAuth(name, list(auth.get("rules", [])), bool(auth.get("dryRun", False)))
+
+
+def check_rule_operations(ctx: ApiAuth, spec: ApiSpec, where: tuple[str, str], diags: Diagnostics) -> None:
+    known = {op.key for op in spec.operations} | {f"{op.method} {op.path}" for op in spec.operations} | {"*"}
+    for i, rule in enumerate(ctx.rules):
+        for j, key in enumerate(rule["operations"]):
+            if key not in known:
+                diags.error(
+                    f"the spec has no operation {key!r}",
+                    where[0],
+                    f"{where[1]}/auth/rules/{i}/operations/{j}",
+                    "unknown-operation",
+                )
+
+
+def operation_auth(
+    ctx: ApiAuth, spec: ApiSpec, op: OperationSpec, settings: dict[str, Any], diags: Diagnostics
+) -> ir.Auth | None:
+    requirements = op.security if op.security is not None else spec.security
+    where = op.security_source or ir.Source(spec.document.name, "/security")
+    public = settings.get("public")
+    if public is True:
+        return None
+    jwt_alternatives: list[tuple[str, ...]] = []  # scopes of each requirement the gateway can check
+    optional = False
+    unchecked: set[str] = set()
+    for req in requirements:
+        if not req:
+            optional = True
+            continue
+        kinds = []
+        for name, _scopes in req:
+            scheme = spec.schemes.get(name)
+            if scheme is None:
+                diags.error(
+                    f"security requirement names an undefined scheme {name!r}", where.file, where.pointer, "security"
+                )
+                return None
+            kinds.append(scheme.kind)
+        if all(k == "jwt" for k in kinds):
+            jwt_alternatives.append(tuple(s for _name, scopes in req for s in scopes))
+        else:
+            unchecked.update(k for k in kinds if k != "jwt")
+    protected = bool(jwt_alternatives) or public is False
+    if not protected:
+        if unchecked and not optional:
+            _unenforced(
+                ctx,
+                where,
+                f"it requires {', '.join(sorted(unchecked))}, which the gateway cannot check",
+                diags,
+                error=ctx.provider is not None,
+            )
+        return None
+    if ctx.provider is None:
+        _unenforced(ctx, where, "no auth provider is configured for this API", diags, error=False)
+        return None
+    roles: set[str] = set(settings.get("roles", ()))
+    scope_sets: set[tuple[str, ...]] = {(s,) for s in settings.get("scopes", ())}
+    matching = [r for r in ctx.rules if {"*", op.key, f"{op.method} {op.path}"} & set(r["operations"])]
+    for rule in matching:
+        roles.update(rule.get("roles", ()))
+        scope_sets.update((s,) for s in rule.get("scopes", ()))
+    spec_scopes = [s for s in jwt_alternatives if s]
+    if spec_scopes and all(jwt_alternatives):  # every way in needs scopes
+        scope_sets.update(spec_scopes)
+    authorize = (
+        bool(ctx.rules)
+        or bool(settings.get("roles") or settings.get("scopes"))
+        or bool(spec_scopes and all(jwt_alternatives))
+    )
+    return ir.Auth(
+        provider=ctx.provider,
+        authorize=authorize,
+        roles=tuple(sorted(roles)),
+        scope_sets=tuple(sorted(scope_sets)),
+        optional=optional and not authorize,
+        dry_run=ctx.dry_run,
+    )
+
+
+def _unenforced(ctx: ApiAuth, where: ir.Source, why: str, diags: Diagnostics, error: bool) -> None:
+    if error:
+        diags.error(
+            f"the operation's security is not enforced: {why}; mark it public in the policy or use "
+            "bearer, oauth2 or openIdConnect",
+            where.file,
+            where.pointer,
+            "security",
+        )
+    elif not ctx.warned:
+        ctx.warned = True
+        diags.warning(
+            f"security requirements are not enforced by the gateway: {why}; the backend must authenticate requests",
+            where.file,
+            where.pointer,
+            "security-not-enforced",
+        )
+
+
+def ip_allowlists(
+    settings: dict[str, Any],
+    template: str,
+    prefix_lists: list[tuple[str, tuple[str, ...], set[str] | None]],
+    listener: str,
+) -> tuple[tuple[str, ...], ...]:
+    """Every allowlist an operation's client must pass: its own (else its API's), then each
+    path-prefix list covering its path."""
+    out: list[tuple[str, ...]] = []
+    if settings.get("ipAllow"):
+        out.append(tuple(settings["ipAllow"]))
+    for prefix, cidrs, listeners in prefix_lists:
+        if listeners is not None and listener not in listeners:
+            continue
+        base = prefix.rstrip("/")
+        if template == base or template.startswith(base + "/"):
+            out.append(cidrs)
+    return tuple(out)
+
+
+def check_cidrs(values: list[Any], file: str, ptr: str, diags: Diagnostics) -> tuple[str, ...]:
+    """Normalized CIDRs (``10.0.0.1`` → ``10.0.0.1/32``); each invalid one is an error."""
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(str(ipaddress.ip_network(str(value), strict=False)))
+        except ValueError as exc:
+            diags.error(f"{value!r} is not an IP address or CIDR range: {exc}", file, f"{ptr}/{i}", "cidr")
+    return tuple(out)

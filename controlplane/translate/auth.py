@@ -1,0 +1,268 @@
+"""Client address allowlists, JWT authentication and authorization (RBAC), per route.
+
+Three HTTP filters, each configured per route; a route without a per-route config is not
+affected by them (404/405 replies, public operations):
+
+- ``ip-allowlist`` (RBAC): before any token check, so a request from elsewhere gets 403
+  without a token being looked at. Large lists use the matcher API's IP trie.
+- ``envoy.filters.http.jwt_authn``: verifies the token (cached), sets identity headers
+  from its claims, and leaves the payload in dynamic metadata for RBAC.
+- ``authorization`` (RBAC): roles and scopes from that payload; dry-run rules only log.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+from envoy.config.core.v3 import address_pb2, base_pb2, http_uri_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+from google.protobuf import empty_pb2, wrappers_pb2
+from google.protobuf.message import Message
+from xds.core.v3 import cidr_pb2, extension_pb2
+from xds.type.matcher.v3 import ip_pb2, matcher_pb2
+
+from .. import ir
+from ..ir import Upstream
+from ._pb import duration, packed
+
+IP_FILTER = "ip-allowlist"
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+AUTHZ_FILTER = "authorization"
+PAYLOAD = "jwt_payload"
+# Lists longer than this use the matcher API's IP trie instead of a list of principals
+# (RBAC tries principals one by one).
+IP_TRIE_THRESHOLD = 64
+
+
+def _operations(listener: ir.Listener) -> list[ir.Operation]:
+    return [op for pr in listener.paths for op in pr.operations]
+
+
+# -- client address allowlists ------------------------------------------------------------
+
+
+def ip_allowlist_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    if not any(op.ip_allow for op in _operations(listener)):
+        return None
+    # No rules here: only routes with a per-route config are restricted.
+    return hcm_pb2.HttpFilter(name=IP_FILTER, typed_config=packed(rbac_filter_pb2.RBAC()))
+
+
+def _cidr(text: str) -> address_pb2.CidrRange:
+    address, _, length = text.partition("/")
+    return address_pb2.CidrRange(address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=int(length)))
+
+
+def _ip_principal(cidr: str, direct: bool) -> rbac_pb2.Principal:
+    return rbac_pb2.Principal(direct_remote_ip=_cidr(cidr)) if direct else rbac_pb2.Principal(remote_ip=_cidr(cidr))
+
+
+def _ip_matcher(lists: tuple[tuple[str, ...], ...], direct: bool) -> matcher_pb2.Matcher:
+    """Allow when the client is in every list: one IP trie per list, nested."""
+    allow = rbac_pb2.Action(name="allowlisted", action=rbac_pb2.RBAC.ALLOW)
+    deny = rbac_pb2.Action(name="not-allowlisted", action=rbac_pb2.RBAC.DENY)
+    on_no_match = matcher_pb2.Matcher.OnMatch(
+        action=extension_pb2.TypedExtensionConfig(name="deny", typed_config=packed(deny))
+    )
+    inner: matcher_pb2.Matcher.OnMatch = matcher_pb2.Matcher.OnMatch(
+        action=extension_pb2.TypedExtensionConfig(name="allow", typed_config=packed(allow))
+    )
+    source = network_inputs_pb2.DirectSourceIPInput() if direct else network_inputs_pb2.SourceIPInput()
+    for cidrs in reversed(lists):
+        trie = ip_pb2.IPMatcher(
+            range_matchers=[
+                ip_pb2.IPMatcher.IPRangeMatcher(
+                    ranges=[
+                        cidr_pb2.CidrRange(
+                            address_prefix=c.partition("/")[0],
+                            prefix_len=wrappers_pb2.UInt32Value(value=int(c.partition("/")[2])),
+                        )
+                        for c in cidrs
+                    ],
+                    on_match=inner,
+                )
+            ]
+        )
+        matcher = matcher_pb2.Matcher(
+            matcher_tree=matcher_pb2.Matcher.MatcherTree(
+                input=extension_pb2.TypedExtensionConfig(name="client-ip", typed_config=packed(source)),
+                custom_match=extension_pb2.TypedExtensionConfig(name="ip", typed_config=packed(trie)),
+            ),
+            on_no_match=on_no_match,
+        )
+        inner = matcher_pb2.Matcher.OnMatch(matcher=matcher)
+    return inner.matcher
+
+
+def ip_allowlist_route_config(op: ir.Operation, listener: ir.Listener) -> rbac_filter_pb2.RBACPerRoute:
+    direct = listener.xff_num_trusted_hops == 0
+    if any(len(cidrs) > IP_TRIE_THRESHOLD for cidrs in op.ip_allow):
+        return rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(matcher=_ip_matcher(op.ip_allow, direct)))
+    principal = rbac_pb2.Principal(
+        and_ids=rbac_pb2.Principal.Set(
+            ids=[
+                rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=[_ip_principal(c, direct) for c in cidrs]))
+                for cidrs in op.ip_allow
+            ]
+        )
+    )
+    policy = rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=[principal])
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"allowlisted": policy})
+    return rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(rules=rules))
+
+
+# -- JWT ----------------------------------------------------------------------------------
+
+
+def jwt_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    used = sorted({op.auth.provider for op in _operations(listener) if op.auth is not None})
+    if not used:
+        return None
+    providers = {p.name: p for p in gw.providers}
+    config = jwt_pb2.JwtAuthentication()
+    for name in used:
+        config.providers[name].CopyFrom(_provider(providers[name]))
+        config.requirement_map[name].CopyFrom(jwt_pb2.JwtRequirement(provider_name=name))
+        config.requirement_map[name + "?"].CopyFrom(
+            jwt_pb2.JwtRequirement(
+                requires_any=jwt_pb2.JwtRequirementOrList(
+                    requirements=[
+                        jwt_pb2.JwtRequirement(provider_name=name),
+                        jwt_pb2.JwtRequirement(allow_missing=empty_pb2.Empty()),
+                    ]
+                )
+            )
+        )
+    return hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=packed(config))
+
+
+def _provider(p: ir.JwtProvider) -> jwt_pb2.JwtProvider:
+    out = jwt_pb2.JwtProvider(
+        issuer=p.issuer,
+        audiences=list(p.audiences),
+        forward=False,  # the backend gets verified headers, not the token
+        from_headers=[jwt_pb2.JwtHeader(name="Authorization", value_prefix="Bearer ")],
+        from_params=list(p.query_parameters),
+        from_cookies=list(p.cookies),
+        payload_in_metadata=PAYLOAD,
+        normalize_payload_in_metadata=jwt_pb2.JwtProvider.NormalizePayload(space_delimited_claims=[p.scopes_claim]),
+        clock_skew_seconds=p.clock_skew_s,
+        require_expiration=True,
+        jwt_cache_config=jwt_pb2.JwtCacheConfig(jwt_cache_size=10_000),
+        claim_to_headers=[jwt_pb2.JwtClaimToHeader(header_name=h, claim_name=c) for c, h in p.claim_headers],
+    )
+    if p.jwks_json is not None or p.jwks_fetch != "envoy":
+        # Keys from a file, inline, or fetched by the control plane. Without keys yet (offline
+        # compile of control-plane-fetched keys) no token verifies: closed, not open.
+        out.local_jwks.CopyFrom(base_pb2.DataSource(inline_string=p.jwks_json or json.dumps({"keys": []})))
+    else:
+        assert p.jwks_uri is not None
+        out.remote_jwks.CopyFrom(
+            jwt_pb2.RemoteJwks(
+                http_uri=http_uri_pb2.HttpUri(uri=p.jwks_uri, cluster=p.jwks_cluster, timeout=duration(p.timeout_ms)),
+                cache_duration=duration(p.cache_duration_ms),
+                # listeners do not wait for the keys; requests before the first fetch get 401
+                async_fetch=jwt_pb2.JwksAsyncFetch(fast_listener=True),
+            )
+        )
+    return out
+
+
+def jwks_upstreams(gw: ir.Gateway) -> list[Upstream]:
+    """Clusters Envoy uses to fetch remote JWKS (TLS for https, verified against the CA)."""
+    out = []
+    for p in gw.providers:
+        if p.jwks_fetch != "envoy" or p.jwks_json is not None or p.jwks_uri is None:
+            continue
+        url = urlsplit(p.jwks_uri)
+        tls = url.scheme == "https"
+        host = url.hostname or ""
+        port = url.port or (443 if tls else 80)
+        out.append(
+            Upstream(
+                name=p.jwks_cluster,
+                endpoints=(ir.Endpoint(host, port),),
+                source=p.source,
+                tls=tls,
+                sni=host if tls else None,
+                ca_file=p.ca_file,
+                connect_timeout_ms=min(p.timeout_ms, 5000),
+            )
+        )
+    return out
+
+
+def jwt_route_config(op: ir.Operation) -> jwt_pb2.PerRouteConfig:
+    assert op.auth is not None
+    return jwt_pb2.PerRouteConfig(requirement_name=op.auth.provider + ("?" if op.auth.optional else ""))
+
+
+# -- authorization ------------------------------------------------------------------------
+
+
+def authorization_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    if not any(op.auth is not None and op.auth.authorize for op in _operations(listener)):
+        return None
+    return hcm_pb2.HttpFilter(name=AUTHZ_FILTER, typed_config=packed(rbac_filter_pb2.RBAC()))
+
+
+def _claim(claim: str, value: str, in_list: bool) -> rbac_pb2.Principal:
+    exact = value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=value))
+    matcher = value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=exact)) if in_list else exact
+    return rbac_pb2.Principal(
+        metadata=metadata_pb2.MetadataMatcher(
+            filter=JWT_FILTER,
+            path=[
+                metadata_pb2.MetadataMatcher.PathSegment(key=PAYLOAD),
+                metadata_pb2.MetadataMatcher.PathSegment(key=claim),
+            ],
+            value=matcher,
+        )
+    )
+
+
+def authorization_route_config(op: ir.Operation, provider: ir.JwtProvider) -> rbac_filter_pb2.RBACPerRoute:
+    assert op.auth is not None
+    principals = []
+    for role in op.auth.roles:  # a role claim may hold one string or a list
+        principals.append(
+            rbac_pb2.Principal(
+                or_ids=rbac_pb2.Principal.Set(
+                    ids=[_claim(provider.roles_claim, role, False), _claim(provider.roles_claim, role, True)]
+                )
+            )
+        )
+    for scopes in op.auth.scope_sets:  # the scope claim is normalized to a list
+        principals.append(
+            rbac_pb2.Principal(
+                and_ids=rbac_pb2.Principal.Set(ids=[_claim(provider.scopes_claim, s, True) for s in scopes])
+            )
+        )
+    policies = {}
+    if principals:  # no principal: no policy, and an ALLOW list with no policy denies everyone
+        policies["allowed"] = rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=principals)
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=policies)
+    if op.auth.dry_run:
+        return rbac_filter_pb2.RBACPerRoute(
+            rbac=rbac_filter_pb2.RBAC(shadow_rules=rules, shadow_rules_stat_prefix="dry_run_")
+        )
+    return rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(rules=rules))
+
+
+def route_filter_configs(op: ir.Operation, listener: ir.Listener, gw: ir.Gateway) -> dict[str, Message]:
+    """The per-route configs an operation's route carries, by filter name."""
+    out: dict[str, Message] = {}
+    if op.ip_allow:
+        out[IP_FILTER] = ip_allowlist_route_config(op, listener)
+    if op.auth is not None:
+        out[JWT_FILTER] = jwt_route_config(op)
+        if op.auth.authorize:
+            provider = next(p for p in gw.providers if p.name == op.auth.provider)
+            out[AUTHZ_FILTER] = authorization_route_config(op, provider)
+    return out
