@@ -27,7 +27,7 @@ from .model.openapi import ApiSpec, OperationSpec
 
 
 def provider_ir(
-    spec: dict[str, Any], doc: Document, ptr: str, store: DocumentStore, diags: Diagnostics
+    spec: dict[str, Any], doc: Document, ptr: str, store: DocumentStore, diags: Diagnostics, fetched: str | None = None
 ) -> ir.JwtProvider | None:
     jwks = spec["jwks"]
     src = ir.Source(doc.name, ptr)
@@ -48,6 +48,15 @@ def provider_ir(
             return None
     else:
         fetch = jwks.get("fetch", "envoy")
+        if fetch == "controlplane":
+            jwks_json = fetched
+            if fetched is None:
+                diags.warning(
+                    "the control plane fetches these keys when it serves; until then no token verifies",
+                    doc.name,
+                    ptr + "/jwks",
+                    "jwks-not-fetched",
+                )
     algorithms = tuple(spec.get("algorithms", ("RS256", "ES256")))
     if jwks_json is not None:
         jwks_json = filter_jwks(jwks_json, algorithms)

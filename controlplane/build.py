@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,10 @@ class _Api:
 
 
 class _Builder:
-    def __init__(self, bundle: Bundle, diags: Diagnostics):
+    def __init__(self, bundle: Bundle, diags: Diagnostics, fetched_jwks: Mapping[str, str]):
         self.bundle = bundle
         self.diags = diags
+        self.fetched_jwks = fetched_jwks
         self.listeners: dict[str, tuple[dict[str, Any], ir.Source]] = {}
         self.upstreams: dict[str, tuple[dict[str, Any], ir.Source]] = {}
         self.auto_upstreams: dict[str, ir.Upstream] = {}
@@ -145,7 +147,8 @@ class _Builder:
                     "duplicate-name",
                 )
                 continue
-            provider = auth.provider_ir(item, doc, ptr, self.bundle.store, self.diags)
+            fetched = self.fetched_jwks.get(item["name"])
+            provider = auth.provider_ir(item, doc, ptr, self.bundle.store, self.diags, fetched)
             if provider is not None:
                 self.providers[item["name"]] = provider
         for i, item in enumerate(data.get("ipAllowlists", [])):
@@ -561,9 +564,9 @@ def _lower_unique(*groups: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def build(bundle: Bundle, diags: Diagnostics) -> ir.Gateway | None:
+def build(bundle: Bundle, diags: Diagnostics, fetched_jwks: Mapping[str, str] | None = None) -> ir.Gateway | None:
     """The IR for a bundle, or None when there are errors (all of them are in ``diags``)."""
-    return _Builder(bundle, diags).build()
+    return _Builder(bundle, diags, fetched_jwks or {}).build()
 
 
 __all__ = ["build", "display_name"]

@@ -5,7 +5,7 @@ The CLI and the xDS server both call it; neither adds logic of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,20 +48,25 @@ def compile(
     strict: bool = False,
     full_validation: bool = False,
     use_cache: bool = True,
+    fetched_jwks: Mapping[str, str] | None = None,
 ) -> CompileResult:
     """Compile specs and policies into Envoy resources.
 
     ``full_validation`` also runs openapi-spec-validator over every served spec (cached by
     content hash); ``strict`` implies it and turns every finding into an error.
+    ``fetched_jwks`` are the keys the control plane fetched for providers with
+    ``jwks.fetch: controlplane`` (provider name → JWKS JSON).
     """
     with gc_paused():
-        return _compile(paths, strict, full_validation, use_cache)
+        return _compile(paths, strict, full_validation, use_cache, fetched_jwks or {})
 
 
-def _compile(paths: Sequence[str | Path], strict: bool, full_validation: bool, use_cache: bool) -> CompileResult:
+def _compile(
+    paths: Sequence[str | Path], strict: bool, full_validation: bool, use_cache: bool, jwks: Mapping[str, str]
+) -> CompileResult:
     diags = Diagnostics()
     bundle = collect(list(paths), diags)
-    gateway = build(bundle, diags)
+    gateway = build(bundle, diags, jwks)
     if strict or full_validation:
         from .model.openapi import spec_version
         from .model.validation import validate

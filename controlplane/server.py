@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import ir
 from .errors import Diagnostic
 from .sources import SUFFIXES
 from .worker import CompiledConfig, Compiler
@@ -124,8 +126,13 @@ class ControlPlane:
                 "/status": lambda q: json_answer(200, status(self.ctx.registry, self.cache)),
                 "/config_dump": self._config_dump,
                 "/compile": lambda q: json_answer(200, self.report.as_json()),
+                "/refresh_jwks": self._refresh_jwks_now,
             }
         )
+        self.jwks: dict[str, str] = {}  # provider → keys the control plane fetched
+        self.jwks_state: dict[str, dict[str, Any]] = {}
+        self._fetchers: dict[str, tuple[ir.JwtProvider, asyncio.Task[Any]]] = {}
+        self._compile_lock = asyncio.Lock()
         self.xds_port = 0
         self.admin_port = 0
         self.compiles = 0
@@ -155,6 +162,8 @@ class ControlPlane:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        for _provider, task in self._fetchers.values():
+            task.cancel()
         if self._validation is not None:
             self._validation.cancel()
         if self.grpc is not None:
@@ -164,8 +173,19 @@ class ControlPlane:
         self.validator.close()
 
     async def recompile(self, changed_at: float) -> bool:
+        async with self._compile_lock:
+            return await self._recompile(changed_at)
+
+    async def _recompile(self, changed_at: float) -> bool:
         started = time.perf_counter()
-        result: CompiledConfig = await self.compiler.compile()
+        result: CompiledConfig = await self.compiler.compile(fetched_jwks=dict(self.jwks))
+        missing = [p for p in result.jwks_to_fetch if p.name not in self.jwks]
+        if result.ok and missing and not self.cache.ready:
+            # Before the first publish, fetch the keys: a first config without them would
+            # refuse every token until they arrive.
+            fetched = [await self._fetch(p, rebuild=False) for p in missing]
+            if any(fetched):
+                result = await self.compiler.compile(fetched_jwks=dict(self.jwks))
         self.compiles += 1
         self.metrics.compile_seconds.observe(time.perf_counter() - started)
         if result.files:
@@ -211,7 +231,47 @@ class ControlPlane:
             log.warning("%s", d)
         if self.options.background_validation and not self.options.strict:
             self._start_validation()
+        self._sync_fetchers(result.jwks_to_fetch)
         return True
+
+    # -- keys fetched by the control plane ------------------------------------------------
+    def _sync_fetchers(self, providers: list[ir.JwtProvider]) -> None:
+        wanted = {p.name: p for p in providers}
+        for name, (provider, task) in list(self._fetchers.items()):
+            if wanted.get(name) != provider:
+                task.cancel()
+                del self._fetchers[name]
+        for name, provider in wanted.items():
+            if name not in self._fetchers:
+                self._fetchers[name] = (provider, asyncio.ensure_future(self._fetch_loop(provider)))
+
+    async def _fetch_loop(self, provider: ir.JwtProvider) -> None:
+        while True:
+            await self._fetch(provider)
+            await asyncio.sleep(provider.refresh_interval_ms / 1000)
+
+    async def _fetch(self, provider: ir.JwtProvider, rebuild: bool = True) -> bool:
+        """Fetch one provider's keys; True when they changed (then, with ``rebuild``, the
+        configuration is rebuilt and pushed)."""
+        state = self.jwks_state.setdefault(provider.name, {})
+        try:
+            text = await asyncio.to_thread(download_jwks, provider)
+        except (OSError, ValueError) as exc:
+            state.update(error=str(exc), failed_at=time.time())
+            log.error("fetching the keys of %s failed (%s); the last keys stay in use", provider.name, exc)
+            return False
+        state.update(error=None, fetched_at=time.time(), keys=len(json.loads(text)["keys"]))
+        if self.jwks.get(provider.name) == text:
+            return False
+        self.jwks[provider.name] = text
+        if rebuild:
+            log.info("new keys for %s: rebuilding the configuration", provider.name)
+            await self.recompile(time.monotonic())
+        return True
+
+    async def _refresh_jwks_now(self, _query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        changed = {name: await self._fetch(provider) for name, (provider, _task) in list(self._fetchers.items())}
+        return json_answer(200, {"changed": changed, "providers": self.jwks_state})
 
     def _rejected(self, report: CompileReport, why: str) -> None:
         self.report = report
@@ -255,6 +315,25 @@ class ControlPlane:
                 if any(after.get(f, stamp) != stamp for f, stamp in seen.items()):
                     first_change = last_change = time.monotonic()  # written to while compiling
                 seen = after
+
+
+def download_jwks(provider: ir.JwtProvider, limit: int = 1 << 20) -> str:
+    """The provider's JWKS as canonical JSON (only keys for its algorithms); raises on failure."""
+    import ssl
+    import urllib.request
+
+    from .auth import filter_jwks
+
+    assert provider.jwks_uri is not None
+    context = ssl.create_default_context(cafile=provider.ca_file)
+    with urllib.request.urlopen(provider.jwks_uri, timeout=provider.timeout_ms / 1000, context=context) as resp:
+        body = resp.read(limit + 1)
+    if len(body) > limit:
+        raise ValueError("the JWKS is larger than 1 MiB")
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list) or not data["keys"]:
+        raise ValueError("not a JWKS: no 'keys' list")
+    return filter_jwks(json.dumps(data, sort_keys=True, separators=(",", ":")), provider.algorithms)
 
 
 async def serve_forever(options: ServeOptions) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import ir
 from .errors import Diagnostic, WithDiagnostics
 from .ir import Source
 
@@ -34,16 +35,22 @@ class CompiledConfig(WithDiagnostics):
     operations: int = 0
     seconds: float = 0.0
     listeners: list[tuple[str, str, int]] = field(default_factory=list)  # (name, address, port)
+    jwks_to_fetch: list[ir.JwtProvider] = field(default_factory=list)  # providers with jwks.fetch: controlplane
 
 
-def compile_serialized(paths: Sequence[str], strict: bool = False, full_validation: bool = False) -> CompiledConfig:
+def compile_serialized(
+    paths: Sequence[str],
+    strict: bool = False,
+    full_validation: bool = False,
+    fetched_jwks: dict[str, str] | None = None,
+) -> CompiledConfig:
     """Runs in the worker process (and directly in tests)."""
     from .compiler import compile
     from .xds.snapshot import references_of
 
     started = time.perf_counter()
     try:
-        result = compile(list(paths), strict=strict, full_validation=full_validation)
+        result = compile(list(paths), strict=strict, full_validation=full_validation, fetched_jwks=fetched_jwks)
     except RecursionError:  # pragma: no cover - compile reports these itself; a last guard
         return CompiledConfig(False, [Diagnostic("input nests too deeply", ", ".join(paths))])
     files = sorted({str(d.path) for d in result.documents})
@@ -65,6 +72,7 @@ def compile_serialized(paths: Sequence[str], strict: bool = False, full_validati
         ops,
         time.perf_counter() - started,
         [(lst.name, lst.address, lst.port) for lst in result.gateway.listeners],
+        [p for p in result.gateway.providers if p.jwks_fetch == "controlplane"],
     )
 
 
@@ -108,11 +116,18 @@ class Compiler:
             )
         return self._pool
 
-    async def compile(self, full_validation: bool = False) -> CompiledConfig:
+    async def compile(
+        self, full_validation: bool = False, fetched_jwks: dict[str, str] | None = None
+    ) -> CompiledConfig:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                self._executor(), compile_serialized, self.paths, self.strict, full_validation or self.strict
+                self._executor(),
+                compile_serialized,
+                self.paths,
+                self.strict,
+                full_validation or self.strict,
+                fetched_jwks,
             )
         except concurrent.futures.process.BrokenProcessPool:
             self._pool = None  # the worker died (out of memory…): start a new one next time

@@ -8,14 +8,16 @@
 | ``/status`` | JSON: every connected Envoy, per type SYNCED / STALE / NACKED, NACK errors and sources |
 | ``/config_dump?node=ID`` | JSON: what that node was sent, in ``dump``'s format |
 | ``/compile`` | JSON: the last compile (ok, when, errors and warnings with locations) |
+| ``/refresh_jwks`` | fetches the keys of ``jwks.fetch: controlplane`` providers now; JSON result |
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,7 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("controlplane.admin")
 
-Handler = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]
+Answer = tuple[int, str, bytes]
+Handler = Callable[[dict[str, list[str]]], Answer | Awaitable[Answer]]
 
 
 def json_answer(status: int, data: Any) -> tuple[int, str, bytes]:
@@ -61,7 +64,10 @@ class AdminServer:
                 status, ctype, body = json_answer(404, {"error": f"no such endpoint; try {sorted(self.routes)}"})
             else:
                 try:
-                    status, ctype, body = handler(parse_qs(url.query))
+                    answer = handler(parse_qs(url.query))
+                    if inspect.isawaitable(answer):
+                        answer = await answer
+                    status, ctype, body = answer
                 except Exception as exc:  # an endpoint failing must not kill the admin server
                     log.exception("admin endpoint %s failed", url.path)
                     status, ctype, body = json_answer(500, {"error": str(exc)})
