@@ -8,7 +8,8 @@ open and reads one JSON command a line on stdin::
 
     {"request": "GET /x HTTP/1.1\\r\\nHost: b\\r\\n\\r\\n", "count": 10000}
 
-It sends ``count`` requests (one in flight per connection, no pipelining), then prints
+(or ``"requests": [...]`` to send them in turn), sends ``count`` requests (one in flight per
+connection, no pipelining), then prints
 ``{"statuses": {...}, "wall": s, "reconnects": n, "sample": "<first response head>"}``.
 Connections stay open between commands, so a measured run contains no connection setup.
 """
@@ -102,7 +103,16 @@ class _Client:
         self.sel.register(s, selectors.EVENT_READ)
         return s
 
-    def run(self, request: bytes, count: int) -> dict[str, object]:
+    def run(self, request: bytes | list[bytes], count: int) -> dict[str, object]:
+        """Send ``count`` requests: ``request`` each time, or the list's entries in turn."""
+        requests = request if isinstance(request, list) else [request]
+        turn = 0
+
+        def next_request() -> bytes:
+            nonlocal turn
+            turn += 1
+            return requests[(turn - 1) % len(requests)]
+
         statuses: dict[int, int] = {}
         bufs = {s: b"" for s in self.socks}
         busy = {s: False for s in self.socks}
@@ -112,7 +122,7 @@ class _Client:
         t0 = time.perf_counter()
         for s in list(self.socks):
             if sent < count:
-                s.sendall(request)
+                s.sendall(next_request())
                 busy[s] = True
                 sent += 1
         while done < count:
@@ -130,7 +140,7 @@ class _Client:
                     busy[n] = busy.pop(s)
                     self.reconnects += 1
                     if busy[n]:
-                        n.sendall(request)
+                        n.sendall(next_request())
                     continue
                 buf = bufs[s] + data
                 while True:
@@ -145,7 +155,7 @@ class _Client:
                     done += 1
                     busy[s] = False
                     if sent < count:
-                        s.sendall(request)
+                        s.sendall(next_request())
                         busy[s] = True
                         sent += 1
                 bufs[s] = buf
@@ -159,7 +169,10 @@ def client(port: int, connections: int) -> None:
         if not line.strip():
             continue
         cmd = json.loads(line)
-        out = c.run(cmd["request"].encode("latin-1"), int(cmd["count"]))
+        request = (
+            [r.encode("latin-1") for r in cmd["requests"]] if "requests" in cmd else cmd["request"].encode("latin-1")
+        )
+        out = c.run(request, int(cmd["count"]))
         print(json.dumps(out), flush=True)
 
 

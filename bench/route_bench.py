@@ -165,8 +165,15 @@ class Client:
         json.loads(self.proc.stdout.readline())
 
     def run(self, request: str, count: int) -> dict[str, Any]:
+        return self._command({"request": request, "count": count})
+
+    def run_many(self, requests: list[str], count: int) -> dict[str, Any]:
+        """``count`` requests, taking ``requests`` in turn."""
+        return self._command({"requests": requests, "count": count})
+
+    def _command(self, command: dict[str, Any]) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"request": request, "count": count}) + "\n")
+        self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
