@@ -39,6 +39,8 @@ ACCESS_LOG_FIELDS = {
     "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
     "bytes_in": "%BYTES_RECEIVED%",
     "bytes_out": "%BYTES_SENT%",
+    # "denied" when dry-run authorization rules would have refused the request
+    "dry_run_authorization": "%DYNAMIC_METADATA(envoy.filters.http.rbac:dry_run_shadow_engine_result)%",
 }
 
 
