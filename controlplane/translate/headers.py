@@ -5,10 +5,11 @@ from __future__ import annotations
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from .. import ir
 from ._pb import header, packed
@@ -74,7 +75,24 @@ def local_reply_config(policy: ir.HeaderPolicy) -> hcm_pb2.LocalReplyConfig:
         )
         for status, message in ((401, "authentication required"), (403, "forbidden"))
     ]
+    # jwt_authn answers a token for another audience with 403 and
+    # WWW-Authenticate: Bearer error="invalid_token"; an invalid token is a 401 (RFC 6750).
+    wrong_audience = hcm_pb2.ResponseMapper(
+        filter=accesslog_pb2.AccessLogFilter(
+            extension_filter=accesslog_pb2.ExtensionFilter(
+                name="envoy.access_loggers.extension_filters.cel",
+                typed_config=packed(
+                    cel_pb2.ExpressionFilter(
+                        expression="response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
+                    )
+                ),
+            )
+        ),
+        status_code=wrappers_pb2.UInt32Value(value=401),
+        body=base_pb2.DataSource(inline_string="authentication required"),
+        headers_to_add=added,
+    )
     return hcm_pb2.LocalReplyConfig(
-        mappers=[*denials, every_reply],
+        mappers=[wrong_audience, *denials, every_reply],
         body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt),
     )
