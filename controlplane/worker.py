@@ -32,6 +32,7 @@ class CompiledConfig(WithDiagnostics):
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
     details: dict[str, list[tuple[str, Source]]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # every file read: what to watch
+    digests: dict[str, str] = field(default_factory=dict)  # file → content hash
     operations: int = 0
     seconds: float = 0.0
     listeners: list[tuple[str, str, int]] = field(default_factory=list)  # (name, address, port)
@@ -54,8 +55,11 @@ def compile_serialized(
     except RecursionError:  # pragma: no cover - compile reports these itself; a last guard
         return CompiledConfig(False, [Diagnostic("input nests too deeply", ", ".join(paths))])
     files = sorted({str(d.path) for d in result.documents})
+    digests = {str(d.path): d.digest for d in result.documents}
     if not result.ok or result.resources is None or result.gateway is None:
-        return CompiledConfig(False, result.diagnostics, files=files, seconds=time.perf_counter() - started)
+        return CompiledConfig(
+            False, result.diagnostics, files=files, digests=digests, seconds=time.perf_counter() - started
+        )
     serialized = {
         type_url: {name: msg.SerializeToString(deterministic=True) for name, msg in by_name.items()}
         for type_url, by_name in result.resources.by_type.items()
@@ -69,6 +73,7 @@ def compile_serialized(
         dict(result.resources.sources),
         dict(result.resources.details),
         files,
+        digests,
         ops,
         time.perf_counter() - started,
         [(lst.name, lst.address, lst.port) for lst in result.gateway.listeners],
@@ -76,7 +81,7 @@ def compile_serialized(
     )
 
 
-def _follow_parent(parent: int) -> None:
+def _follow_parent(parent: int, nice: int = 0) -> None:
     """Worker initializer: die with the server, even when it is killed with SIGKILL.
 
     A killed parent cannot shut its pool down, and an orphaned worker would otherwise live
@@ -91,15 +96,18 @@ def _follow_parent(parent: int) -> None:
 
     if os.getppid() != parent:  # it died before we started
         os._exit(0)
+    if nice:
+        os.nice(nice)
     threading.Thread(target=watch, daemon=True).start()
 
 
 class Compiler:
     """A long-lived worker process for compiles; ``await compile(...)`` never blocks the loop."""
 
-    def __init__(self, paths: Sequence[str | Path], strict: bool = False, in_process: bool = False):
+    def __init__(self, paths: Sequence[str | Path], strict: bool = False, in_process: bool = False, nice: int = 0):
         self.paths = [str(p) for p in paths]
         self.strict = strict
+        self.nice = nice  # lower priority for background work (full validation)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.in_process = in_process
 
@@ -112,7 +120,7 @@ class Compiler:
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_follow_parent,
-                initargs=(os.getpid(),),
+                initargs=(os.getpid(), self.nice),
             )
         return self._pool
 

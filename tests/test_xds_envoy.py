@@ -342,3 +342,20 @@ def test_a_killed_control_plane_leaves_no_compile_worker_behind(setup: Setup) ->
     workers = wait_for(lambda: _children(plane.proc.pid), 15, "the compile workers")
     plane.kill()
     wait_for(lambda: not any(_alive(w) for w in workers), 10, "the workers to exit")
+
+
+def test_rewriting_the_same_bytes_compiles_nothing_and_pushes_nothing(setup: Setup) -> None:
+    plane = setup.plane()
+    setup.envoy(plane)
+    setup.wait_status("/items/7", 200)
+    wait_for(lambda: (n := plane.node("gateway-1")) and n["state"] == "SYNCED", 10, "SYNCED")
+    before = plane_metrics(plane)
+    setup.spec.write_text(setup.spec.read_text())  # a new mtime, the same content
+    time.sleep(1.0)
+    after = plane_metrics(plane)
+
+    def value(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    assert value(after, "controlplane_compiles_total") == value(before, "controlplane_compiles_total")
+    assert value(after, "xds_push_bytes_total") == value(before, "xds_push_bytes_total")

@@ -59,7 +59,8 @@ class Metrics:
     def published(self, group: str, version: str, changed_at: float) -> None:
         waiting = {c.stream_id for c in self.registry.connections.values() if c.node_id}
         self.rollouts[group] = _Rollout(version, changed_at, waiting)
-        self._check_rollouts()
+        for stream_id in list(waiting):
+            self._check(self.registry.connections[stream_id])
 
     def _in_sync(self, conn: Connection) -> bool:
         snapshot = self.cache.get(conn.group)
@@ -71,12 +72,14 @@ class Metrics:
             if t in snapshot.resources
         )
 
-    def _check_rollouts(self) -> None:
+    def _check(self, conn: Connection, closed: bool = False) -> None:
+        """Only the connection that ACKed (or closed) can have changed its state: checking every
+        waiting connection on every ACK made a rollout cost O(streams²)."""
         for group, rollout in list(self.rollouts.items()):
-            for stream_id in list(rollout.waiting):
-                conn = self.registry.connections.get(stream_id)
-                if conn is None or self._in_sync(conn):
-                    rollout.waiting.discard(stream_id)
+            if conn.stream_id not in rollout.waiting:
+                continue
+            if closed or self._in_sync(conn):
+                rollout.waiting.discard(conn.stream_id)
             if not rollout.waiting:
                 self.last_convergence = time.monotonic() - rollout.started
                 self.convergence.observe(self.last_convergence)
@@ -87,12 +90,12 @@ class Metrics:
             self.streams.labels(conn.protocol).inc()
         elif event == "close":
             self.streams.labels(conn.protocol).dec()
-            self._check_rollouts()
+            self._check(conn, closed=True)
         elif event == "send":
             self.pushes.labels(_short(type_url)).inc()
             self.push_bytes.labels(_short(type_url)).inc(data["bytes"])
         elif event == "ack":
             self.acks.labels(_short(type_url)).inc()
-            self._check_rollouts()
+            self._check(conn)
         elif event == "nack":
             self.nacks.labels(_short(type_url)).inc()

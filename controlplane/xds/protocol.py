@@ -203,7 +203,7 @@ async def _sotw_respond(
         state.sent_names = frozenset(names)
         return
     nonce = _nonce()
-    data = sotw_response((entries[n] for n in names), version, type_url, nonce)
+    data = sotw_response(snapshot.sotw_body(type_url, tuple(names)), version, type_url, nonce)
     await stream.send(data)
     watch.pending = False
     state.sent_version, state.sent_nonce, state.sent_at = version, nonce, time.time()

@@ -82,15 +82,32 @@ class Snapshot:
     references: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Names inside resources (route names, regexes) → the spec place that produced them.
     details: Mapping[str, tuple[tuple[str, Source], ...]] = field(default_factory=dict)
+    _versions: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict, repr=False, compare=False)
+    _bodies: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def sotw_body(self, type_url: str, names: tuple[str, ...]) -> bytes:
+        """The encoded ``resources`` of a state-of-the-world response, built once per subscription."""
+        key = (type_url, names)
+        body = self._bodies.get(key)
+        if body is None:
+            entries = self.of(type_url)
+            body = self._bodies[key] = b"".join(entries[n].sotw for n in names)
+        return body
 
     def of(self, type_url: str) -> Mapping[str, Entry]:
         return self.resources.get(type_url, {})
 
     def version_of(self, type_url: str, names: Iterable[str] | None = None) -> str:
-        """Version of the resources a subscriber sees: all of a type, or the named ones."""
+        """Version of the resources a subscriber sees: all of a type, or the named ones.
+
+        Memoized: every stream with the same subscription asks for the same version."""
         entries = self.of(type_url)
-        chosen = sorted(entries) if names is None else sorted(n for n in set(names) if n in entries)
-        return short_hash(type_url, *(f"{n}={entries[n].version}" for n in chosen))
+        chosen = tuple(sorted(entries) if names is None else sorted(n for n in set(names) if n in entries))
+        key = (type_url, chosen)
+        version = self._versions.get(key)
+        if version is None:
+            version = self._versions[key] = short_hash(type_url, *(f"{n}={entries[n].version}" for n in chosen))
+        return version
 
     def check(self) -> None:
         """Every route configuration and endpoint set referenced must be present."""
@@ -157,14 +174,15 @@ def references_of(resources: Resources) -> dict[str, set[str]]:
     return {Resources.ROUTE: routes, Resources.ENDPOINT: endpoints}
 
 
-def sotw_response(snapshot_entries: Iterable[Entry], version: str, type_url: str, nonce: str) -> bytes:
-    """A DiscoveryResponse, as bytes, from ready entries."""
-    body = b"".join(e.sotw for e in snapshot_entries)
-    return (
-        _text(_F["version_info"].number, version)
-        + body
-        + _text(_F["type_url"].number, type_url)
-        + _text(_F["nonce"].number, nonce)
+def sotw_response(body: bytes, version: str, type_url: str, nonce: str) -> bytes:
+    """A DiscoveryResponse, as bytes, around ready encoded resources (one copy of the body)."""
+    return b"".join(
+        (
+            _text(_F["version_info"].number, version),
+            body,
+            _text(_F["type_url"].number, type_url),
+            _text(_F["nonce"].number, nonce),
+        )
     )
 
 
