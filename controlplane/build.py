@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import auth, ir
+from . import auth, incremental, ir
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -160,8 +160,54 @@ class _Builder:
 
     def _spec(self, doc: Document) -> ApiSpec | None:
         if doc.path not in self.parsed:
-            self.parsed[doc.path] = parse_openapi(self.bundle.store, doc, self.diags)
+            self.parsed[doc.path] = incremental.cached_spec(self.bundle.store, doc, self.diags, parse_openapi)
         return self.parsed[doc.path]
+
+    def _operations_cached(
+        self, api: _Api, listeners: list[str], routes: dict[str, dict[str, list[ir.Operation]]]
+    ) -> None:
+        """``_operations``, replayed from the last compile when nothing it reads has changed."""
+        upstream = api.entry.get("upstream")
+        key = incremental.api_key(
+            api.name,
+            str(api.spec.document.path),
+            api.policy.name if api.policy else "",
+            api.ptr,
+            api.entry,
+            self.upstreams[upstream][0] if upstream in self.upstreams else None,
+            tuple(sorted(self.upstreams)),
+            frozenset(self.broken),
+            tuple(listeners),
+            tuple(sorted(self.providers.items())),
+            tuple((p, c, tuple(sorted(ls)) if ls is not None else None) for p, c, ls in self.ip_prefix_lists),
+        )
+        record = incremental.cached_api(key, api.spec)
+        if record is None:
+            local_routes: dict[str, dict[str, list[ir.Operation]]] = {n: defaultdict(list) for n in routes}
+            outer, self.diags = self.diags, Diagnostics()
+            autos, used = set(self.auto_upstreams), set(self.used_upstreams)
+            try:
+                self._operations(api, listeners, local_routes)
+            finally:
+                local, self.diags = self.diags, outer
+            record = incremental.ApiRecord(
+                [(n, shape, op) for n, shapes in local_routes.items() for shape, ops in shapes.items() for op in ops],
+                [(n, u) for n, u in self.auto_upstreams.items() if n not in autos],
+                sorted(self.used_upstreams - used),
+                list(local.items),
+            )
+            incremental.store_api(key, api.spec, record)
+            self.diags.extend(record.diagnostics)
+            for listener, shape, op in record.routes:
+                routes[listener][shape].append(op)
+            return
+        self.diags.extend(record.diagnostics)
+        for name, auto in record.auto_upstreams:
+            if name not in self.auto_upstreams and name not in self.upstreams:
+                self.auto_upstreams[name] = auto
+        self.used_upstreams.update(record.used_upstreams)
+        for listener, shape, op in record.routes:
+            routes[listener][shape].append(op)
 
     def _collect_apis(self, policies: list[tuple[Document, dict[str, Any]]]) -> list[_Api]:
         apis: list[_Api] = []
@@ -478,7 +524,7 @@ class _Builder:
                     api.ptr + "/listeners",
                     "unknown-listener",
                 )
-            self._operations(api, [n for n in chosen if n in self.listeners], routes)
+            self._operations_cached(api, [n for n in chosen if n in self.listeners], routes)
         listeners = []
         ports: dict[tuple[str, int], str] = {}
         for name, (spec, src) in self.listeners.items():

@@ -248,6 +248,7 @@ class DocumentStore:
     def __init__(self, diagnostics: Diagnostics):
         self.diagnostics = diagnostics
         self._docs: dict[Path, Document | None] = {}
+        self.tracking: set[Path] | None = None  # while set, every path asked for (see incremental.py)
 
     def __iter__(self) -> Iterator[Document]:
         return (d for d in self._docs.values() if d is not None)
@@ -259,6 +260,8 @@ class DocumentStore:
             path = path.resolve()
         except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop: reading fails below
             path = path.absolute()
+        if self.tracking is not None:
+            self.tracking.add(path)
         if path in self._docs:
             return self._docs[path]
         doc = self._read(path, referrer, self.diagnostics if diags is None else diags)

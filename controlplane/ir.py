@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 import types
 import typing
@@ -128,14 +129,17 @@ class PathPattern:
     def sort_key(self) -> tuple[Any, ...]:
         """Precedence: segment by segment, literal before mixed before parameter, then the
         segment with more literal text, so that /orders/export wins over /orders/{id}."""
-        segments = []
-        for raw in self.template[1:].split("/"):
-            literal = re.sub(r"\{[^{}]*\}", "", raw)
-            kind = (
-                SegmentKind.LITERAL if literal == raw else SegmentKind.PARAMETER if not literal else SegmentKind.MIXED
-            )
-            segments.append((int(kind), -len(literal)))
-        return (tuple(segments), self.template)
+        return _precedence(self.template)
+
+
+@functools.lru_cache(maxsize=262_144)
+def _precedence(template: str) -> tuple[Any, ...]:
+    segments = []
+    for raw in template[1:].split("/"):
+        literal = re.sub(r"\{[^{}]*\}", "", raw)
+        kind = SegmentKind.LITERAL if literal == raw else SegmentKind.PARAMETER if not literal else SegmentKind.MIXED
+        segments.append((int(kind), -len(literal)))
+    return (tuple(segments), template)
 
 
 @dataclass(frozen=True, slots=True)

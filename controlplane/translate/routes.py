@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -27,7 +28,7 @@ from envoy.type.matcher.v3 import http_inputs_pb2, regex_pb2, string_pb2
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 
-from .. import ir
+from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited
@@ -235,6 +236,33 @@ def partitions(paths: tuple[ir.PathRoute, ...]) -> dict[str, list[int]]:
     return out
 
 
+# Encoded routes of a path, reused while its operations are the same objects (incremental.py
+# keeps unchanged operations between compiles). The entry holds the operations, so their ids
+# cannot be reused by other objects while it lives.
+_ENCODED: OrderedDict[tuple[Any, ...], tuple[tuple[ir.Operation, ...], bytes]] = OrderedDict()
+_ENCODED_MAX = 200_000
+
+
+def clear_cache() -> None:
+    _ENCODED.clear()
+
+
+def _encoded(pr: ir.PathRoute, default_retry: ir.RetryPolicy | None, ctx: RouteContext, context: int) -> bytes:
+    key = (pr.path, tuple(map(id, pr.operations)), context)
+    hit = _ENCODED.get(key) if incremental.ENABLED else None
+    if hit is not None and all(a is b for a, b in zip(hit[0], pr.operations, strict=True)):
+        _ENCODED.move_to_end(key)
+        return hit[1]
+    data = b"".join(
+        length_delimited(_ROUTES_FIELD, r.SerializeToString(deterministic=True))
+        for r in path_routes(pr, default_retry, ctx)
+    )
+    _ENCODED[key] = (pr.operations, data)
+    if len(_ENCODED) > _ENCODED_MAX:
+        _ENCODED.popitem(last=False)
+    return data
+
+
 _ROUTE_LIST_URL = "type.googleapis.com/envoy.config.route.v3.RouteList"
 _ROUTES_FIELD = rc.RouteList.DESCRIPTOR.fields_by_name["routes"].number
 
@@ -245,13 +273,9 @@ def virtual_host_matcher(
     """The matcher tree. Each path's routes are serialized once; a partition's RouteList is
     the concatenation of its members' encoded routes (a message is a sequence of fields),
     so a path shared by several partitions costs bytes, not proto copies."""
-    encoded = [
-        b"".join(
-            length_delimited(_ROUTES_FIELD, r.SerializeToString(deterministic=True))
-            for r in path_routes(pr, default_retry, ctx)
-        )
-        for pr in paths
-    ]
+    # what else the encoding depends on, hashed once rather than per path
+    context = hash((default_retry, (ctx[1].xff_num_trusted_hops, ctx[0].providers) if ctx is not None else None))
+    encoded = [_encoded(pr, default_retry, ctx, context) for pr in paths]
     tree = matcher_pb2.Matcher.MatcherTree(
         input=extension_pb2.TypedExtensionConfig(
             name="request-path", typed_config=packed(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=":path"))

@@ -1,0 +1,145 @@
+"""Reuse between compiles in one process (the xDS server's compile worker).
+
+A one-operation edit used to rebuild everything: every spec's model, every operation's IR
+and every route's encoding (0.5 s for 10k operations). Three caches keep what an edit does
+not touch, each keyed by everything its result depends on:
+
+- a spec's model, by the content hash of every document its parsing read;
+- an API's operations, by that model, its policy entry and what the entry refers to;
+- a path's encoded routes (``translate/routes.py``), by the operations it holds.
+
+Results and the diagnostics they produced are replayed exactly, so a compile with caches
+gives byte-identical resources and the same findings as one without (a test compares them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from .documents import Document, DocumentStore
+from .errors import Diagnostic, Diagnostics
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Lru(Generic[K, V]):
+    def __init__(self, size: int):
+        self.size = size
+        self.items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+    def clear(self) -> None:
+        self.items.clear()
+
+
+ENABLED = True  # tests turn it off to compare
+
+
+@dataclass
+class _SpecEntry:
+    deps: tuple[tuple[Path, str], ...]
+    value: Any
+    diagnostics: list[Diagnostic]
+
+
+_SPECS: Lru[Path, _SpecEntry] = Lru(4096)
+
+
+@contextmanager
+def _tracking(store: DocumentStore) -> Iterator[set[Path]]:
+    seen: set[Path] = set()
+    previous = store.tracking
+    store.tracking = seen
+    try:
+        yield seen
+    finally:
+        store.tracking = previous
+        if previous is not None:
+            previous.update(seen)
+
+
+def cached_spec(
+    store: DocumentStore, doc: Document, diags: Diagnostics, parse: Callable[[DocumentStore, Document, Diagnostics], V]
+) -> V:
+    """``parse(store, doc, diags)``, or its earlier result if no document it read has changed."""
+    if ENABLED:
+        entry = _SPECS.get(doc.path)
+        if entry is not None and _unchanged(store, entry.deps):
+            diags.extend(entry.diagnostics)
+            return entry.value  # type: ignore[no-any-return]
+    local = Diagnostics()
+    with _tracking(store) as seen:
+        value = parse(store, doc, local)
+    seen.add(doc.path)
+    diags.extend(local)
+    deps = []
+    for path in sorted(seen):
+        d = store.load(path, diags=Diagnostics())
+        deps.append((path, d.digest if d is not None else ""))
+    _SPECS.put(doc.path, _SpecEntry(tuple(deps), value, list(local.items)))
+    return value
+
+
+def _unchanged(store: DocumentStore, deps: tuple[tuple[Path, str], ...]) -> bool:
+    for path, digest in deps:
+        d = store.load(path, diags=Diagnostics())
+        if (d.digest if d is not None else "") != digest:
+            return False
+    return True
+
+
+@dataclass
+class ApiRecord:
+    """What building one API's operations did, to replay on a hit."""
+
+    routes: list[tuple[str, str, Any]]  # (listener, shape, operation)
+    auto_upstreams: list[tuple[str, Any]]
+    used_upstreams: list[str]
+    diagnostics: list[Diagnostic]
+
+
+_APIS: Lru[tuple[Any, ...], tuple[Any, ApiRecord]] = Lru(4096)
+
+
+def api_key(*parts: Any) -> tuple[Any, ...]:
+    """A cache key from plain data (dicts are made canonical)."""
+    return tuple(json.dumps(p, sort_keys=True, default=str) if isinstance(p, (dict, list)) else p for p in parts)
+
+
+def cached_api(key: tuple[Any, ...], spec: Any) -> ApiRecord | None:
+    if not ENABLED:
+        return None
+    hit = _APIS.get(key)
+    if hit is not None and hit[0] is spec:  # the same (cached) model object
+        return hit[1]
+    return None
+
+
+def store_api(key: tuple[Any, ...], spec: Any, record: ApiRecord) -> None:
+    _APIS.put(key, (spec, record))
+
+
+def clear() -> None:
+    _SPECS.clear()
+    _APIS.clear()
+    from .translate import routes
+
+    routes.clear_cache()

@@ -1,0 +1,95 @@
+"""Caches between compiles (incremental.py) change nothing: after every kind of edit, a
+warm compile gives byte-identical resources and the same findings as a cold one."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controlplane import incremental
+from controlplane.worker import CompiledConfig, compile_serialized
+from tests.conftest import REPO
+
+
+def _replace(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+EDITS: list[tuple[str, Callable[[Path], None]]] = [
+    ("nothing", lambda d: None),
+    (
+        "a new operation",
+        lambda d: _replace(
+            d / "orders.openapi.yaml",
+            "  /orders/export:\n",
+            "  /orders/recent:\n    get: {operationId: recentOrders, responses: "
+            "{'200': {description: ok}}}\n  /orders/export:\n",
+        ),
+    ),
+    (
+        "a file reached only through $ref",
+        lambda d: _replace(d / "catalog/paths/category.yaml", "attempts: 0", "attempts: 2"),
+    ),
+    ("a schema pattern two $refs away", lambda d: _replace(d / "catalog/components/schemas.yaml", "{1,62}", "{1,30}")),
+    (
+        "the policy",
+        lambda d: _replace(d / "gateway.policy.yaml", "exportOrders: {timeout: 120s}", "exportOrders: {timeout: 90s}"),
+    ),
+    (
+        "an authorization rule",
+        lambda d: _replace(
+            d / "gateway.policy.yaml", "operations: [listOrders, createOrder", "operations: [listOrders"
+        ),
+    ),
+    ("broken YAML", lambda d: _replace(d / "petstore.swagger.yaml", "paths:", "paths: [")),
+    ("fixed again", lambda d: _replace(d / "petstore.swagger.yaml", "paths: [", "paths:")),
+    ("the JWKS file", lambda d: _replace(d / "idp/jwks.json", '"alg": "ES256"', '"alg": "ES384"')),
+]
+
+
+def _cold(path: Path) -> CompiledConfig:
+    incremental.ENABLED = False
+    try:
+        return compile_serialized([str(path)])
+    finally:
+        incremental.ENABLED = True
+
+
+def test_warm_compiles_equal_cold_ones_after_every_edit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "specs"
+    shutil.copytree(REPO / "specs", work)
+    monkeypatch.chdir(tmp_path)
+    incremental.clear()
+    compile_serialized([str(work)])  # fills the caches
+    for what, edit in EDITS:
+        edit(work)
+        warm = compile_serialized([str(work)])
+        cold = _cold(work)
+        assert warm.ok == cold.ok, what
+        assert [str(d) for d in warm.diagnostics] == [str(d) for d in cold.diagnostics], what
+        assert warm.serialized == cold.serialized, what
+        assert warm.sources == cold.sources and warm.details == cold.details, what
+
+
+def test_an_edit_reuses_what_it_does_not_touch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "specs"
+    shutil.copytree(REPO / "specs", work)
+    monkeypatch.chdir(tmp_path)
+    incremental.clear()
+    compile_serialized([str(work)])
+    parsed: list[str] = []
+    real = incremental._SPECS.put
+
+    def record(key: Path, value: object) -> None:
+        parsed.append(key.name)
+        real(key, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(incremental._SPECS, "put", record)
+    EDITS[1][1](work)  # one operation more in orders
+    compile_serialized([str(work)])
+    assert parsed == ["orders.openapi.yaml"]  # the other specs' models were reused
