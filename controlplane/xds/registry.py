@@ -109,7 +109,7 @@ def nack_sources(snapshot: Snapshot | None, type_url: str, sent: frozenset[str],
     for (t, name), source in snapshot.sources.items():
         if t == type_url and name in sent and _mentions(message, name):
             found.append(source)
-    details = [src for needle, src in snapshot.details.get(type_url, ()) if _mentions(message, needle)]
+    details = [src for needle, src in snapshot.details_for(type_url) if _mentions(message, needle)]
     if details:
         found = details + [s for s in found if s not in details]
     if not found and len(sent) == 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -81,9 +82,22 @@ class Snapshot:
     # The resources each type's resources name (listeners → route configs, EDS clusters → endpoints).
     references: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Names inside resources (route names, regexes) → the spec place that produced them.
-    details: Mapping[str, tuple[tuple[str, Source], ...]] = field(default_factory=dict)
+    details_source: Any = None  # mapping, or JSON text (worker.encode_details) decoded on first use
+    _details: dict[str, tuple[tuple[str, Source], ...]] | None = field(default=None, repr=False, compare=False)
     _versions: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict, repr=False, compare=False)
     _bodies: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def details_for(self, type_url: str) -> tuple[tuple[str, Source], ...]:
+        """Names inside resources (route names, regexes) → the spec places that produced them."""
+        if self._details is None:
+            raw = self.details_source or {}
+            if isinstance(raw, str):
+                from ..worker import decode_details
+
+                raw = decode_details(raw)
+            object.__setattr__(self, "_details", {t: tuple(pairs) for t, pairs in raw.items()})
+        assert self._details is not None
+        return self._details.get(type_url, ())
 
     def sotw_body(self, type_url: str, names: tuple[str, ...]) -> bytes:
         """The encoded ``resources`` of a state-of-the-world response, built once per subscription."""
@@ -125,7 +139,7 @@ def build_snapshot(
     serialized: Mapping[str, Mapping[str, bytes]],
     references: Mapping[str, Iterable[str]] | None = None,
     sources: Mapping[tuple[str, str], Source] | None = None,
-    details: Mapping[str, Iterable[tuple[str, Source]]] | None = None,
+    details: Mapping[str, Iterable[tuple[str, Source]]] | str | None = None,
 ) -> Snapshot:
     """A checked snapshot from serialized resources (deterministic serialization expected)."""
     resources = {
@@ -138,7 +152,7 @@ def build_snapshot(
         version,
         dict(sources or {}),
         {t: frozenset(names) for t, names in (references or {}).items()},
-        {t: tuple(pairs) for t, pairs in (details or {}).items()},
+        details,
     )
     snap.check()
     return snap
