@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -10,13 +11,13 @@ from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, grpc_
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.overload.v3 import overload_pb2
-from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
 from envoy.extensions.resource_monitors.fixed_heap.v3 import fixed_heap_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
 from . import ir
 from .resources import Resources
@@ -94,7 +95,11 @@ def runtime() -> bootstrap_pb2.LayeredRuntime:
     )
 
 
-def _inline_routes(listener: listener_pb2.Listener, routes: dict[str, route_pb2.RouteConfiguration]) -> None:
+def _inline_routes(
+    listener: listener_pb2.Listener,
+    routes: Mapping[str, Message],
+    scopes: Mapping[str, Message],
+) -> None:
     for chain in listener.filter_chains:
         for f in chain.filters:
             if f.name != HCM_NAME:
@@ -103,6 +108,19 @@ def _inline_routes(listener: listener_pb2.Listener, routes: dict[str, route_pb2.
             f.typed_config.Unpack(hcm)
             if hcm.HasField("rds"):
                 hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
+            elif hcm.HasField("scoped_routes"):
+                scoped = hcm.scoped_routes
+                scoped.ClearField("scoped_rds")
+                for scope in scopes.values():
+                    if scope.route_configuration_name not in routes:  # type: ignore[attr-defined]
+                        continue
+                    key = scope.key.fragments[0].string_key  # type: ignore[attr-defined]
+                    if key != listener.name:
+                        continue
+                    inline = scoped.scoped_route_configurations_list.scoped_route_configurations.add()
+                    inline.CopyFrom(scope)
+                    inline.ClearField("route_configuration_name")
+                    inline.route_configuration.CopyFrom(routes[scope.route_configuration_name])  # type: ignore[attr-defined]
             f.typed_config.Pack(hcm)
 
 
@@ -120,7 +138,7 @@ def static_bootstrap(
     for msg in resources.of(Resources.LISTENER).values():
         lst = boot.static_resources.listeners.add()
         lst.CopyFrom(msg)
-        _inline_routes(lst, routes)
+        _inline_routes(lst, routes, resources.of(Resources.SCOPED_ROUTE))
     endpoints = resources.of(Resources.ENDPOINT)
     for msg in resources.of(Resources.CLUSTER).values():
         c = boot.static_resources.clusters.add()

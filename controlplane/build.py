@@ -552,6 +552,7 @@ class _Builder:
                     escaped_slashes=ir.EscapedSlashes(spec.get("escapedSlashes", "reject")),
                     trust_client_request_id=spec.get("trustClientRequestId", False),
                     max_request_headers_kb=spec.get("maxRequestHeadersKb", 60),
+                    route_scopes=spec.get("routeScopes", "auto"),
                     timeouts=ir.ListenerTimeouts(
                         request_headers_ms=_ms(timeouts.get("requestHeaders"), defaults.request_headers_ms),
                         stream_idle_ms=_ms(timeouts.get("streamIdle"), defaults.stream_idle_ms),

@@ -186,7 +186,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_table(data: dict[str, Any], compiled: dict[str, Any]) -> str:
     """One line per connected Envoy, like ``istioctl proxy-status``, then NACK details."""
-    short = {"clusters": "CDS", "endpoints": "EDS", "listeners": "LDS", "routes": "RDS"}
+    short = {"clusters": "CDS", "endpoints": "EDS", "listeners": "LDS", "scopes": "SRDS", "routes": "RDS"}
     header = ["NODE", "GROUP", "PROTOCOL", *short.values(), "STATE"]
     rows = [header]
     notes = []

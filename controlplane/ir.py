@@ -258,6 +258,9 @@ class Listener:
     trust_client_request_id: bool = False
     max_request_headers_kb: int = 60
     timeouts: ListenerTimeouts = ListenerTimeouts()
+    # One route configuration per first path segment ("scopes"), so an edit re-sends only its
+    # scope: "auto" (large listeners), "always" or "never".
+    route_scopes: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)

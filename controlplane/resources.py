@@ -17,10 +17,11 @@ _PREFIX = "type.googleapis.com/"
 class Resources:
     LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
     ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+    SCOPED_ROUTE = _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration"
     CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
     ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
     # Short names used by the CLI, in the order Envoy wants them over ADS.
-    TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE}
+    TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "scopes": SCOPED_ROUTE, "routes": ROUTE}
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=dict)
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)

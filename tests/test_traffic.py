@@ -29,6 +29,7 @@ listeners:
   - name: public
     address: 127.0.0.1
     port: {{{{PORT}}}}
+    routeScopes: ROUTE_SCOPES
 upstreams:
   - name: backend
     endpoints: ["{{{{BACKEND}}}}"]
@@ -67,9 +68,12 @@ paths:
 """
 
 
-@pytest.fixture(scope="module")
-def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
-    return gateway_factory({"policy.yaml": POLICY, "precedence.yaml": PRECEDENCE})
+@pytest.fixture(scope="module", params=["never", "always"], ids=["one-route-config", "scoped-routes"])
+def gw(gateway_factory: Callable[..., Gateway], request: pytest.FixtureRequest) -> Gateway:
+    """Every traffic test runs against both shapes of route configuration: one per listener,
+    and one per first path segment (scoped routes)."""
+    policy = POLICY.replace("ROUTE_SCOPES", request.param)
+    return gateway_factory({"policy.yaml": policy, "precedence.yaml": PRECEDENCE})
 
 
 def forwarded(echo: EchoServer, gw: Gateway, method: str, path: str, **kw: object) -> tuple[Response, dict | None]:
@@ -302,7 +306,8 @@ def test_access_log_is_json_with_the_request_story(gw: Gateway) -> None:
     assert entry["status"] == 200 and entry["upstream"] == "backend"
     assert isinstance(entry["duration_ms"], int)
     entry = log_of(gw, gw.request("GET", "/nope"))
-    assert entry["status"] == 404 and entry["operation"] == "not-found"
+    # no partition matched: the catch-all route; with scoped routes no scope matched: no route at all
+    assert entry["status"] == 404 and (entry["operation"] == "not-found" or entry["flags"] == "NR")
 
 
 RETRY_SPEC = """

@@ -11,7 +11,10 @@ def translate(gw: ir.Gateway) -> Resources:
     out = Resources()
     for lst in gw.listeners:
         out.add(Resources.LISTENER, listener.listener(gw, lst), lst.source)
-        out.add(Resources.ROUTE, routes.route_configuration(gw, lst), lst.source)
+        for config in routes.route_configurations(gw, lst):
+            out.add(Resources.ROUTE, config, lst.source)
+        for scope in routes.scope_configurations(lst):
+            out.add(Resources.SCOPED_ROUTE, scope, lst.source)
         details = out.details.setdefault(Resources.ROUTE, [])
         for path_route in lst.paths:
             for op in path_route.operations:

@@ -11,16 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2 as early_mutation_pb2
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import auth, headers
-from ._pb import ads, duration, packed, uint32
+from . import auth, headers, routes
+from ._pb import ads, duration, header, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
 BUFFER_LIMIT_BYTES = 32 * 1024
@@ -79,7 +82,6 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
     hcm = HCM(
         stat_prefix=listener.name,
         codec_type=HCM.AUTO,
-        rds=hcm_pb2.Rds(config_source=ads(), route_config_name=listener.name),
         use_remote_address=packed_bool(True),
         xff_num_trusted_hops=listener.xff_num_trusted_hops,
         normalize_path=packed_bool(True),
@@ -108,6 +110,10 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
         ),
         local_reply_config=headers.local_reply_config(gw.headers),
     )
+    if routes.scopes(listener) is None:
+        hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=ads(), route_config_name=listener.name))
+    else:
+        _scoped(hcm, listener)
     for build, _why in HTTP_FILTERS:
         f = build(gw, listener)
         if f is not None:
@@ -115,6 +121,43 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
     if gw.access_log:
         hcm.access_log.append(access_log())
     return hcm
+
+
+def _scoped(hcm: hcm_pb2.HttpConnectionManager, listener: ir.Listener) -> None:
+    """Routes split by first path segment (scoped RDS). Before routing, the gateway writes
+    "<listener><path without query>" into a header (overwriting any client value); its first
+    two '/'-separated elements are the scope key."""
+    hcm.early_header_mutation_extensions.append(
+        core_extension_pb2.TypedExtensionConfig(
+            name="route-scope",
+            typed_config=packed(
+                early_mutation_pb2.HeaderMutation(
+                    mutations=[
+                        mutation_rules_pb2.HeaderMutation(
+                            append=header(routes.SCOPE_HEADER, f"{listener.name}%PATH(NQ)%")
+                        )
+                    ]
+                )
+            ),
+        )
+    )
+    Builder = hcm_pb2.ScopedRoutes.ScopeKeyBuilder
+    fragments = [
+        Builder.FragmentBuilder(
+            header_value_extractor=Builder.FragmentBuilder.HeaderValueExtractor(
+                name=routes.SCOPE_HEADER, element_separator="/", index=i
+            )
+        )
+        for i in (0, 1)
+    ]
+    hcm.scoped_routes.CopyFrom(
+        hcm_pb2.ScopedRoutes(
+            name=listener.name,
+            scope_key_builder=Builder(fragments=fragments),
+            rds_config_source=ads(),
+            scoped_rds=hcm_pb2.ScopedRds(scoped_rds_config_source=ads()),
+        )
+    )
 
 
 def packed_bool(value: bool):  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2, regex_pb2, string_pb2
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
@@ -293,14 +293,87 @@ def virtual_host_matcher(
     return matcher_pb2.Matcher(matcher_tree=tree, on_no_match=matcher_pb2.Matcher.OnMatch(action=not_found))
 
 
-def route_configuration(gw: ir.Gateway, listener: ir.Listener) -> route_pb2.RouteConfiguration:
-    headers = gw.headers
-    config = route_pb2.RouteConfiguration(name=listener.name)
-    host = config.virtual_hosts.add(name=listener.name, domains=list(listener.hostnames))
+SCOPE_HEADER = "x-gateway-scope"
+SCOPED_MIN_OPERATIONS = 200
+
+
+def scope_of(template: str) -> str | None:
+    """The first path segment, when it is literal (a scope key)."""
+    first = template[1:].split("/", 1)[0]
+    return first if first and "{" not in first else None
+
+
+def scopes(listener: ir.Listener) -> dict[str, tuple[ir.PathRoute, ...]] | None:
+    """The listener's paths by first segment, or None when its routes stay in one configuration.
+
+    A path whose first segment is a parameter (``/{tenant}/…``) or empty (``/``) could belong
+    to any scope: such listeners are not split.
+    """
+    if listener.route_scopes == "never":
+        return None
+    groups: dict[str, list[ir.PathRoute]] = defaultdict(list)
+    for pr in listener.paths:
+        scope = scope_of(pr.path.template)
+        if scope is None:
+            return None
+        groups[scope].append(pr)
+    operations = sum(len(pr.operations) for pr in listener.paths)
+    if listener.route_scopes == "auto" and (len(groups) < 2 or operations < SCOPED_MIN_OPERATIONS):
+        return None
+    return {name: tuple(prs) for name, prs in sorted(groups.items())}
+
+
+def scope_name(listener: ir.Listener, scope: str) -> str:
+    return f"{listener.name}/{scope}"
+
+
+def route_configurations(gw: ir.Gateway, listener: ir.Listener) -> list[route_pb2.RouteConfiguration]:
     default_retry = common_retry(listener.paths)
+    scoped = scopes(listener)
+    if scoped is None:
+        return [_route_configuration(gw, listener, listener.name, listener.paths, default_retry)]
+    out = []
+    for scope, paths in scoped.items():
+        config = _route_configuration(gw, listener, scope_name(listener, scope), paths, default_retry)
+        config.request_headers_to_remove.append(SCOPE_HEADER)  # set by the gateway, not for backends
+        out.append(config)
+    return out
+
+
+def scope_configurations(listener: ir.Listener) -> list[scoped_route_pb2.ScopedRouteConfiguration]:
+    """Scope key: (listener, first segment), so that each listener only matches its own scopes
+    (every scope is delivered to every listener)."""
+    out = []
+    for scope in scopes(listener) or {}:
+        name = scope_name(listener, scope)
+        key = scoped_route_pb2.ScopedRouteConfiguration.Key(
+            fragments=[
+                scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=listener.name),
+                scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=scope),
+            ]
+        )
+        out.append(scoped_route_pb2.ScopedRouteConfiguration(name=name, route_configuration_name=name, key=key))
+    return out
+
+
+def route_configuration(gw: ir.Gateway, listener: ir.Listener) -> route_pb2.RouteConfiguration:
+    """The single route configuration of an unsplit listener."""
+    return _route_configuration(gw, listener, listener.name, listener.paths, common_retry(listener.paths))
+
+
+def _route_configuration(
+    gw: ir.Gateway,
+    listener: ir.Listener,
+    name: str,
+    paths: tuple[ir.PathRoute, ...],
+    default_retry: ir.RetryPolicy | None,
+) -> route_pb2.RouteConfiguration:
+    headers = gw.headers
+    config = route_pb2.RouteConfiguration(name=name)
+    host = config.virtual_hosts.add(name=listener.name, domains=list(listener.hostnames))
     if default_retry is not None:
         host.retry_policy.CopyFrom(retry_policy(default_retry))
-    host.matcher.CopyFrom(virtual_host_matcher(listener.paths, default_retry, (gw, listener)))
+    host.matcher.CopyFrom(virtual_host_matcher(paths, default_retry, (gw, listener)))
     if "*" not in listener.hostnames:
         # Unknown Host headers get the gateway's JSON 404, not Envoy's empty one.
         config.virtual_hosts.add(name="unknown-host", domains=["*"], routes=[not_found_route()])

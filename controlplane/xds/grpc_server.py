@@ -33,6 +33,11 @@ SERVICES = {
     ),
     "envoy.service.listener.v3.ListenerDiscoveryService": ("StreamListeners", "DeltaListeners", Resources.LISTENER),
     "envoy.service.route.v3.RouteDiscoveryService": ("StreamRoutes", "DeltaRoutes", Resources.ROUTE),
+    "envoy.service.route.v3.ScopedRoutesDiscoveryService": (
+        "StreamScopedRoutes",
+        "DeltaScopedRoutes",
+        Resources.SCOPED_ROUTE,
+    ),
     "envoy.service.cluster.v3.ClusterDiscoveryService": ("StreamClusters", "DeltaClusters", Resources.CLUSTER),
     "envoy.service.endpoint.v3.EndpointDiscoveryService": ("StreamEndpoints", "DeltaEndpoints", Resources.ENDPOINT),
 }

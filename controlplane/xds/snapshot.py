@@ -22,9 +22,10 @@ from ..resources import Resources
 from ..wire import length_delimited
 
 # ADS order: clusters before their endpoints, listeners before their routes ("make before break").
-TYPE_ORDER = (Resources.CLUSTER, Resources.ENDPOINT, Resources.LISTENER, Resources.ROUTE)
+TYPE_ORDER = (Resources.CLUSTER, Resources.ENDPOINT, Resources.LISTENER, Resources.SCOPED_ROUTE, Resources.ROUTE)
 # Types whose wildcard subscription is the full state: a response must never be partial.
-FULL_STATE_TYPES = frozenset({Resources.LISTENER, Resources.CLUSTER})
+# Envoy subscribes to scoped route configurations as a wildcard too.
+FULL_STATE_TYPES = frozenset({Resources.LISTENER, Resources.CLUSTER, Resources.SCOPED_ROUTE})
 
 _F = discovery_pb2.DiscoveryResponse.DESCRIPTOR.fields_by_name
 _D = discovery_pb2.DeltaDiscoveryResponse.DESCRIPTOR.fields_by_name
@@ -180,6 +181,8 @@ def references_of(resources: Resources) -> dict[str, set[str]]:
                     f.typed_config.Unpack(hcm)
                     if hcm.HasField("rds"):
                         routes.add(hcm.rds.route_config_name)
+    for scope in resources.of(Resources.SCOPED_ROUTE).values():
+        routes.add(scope.route_configuration_name)  # type: ignore[attr-defined]
     endpoints = {
         name
         for name, c in resources.of(Resources.CLUSTER).items()
