@@ -31,7 +31,8 @@ CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-SHORT = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS"}
+SRDS = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+SHORT = {CDS: "CDS", EDS: "EDS", LDS: "LDS", SRDS: "SRDS", RDS: "RDS"}
 SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -130,6 +131,7 @@ class _Decoders:
         from envoy.config.cluster.v3 import cluster_pb2
         from envoy.config.core.v3 import base_pb2
         from envoy.config.listener.v3 import listener_pb2
+        from envoy.config.route.v3 import scoped_route_pb2
         from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
         from envoy.service.discovery.v3 import discovery_pb2
 
@@ -137,6 +139,7 @@ class _Decoders:
         self.EDS = cluster_pb2.Cluster.EDS
         self.Listener = listener_pb2.Listener
         self.Hcm = http_connection_manager_pb2.HttpConnectionManager
+        self.Scope = scoped_route_pb2.ScopedRouteConfiguration
         self.Node = base_pb2.Node
         self.Request = discovery_pb2.DiscoveryRequest
         self.DeltaRequest = discovery_pb2.DeltaDiscoveryRequest
@@ -145,16 +148,23 @@ class _Decoders:
         c = self.Cluster.FromString(value)
         return c.name, c.type == self.EDS
 
-    def route_names(self, value: bytes) -> set[str]:
+    def route_names(self, value: bytes) -> tuple[set[str], bool]:
+        """Route configuration names a listener asks for, and whether it uses scoped routes."""
         listener = self.Listener.FromString(value)
         out = set()
+        scoped = False
         for chain in [*listener.filter_chains, listener.default_filter_chain]:
             for f in chain.filters:
                 if f.typed_config.type_url == HCM_TYPE:
                     hcm = self.Hcm.FromString(f.typed_config.value)
                     if hcm.HasField("rds"):
                         out.add(hcm.rds.route_config_name)
-        return out
+                    scoped = scoped or hcm.HasField("scoped_routes")
+        return out, scoped
+
+    def scope_route(self, value: bytes) -> tuple[str, str]:
+        scope = self.Scope.FromString(value)
+        return scope.name, scope.route_configuration_name
 
 
 # -- one simulated Envoy ---------------------------------------------------------------------
@@ -172,11 +182,17 @@ class Client:
         self.version: dict[str, str] = {}
         self.nonce: dict[str, str] = {}
         self.names: dict[str, set[str]] = {EDS: set(), RDS: set()}
+        self.listener_routes: set[str] = set()  # route configurations named by listeners
+        self.scopes: dict[str, str] = {}  # scope → its route configuration (scoped routes)
         self.requested: set[str] = set()
         # delta: what the client has, per type: name → is-EDS (clusters) or route names (listeners)
         self.clusters: dict[str, bool] = {}
         self.listeners: dict[str, set[str]] = {}
         self.sent_node = False
+
+    def _delta_routes(self) -> set[str]:
+        listed = set().union(*self.listeners.values()) if self.listeners else set()
+        return listed | set(self.scopes.values())
 
     async def run(self) -> None:
         method = DELTA_METHOD if self.delta else SOTW_METHOD
@@ -236,10 +252,22 @@ class Client:
                 follow.append((LDS, set()))
         elif type_url == LDS:
             routes: set[str] = set()
+            scoped = False
             for s, e in resources:
-                routes |= self.dec.route_names(any_value(raw, s, e))
-            if routes != self.names[RDS] or RDS not in self.requested:
-                follow.append((RDS, routes))
+                names, is_scoped = self.dec.route_names(any_value(raw, s, e))
+                routes |= names
+                scoped = scoped or is_scoped
+            self.listener_routes = routes
+            if scoped and SRDS not in self.requested:
+                follow.append((SRDS, set()))
+            wanted = routes | set(self.scopes.values())
+            if wanted and (wanted != self.names[RDS] or RDS not in self.requested):
+                follow.append((RDS, wanted))
+        elif type_url == SRDS:
+            self.scopes = dict(self.dec.scope_route(any_value(raw, s, e)) for s, e in resources)
+            wanted = self.listener_routes | set(self.scopes.values())
+            if wanted != self.names[RDS] or RDS not in self.requested:
+                follow.append((RDS, wanted))
         self.version[type_url], self.nonce[type_url] = version, nonce
         ack = self.dec.Request(
             type_url=type_url,
@@ -270,14 +298,21 @@ class Client:
         elif type_url == EDS:
             if LDS not in self.requested:
                 follow.append((LDS, set(), set()))
-        elif type_url == LDS:
-            before = set().union(*self.listeners.values()) if self.listeners else set()
+        elif type_url in (LDS, SRDS):
+            before = self._delta_routes()
+            scoped = False
             for name, s, e in resources:
-                self.listeners[name] = self.dec.route_names(any_value(raw, s, e))
+                if type_url == LDS:
+                    self.listeners[name], is_scoped = self.dec.route_names(any_value(raw, s, e))
+                    scoped = scoped or is_scoped
+                else:
+                    self.scopes[name] = self.dec.scope_route(any_value(raw, s, e))[1]
             for name in removed:
-                self.listeners.pop(name, None)
-            after = set().union(*self.listeners.values()) if self.listeners else set()
-            if after != before or RDS not in self.requested:
+                (self.listeners if type_url == LDS else self.scopes).pop(name, None)
+            after = self._delta_routes()
+            if scoped and SRDS not in self.requested:
+                follow.append((SRDS, set(), set()))
+            if after != before or (after and RDS not in self.requested):
                 follow.append((RDS, after - before, before - after))
         ack = self.dec.DeltaRequest(type_url=type_url, response_nonce=nonce)
         await self.call.write(ack.SerializeToString())

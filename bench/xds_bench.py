@@ -69,7 +69,8 @@ from _common import REPO, child_env, git_state, machine, median  # noqa: E402
 from _common import table as _table  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TYPES = ("CDS", "EDS", "LDS", "RDS")
+TYPES = ("CDS", "EDS", "LDS", "SRDS", "RDS")
+REQUIRED = ("CDS", "EDS", "LDS", "RDS")  # SRDS only when the routes are scoped
 GOAL_DELTA_100 = 0.150
 GOAL_DELTA_1000 = 1.0
 GOAL_FULL_PUSH = 5.0
@@ -404,7 +405,7 @@ class Fleet:
         return sum(cpu_of(pid) for pid in self.pids())
 
     def synced(self) -> bool:
-        return all(all(a[t] for t in TYPES) for a in self.acks)
+        return all(all(a[t] for t in REQUIRED) for a in self.acks)
 
     def total_bytes(self) -> int:
         return sum(x.nbytes for a in self.acks for t in TYPES for x in a[t])
@@ -670,7 +671,13 @@ def serialize_child(config_dir: str, variant: str, n_clients: int, repeats: int,
     snap = snapshot_from_resources(result.resources)
     snapshot_s = time.process_time() - c
     messages = {t: dict(sorted(result.resources.of(t).items())) for t in TYPE_ORDER}
-    short = {Resources.CLUSTER: "CDS", Resources.ENDPOINT: "EDS", Resources.LISTENER: "LDS", Resources.ROUTE: "RDS"}
+    short = {
+        Resources.CLUSTER: "CDS",
+        Resources.ENDPOINT: "EDS",
+        Resources.LISTENER: "LDS",
+        Resources.SCOPED_ROUTE: "SRDS",
+        Resources.ROUTE: "RDS",
+    }
     heads = {}
     for t in TYPE_ORDER:  # for the what-if: the response without its nonce, built once per version
         entries = snap.of(t)
