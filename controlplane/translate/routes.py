@@ -245,6 +245,7 @@ _ENCODED_MAX = 200_000
 
 def clear_cache() -> None:
     _ENCODED.clear()
+    _SCOPE_CACHE.clear()
 
 
 def _encoded(pr: ir.PathRoute, default_retry: ir.RetryPolicy | None, ctx: RouteContext, context: int) -> bytes:
@@ -303,12 +304,23 @@ def scope_of(template: str) -> str | None:
     return first if first and "{" not in first else None
 
 
+_LAST_SCOPES: list[Any] = [None, None]  # (listener, its scopes): asked for three times per compile
+
+
 def scopes(listener: ir.Listener) -> dict[str, tuple[ir.PathRoute, ...]] | None:
     """The listener's paths by first segment, or None when its routes stay in one configuration.
 
     A path whose first segment is a parameter (``/{tenant}/…``) or empty (``/``) could belong
     to any scope: such listeners are not split.
     """
+    if _LAST_SCOPES[0] is listener:
+        return _LAST_SCOPES[1]  # type: ignore[no-any-return]
+    result = _scopes(listener)
+    _LAST_SCOPES[:] = [listener, result]
+    return result
+
+
+def _scopes(listener: ir.Listener) -> dict[str, tuple[ir.PathRoute, ...]] | None:
     if listener.route_scopes == "never":
         return None
     groups: dict[str, list[ir.PathRoute]] = defaultdict(list)
@@ -332,12 +344,41 @@ def route_configurations(gw: ir.Gateway, listener: ir.Listener) -> list[route_pb
     scoped = scopes(listener)
     if scoped is None:
         return [_route_configuration(gw, listener, listener.name, listener.paths, default_retry)]
-    out = []
-    for scope, paths in scoped.items():
-        config = _route_configuration(gw, listener, scope_name(listener, scope), paths, default_retry)
-        config.request_headers_to_remove.append(SCOPE_HEADER)  # set by the gateway, not for backends
-        out.append(config)
-    return out
+    return [_scope_configuration(gw, listener, scope, paths, default_retry) for scope, paths in scoped.items()]
+
+
+# Route configurations of scopes whose paths hold the same operation objects as last time
+# (incremental.py keeps unchanged operations): an edit rebuilds only its scope.
+_SCOPE_CACHE: OrderedDict[tuple[Any, ...], tuple[tuple[ir.Operation, ...], route_pb2.RouteConfiguration]] = (
+    OrderedDict()
+)
+
+
+def _scope_configuration(
+    gw: ir.Gateway,
+    listener: ir.Listener,
+    scope: str,
+    paths: tuple[ir.PathRoute, ...],
+    default_retry: ir.RetryPolicy | None,
+) -> route_pb2.RouteConfiguration:
+    ops = tuple(op for pr in paths for op in pr.operations)
+    key = (
+        listener.name,
+        scope,
+        tuple((pr.path, len(pr.operations)) for pr in paths),
+        tuple(map(id, ops)),
+        hash((default_retry, listener.hostnames, listener.xff_num_trusted_hops, gw.headers, gw.providers)),
+    )
+    hit = _SCOPE_CACHE.get(key) if incremental.ENABLED else None
+    if hit is not None and all(a is b for a, b in zip(hit[0], ops, strict=True)):
+        _SCOPE_CACHE.move_to_end(key)
+        return hit[1]
+    config = _route_configuration(gw, listener, scope_name(listener, scope), paths, default_retry)
+    config.request_headers_to_remove.append(SCOPE_HEADER)  # set by the gateway, not for backends
+    _SCOPE_CACHE[key] = (ops, config)
+    if len(_SCOPE_CACHE) > 4096:
+        _SCOPE_CACHE.popitem(last=False)
+    return config
 
 
 def scope_configurations(listener: ir.Listener) -> list[scoped_route_pb2.ScopedRouteConfiguration]:
