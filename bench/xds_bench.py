@@ -822,7 +822,7 @@ def rollout_child(config_dir: str, counts: list[int], out: Any) -> None:
     serialized = {t: {n: e.value for n, e in by_name.items()} for t, by_name in snap.resources.items()}
     route = next(iter(serialized[Resources.ROUTE]))
     serialized[Resources.ROUTE][route] += b"\x12\x00"  # one more (empty) field: a new version of that resource
-    changed = build_snapshot(serialized, snap.references, snap.sources, snap.details)
+    changed = build_snapshot(serialized, snap.references, snap.sources, snap.details_source)
     rows = []
     for n in counts:
         cache = SnapshotCache()

@@ -190,8 +190,9 @@ class _Builder:
                 self._operations(api, listeners, local_routes)
             finally:
                 local, self.diags = self.diags, outer
+            built = [(n, shape, op) for n, group in local_routes.items() for shape, ops in group.items() for op in ops]
             record = incremental.ApiRecord(
-                [(n, shape, op) for n, shapes in local_routes.items() for shape, ops in shapes.items() for op in ops],
+                incremental.reuse_operations(api.name, built),
                 [(n, u) for n, u in self.auto_upstreams.items() if n not in autos],
                 sorted(self.used_upstreams - used),
                 list(local.items),
@@ -452,6 +453,10 @@ class _Builder:
                 if attempts
                 else None
             )
+            if retry is not None:
+                if len(_RETRY_POLICIES) > 1024:
+                    _RETRY_POLICIES.clear()
+                retry = _RETRY_POLICIES.setdefault(retry, retry)
             template = prefix + op.path
             segments = prefix_segments + op.segments
             pattern = build_pattern(template, segments, {n: p.regex for n, p in op.path_params.items()})
@@ -481,6 +486,11 @@ class _Builder:
         """Group operations by path shape; the same method twice on one shape is a conflict."""
         out = []
         for entries in found.values():
+            cached = incremental.cached_path_route(entries)
+            if cached is not None:
+                out.append(cached)
+                continue
+            findings = len(self.diags.items)
             ops: dict[tuple[str, tuple[tuple[str, str], ...]], ir.Operation] = {}
             for op in entries:
                 prev = ops.get((op.method, op.query))
@@ -501,7 +511,10 @@ class _Builder:
             # Operations that require query parameters are tried before the bare one.
             order = sorted(ops, key=lambda k: (k[0], -len(k[1]), k[1]))
             operations = tuple(ops[k] for k in order)
-            out.append(ir.PathRoute(_union({op.path for op in operations}), operations))
+            path_route = ir.PathRoute(_union({op.path for op in operations}), operations)
+            if len(self.diags.items) == findings:  # a conflict is reported on every compile
+                incremental.store_path_route(entries, path_route)
+            out.append(path_route)
         out.sort(key=lambda r: r.path.sort_key())
         return tuple(out)
 
@@ -588,6 +601,11 @@ class _Builder:
             max_heap_bytes=g.get("maxHeapBytes", 1 << 30),
             providers=tuple(sorted(self.providers.values(), key=lambda p: p.name)),
         )
+
+
+# One object per distinct retry policy, so that counting them (``routes.common_retry``)
+# needs no hashing. Bounded: a policy not found here is merely counted more slowly.
+_RETRY_POLICIES: dict[ir.RetryPolicy, ir.RetryPolicy] = {}
 
 
 def _union(patterns: set[ir.PathPattern]) -> ir.PathPattern:

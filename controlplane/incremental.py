@@ -6,7 +6,8 @@ not touch, each keyed by everything its result depends on:
 
 - a spec's model, by the content hash of every document its parsing read;
 - an API's operations, by that model, its policy entry and what the entry refers to;
-- a path's encoded routes (``translate/routes.py``), by the operations it holds.
+- a path's operations grouped into a ``PathRoute``, and its encoded routes
+  (``translate/routes.py``), by the operation objects it holds.
 
 Results and the diagnostics they produced are replayed exactly, so a compile with caches
 gives byte-identical resources and the same findings as one without (a test compares them).
@@ -137,9 +138,49 @@ def store_api(key: tuple[Any, ...], spec: Any, record: ApiRecord) -> None:
     _APIS.put(key, (spec, record))
 
 
+# The operations an API produced last time, by (listener, operation name): when an edit
+# rebuilds an API, its unchanged operations keep their objects, so that the caches keyed by
+# operation objects (path routes, encoded routes, details) still hit for them.
+_LAST_OPERATIONS: Lru[str, dict[tuple[str, str], Any]] = Lru(4096)
+
+
+def reuse_operations(api: str, routes: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
+    """``routes`` (listener, shape, operation) with each operation equal to one of the last
+    build of ``api`` replaced by that earlier object."""
+    if not ENABLED:
+        return routes
+    previous = _LAST_OPERATIONS.get(api) or {}
+    out = []
+    for listener, shape, op in routes:
+        old = previous.get((listener, op.name))
+        out.append((listener, shape, old if old is not None and old == op else op))
+    _LAST_OPERATIONS.put(api, {(listener, op.name): op for listener, _shape, op in out})
+    return out
+
+
+# A path's operations grouped (build.py ``_path_routes``), while they are the same objects.
+_PATH_ROUTES: Lru[tuple[int, ...], tuple[tuple[Any, ...], Any]] = Lru(200_000)
+
+
+def cached_path_route(operations: list[Any]) -> Any:
+    if not ENABLED:
+        return None
+    hit = _PATH_ROUTES.get(tuple(map(id, operations)))
+    if hit is not None and all(a is b for a, b in zip(hit[0], operations, strict=True)):
+        return hit[1]
+    return None
+
+
+def store_path_route(operations: list[Any], path_route: Any) -> None:
+    """The entry holds the operations, so their ids cannot be reused by others while it lives."""
+    _PATH_ROUTES.put(tuple(map(id, operations)), (tuple(operations), path_route))
+
+
 def clear() -> None:
     _SPECS.clear()
     _APIS.clear()
+    _PATH_ROUTES.clear()
+    _LAST_OPERATIONS.clear()
     from .translate import routes
 
     routes.clear_cache()

