@@ -32,7 +32,7 @@ apiVersion: controlplane.dev/v1
 kind: GatewayPolicy
 listeners: [{name: public, port: 8080}, {name: admin, port: 8081}]
 upstreams:
-  - {name: one, endpoints: ["10.0.0.1:80"]}
+  - {name: one, endpoints: [%s]}
   - {name: two, endpoints: [%s]}
 apis:
   - {name: a, spec: a.yaml, upstream: one, listeners: [public]}
@@ -40,12 +40,21 @@ apis:
 """
 
 
-def make_snapshot(tmp: Path, a_paths: list[str], two: str = '"10.0.0.2:80"') -> Snapshot:
+def _paths(paths: list[str]) -> str:
+    return "\n".join(f"  {p}:\n    get: {{responses: {{'200': {{description: ok}}}}}}" for p in paths)
+
+
+def make_snapshot(
+    tmp: Path,
+    a_paths: list[str],
+    two: str = '"10.0.0.2:80"',
+    one: str = '"10.0.0.1:80"',
+    b_paths: tuple[str, ...] = ("/b",),
+) -> Snapshot:
     tmp.mkdir(parents=True, exist_ok=True)
-    ops = "\n".join(f"  {p}:\n    get: {{responses: {{'200': {{description: ok}}}}}}" for p in a_paths)
-    (tmp / "a.yaml").write_text(SPEC % ops)
-    (tmp / "b.yaml").write_text(SPEC % "  /b:\n    get: {responses: {'200': {description: ok}}}")
-    (tmp / "policy.yaml").write_text(POLICY % two)
+    (tmp / "a.yaml").write_text(SPEC % _paths(a_paths))
+    (tmp / "b.yaml").write_text(SPEC % _paths(list(b_paths)))
+    (tmp / "policy.yaml").write_text(POLICY % (one, two))
     result = compile([tmp])
     assert result.ok, result.diagnostics
     assert result.resources is not None
@@ -208,10 +217,12 @@ def test_ack_holds_until_a_change_and_only_changed_types_are_resent(tmp_path: Pa
         assert not h.cache.set(make_snapshot(tmp_path / "2", ["/a"]))
         await nothing(s)
 
-        # one new operation on api a: only the route configuration changes
+        # one new operation on api a: only the route configuration that holds it is sent
+        # (state of the world needs the whole set for listeners and clusters only)
         h.cache.set(make_snapshot(tmp_path / "3", ["/a", "/a2"]))
         resp = await response(s)
-        assert resp.type_url == RDS and names_of(resp) == ["admin", "public"]
+        assert resp.type_url == RDS and names_of(resp) == ["public"]
+        assert resp.version_info == h.cache.get("gateway").version_of(RDS, {"public", "admin"})  # type: ignore[union-attr]
         await nothing(s)
         await h.close()
 
@@ -261,6 +272,45 @@ def test_nack_is_recorded_with_its_source_and_not_resent(tmp_path: Path) -> None
     run(go())
 
 
+def test_a_refused_route_configuration_is_not_resent_and_stays_nacked_until_it_changes(tmp_path: Path) -> None:
+    async def go() -> None:
+        h = Harness()
+        h.cache.set(make_snapshot(tmp_path / "1", ["/a"]))
+        s = h.open()
+        await s.requests.put(sotw(RDS, ["public", "admin"]))
+        first = await response(s)
+        await s.requests.put(sotw(RDS, ["public", "admin"], first.version_info, first.nonce))
+        conn = next(iter(h.ctx.registry.connections.values()))
+        state = conn.state(RDS)
+
+        def sync() -> str:
+            snap = h.cache.get("gateway")
+            assert snap is not None
+            return sync_state(state, snap.version_of(RDS, {"public", "admin"}))
+
+        h.cache.set(make_snapshot(tmp_path / "2", ["/a", "/a2"]))  # public changes; Envoy refuses it
+        bad = await response(s)
+        assert names_of(bad) == ["public"]
+        await s.requests.put(sotw(RDS, ["public", "admin"], first.version_info, bad.nonce, error="refused public"))
+        await nothing(s)
+        assert sync() == Sync.NACKED
+        h.cache.set(make_snapshot(tmp_path / "3", ["/a", "/a2"], b_paths=("/b", "/b2")))  # admin changes
+        other = await response(s)
+        assert names_of(other) == ["admin"]  # not the refused public again
+        await s.requests.put(sotw(RDS, ["public", "admin"], other.version_info, other.nonce))
+        await nothing(s)
+        assert sync() == Sync.NACKED  # it still lacks the current public
+        h.cache.set(make_snapshot(tmp_path / "4", ["/a", "/a3"], b_paths=("/b", "/b2")))  # public fixed
+        fixed = await response(s)
+        assert names_of(fixed) == ["public"]
+        await s.requests.put(sotw(RDS, ["public", "admin"], fixed.version_info, fixed.nonce))
+        await nothing(s)
+        assert sync() == Sync.SYNCED
+        await h.close()
+
+    run(go())
+
+
 def test_reconnect_with_current_version_gets_no_push_old_version_does(tmp_path: Path) -> None:
     async def go() -> None:
         h = Harness()
@@ -282,6 +332,24 @@ def test_reconnect_with_current_version_gets_no_push_old_version_does(tmp_path: 
     run(go())
 
 
+def test_reconnect_with_current_route_version_gets_nothing_then_only_changes(tmp_path: Path) -> None:
+    async def go() -> None:
+        h = Harness()
+        snap = make_snapshot(tmp_path / "1", ["/a"])
+        h.cache.set(snap)
+        s = h.open()
+        await s.requests.put(sotw(RDS, ["public", "admin"], snap.version_of(RDS, {"public", "admin"})))
+        await nothing(s)
+        old = h.open()
+        await old.requests.put(sotw(RDS, ["public", "admin"], "some-old-version"))
+        assert names_of(await response(old)) == ["admin", "public"]
+        h.cache.set(make_snapshot(tmp_path / "2", ["/a", "/a2"]))
+        assert names_of(await response(s)) == ["public"]
+        await h.close()
+
+    run(go())
+
+
 def test_sotw_unsubscribe_and_same_bytes_for_every_stream(tmp_path: Path) -> None:
     async def go() -> None:
         h = Harness()
@@ -291,9 +359,24 @@ def test_sotw_unsubscribe_and_same_bytes_for_every_stream(tmp_path: Path) -> Non
             await s.requests.put(sotw(EDS, ["one", "two"]))
         r1, r2 = await response(s1), await response(s2)
         assert [a.SerializeToString() for a in r1.resources] == [a.SerializeToString() for a in r2.resources]
+        await s2.requests.put(sotw(EDS, ["one", "two"], r2.version_info, r2.nonce))
+        # unsubscribing from "one" needs no response: the client has "two"
         await s1.requests.put(sotw(EDS, ["two"], r1.version_info, r1.nonce))
-        r3 = await response(s1)
-        assert names_of(r3) == ["two"]
+        await nothing(s1)
+        conn = h.ctx.registry.connections[1]
+        snap = h.cache.get("gateway")
+        assert snap is not None
+        assert sync_state(conn.state(EDS), snap.version_of(EDS, {"two"})) == Sync.SYNCED
+        # both change: s1 gets "two" only, s2 both
+        h.cache.set(make_snapshot(tmp_path / "2", ["/a"], one='"10.0.0.7:80"', two='"10.0.0.8:80"'))
+        assert names_of(await response(s1)) == ["two"]
+        r4 = await response(s2)
+        assert names_of(r4) == ["one", "two"]
+        # subscribing to "one" again sends it, and only it
+        await s1.requests.put(
+            sotw(EDS, ["one", "two"], r4.version_info, h.ctx.registry.connections[1].state(EDS).sent_nonce)
+        )
+        assert names_of(await response(s1)) == ["one"]
         await h.close()
 
     run(go())

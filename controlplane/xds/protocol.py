@@ -11,8 +11,10 @@ State of the world (per type on a stream):
 - a response is sent only when the client has a request open and what it would receive
   differs from what it has (a reconnecting Envoy that already has the current version,
   or a change that yields identical resources, gets nothing);
-- listeners and clusters are always the full state; route configurations and endpoint
-  sets are the subscribed names;
+- listeners, clusters and scopes are always the full state; route configurations and
+  endpoint sets are sent by name, only those that changed or were newly subscribed (as the
+  protocol allows: Envoy keeps the ones a response leaves out), so that an edit to one
+  route configuration of many sends that one;
 - on ADS, pending types are answered in the order CDS, EDS, LDS, RDS.
 
 Delta: subscriptions change by name (``*`` is the wildcard, the default for listeners and
@@ -116,6 +118,12 @@ def _ordered(types: list[str]) -> list[str]:
 @dataclass
 class _Watch:
     pending: bool = False  # the client has a request we have not answered
+    # Route configurations and endpoint sets (not full state): name → version of what the
+    # client was sent, what the response in flight replaced, and what it rejected.
+    known: dict[str, str] = field(default_factory=dict)
+    in_flight: dict[str, str | None] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    resync: str = ""  # the version a reconnecting client says it has
 
 
 async def serve_sotw(stream: Stream, ctx: XdsContext, fixed_type: str | None = None) -> None:
@@ -171,13 +179,26 @@ def _sotw_request(ctx: XdsContext, conn: Connection, watch: _Watch, type_url: st
                 time.time(),
                 nack_sources(snapshot, type_url, state.sent_names, req.error_detail.message),
             )
+            # The client kept what it had; what it refused is not sent again until it changes.
+            for name, before in watch.in_flight.items():
+                watch.rejected[name] = watch.known[name]
+                if before is None:
+                    watch.known.pop(name, None)
+                else:
+                    watch.known[name] = before
             ctx.registry.emit("nack", conn, type_url, {"version": state.sent_version})
         else:
+            for name in watch.in_flight:
+                watch.rejected.pop(name, None)
             state.acked_version = req.version_info
             ctx.registry.emit("ack", conn, type_url, {"version": req.version_info})
+        watch.in_flight = {}
     elif req.version_info and not state.sent_version:
         # A reconnecting Envoy says what it already has: no need to send it again.
-        state.sent_version = state.acked_version = req.version_info
+        if type_url in FULL_STATE_TYPES:
+            state.sent_version = state.acked_version = req.version_info
+        else:
+            watch.resync = req.version_info
     names = set(req.resource_names)
     if type_url in FULL_STATE_TYPES and (not names or "*" in names):
         state.subscribed = None
@@ -192,6 +213,9 @@ async def _sotw_respond(
 ) -> None:
     if not watch.pending:
         return
+    if type_url not in FULL_STATE_TYPES:
+        await _sotw_respond_named(stream, ctx, conn, watch, type_url, snapshot)
+        return
     state = conn.state(type_url)
     entries = snapshot.of(type_url)
     names = sorted(entries) if state.subscribed is None else sorted(n for n in state.subscribed if n in entries)
@@ -202,10 +226,57 @@ async def _sotw_respond(
         # reconnected with the current version: what it has is what it would get
         state.sent_names = frozenset(names)
         return
+    await _sotw_send(stream, ctx, conn, watch, type_url, snapshot, names, version)
+
+
+async def _sotw_respond_named(
+    stream: Stream, ctx: XdsContext, conn: Connection, watch: _Watch, type_url: str, snapshot: Snapshot
+) -> None:
+    """Route configurations and endpoint sets: like delta, a response carries only what
+    changed or was newly subscribed (the protocol requires the full state for listeners and
+    clusters only, and Envoy keeps the named resources a response leaves out). One changed
+    route configuration among many is sent alone."""
+    state = conn.state(type_url)
+    entries = snapshot.of(type_url)
+    subscribed = state.subscribed or set()
+    names = sorted(n for n in subscribed if n in entries)
+    version = snapshot.version_of(type_url, subscribed)
+    if watch.resync:
+        if watch.resync == version:  # reconnected with everything current
+            watch.known = {n: entries[n].version for n in names}
+            state.sent_version = state.acked_version = version
+        watch.resync = ""
+    for gone in [n for n in watch.known if n not in subscribed]:
+        del watch.known[gone]  # unsubscribed: a later subscription sends it again
+    send = [n for n in names if entries[n].version not in (watch.known.get(n), watch.rejected.get(n))]
+    if send:
+        await _sotw_send(stream, ctx, conn, watch, type_url, snapshot, send, version)
+    elif version != state.sent_version:
+        # The subscription changed and the client already has all of it: in sync, nothing to send.
+        state.sent_version = state.acked_version = version
+    if any(watch.rejected.get(n) == entries[n].version for n in names) and state.nack is not None:
+        state.nack.version = version  # it still lacks what it refused: NACKED until that changes
+
+
+async def _sotw_send(
+    stream: Stream,
+    ctx: XdsContext,
+    conn: Connection,
+    watch: _Watch,
+    type_url: str,
+    snapshot: Snapshot,
+    names: list[str],
+    version: str,
+) -> None:
+    state = conn.state(type_url)
     nonce = _nonce()
     data = sotw_response(snapshot.sotw_body(type_url, tuple(names)), version, type_url, nonce)
     await stream.send(data)
     watch.pending = False
+    if type_url not in FULL_STATE_TYPES:
+        entries = snapshot.of(type_url)
+        watch.in_flight = {n: watch.known.get(n) for n in names}
+        watch.known.update((n, entries[n].version) for n in names)
     state.sent_version, state.sent_nonce, state.sent_at = version, nonce, time.time()
     state.sent_names = frozenset(names)
     state.pushes += 1
