@@ -21,6 +21,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -484,7 +485,7 @@ class _Builder:
 
     def _path_routes(self, found: dict[str, list[ir.Operation]]) -> tuple[ir.PathRoute, ...]:
         """Group operations by path shape; the same method twice on one shape is a conflict."""
-        out = []
+        out: list[tuple[Any, ir.PathRoute]] = []  # (precedence, path)
         for entries in found.values():
             cached = incremental.cached_path_route(entries)
             if cached is not None:
@@ -512,11 +513,12 @@ class _Builder:
             order = sorted(ops, key=lambda k: (k[0], -len(k[1]), k[1]))
             operations = tuple(ops[k] for k in order)
             path_route = ir.PathRoute(_union({op.path for op in operations}), operations)
+            key = path_route.path.sort_key()
             if len(self.diags.items) == findings:  # a conflict is reported on every compile
-                incremental.store_path_route(entries, path_route)
-            out.append(path_route)
-        out.sort(key=lambda r: r.path.sort_key())
-        return tuple(out)
+                incremental.store_path_route(entries, path_route, key)
+            out.append((key, path_route))
+        out.sort(key=itemgetter(0))
+        return tuple(pr for _key, pr in out)
 
     # -- everything -------------------------------------------------------------------------
     def build(self) -> ir.Gateway | None:

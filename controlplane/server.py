@@ -300,7 +300,7 @@ class ControlPlane:
 
     async def _watch(self) -> None:
         o = self.options
-        seen = _fingerprint(self.files, o.paths)
+        seen = compiled = _fingerprint(self.files, o.paths)
         first_change = last_change = 0.0
         while True:
             await asyncio.sleep(o.poll_interval)
@@ -313,14 +313,19 @@ class ControlPlane:
             quiet = now - last_change >= o.quiet_period
             if first_change and (quiet or now - first_change >= o.max_delay):
                 changed_at, first_change = first_change, 0.0
-                if set(current) == set(self.digests) and await asyncio.to_thread(_same_content, self.digests):
+                resized = any(stamp[1] != compiled.get(f, stamp)[1] for f, stamp in current.items())
+                if (
+                    not resized
+                    and set(current) == set(self.digests)
+                    and await asyncio.to_thread(_same_content, self.digests)
+                ):
                     log.info("files were written with the same content: nothing to compile")
                     continue
                 await self.recompile(changed_at)
                 after = await asyncio.to_thread(_fingerprint, self.files, o.paths)
                 if any(after.get(f, stamp) != stamp for f, stamp in seen.items()):
                     first_change = last_change = time.monotonic()  # written to while compiling
-                seen = after
+                seen = compiled = after
 
 
 def _same_content(digests: dict[str, str]) -> bool:

@@ -117,3 +117,36 @@ def test_an_edit_encodes_only_the_routes_it_changes(tmp_path: Path, monkeypatch:
     warm = compile_serialized([str(work)])
     assert len(encoded) == 1 and encoded[0].endswith("/orders/recent"), encoded
     assert warm.serialized == _cold(work).serialized
+
+
+def test_worker_results_relative_to_the_last_one_are_made_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker sends only the resources an edit changed; the server side rebuilds the
+    whole table, identical to a cold compile's. A caller holding another base gets it all."""
+    from controlplane import worker
+
+    work = tmp_path / "specs"
+    shutil.copytree(REPO / "specs", work)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(worker, "_IN_WORKER", True)
+    monkeypatch.setattr(worker, "_SENT", {"generation": "", "serialized": {}, "details": None})
+    incremental.clear()
+    first = compile_serialized([str(work)])
+    assert first.generation and not first.base
+    EDITS[1][1](work)  # one operation more in orders
+    relative = compile_serialized([str(work)], base=first.generation)
+    assert relative.base == first.generation
+    sent = {(t, n) for t, by_name in relative.serialized.items() for n in by_name}
+    total = {(t, n) for t, by_name in first.serialized.items() for n in by_name}
+    assert sent and len(sent) < len(total), sent  # the orders route configuration, not everything
+    made = worker.whole(relative, first)
+    with monkeypatch.context() as m:
+        m.setattr(worker, "_IN_WORKER", False)  # not to move the worker's base
+        cold = _cold(work)
+    assert made.serialized == cold.serialized and made.details == cold.details
+    unchanged = compile_serialized([str(work)], base=relative.generation)
+    assert unchanged.serialized == {} and unchanged.details is None
+    assert worker.whole(unchanged, made).serialized == cold.serialized
+    stranger = compile_serialized([str(work)], base="someone-else")
+    assert not stranger.base and stranger.serialized == cold.serialized
