@@ -654,6 +654,7 @@ SERIALIZE_VARIANTS = {
     "once-delta": "serialize-once: snapshot.delta_response",
     "naive": "per client: DiscoveryResponse + Any.Pack + SerializeToString",
     "cached": "what-if: whole response cached per version, nonce appended",
+    "shared": "shared (the server now): Snapshot.sotw_response, one response object for every stream",
 }
 
 
@@ -698,6 +699,10 @@ def serialize_child(config_dir: str, variant: str, n_clients: int, repeats: int,
         entries = snap.of(t)
         return delta_response((entries[n] for n in sorted(entries)), [], snap.version, t, str(i))
 
+    def shared(t: str, i: int) -> bytes:
+        entries = snap.of(t)
+        return snap.sotw_response(t, tuple(sorted(entries)), snap.version_of(t))[0]
+
     def cached(t: str, i: int) -> bytes:
         return heads[t] + length_delimited(5, str(i).encode())
 
@@ -707,7 +712,7 @@ def serialize_child(config_dir: str, variant: str, n_clients: int, repeats: int,
             resp.resources.add().Pack(msg)
         return resp.SerializeToString()  # type: ignore[no-any-return]
 
-    fn = {"once": once, "once-delta": once_delta, "naive": naive, "cached": cached}[variant]
+    fn = {"once": once, "once-delta": once_delta, "naive": naive, "cached": cached, "shared": shared}[variant]
     alive: deque[bytes] = deque(maxlen=window or None)
     rows: dict[str, list[float]] = {}
     for t in TYPE_ORDER:

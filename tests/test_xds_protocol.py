@@ -467,3 +467,32 @@ def test_certificate_identity_wins_over_the_declared_node(tmp_path: Path) -> Non
         await h.close()
 
     run(go())
+
+
+def test_streams_that_get_the_same_response_share_one_bytes_object(tmp_path: Path) -> None:
+    """Built once per snapshot, with one nonce: no per-stream copy of a big response."""
+
+    async def go() -> None:
+        for delta_mode in (False, True):
+            h = Harness(delta_mode=delta_mode)
+            h.cache.set(make_snapshot(tmp_path / str(delta_mode), ["/a"]))
+            s1, s2 = h.open(), h.open()
+            for s in (s1, s2):
+                await s.requests.put(delta(RDS, ["public"]) if delta_mode else sotw(RDS, ["public"]))
+            raw1 = await asyncio.wait_for(s1.responses.get(), 2)
+            raw2 = await asyncio.wait_for(s2.responses.get(), 2)
+            assert raw1 is raw2
+            # and each stream's ACK of that shared nonce is taken
+            cls = discovery_pb2.DeltaDiscoveryResponse if delta_mode else discovery_pb2.DiscoveryResponse
+            resp = cls.FromString(raw1)
+            for s in (s1, s2):
+                ack = (
+                    delta(RDS, nonce=resp.nonce) if delta_mode else sotw(RDS, ["public"], resp.version_info, resp.nonce)
+                )
+                await s.requests.put(ack)
+            await nothing(s1)
+            for conn in h.ctx.registry.connections.values():
+                assert conn.state(RDS).acked_version == conn.state(RDS).sent_version
+            await h.close()
+
+    run(go())

@@ -25,7 +25,6 @@ resources are sent and removed ones named in ``removed_resources``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any, Protocol
 
 from .cache import SnapshotCache
 from .registry import Connection, Nack, Registry, TypeState, nack_sources
-from .snapshot import FULL_STATE_TYPES, TYPE_ORDER, Snapshot, delta_response, sotw_response
+from .snapshot import FULL_STATE_TYPES, TYPE_ORDER, Snapshot
 
 
 class Stream(Protocol):
@@ -98,13 +97,6 @@ class _Loop:
     def close(self) -> None:
         if self.recv_task is not None:
             self.recv_task.cancel()
-
-
-_nonces = itertools.count(1)
-
-
-def _nonce() -> str:
-    return str(next(_nonces))
 
 
 def _ordered(types: list[str]) -> list[str]:
@@ -269,8 +261,7 @@ async def _sotw_send(
     version: str,
 ) -> None:
     state = conn.state(type_url)
-    nonce = _nonce()
-    data = sotw_response(snapshot.sotw_body(type_url, tuple(names)), version, type_url, nonce)
+    data, nonce = snapshot.sotw_response(type_url, tuple(names), version)
     await stream.send(data)
     watch.pending = False
     if type_url not in FULL_STATE_TYPES:
@@ -352,9 +343,8 @@ async def _delta_respond(
     missing = sorted(n for n in dt.subscribed if n not in entries and n not in dt.known and n not in dt.missing_told)
     if not changed and not removed and not missing:
         return
-    nonce = _nonce()
     version = snapshot.version_of(type_url, None if dt.wildcard else dt.subscribed)
-    data = delta_response(changed, removed + missing, snapshot.version, type_url, nonce)
+    data, nonce = snapshot.delta_response(type_url, tuple(e.name for e in changed), tuple(removed + missing), version)
     await stream.send(data)
     for e in changed:
         dt.known[e.name] = e.version

@@ -11,6 +11,7 @@ client, and every stream gets the same bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,7 @@ class Snapshot:
     _details: dict[str, tuple[tuple[str, Source], ...]] | None = field(default=None, repr=False, compare=False)
     _versions: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict, repr=False, compare=False)
     _bodies: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict, repr=False, compare=False)
+    _responses: dict[tuple[Any, ...], tuple[bytes, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def details_for(self, type_url: str) -> tuple[tuple[str, Source], ...]:
         """Names inside resources (route names, regexes) → the spec places that produced them."""
@@ -108,6 +110,36 @@ class Snapshot:
             entries = self.of(type_url)
             body = self._bodies[key] = b"".join(entries[n].sotw for n in names)
         return body
+
+    def sotw_response(self, type_url: str, names: tuple[str, ...], version: str) -> tuple[bytes, str]:
+        """(response, nonce): built once and shared by every stream that gets the same one.
+
+        The nonce only has to tell a stream's responses apart, so one nonce per distinct
+        response lets every stream be written the very same bytes object: no per-stream
+        copy of a 250 KB route configuration (one copy per stream was 18% of the server's
+        busy time during a push to 100 streams)."""
+        key = ("sotw", type_url, names, version)
+        hit = self._responses.get(key)
+        if hit is None:
+            nonce = _nonce()
+            hit = self._responses[key] = (
+                sotw_response(self.sotw_body(type_url, names), version, type_url, nonce),
+                nonce,
+            )
+        return hit
+
+    def delta_response(
+        self, type_url: str, names: tuple[str, ...], removed: tuple[str, ...], version: str
+    ) -> tuple[bytes, str]:
+        """(response, nonce) for these changed and removed names, shared like ``sotw_response``."""
+        key = ("delta", type_url, names, removed, version)
+        hit = self._responses.get(key)
+        if hit is None:
+            nonce = _nonce()
+            entries = self.of(type_url)
+            data = delta_response([entries[n] for n in names], removed, self.version, type_url, nonce)
+            hit = self._responses[key] = (data, nonce)
+        return hit
 
     def of(self, type_url: str) -> Mapping[str, Entry]:
         return self.resources.get(type_url, {})
@@ -191,6 +223,14 @@ def references_of(resources: Resources) -> dict[str, set[str]]:
     return {Resources.ROUTE: routes, Resources.ENDPOINT: endpoints}
 
 
+_nonces = itertools.count(1)
+
+
+def _nonce() -> str:
+    """Unique in the process: a nonce names one response, whichever streams it goes to."""
+    return str(next(_nonces))
+
+
 def sotw_response(body: bytes, version: str, type_url: str, nonce: str) -> bytes:
     """A DiscoveryResponse, as bytes, around ready encoded resources (one copy of the body)."""
     return b"".join(
@@ -207,9 +247,12 @@ def delta_response(
     entries: Iterable[Entry], removed: Iterable[str], system_version: str, type_url: str, nonce: str
 ) -> bytes:
     """A DeltaDiscoveryResponse, as bytes, from ready entries."""
-    out = _text(_D["system_version_info"].number, system_version)
-    out += b"".join(e.delta for e in entries)
-    out += _text(_D["type_url"].number, type_url)
-    out += b"".join(_text(_D["removed_resources"].number, name) for name in removed)
-    out += _text(_D["nonce"].number, nonce)
-    return out
+    return b"".join(
+        (
+            _text(_D["system_version_info"].number, system_version),
+            *(e.delta for e in entries),
+            _text(_D["type_url"].number, type_url),
+            *(_text(_D["removed_resources"].number, name) for name in removed),
+            _text(_D["nonce"].number, nonce),
+        )
+    )
