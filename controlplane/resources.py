@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from .ir import Operation, Source
+from .ir import Operation, PathRoute, Source
 
 _PREFIX = "type.googleapis.com/"
 
@@ -25,9 +25,9 @@ class Resources:
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=dict)
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
-    # The operations behind the route configurations: their route names, path regexes and
-    # templates appear in Envoy's errors about routes (``details``).
-    operations: list[Operation] = field(default_factory=list)
+    # The paths of each route configuration: their operations' route names, path regexes
+    # and templates appear in Envoy's errors about routes (``details``).
+    path_groups: list[tuple[PathRoute, ...]] = field(default_factory=list)
 
     def add(self, type_url: str, message: Message, source: Source) -> None:
         name = getattr(message, "name", "") or getattr(message, "cluster_name", "")
@@ -41,7 +41,15 @@ class Resources:
     def details(self) -> dict[str, list[tuple[str, Source]]]:
         """Finer places inside resources (route names, path regexes) → where they came from,
         so that an error Envoy reports about one route can name the operation."""
-        return {self.ROUTE: [pair for op in self.operations for pair in operation_details(op)]}
+        return {
+            self.ROUTE: [
+                pair
+                for group in self.path_groups
+                for pr in group
+                for op in pr.operations
+                for pair in operation_details(op)
+            ]
+        }
 
 
 def operation_details(op: Operation) -> list[tuple[str, Source]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -160,10 +161,35 @@ class ControlPlane:
         )
         await self.recompile(time.monotonic())
         self._tasks.append(asyncio.ensure_future(self._watch()))
+        self._tasks.append(asyncio.ensure_future(self._collect_when_idle()))
+
+    async def _collect_when_idle(self, quiet: float = 1.0) -> None:
+        """Full garbage collections at quiet times, not in the middle of a push.
+
+        Python starts a full collection when enough long-lived objects have piled up, which
+        after a thousand streams have synced falls during the next change (measured: the first
+        change after a full push to 1000 streams converged in 1.08 s, the next ones in 0.6 s).
+        Once the streams and the snapshot have been quiet for ``quiet`` seconds, this collects
+        and freezes what survives, so the collections during the next push only look at new
+        objects; the next quiet time unfreezes them and collects again.
+        """
+        activity = [0]
+        self.ctx.registry.observers.append(lambda *_: activity.__setitem__(0, activity[0] + 1))
+        seen = collected = -1
+        while True:
+            await asyncio.sleep(quiet)
+            now = activity[0] + self.compiles
+            if now == seen and now != collected:
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
+                collected = now
+            seen = now
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        gc.unfreeze()  # what ``_collect_when_idle`` froze is the collector's again
         for _provider, task in self._fetchers.values():
             task.cancel()
         if self._validation is not None:

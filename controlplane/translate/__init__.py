@@ -11,11 +11,11 @@ def translate(gw: ir.Gateway) -> Resources:
     out = Resources()
     for lst in gw.listeners:
         out.add(Resources.LISTENER, listener.listener(gw, lst), lst.source)
-        for config in routes.route_configurations(gw, lst):
+        for config, paths in routes.route_configurations(gw, lst):
             out.add(Resources.ROUTE, config, lst.source)
+            out.path_groups.append(paths)
         for scope in routes.scope_configurations(lst):
             out.add(Resources.SCOPED_ROUTE, scope, lst.source)
-        out.operations.extend(op for path_route in lst.paths for op in path_route.operations)
     for upstream in (*gw.upstreams, *auth.jwks_upstreams(gw)):
         out.add(Resources.CLUSTER, clusters.cluster(upstream), upstream.source)
         if not upstream.uses_dns:

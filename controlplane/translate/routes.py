@@ -310,6 +310,7 @@ SCOPE_HEADER = "x-gateway-scope"
 SCOPED_MIN_OPERATIONS = 200
 
 
+@functools.lru_cache(maxsize=262_144)
 def scope_of(template: str) -> str | None:
     """The first path segment, when it is literal (a scope key)."""
     first = template[1:].split("/", 1)[0]
@@ -351,17 +352,21 @@ def scope_name(listener: ir.Listener, scope: str) -> str:
     return f"{listener.name}/{scope}"
 
 
-def route_configurations(gw: ir.Gateway, listener: ir.Listener) -> list[route_pb2.RouteConfiguration]:
+def route_configurations(
+    gw: ir.Gateway, listener: ir.Listener
+) -> list[tuple[route_pb2.RouteConfiguration, tuple[ir.PathRoute, ...]]]:
+    """Each route configuration with the paths it holds. For a scope that did not change,
+    both are the objects of the last compile (callers may cache by their identity)."""
     default_retry = common_retry(listener.paths)
     scoped = scopes(listener)
     if scoped is None:
-        return [_route_configuration(gw, listener, listener.name, listener.paths, default_retry)]
+        return [(_route_configuration(gw, listener, listener.name, listener.paths, default_retry), listener.paths)]
     return [_scope_configuration(gw, listener, scope, paths, default_retry) for scope, paths in scoped.items()]
 
 
-# Route configurations of scopes whose paths hold the same operation objects as last time
-# (incremental.py keeps unchanged operations): an edit rebuilds only its scope.
-_SCOPE_CACHE: OrderedDict[tuple[Any, ...], tuple[tuple[ir.Operation, ...], route_pb2.RouteConfiguration]] = (
+# Route configurations of scopes that hold the same path objects as last time (build.py
+# keeps the path routes of unchanged operations): an edit rebuilds only its scope.
+_SCOPE_CACHE: OrderedDict[tuple[Any, ...], tuple[tuple[ir.PathRoute, ...], route_pb2.RouteConfiguration]] = (
     OrderedDict()
 )
 
@@ -372,25 +377,23 @@ def _scope_configuration(
     scope: str,
     paths: tuple[ir.PathRoute, ...],
     default_retry: ir.RetryPolicy | None,
-) -> route_pb2.RouteConfiguration:
-    ops = tuple(op for pr in paths for op in pr.operations)
+) -> tuple[route_pb2.RouteConfiguration, tuple[ir.PathRoute, ...]]:
     key = (
         listener.name,
         scope,
-        tuple((pr.path, len(pr.operations)) for pr in paths),
-        tuple(map(id, ops)),
+        tuple(map(id, paths)),
         hash((default_retry, listener.hostnames, listener.xff_num_trusted_hops, gw.headers, gw.providers)),
     )
     hit = _SCOPE_CACHE.get(key) if incremental.ENABLED else None
-    if hit is not None and all(a is b for a, b in zip(hit[0], ops, strict=True)):
+    if hit is not None and all(a is b for a, b in zip(hit[0], paths, strict=True)):
         _SCOPE_CACHE.move_to_end(key)
-        return hit[1]
+        return hit[1], hit[0]
     config = _route_configuration(gw, listener, scope_name(listener, scope), paths, default_retry)
     config.request_headers_to_remove.append(SCOPE_HEADER)  # set by the gateway, not for backends
-    _SCOPE_CACHE[key] = (ops, config)
+    _SCOPE_CACHE[key] = (paths, config)  # holding the paths keeps their ids from being reused
     if len(_SCOPE_CACHE) > 4096:
         _SCOPE_CACHE.popitem(last=False)
-    return config
+    return config, paths
 
 
 def scope_configurations(listener: ir.Listener) -> list[scoped_route_pb2.ScopedRouteConfiguration]:
