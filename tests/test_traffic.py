@@ -219,6 +219,7 @@ def test_wrong_method_answers_405_with_allow(echo: EchoServer, gw: Gateway, meth
     assert seen is None
     if method != "HEAD":
         assert resp.json()["status"] == 405
+        assert resp.json()["message"] == "method not allowed: see the Allow header"
 
 
 SPOOFED = [

@@ -121,7 +121,7 @@ def _method_not_allowed(path_route: ir.PathRoute) -> rc.Route:
     return rc.Route(
         name="method-not-allowed",
         match=_path_match(path_route.path),
-        direct_response=direct(405, "method not allowed: see the Allow header"),
+        direct_response=rc.DirectResponseAction(status=405),  # the text: headers.local_reply_config
         response_headers_to_add=[header("allow", allow)],
     )
 
