@@ -650,8 +650,8 @@ def noop_changes(server: Server, fleet: Fleet, config: Config, result: Scenario)
 
 # -- e. serialize once vs per client -----------------------------------------------------------
 SERIALIZE_VARIANTS = {
-    "once": "serialize-once: snapshot.sotw_response",
-    "once-delta": "serialize-once: snapshot.delta_response",
+    "once": "serialize-once, assembled per client: snapshot.sotw_response(body, …) (the server before)",
+    "once-delta": "serialize-once, assembled per client: snapshot.delta_response(entries, …) (the server before)",
     "naive": "per client: DiscoveryResponse + Any.Pack + SerializeToString",
     "cached": "what-if: whole response cached per version, nonce appended",
     "shared": "shared (the server now): Snapshot.sotw_response, one response object for every stream",
