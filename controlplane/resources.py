@@ -27,7 +27,7 @@ class Resources:
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
     # The paths of each route configuration: their operations' route names, path regexes
     # and templates appear in Envoy's errors about routes (``details``).
-    path_groups: list[tuple[PathRoute, ...]] = field(default_factory=list)
+    path_groups: dict[str, tuple[PathRoute, ...]] = field(default_factory=dict)  # by route configuration
 
     def add(self, type_url: str, message: Message, source: Source) -> None:
         name = getattr(message, "name", "") or getattr(message, "cluster_name", "")
@@ -41,15 +41,9 @@ class Resources:
     def details(self) -> dict[str, list[tuple[str, Source]]]:
         """Finer places inside resources (route names, path regexes) → where they came from,
         so that an error Envoy reports about one route can name the operation."""
-        return {
-            self.ROUTE: [
-                pair
-                for group in self.path_groups
-                for pr in group
-                for op in pr.operations
-                for pair in operation_details(op)
-            ]
-        }
+        groups = self.path_groups
+        ops = (op for name in sorted(groups) for pr in groups[name] for op in pr.operations)
+        return {self.ROUTE: [pair for op in ops for pair in operation_details(op)]}
 
 
 def operation_details(op: Operation) -> list[tuple[str, Source]]:

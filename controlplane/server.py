@@ -30,7 +30,7 @@ from typing import Any
 from . import ir
 from .errors import Diagnostic
 from .sources import SUFFIXES
-from .worker import CompiledConfig, Compiler
+from .worker import CompiledConfig, Compiler, DetailTexts
 from .xds.admin import AdminServer, json_answer, metrics_handler
 from .xds.cache import DEFAULT_GROUP, SnapshotCache
 from .xds.grpc_server import TlsFiles, build_server
@@ -234,7 +234,7 @@ class ControlPlane:
             self._rejected(report, "the inputs have errors")
             return False
         try:
-            snapshot = build_snapshot(result.serialized, result.references, result.sources, result.details)
+            snapshot = build_snapshot(result.serialized, result.references, result.sources, DetailTexts(result.details))
         except InconsistentSnapshot as exc:
             report.errors = [Diagnostic(str(exc), "")]
             report.ok = False

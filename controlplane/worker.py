@@ -37,9 +37,10 @@ class CompiledConfig(WithDiagnostics):
     serialized: dict[str, dict[str, bytes]] = field(default_factory=dict)
     references: dict[str, set[str]] = field(default_factory=dict)
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
-    # Route names and regexes → spec places, as one string: 20k small objects cost the server
-    # 20-100 ms to unpickle on every change, for a lookup that only a NACK needs.
-    details: str | None = "{}"
+    # Route names and regexes → spec places (see ``decode_details``), as text per route
+    # configuration: 20k small objects cost the server 20-100 ms to unpickle on every change,
+    # for a lookup that only a NACK needs.
+    details: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # every file read: what to watch
     digests: dict[str, str] = field(default_factory=dict)  # file → content hash
     operations: int = 0
@@ -54,10 +55,6 @@ class CompiledConfig(WithDiagnostics):
     removed: dict[str, list[str]] = field(default_factory=dict)
 
 
-def encode_details(details: dict[str, list[tuple[str, Source]]]) -> str:
-    return json.dumps({t: [[needle, s.file, s.pointer] for needle, s in pairs] for t, pairs in details.items()})
-
-
 # Each operation's part of the details, and each route configuration's, kept while the
 # objects live on between compiles (incremental.py, routes.py): encoding 30k entries anew
 # cost 30-40 ms per compile, looking up 10k operations' parts 10 ms.
@@ -65,14 +62,15 @@ _FRAGMENTS: dict[int, tuple[ir.Operation, str]] = {}
 _GROUPS: dict[int, tuple[tuple[ir.PathRoute, ...], str]] = {}
 
 
-def encode_path_group_details(groups: Sequence[tuple[ir.PathRoute, ...]]) -> str:
-    """``encode_details(Resources.details)``, from pieces encoded once."""
+def encode_path_group_details(groups: dict[str, tuple[ir.PathRoute, ...]]) -> dict[str, str]:
+    """Route configuration name → the items of a JSON array of ``[needle, file, pointer]``
+    for its operations (``Resources.details``), from pieces encoded once."""
     global _GROUPS
     if len(_FRAGMENTS) > 200_000:
         _FRAGMENTS.clear()  # entries hold operations alive: bounded
     texts: dict[int, tuple[tuple[ir.PathRoute, ...], str]] = {}
-    parts = []
-    for group in groups:
+    out = {}
+    for name, group in groups.items():
         hit = _GROUPS.get(id(group))
         if hit is None or hit[0] is not group:
             ops_parts = []
@@ -84,14 +82,18 @@ def encode_path_group_details(groups: Sequence[tuple[ir.PathRoute, ...]]) -> str
                 ops_parts.append(frag[1])
             hit = (group, ", ".join(p for p in ops_parts if p))
         texts[id(group)] = hit
-        if hit[1]:
-            parts.append(hit[1])
+        out[name] = hit[1]
     _GROUPS = texts
-    return "{" + json.dumps(Resources.ROUTE) + ": [" + ", ".join(parts) + "]}"
+    return out
 
 
-def decode_details(text: str) -> dict[str, list[tuple[str, Source]]]:
-    return {t: [(needle, Source(f, p)) for needle, f, p in pairs] for t, pairs in json.loads(text).items()}
+class DetailTexts(dict[str, str]):
+    """``CompiledConfig.details`` given to a snapshot, decoded on first use (a NACK)."""
+
+
+def decode_details(texts: dict[str, str]) -> dict[str, list[tuple[str, Source]]]:
+    pairs = [item for name in sorted(texts) for item in json.loads("[" + texts[name] + "]")]
+    return {Resources.ROUTE: [(needle, Source(f, p)) for needle, f, p in pairs]}
 
 
 def compile_serialized(
@@ -162,7 +164,8 @@ _IN_WORKER = False
 _COMPILES_BETWEEN_COLLECTIONS = 50
 _generations = itertools.count(1)
 # The last result sent whole or relative: its generation, resources and details.
-_SENT: dict[str, Any] = {"generation": "", "serialized": {}, "details": None}
+_SENT: dict[str, Any] = {"generation": "", "serialized": {}, "details": {}}
+_DETAILS = "#details"  # the pseudo type of details in ``removed``
 
 
 def _relative(result: CompiledConfig, base: str) -> CompiledConfig:
@@ -173,27 +176,34 @@ def _relative(result: CompiledConfig, base: str) -> CompiledConfig:
     generation = f"{os.getpid()}.{next(_generations)}"
     out = dataclasses.replace(result, generation=generation)
     if base and base == _SENT["generation"]:
-        last: dict[str, dict[str, bytes]] = _SENT["serialized"]
+        changed, removed = _diff(_SENT["serialized"], result.serialized)
+        details, gone = _diff({_DETAILS: _SENT["details"]}, {_DETAILS: result.details})
         out = dataclasses.replace(
-            out,
-            serialized=_nonempty(
-                {
-                    t: {n: b for n, b in by_name.items() if last.get(t, {}).get(n) != b}
-                    for t, by_name in result.serialized.items()
-                }
-            ),
-            removed=_nonempty(
-                {t: [n for n in by_name if n not in result.serialized.get(t, {})] for t, by_name in last.items()}
-            ),
-            details=None if result.details == _SENT["details"] else result.details,
-            base=base,
+            out, serialized=changed, details=details.get(_DETAILS, {}), removed={**removed, **gone}, base=base
         )
     _SENT.update(generation=generation, serialized=result.serialized, details=result.details)
     return out
 
 
-def _nonempty(table: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in table.items() if v}
+def _diff(
+    last: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """(what is new or changed, the names gone), by table."""
+    changed = {t: {n: v for n, v in table.items() if last.get(t, {}).get(n) != v} for t, table in now.items()}
+    removed = {t: [n for n in table if n not in now.get(t, {})] for t, table in last.items()}
+    return {t: c for t, c in changed.items() if c}, {t: r for t, r in removed.items() if r}
+
+
+def _merge(
+    last: dict[str, dict[str, Any]], changed: dict[str, dict[str, Any]], removed: dict[str, list[str]]
+) -> dict[str, dict[str, Any]]:
+    out = {t: dict(table) for t, table in last.items()}
+    for t, names in removed.items():
+        for name in names:
+            out.get(t, {}).pop(name, None)
+    for t, table in changed.items():
+        out.setdefault(t, {}).update(table)
+    return {t: table for t, table in out.items() if table}
 
 
 def whole(result: CompiledConfig, last: CompiledConfig | None) -> CompiledConfig:
@@ -202,16 +212,12 @@ def whole(result: CompiledConfig, last: CompiledConfig | None) -> CompiledConfig
         return result
     if last is None or last.generation != result.base:  # pragma: no cover - the worker checks the base
         raise ValueError(f"result relative to {result.base}, not to what is held")
-    serialized = {t: dict(by_name) for t, by_name in last.serialized.items()}
-    for t, names in result.removed.items():
-        for name in names:
-            serialized.get(t, {}).pop(name, None)
-    for t, by_name in result.serialized.items():
-        serialized.setdefault(t, {}).update(by_name)
+    removed = {t: names for t, names in result.removed.items() if t != _DETAILS}
+    details = _merge({_DETAILS: last.details}, {_DETAILS: result.details}, {_DETAILS: result.removed.get(_DETAILS, [])})
     return dataclasses.replace(
         result,
-        serialized={t: by_name for t, by_name in serialized.items() if by_name},
-        details=last.details if result.details is None else result.details,
+        serialized=_merge(last.serialized, result.serialized, removed),
+        details=details.get(_DETAILS, {}),
         base="",
         removed={},
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane import incremental
+from controlplane.resources import Resources
 from controlplane.worker import CompiledConfig, compile_serialized
 from tests.conftest import REPO
 
@@ -130,7 +131,7 @@ def test_worker_results_relative_to_the_last_one_are_made_whole(
     shutil.copytree(REPO / "specs", work)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(worker, "_IN_WORKER", True)
-    monkeypatch.setattr(worker, "_SENT", {"generation": "", "serialized": {}, "details": None})
+    monkeypatch.setattr(worker, "_SENT", {"generation": "", "serialized": {}, "details": {}})
     incremental.clear()
     first = compile_serialized([str(work)])
     assert first.generation and not first.base
@@ -140,13 +141,15 @@ def test_worker_results_relative_to_the_last_one_are_made_whole(
     sent = {(t, n) for t, by_name in relative.serialized.items() for n in by_name}
     total = {(t, n) for t, by_name in first.serialized.items() for n in by_name}
     assert sent and len(sent) < len(total), sent  # the orders route configuration, not everything
+    # details come only for the route configurations that changed
+    assert set(relative.details) <= set(relative.serialized[Resources.ROUTE])
     made = worker.whole(relative, first)
     with monkeypatch.context() as m:
         m.setattr(worker, "_IN_WORKER", False)  # not to move the worker's base
         cold = _cold(work)
     assert made.serialized == cold.serialized and made.details == cold.details
     unchanged = compile_serialized([str(work)], base=relative.generation)
-    assert unchanged.serialized == {} and unchanged.details is None
+    assert unchanged.serialized == {} and unchanged.details == {}
     assert worker.whole(unchanged, made).serialized == cold.serialized
     stranger = compile_serialized([str(work)], base="someone-else")
     assert not stranger.base and stranger.serialized == cold.serialized

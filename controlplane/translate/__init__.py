@@ -13,7 +13,7 @@ def translate(gw: ir.Gateway) -> Resources:
         out.add(Resources.LISTENER, listener.listener(gw, lst), lst.source)
         for config, paths in routes.route_configurations(gw, lst):
             out.add(Resources.ROUTE, config, lst.source)
-            out.path_groups.append(paths)
+            out.path_groups[config.name] = paths
         for scope in routes.scope_configurations(lst):
             out.add(Resources.SCOPED_ROUTE, scope, lst.source)
     for upstream in (*gw.upstreams, *auth.jwks_upstreams(gw)):

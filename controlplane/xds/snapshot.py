@@ -84,7 +84,7 @@ class Snapshot:
     # The resources each type's resources name (listeners → route configs, EDS clusters → endpoints).
     references: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Names inside resources (route names, regexes) → the spec place that produced them.
-    details_source: Any = None  # mapping, or JSON text (worker.encode_details) decoded on first use
+    details_source: Any = None  # mapping, or worker.DetailTexts decoded on first use
     _details: dict[str, tuple[tuple[str, Source], ...]] | None = field(default=None, repr=False, compare=False)
     _versions: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict, repr=False, compare=False)
     _bodies: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict, repr=False, compare=False)
@@ -94,9 +94,9 @@ class Snapshot:
         """Names inside resources (route names, regexes) → the spec places that produced them."""
         if self._details is None:
             raw = self.details_source or {}
-            if isinstance(raw, str):
-                from ..worker import decode_details
+            from ..worker import DetailTexts, decode_details
 
+            if isinstance(raw, DetailTexts):
                 raw = decode_details(raw)
             object.__setattr__(self, "_details", {t: tuple(pairs) for t, pairs in raw.items()})
         assert self._details is not None
@@ -172,7 +172,7 @@ def build_snapshot(
     serialized: Mapping[str, Mapping[str, bytes]],
     references: Mapping[str, Iterable[str]] | None = None,
     sources: Mapping[tuple[str, str], Source] | None = None,
-    details: Mapping[str, Iterable[tuple[str, Source]]] | str | None = None,
+    details: Mapping[str, Iterable[tuple[str, Source]]] | Mapping[str, str] | None = None,
 ) -> Snapshot:
     """A checked snapshot from serialized resources (deterministic serialization expected)."""
     resources = {
