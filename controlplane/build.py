@@ -115,7 +115,11 @@ class _Builder:
         singletons: dict[str, str] = {}
         for doc in self.bundle.policies:
             # A policy with errors: go on with its right parts to find the errors beyond the schema too.
-            data = doc.data if pol.check(doc.data, doc.name, "", self.diags) else pol.usable_policy(doc.data)
+            def check(found: Diagnostics, doc: Document = doc) -> bool:
+                return pol.check(doc.data, doc.name, "", found)
+
+            ok = incremental.cached_check((doc.path, doc.name, doc.digest), self.diags, check)
+            data = doc.data if ok else pol.usable_policy(doc.data)
             valid.append((doc, data))
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)

@@ -158,6 +158,21 @@ def reuse_operations(api: str, routes: list[tuple[str, str, Any]]) -> list[tuple
     return out
 
 
+# Schema checks of policy documents, by content (3-5 ms of jsonschema per compile).
+_CHECKS: Lru[tuple[Any, ...], tuple[bool, list[Diagnostic]]] = Lru(1024)
+
+
+def cached_check(key: tuple[Any, ...], diags: Diagnostics, check: Callable[[Diagnostics], bool]) -> bool:
+    """``check(diags)``, replayed (result and findings) for a key seen before."""
+    hit = _CHECKS.get(key) if ENABLED else None
+    if hit is None:
+        local = Diagnostics()
+        hit = (check(local), list(local.items))
+        _CHECKS.put(key, hit)
+    diags.extend(hit[1])
+    return hit[0]
+
+
 # A path's operations grouped (build.py ``_path_routes``) with its precedence key, while
 # they are the same objects. A plain dict, emptied when it grows too big: an LRU's
 # bookkeeping cost more than the lookups (6,500 paths per compile at 10k operations).
@@ -187,6 +202,7 @@ def clear() -> None:
     _APIS.clear()
     _PATH_ROUTES.clear()
     _LAST_OPERATIONS.clear()
+    _CHECKS.clear()
     from .translate import routes
 
     routes.clear_cache()
