@@ -77,12 +77,19 @@ def test_warm_compiles_equal_cold_ones_after_every_edit(tmp_path: Path, monkeypa
         assert warm.sources == cold.sources and warm.details == cold.details, what
 
 
-def test_an_edit_reuses_what_it_does_not_touch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def warm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the examples, compiled once with empty caches."""
     work = tmp_path / "specs"
     shutil.copytree(REPO / "specs", work)
     monkeypatch.chdir(tmp_path)
     incremental.clear()
     compile_serialized([str(work)])
+    return work
+
+
+def test_an_edit_reuses_what_it_does_not_touch(warm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = warm
     parsed: list[str] = []
     real = incremental._SPECS.put
 
@@ -96,16 +103,12 @@ def test_an_edit_reuses_what_it_does_not_touch(tmp_path: Path, monkeypatch: pyte
     assert parsed == ["orders.openapi.yaml"]  # the other specs' models were reused
 
 
-def test_an_edit_encodes_only_the_routes_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_edit_encodes_only_the_routes_it_changes(warm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The API an edit touches is rebuilt, but its unchanged operations keep their objects,
     so that only the new path's routes are encoded again."""
     from controlplane.translate import routes
 
-    work = tmp_path / "specs"
-    shutil.copytree(REPO / "specs", work)
-    monkeypatch.chdir(tmp_path)
-    incremental.clear()
-    compile_serialized([str(work)])
+    work = warm
     encoded: list[str] = []
     real = routes.path_routes
 
