@@ -234,7 +234,13 @@ class ControlPlane:
             self._rejected(report, "the inputs have errors")
             return False
         try:
-            snapshot = build_snapshot(result.serialized, result.references, result.sources, DetailTexts(result.details))
+            snapshot = build_snapshot(
+                result.serialized,
+                result.references,
+                result.sources,
+                DetailTexts(result.details),
+                previous=self.cache.get(DEFAULT_GROUP),
+            )
         except InconsistentSnapshot as exc:
             report.errors = [Diagnostic(str(exc), "")]
             report.ok = False

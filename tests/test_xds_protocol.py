@@ -16,7 +16,7 @@ from controlplane.resources import Resources
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.protocol import XdsContext, serve_delta, serve_sotw
 from controlplane.xds.registry import Sync, sync_state
-from controlplane.xds.snapshot import Snapshot, snapshot_from_resources
+from controlplane.xds.snapshot import Snapshot, build_snapshot, snapshot_from_resources
 
 LDS, RDS, CDS, EDS = Resources.LISTENER, Resources.ROUTE, Resources.CLUSTER, Resources.ENDPOINT
 
@@ -496,3 +496,16 @@ def test_streams_that_get_the_same_response_share_one_bytes_object(tmp_path: Pat
             await h.close()
 
     run(go())
+
+
+def test_a_snapshot_reuses_the_entries_of_resources_passed_again(tmp_path: Path) -> None:
+    """The server hands unchanged resources over as the same bytes objects: their entries
+    (hash, wire forms) are not built again; new bytes, even equal ones, are."""
+    snap = make_snapshot(tmp_path, ["/a"])
+    same = {t: {n: e.value for n, e in entries.items()} for t, entries in snap.resources.items()}
+    again = build_snapshot(same, snap.references, snap.sources, previous=snap)
+    assert all(again.of(t)[n] is e for t, entries in snap.resources.items() for n, e in entries.items())
+    copies = {t: {n: bytes(bytearray(v)) for n, v in values.items()} for t, values in same.items()}
+    rebuilt = build_snapshot(copies, snap.references, snap.sources, previous=snap)
+    assert rebuilt.version == snap.version
+    assert all(rebuilt.of(t)[n] is not e for t, entries in snap.resources.items() for n, e in entries.items())

@@ -173,10 +173,19 @@ def build_snapshot(
     references: Mapping[str, Iterable[str]] | None = None,
     sources: Mapping[tuple[str, str], Source] | None = None,
     details: Mapping[str, Iterable[tuple[str, Source]]] | Mapping[str, str] | None = None,
+    previous: Snapshot | None = None,
 ) -> Snapshot:
-    """A checked snapshot from serialized resources (deterministic serialization expected)."""
+    """A checked snapshot from serialized resources (deterministic serialization expected).
+
+    An entry of ``previous`` whose bytes are the very object given again (the server keeps
+    the unchanged resources of the last compile) is reused, not hashed and wrapped again."""
+
+    def entry(type_url: str, name: str, value: bytes) -> Entry:
+        old = previous.of(type_url).get(name) if previous is not None else None
+        return old if old is not None and old.value is value else make_entry(type_url, name, value)
+
     resources = {
-        type_url: {name: make_entry(type_url, name, value) for name, value in sorted(by_name.items())}
+        type_url: {name: entry(type_url, name, value) for name, value in sorted(by_name.items())}
         for type_url, by_name in serialized.items()
     }
     version = short_hash(*(f"{t}/{n}={e.version}" for t in sorted(resources) for n, e in resources[t].items()))
