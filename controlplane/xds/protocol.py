@@ -183,7 +183,9 @@ def _sotw_request(ctx: XdsContext, conn: Connection, watch: _Watch, type_url: st
             )
             # The client kept what it had; what it refused is not sent again until it changes.
             for name, before in watch.in_flight.items():
-                watch.rejected[name] = watch.known[name]
+                refused = watch.known.get(name)
+                if refused is not None:
+                    watch.rejected[name] = refused
                 if before is None:
                     watch.known.pop(name, None)
                 else:
