@@ -176,6 +176,7 @@ class ControlPlane:
         activity = [0]
         self.ctx.registry.observers.append(lambda *_: activity.__setitem__(0, activity[0] + 1))
         seen = collected = -1
+        frozen_at = 0.0
         while True:
             await asyncio.sleep(quiet)
             now = activity[0] + self.compiles
@@ -183,7 +184,11 @@ class ControlPlane:
                 gc.unfreeze()
                 gc.collect()
                 gc.freeze()
-                collected = now
+                collected, frozen_at = now, time.monotonic()
+            elif frozen_at and time.monotonic() - frozen_at > 60:
+                # never quiet for a minute: let the collector have everything again
+                gc.unfreeze()
+                frozen_at = 0.0
             seen = now
 
     async def stop(self) -> None:
