@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 def test_the_server_collects_and_freezes_when_quiet_and_thaws_on_stop() -> None:
     async def go() -> None:
-        assert gc.get_freeze_count() == 0
+        gc.unfreeze()  # whatever an earlier test froze
         plane = ControlPlane(
             ServeOptions(
                 [REPO / "specs"],
