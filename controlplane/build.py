@@ -87,6 +87,7 @@ class _Builder:
         self.providers: dict[str, ir.JwtProvider] = {}
         # (path prefix, CIDRs, listeners or None for all)
         self.ip_prefix_lists: list[tuple[str, tuple[str, ...], set[str] | None]] = []
+        self._op_memo: incremental.OperationMemo | None = None  # while an API's operations are built
 
     # -- policies ---------------------------------------------------------------------------
     def _merge_named(
@@ -191,10 +192,13 @@ class _Builder:
             local_routes: dict[str, dict[str, list[ir.Operation]]] = {n: defaultdict(list) for n in routes}
             outer, self.diags = self.diags, Diagnostics()
             autos, used = set(self.auto_upstreams), set(self.used_upstreams)
+            self._op_memo = incremental.operation_memo(api.name, key)
             try:
                 self._operations(api, listeners, local_routes)
+                self._op_memo.done()
             finally:
                 local, self.diags = self.diags, outer
+                self._op_memo = None
             built = [(n, shape, op) for n, group in local_routes.items() for shape, ops in group.items() for op in ops]
             record = incremental.ApiRecord(
                 incremental.reuse_operations(api.name, built),
@@ -416,7 +420,20 @@ class _Builder:
         )
         doc_x = spec.x_gateway
         prefix_segments = parse_template(prefix) if prefix else []
+        # Operations whose model is the object of the last build (incremental.path_item_memo
+        # keeps unchanged path items), with the same API context, are replayed. Not with
+        # upstreams made from server URLs: building those registers them.
+        memo = self._op_memo if policy_upstream is not None else None
         for op in spec.operations:
+            if memo is not None:
+                hit = memo.get(op)
+                if hit is not None:
+                    produced, found = hit
+                    self.diags.extend(found)
+                    for listener, shape, iop in produced:
+                        routes[listener][shape].append(iop)
+                    continue
+                findings = len(self.diags.items)
             # upstream and the path it expects
             if policy_upstream is not None:
                 upstream = policy_upstream
@@ -481,11 +498,14 @@ class _Builder:
                 auth=auth.operation_auth(auth_ctx, spec, op, settings, self.diags),
             )
             shape = normalized_template(segments)
+            produced = []
             for listener in listeners:
                 ip_allow = auth.ip_allowlists(settings, template, self.ip_prefix_lists, listener)
-                routes[listener][shape].append(
-                    dataclasses.replace(operation, ip_allow=ip_allow) if ip_allow else operation
-                )
+                iop = dataclasses.replace(operation, ip_allow=ip_allow) if ip_allow else operation
+                routes[listener][shape].append(iop)
+                produced.append((listener, shape, iop))
+            if memo is not None:
+                memo.put(op, produced, self.diags.items[findings:])
 
     def _path_routes(self, found: dict[str, list[ir.Operation]]) -> tuple[ir.PathRoute, ...]:
         """Group operations by path shape; the same method twice on one shape is a conflict."""

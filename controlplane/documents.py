@@ -262,6 +262,7 @@ class DocumentStore:
         self.diagnostics = diagnostics
         self._docs: dict[Path, Document | None] = {}
         self.tracking: set[Path] | None = None  # while set, every path asked for (see incremental.py)
+        self.followed: list[tuple[Path, str]] | None = None  # while set, every $ref followed: (file, pointer)
 
     def __iter__(self) -> Iterator[Document]:
         return (d for d in self._docs.values() if d is not None)
@@ -438,6 +439,8 @@ class DocumentStore:
                 )
                 return None
             resolved = self.resolve(doc, ptr, value["$ref"], diags)
+            if self.followed is not None:
+                self.followed.append((resolved[0].path, resolved[1]) if resolved is not None else (Path(), "?"))
             if resolved is None:
                 return None
             doc, ptr, value = resolved

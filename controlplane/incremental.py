@@ -158,6 +158,97 @@ def reuse_operations(api: str, routes: list[tuple[str, str, Any]]) -> list[tuple
     return out
 
 
+# The operations parsed from each path item of a description, by document: an edit of one
+# operation in a 1,000-operation file re-parses that path item, not the file's 670 others.
+@dataclass
+class _ItemRecord:
+    item: Any  # the path item's data as parsed last time
+    operations: list[Any]
+    diagnostics: list[Diagnostic]
+
+
+@dataclass
+class _ItemMemo:
+    """Replays a path item's operations and findings when its data, and everything outside
+    ``paths`` it could refer to, are equal to last time. A path item that followed a ``$ref``
+    into another file or into ``paths`` is always parsed again."""
+
+    document: Path
+    context: tuple[Any, str]  # the document without its paths, and the OpenAPI version
+    last: dict[str, _ItemRecord] | None
+    now: dict[str, _ItemRecord]
+
+    def parse(self, parser: Any, path: str, item: Any, out: list[Any]) -> None:
+        hit = self.last.get(path) if self.last is not None else None
+        if hit is not None and hit.item == item:
+            out.extend(hit.operations)
+            parser.diags.extend(hit.diagnostics)
+            self.now[path] = hit
+            return
+        store, outer = parser.store, parser.diags
+        local = Diagnostics()
+        start = len(out)
+        previous, store.followed = store.followed, []
+        parser.diags = local
+        try:
+            parser.path_item(path, item, out, self.context[1])
+        finally:
+            followed, store.followed = store.followed or [], previous
+            parser.diags = outer
+        if previous is not None:
+            previous.extend(followed)
+        outer.extend(local)
+        if all(file == self.document and not ptr.startswith("/paths") for file, ptr in followed):
+            self.now[path] = _ItemRecord(item, out[start:], list(local.items))
+
+    def done(self) -> None:
+        _ITEMS.put(self.document, (self.context, self.now))
+
+
+_ITEMS: Lru[Path, tuple[tuple[Any, str], dict[str, _ItemRecord]]] = Lru(1024)
+
+
+def path_item_memo(doc: Document, rest: dict[str, Any], version: str) -> _ItemMemo:
+    """The memo for parsing ``doc``'s path items; ``rest``: the document without ``paths``."""
+    context = (rest, version)
+    hit = _ITEMS.get(doc.path) if ENABLED else None
+    last = hit[1] if hit is not None and hit[0] == context else None
+    return _ItemMemo(doc.path, context, last, {})
+
+
+@dataclass
+class OperationMemo:
+    """An API's operations built last time, by model operation object (see build.py)."""
+
+    api: str
+    key: tuple[Any, ...]
+    last: dict[int, tuple[Any, list[Any], list[Diagnostic]]] | None
+    now: dict[int, tuple[Any, list[Any], list[Diagnostic]]]
+
+    def get(self, op: Any) -> tuple[list[Any], list[Diagnostic]] | None:
+        hit = self.last.get(id(op)) if self.last is not None else None
+        if hit is None or hit[0] is not op:
+            return None
+        self.now[id(op)] = hit
+        return hit[1], hit[2]
+
+    def put(self, op: Any, produced: list[Any], found: list[Diagnostic]) -> None:
+        """The entry holds the model operation, so its id is not reused while it lives."""
+        self.now[id(op)] = (op, produced, list(found))
+
+    def done(self) -> None:
+        _OPERATIONS.put(self.api, (self.key, self.now))
+
+
+_OPERATIONS: Lru[str, tuple[tuple[Any, ...], dict[int, tuple[Any, list[Any], list[Diagnostic]]]]] = Lru(4096)
+
+
+def operation_memo(api: str, key: tuple[Any, ...]) -> OperationMemo:
+    """The memo of ``api``'s operations, usable when its context ``key`` is the same as last time."""
+    hit = _OPERATIONS.get(api) if ENABLED else None
+    return OperationMemo(api, key, hit[1] if hit is not None and hit[0] == key else None, {})
+
+
 # Schema checks of policy documents, by content (3-5 ms of jsonschema per compile).
 _CHECKS: Lru[tuple[Any, ...], tuple[bool, list[Diagnostic]]] = Lru(1024)
 
@@ -203,6 +294,8 @@ def clear() -> None:
     _PATH_ROUTES.clear()
     _LAST_OPERATIONS.clear()
     _CHECKS.clear()
+    _ITEMS.clear()
+    _OPERATIONS.clear()
     from .translate import routes
 
     routes.clear_cache()

@@ -36,6 +36,14 @@ EDITS: list[tuple[str, Callable[[Path], None]]] = [
         "a file reached only through $ref",
         lambda d: _replace(d / "catalog/paths/category.yaml", "attempts: 0", "attempts: 2"),
     ),
+    (
+        "a component of the same document",
+        lambda d: _replace(d / "orders.openapi.yaml", "schema: {type: integer, minimum: 1}", "schema: {type: string}"),
+    ),
+    (
+        "one operation of a path item",
+        lambda d: _replace(d / "orders.openapi.yaml", "operationId: deleteOrder", "operationId: removeOrder"),
+    ),
     ("a schema pattern two $refs away", lambda d: _replace(d / "catalog/components/schemas.yaml", "{1,62}", "{1,30}")),
     (
         "the policy",
@@ -157,3 +165,34 @@ def test_worker_results_relative_to_the_last_one_are_made_whole(
     assert worker.whole(unchanged, made).serialized == cold.serialized
     stranger = compile_serialized([str(work)], base="someone-else")
     assert not stranger.base and stranger.serialized == cold.serialized
+
+
+def test_an_edit_parses_and_builds_only_the_path_items_it_changes(warm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within the edited file, path items equal to last time (and a document equal outside
+    its paths) are replayed: their model and their operations' IR are not built again."""
+    from controlplane import build
+    from controlplane.model import openapi
+
+    parsed: list[str] = []
+    built: list[str] = []
+    real_item, real_auth = openapi._Parser.path_item, build.auth.operation_auth
+
+    def item(self, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        parsed.append(path)
+        return real_item(self, path, *args, **kwargs)
+
+    def operation_auth(ctx, spec, op, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(op.key)
+        return real_auth(ctx, spec, op, *args, **kwargs)
+
+    monkeypatch.setattr(openapi._Parser, "path_item", item)
+    monkeypatch.setattr(build.auth, "operation_auth", operation_auth)
+    EDITS[1][1](warm)  # one operation more in orders
+    compile_serialized([str(warm)])
+    assert parsed == ["/orders/recent"]
+    assert built == ["recentOrders"]
+    # a change outside the paths (a component) parses the whole document again
+    parsed.clear()
+    EDITS[3][1](warm)
+    compile_serialized([str(warm)])
+    assert "/orders/{orderId}" in parsed and len(parsed) > 5

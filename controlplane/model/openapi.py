@@ -218,8 +218,12 @@ class _Parser:
         elif not isinstance(paths, dict):
             self.error("'paths' must be a mapping", doc, "/paths")
         else:
+            from .. import incremental
+
+            memo = incremental.path_item_memo(doc, {k: v for k, v in data.items() if k != "paths"}, version)
             for path, item in paths.items():
-                self._path_item(str(path), item, pointer("paths", str(path)), operations, version)
+                memo.parse(self, str(path), item, operations)
+            memo.done()
         self._check_operation_ids(operations)
         schemes = self._schemes(data, version)
         security = self._security(data.get("security"), doc, "/security") if "security" in data else ()
@@ -303,6 +307,9 @@ class _Parser:
             self.warning(problem or "unusable host", self.doc, "/host", "server-url")
             return ServerUrl(None, None, None, base)
         return url
+
+    def path_item(self, path: str, item: Any, out: list[OperationSpec], version: str) -> None:
+        self._path_item(path, item, pointer("paths", path), out, version)
 
     def _path_item(self, path: str, item: Any, ptr: str, out: list[OperationSpec], version: str) -> None:
         doc = self.doc
