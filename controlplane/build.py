@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -170,7 +170,7 @@ class _Builder:
         return self.parsed[doc.path]
 
     def _operations_cached(
-        self, api: _Api, listeners: list[str], routes: dict[str, dict[str, list[ir.Operation]]]
+        self, api: _Api, listeners: list[str], routes: dict[str, dict[str, Sequence[ir.Operation]]]
     ) -> None:
         """``_operations``, replayed from the last compile when nothing it reads has changed."""
         upstream = api.entry.get("upstream")
@@ -208,16 +208,14 @@ class _Builder:
             )
             incremental.store_api(key, api.spec, record)
             self.diags.extend(record.diagnostics)
-            for listener, shape, op in record.routes:
-                routes[listener][shape].append(op)
+            _replay(record, routes)
             return
         self.diags.extend(record.diagnostics)
         for name, auto in record.auto_upstreams:
             if name not in self.auto_upstreams and name not in self.upstreams:
                 self.auto_upstreams[name] = auto
         self.used_upstreams.update(record.used_upstreams)
-        for listener, shape, op in record.routes:
-            routes[listener][shape].append(op)
+        _replay(record, routes)
 
     def _collect_apis(self, policies: list[tuple[Document, dict[str, Any]]]) -> list[_Api]:
         apis: list[_Api] = []
@@ -507,7 +505,7 @@ class _Builder:
             if memo is not None:
                 memo.put(op, produced, self.diags.items[findings:])
 
-    def _path_routes(self, found: dict[str, list[ir.Operation]]) -> tuple[ir.PathRoute, ...]:
+    def _path_routes(self, found: dict[str, Sequence[ir.Operation]]) -> tuple[ir.PathRoute, ...]:
         """Group operations by path shape; the same method twice on one shape is a conflict."""
         out: list[tuple[Any, ir.PathRoute]] = []  # (precedence, path)
         for entries in found.values():
@@ -550,7 +548,7 @@ class _Builder:
         apis = self._collect_apis(policies)
         if not self.listeners:
             self.listeners["default"] = (DEFAULT_LISTENER, ir.Source("<built-in>", ""))
-        routes: dict[str, dict[str, list[ir.Operation]]] = {name: defaultdict(list) for name in self.listeners}
+        routes: dict[str, dict[str, Sequence[ir.Operation]]] = {name: {} for name in self.listeners}
         for api in apis:
             chosen = api.entry.get("listeners", list(self.listeners))
             missing = [n for n in chosen if n not in self.listeners]
@@ -627,6 +625,16 @@ class _Builder:
             max_heap_bytes=g.get("maxHeapBytes", 1 << 30),
             providers=tuple(sorted(self.providers.values(), key=lambda p: p.name)),
         )
+
+
+def _replay(record: incremental.ApiRecord, routes: dict[str, dict[str, Sequence[ir.Operation]]]) -> None:
+    """An API's operations into the listeners' paths. A path only this API has gets the
+    record's tuple itself (cached path routes are found by its identity); a path several
+    APIs share gets a list of all their operations, in API order."""
+    for listener, shape, ops in record.groups:
+        by_shape = routes[listener]
+        have = by_shape.get(shape)
+        by_shape[shape] = ops if have is None else [*have, *ops]
 
 
 # One object per distinct retry policy, so that counting them (``routes.common_retry``)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -115,6 +115,15 @@ class ApiRecord:
     auto_upstreams: list[tuple[str, Any]]
     used_upstreams: list[str]
     diagnostics: list[Diagnostic]
+    # ``routes`` grouped: (listener, shape, operations), in order. While the record is reused
+    # these tuples are the same objects, so a path held by one API is found by one lookup.
+    groups: list[tuple[str, str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        grouped: dict[tuple[str, str], list[Any]] = {}
+        for listener, shape, op in self.routes:
+            grouped.setdefault((listener, shape), []).append(op)
+        self.groups = [(listener, shape, tuple(ops)) for (listener, shape), ops in grouped.items()]
 
 
 _APIS: Lru[tuple[Any, ...], tuple[Any, ApiRecord]] = Lru(4096)
@@ -271,27 +280,41 @@ _PATH_ROUTES: dict[tuple[int, ...], tuple[tuple[Any, ...], Any, Any]] = {}
 _PATH_ROUTES_MAX = 200_000
 
 
-def cached_path_route(operations: list[Any]) -> tuple[Any, Any] | None:
+# The same, by the identity of an ``ApiRecord.groups`` tuple (one lookup, not one per operation).
+_GROUP_ROUTES: dict[int, tuple[tuple[Any, ...], Any, Any]] = {}
+
+
+def cached_path_route(operations: Sequence[Any]) -> tuple[Any, Any] | None:
     """(path route, its sort key), or None."""
     if not ENABLED:
         return None
+    if type(operations) is tuple:
+        group = _GROUP_ROUTES.get(id(operations))
+        if group is not None and group[0] is operations:
+            return group[2], group[1]
     hit = _PATH_ROUTES.get(tuple(map(id, operations)))
     if hit is not None and all(a is b for a, b in zip(hit[0], operations, strict=True)):
+        if type(operations) is tuple:
+            _GROUP_ROUTES[id(operations)] = (operations, hit[1], hit[2])
         return hit[2], hit[1]
     return None
 
 
-def store_path_route(operations: list[Any], path_route: Any, key: Any) -> None:
+def store_path_route(operations: Sequence[Any], path_route: Any, key: Any) -> None:
     """The entry holds the operations, so their ids cannot be reused by others while it lives."""
     if len(_PATH_ROUTES) >= _PATH_ROUTES_MAX:
         _PATH_ROUTES.clear()
+        _GROUP_ROUTES.clear()
     _PATH_ROUTES[tuple(map(id, operations))] = (tuple(operations), path_route, key)
+    if type(operations) is tuple:
+        _GROUP_ROUTES[id(operations)] = (operations, path_route, key)
 
 
 def clear() -> None:
     _SPECS.clear()
     _APIS.clear()
     _PATH_ROUTES.clear()
+    _GROUP_ROUTES.clear()
     _LAST_OPERATIONS.clear()
     _CHECKS.clear()
     _ITEMS.clear()
