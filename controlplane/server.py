@@ -163,32 +163,33 @@ class ControlPlane:
         self._tasks.append(asyncio.ensure_future(self._watch()))
         self._tasks.append(asyncio.ensure_future(self._collect_when_idle()))
 
-    async def _collect_when_idle(self, quiet: float = 1.0) -> None:
-        """Full garbage collections at quiet times, not in the middle of a push.
+    async def _collect_when_idle(self, quiet: float = 1.0, full_every: float = 600.0) -> None:
+        """Keep full garbage collections out of pushes.
 
         Python starts a full collection when enough long-lived objects have piled up, which
-        after a thousand streams have synced falls during the next change (measured: the first
-        change after a full push to 1000 streams converged in 1.08 s, the next ones in 0.6 s).
-        Once the streams and the snapshot have been quiet for ``quiet`` seconds, this collects
-        and freezes what survives, so the collections during the next push only look at new
-        objects; the next quiet time unfreezes them and collects again.
+        after a thousand streams have synced tends to fall during the next change. Once the
+        streams and the snapshot have been quiet for ``quiet`` seconds, the young generations
+        are collected and what survives is frozen (cheap), so that collections during the
+        next push only look at objects made since. A full collection, frozen objects
+        included, runs at a quiet time every ``full_every`` seconds (at 100 streams it cost
+        40-130 ms of the event loop: too much to pay before every change).
         """
         activity = [0]
         self.ctx.registry.observers.append(lambda *_: activity.__setitem__(0, activity[0] + 1))
-        seen = collected = -1
-        frozen_at = 0.0
+        seen = handled = -1
+        full_at = time.monotonic()
         while True:
             await asyncio.sleep(quiet)
             now = activity[0] + self.compiles
-            if now == seen and now != collected:
-                gc.unfreeze()
-                gc.collect()
+            if now == seen and now != handled:
+                if time.monotonic() - full_at >= full_every:
+                    gc.unfreeze()
+                    gc.collect()
+                    full_at = time.monotonic()
+                else:
+                    gc.collect(1)
                 gc.freeze()
-                collected, frozen_at = now, time.monotonic()
-            elif frozen_at and time.monotonic() - frozen_at > 60:
-                # never quiet for a minute: let the collector have everything again
-                gc.unfreeze()
-                frozen_at = 0.0
+                handled = now
             seen = now
 
     async def stop(self) -> None:
