@@ -171,8 +171,8 @@ class ControlPlane:
         streams and the snapshot have been quiet for ``quiet`` seconds, the young generations
         are collected and what survives is frozen (cheap), so that collections during the
         next push only look at objects made since. A full collection, frozen objects
-        included, runs at a quiet time every ``full_every`` seconds (at 100 streams it cost
-        40-130 ms of the event loop: too much to pay before every change).
+        included, runs at a quiet time every ``full_every`` seconds (at 100 streams one took
+        ~40 ms of the event loop: too much to pay before every change).
         """
         activity = [0]
         self.ctx.registry.observers.append(lambda *_: activity.__setitem__(0, activity[0] + 1))
