@@ -1,10 +1,32 @@
-"""Small helpers for building Envoy protos."""
+"""Small helpers for building Envoy protos (and for the translators that build them)."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
+
+from .. import ir
+
+R = TypeVar("R")
+
+
+def per_listener(fn: Callable[[ir.Listener], R]) -> Callable[[ir.Listener], R]:
+    """``fn(listener)`` computed once for the last listener passed: several translators ask
+    for the same facts of a listener in one compile, each a pass over all its operations."""
+    last: list[Any] = [None, None]  # (listener, result); holding it keeps its id from reuse
+
+    @functools.wraps(fn)
+    def wrapper(listener: ir.Listener) -> R:
+        if last[0] is not listener:
+            last[:] = [listener, fn(listener)]
+        return last[1]  # type: ignore[no-any-return]
+
+    return wrapper
 
 
 def packed(message: Message) -> any_pb2.Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from envoy.config.core.v3 import address_pb2, base_pb2, http_uri_pb2
@@ -31,7 +30,7 @@ from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
 from .. import ir
 from ..ir import Upstream
-from ._pb import duration, packed
+from ._pb import duration, packed, per_listener
 
 IP_FILTER = "ip-allowlist"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
@@ -49,13 +48,9 @@ class _Uses:
     authorization: bool
 
 
-_LAST_USES: list[Any] = [None, None]  # (listener, its uses): three filters ask per compile
-
-
+@per_listener
 def _uses(listener: ir.Listener) -> _Uses:
     """What the listener's operations use, in one pass over them."""
-    if _LAST_USES[0] is listener:
-        return _LAST_USES[1]  # type: ignore[no-any-return]
     ip, authorize, providers = False, False, set()
     for pr in listener.paths:
         for op in pr.operations:
@@ -63,9 +58,7 @@ def _uses(listener: ir.Listener) -> _Uses:
             if op.auth is not None:
                 providers.add(op.auth.provider)
                 authorize = authorize or bool(op.auth.authorize)
-    uses = _Uses(ip, tuple(sorted(providers)), authorize)
-    _LAST_USES[:] = [listener, uses]
-    return uses
+    return _Uses(ip, tuple(sorted(providers)), authorize)
 
 
 # -- client address allowlists ------------------------------------------------------------

@@ -33,7 +33,7 @@ from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited
 from . import auth
-from ._pb import duration, header, packed, uint32
+from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
 
 NOT_FOUND_ROUTE = "not-found"
@@ -317,23 +317,13 @@ def scope_of(template: str) -> str | None:
     return first if first and "{" not in first else None
 
 
-_LAST_SCOPES: list[Any] = [None, None]  # (listener, its scopes): asked for three times per compile
-
-
+@per_listener
 def scopes(listener: ir.Listener) -> dict[str, tuple[ir.PathRoute, ...]] | None:
     """The listener's paths by first segment, or None when its routes stay in one configuration.
 
     A path whose first segment is a parameter (``/{tenant}/…``) or empty (``/``) could belong
     to any scope: such listeners are not split.
     """
-    if _LAST_SCOPES[0] is listener:
-        return _LAST_SCOPES[1]  # type: ignore[no-any-return]
-    result = _scopes(listener)
-    _LAST_SCOPES[:] = [listener, result]
-    return result
-
-
-def _scopes(listener: ir.Listener) -> dict[str, tuple[ir.PathRoute, ...]] | None:
     if listener.route_scopes == "never":
         return None
     groups: dict[str, list[ir.PathRoute]] = defaultdict(list)
@@ -410,11 +400,6 @@ def scope_configurations(listener: ir.Listener) -> list[scoped_route_pb2.ScopedR
         )
         out.append(scoped_route_pb2.ScopedRouteConfiguration(name=name, route_configuration_name=name, key=key))
     return out
-
-
-def route_configuration(gw: ir.Gateway, listener: ir.Listener) -> route_pb2.RouteConfiguration:
-    """The single route configuration of an unsplit listener."""
-    return _route_configuration(gw, listener, listener.name, listener.paths, common_retry(listener.paths))
 
 
 def _route_configuration(
