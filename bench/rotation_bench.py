@@ -39,17 +39,7 @@ from controlplane.certs import CertificateAuthority  # noqa: E402
 from controlplane.idp import IdentityProvider, JwksServer, SigningKey  # noqa: E402
 from controlplane.resources import to_dict  # noqa: E402
 from tests.harness import raw_request  # noqa: E402
-
-SPEC = """
-openapi: 3.0.3
-info: {title: t, version: "1"}
-servers: [{url: /}]
-security: [{bearer: []}]
-components: {securitySchemes: {bearer: {type: http, scheme: bearer}}}
-paths:
-  /items:
-    get: {operationId: listItems, responses: {"200": {description: ok}}}
-"""
+from tests.test_key_rotation import SPEC  # noqa: E402  (the spec the rotation test uses)
 
 
 def policy(mode: str, listener: int, backend: int, jwks: int, ca: Path, cache: int) -> str:
