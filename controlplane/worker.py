@@ -48,8 +48,8 @@ class CompiledConfig(WithDiagnostics):
     listeners: list[tuple[str, str, int]] = field(default_factory=list)  # (name, address, port)
     jwks_to_fetch: list[ir.JwtProvider] = field(default_factory=list)  # providers with jwks.fetch: controlplane
     # From the worker process, a result can be relative to the one before (``base``): then
-    # ``serialized`` holds only new and changed resources, ``removed`` the names gone, and
-    # ``details`` is None when unchanged. ``Compiler.compile`` makes it whole again.
+    # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
+    # gone (details under "#details"). ``Compiler.compile`` makes it whole again.
     generation: str = ""
     base: str = ""
     removed: dict[str, list[str]] = field(default_factory=dict)
@@ -114,7 +114,7 @@ def compile_serialized(
         # need not scan them again. A full collection over them cost 0.25-0.4 s and fell in
         # the middle of every fifth or so compile (xds_bench: the p99 of a one-operation
         # change). Their entries hold no reference cycles and are freed by reference counting
-        # when evicted; ``collect_garbage`` (run when the worker is idle) unfreezes them.
+        # when evicted; ``collect_garbage`` (after every 50th compile) unfreezes and collects them.
         gc.freeze()
     return result
 
