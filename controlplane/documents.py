@@ -9,6 +9,7 @@ request for a line.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -137,6 +138,79 @@ def _recursive_alias(data: Any) -> str | None:
         items = value.items() if isinstance(value, dict) else enumerate(value)
         stack.extend((v, ptr + "/" + escape_pointer_token(k), False) for k, v in items)
     return None
+
+
+# A YAML alias costs nothing to load (PyYAML shares the aliased object) but everything that
+# walks the data walks each copy: 1 KB of nine aliases over eight levels is 43 million nodes,
+# and the full OpenAPI validator spent 17.5 s of CPU on it. Legitimate anchors (a shared
+# response, a repeated schema) expand a document by a small factor.
+ALIAS_EXPANSION_FACTOR = 100
+ALIAS_EXPANSION_FLOOR = 100_000
+
+
+def _alias_expansion(data: Any) -> tuple[str, int, int] | None:
+    """(pointer, expanded node count, distinct node count) when aliases expand the data
+    beyond ``max(ALIAS_EXPANSION_FLOOR, ALIAS_EXPANSION_FACTOR * distinct)``; else None.
+
+    Linear in the distinct nodes: each container's expanded size is computed once (the data
+    is acyclic here: recursive aliases are refused first). The pointer is the top-level entry
+    that expands most, when it alone is over the limit."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()
+    distinct = 0
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        value, leaving = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if leaving:
+            sizes[id(value)] = 1 + sum(sizes[id(c)] if isinstance(c, (dict, list)) else 1 for c in children)
+            continue
+        if id(value) in entered:
+            continue
+        entered.add(id(value))
+        distinct += 1
+        stack.append((value, True))
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, False))
+            else:
+                distinct += 1
+    expanded = sizes.get(id(data), 1)
+    limit = max(ALIAS_EXPANSION_FLOOR, ALIAS_EXPANSION_FACTOR * distinct)
+    if expanded <= limit:
+        return None
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    big = [(sizes[id(v)], k) for k, v in items if isinstance(v, (dict, list)) and sizes[id(v)] > limit]
+    return ("/" + escape_pointer_token(max(big, key=lambda t: t[0])[1]) if big else ""), expanded, distinct
+
+
+_UNFINISHED = {
+    "a simple key": "the key that starts here has no ':' after it",
+    "a quoted scalar": "the quoted string that starts here is never closed",
+}
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[str, int, int | None]:
+    """(message, line, column) of a YAML syntax error, at the place to fix.
+
+    When the scanner started a token it could not finish (a quoted string never closed, a
+    key without ':'), the problem mark is where it gave up, often the next line or the end of
+    the file: the place to fix is where the token starts (the context mark)."""
+    problem, context = exc.problem or "", exc.context or ""
+    at, started = exc.problem_mark, exc.context_mark
+    unfinished = context.startswith("while scanning") and context != "while scanning for the next token"
+    if started is not None and (at is None or unfinished):
+        what = context.removeprefix("while scanning ")
+        plain = _UNFINISHED.get(what, f"{what} that starts here is not finished")
+        where = f", at line {at.line + 1}, column {at.column + 1}" if at is not None else ""
+        return f"{plain} ({problem}{where})", started.line + 1, started.column + 1
+    if at is None:
+        return " ".join(filter(None, [context, problem])), 1, None
+    if started is not None and (started.line, started.column) != (at.line, at.column):
+        problem += f" ({context} that starts at line {started.line + 1}, column {started.column + 1})"
+    return problem, at.line + 1, at.column + 1
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -334,19 +408,26 @@ class DocumentStore:
                             )
                         )
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            problem = " ".join(filter(None, [exc.context, exc.problem]))
-            diags.add(Diagnostic(f"invalid YAML: {problem}", name, "", mark.line + 1 if mark else 1, code="yaml"))
+            problem, line, column = _syntax_error(exc)
+            lines = raw.split(b"\n")
+            if column is not None and line <= len(lines) and lines[line - 1][column - 1 : column] == b"\t":
+                problem += " (a tab: YAML indents with spaces only)"
+            diags.add(Diagnostic(f"invalid YAML: {problem}", name, "", line, code="yaml", column=column))
             return _MISSING
         except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
             line = raw[: exc.position].count(b"\n") + 1
-            diags.add(Diagnostic(f"invalid YAML: {str(exc).splitlines()[0]}", name, "", line, code="yaml"))
+            column = exc.position - raw.rfind(b"\n", 0, exc.position)
+            diags.add(
+                Diagnostic(
+                    f"invalid YAML: {str(exc).splitlines()[0]}", name, "", line, code="yaml", column=column
+                )
+            )
             return _MISSING
         except yaml.YAMLError as exc:
             diags.add(Diagnostic(f"invalid YAML: {exc}", name, "", 1, code="yaml"))
             return _MISSING
         except json.JSONDecodeError as exc:
-            diags.add(Diagnostic(f"invalid JSON: {exc.msg}", name, "", exc.lineno, code="json"))
+            diags.add(Diagnostic(f"invalid JSON: {exc.msg}", name, "", exc.lineno, code="json", column=exc.colno))
             return _MISSING
         except UnicodeDecodeError as exc:
             line = raw[: exc.start].count(b"\n") + 1
@@ -371,6 +452,21 @@ class DocumentStore:
                     cycle,
                     Document(path, name, raw, None).line_of(cycle),
                     code="yaml",
+                )
+            )
+            return _MISSING
+        blowup = _alias_expansion(data) if kind == "yaml" and b"&" in raw and b"*" in raw else None
+        if blowup is not None:
+            ptr, expanded, distinct = blowup
+            diags.add(
+                Diagnostic(
+                    f"refused: YAML aliases expand the document's {distinct:,} nodes to {expanded:,} (the limit is "
+                    f"{ALIAS_EXPANSION_FACTOR} times its own nodes, at least {ALIAS_EXPANSION_FLOOR:,}); every "
+                    "tool that reads it walks each copy",
+                    name,
+                    ptr,
+                    Document(path, name, raw, None).line_of(ptr),
+                    code="yaml-alias-expansion",
                 )
             )
             return _MISSING
@@ -452,7 +548,7 @@ def locate(diagnostics: list[Diagnostic], documents: dict[str, Document]) -> lis
     out = []
     for d in diagnostics:
         doc = documents.get(d.file)
-        if d.line is None and doc is not None:
-            d = Diagnostic(d.message, d.file, d.pointer, doc.line_of(d.pointer), d.severity, d.code)
+        if d.line is None and doc is not None and d.severity is not Severity.NOTE:
+            d = dataclasses.replace(d, line=doc.line_of(d.pointer))
         out.append(d)
     return out

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Severity(enum.Enum):
     ERROR = "error"
     WARNING = "warning"
+    NOTE = "note"  # information about the run (what was read), never a finding; --strict leaves it
 
 
 def escape_pointer_token(token: str | int) -> str:
@@ -41,11 +43,14 @@ class Diagnostic:
     line: int | None = None  # 1-based, filled in lazily from ``pointer`` when known
     severity: Severity = Severity.ERROR
     code: str = ""  # short stable identifier, e.g. "route-conflict"
+    column: int | None = None  # 1-based, when the finding is about one character (YAML syntax)
 
     def location(self) -> str:
         where = self.file or "<input>"
         if self.line is not None:
             where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
         if self.pointer:
             where += f" (#{self.pointer})"
         return where
@@ -55,7 +60,9 @@ class Diagnostic:
         return f"{self.location()}: {self.severity.value}{code}: {self.message}"
 
     def as_error(self) -> Diagnostic:
-        return Diagnostic(self.message, self.file, self.pointer, self.line, Severity.ERROR, self.code)
+        if self.severity is Severity.NOTE:
+            return self
+        return Diagnostic(self.message, self.file, self.pointer, self.line, Severity.ERROR, self.code, self.column)
 
 
 class WithDiagnostics:
@@ -84,6 +91,9 @@ class Diagnostics:
     def warning(self, message: str, file: str = "", ptr: str = "", code: str = "") -> None:
         self.items.append(Diagnostic(message, file, ptr, None, Severity.WARNING, code))
 
+    def note(self, message: str, file: str = "", code: str = "") -> None:
+        self.items.append(Diagnostic(message, file, "", None, Severity.NOTE, code))
+
     def add(self, diagnostic: Diagnostic) -> None:
         self.items.append(diagnostic)
 
@@ -100,6 +110,48 @@ class Diagnostics:
 
     def has_errors(self) -> bool:
         return any(d.severity is Severity.ERROR for d in self.items)
+
+
+def describe_value(value: Any, limit: int = 60) -> str:
+    """A value as it may appear in a message: its repr when short, else what it is (a whole
+    document printed as a Python dict helps nobody; the location says where it is)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, dict):
+        keys = ", ".join(map(str, list(value)[:4])) + (", …" if len(value) > 4 else "")
+        return f"an object with {len(value)} key(s) ({keys})"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, str):
+        return repr(value[: limit - 5]) + "…"
+    return text[:limit] + "…"
+
+
+def shorten_message(message: str, value: Any, limit: int = 60) -> str:
+    """``message`` with a long leading repr of ``value`` (as jsonschema writes them) described instead."""
+    text = repr(value)
+    if len(text) > limit and message.startswith(text):
+        return describe_value(value, limit) + message[len(text) :]
+    return message
+
+
+def grouped(diagnostics: list[Diagnostic], keep: int = 3) -> list[tuple[Diagnostic, list[Diagnostic]]]:
+    """Each diagnostic with the other places of the same finding (severity, code, message)
+    when it occurs more than ``keep`` times; in order of the first occurrence. One finding
+    repeated once per operation (a real spec: 1,318 warnings that were two messages) is
+    read once, with a count and where it starts."""
+    by_key: dict[tuple[Severity, str, str], list[Diagnostic]] = {}
+    for d in diagnostics:
+        by_key.setdefault((d.severity, d.code, d.message), []).append(d)
+    out: list[tuple[Diagnostic, list[Diagnostic]]] = []
+    for d in diagnostics:
+        same = by_key[(d.severity, d.code, d.message)]
+        if len(same) <= keep:
+            out.append((d, []))
+        elif same[0] is d:
+            out.append((d, same[1:]))
+    return out
 
 
 class ControlPlaneError(Exception):

@@ -49,9 +49,11 @@ upstreams:
   - {name: backend, endpoints: ["127.0.0.1:9000"]}
 """
 
-# file:line (#pointer): error [code]: message -- the pointer part is absent for whole-file errors
+# file:line[:column] (#pointer): error [code]: message -- the pointer part is absent for
+# whole-file errors, the column present for YAML and JSON syntax errors
 ERROR_LINE = re.compile(
-    r"^(?P<file>[^\s:][^:]*):(?P<line>\d+)(?: \(#(?P<pointer>.*?)\))?: error \[(?P<code>[a-z0-9-]+)\]: (?P<message>.+)$"
+    r"^(?P<file>[^\s:][^:]*):(?P<line>\d+)(?::(?P<column>\d+))?(?: \(#(?P<pointer>.*?)\))?"
+    r": error \[(?P<code>[a-z0-9-]+)\]: (?P<message>.+)$"
 )
 
 

@@ -13,27 +13,44 @@ the rest are warnings, errors with ``--strict``.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urldefrag
+from urllib.parse import unquote, urldefrag, urlsplit
 
 from ..documents import Document, DocumentStore
-from ..errors import Diagnostic, Diagnostics, Severity, pointer
+from ..errors import Diagnostic, Diagnostics, Severity, describe_value, pointer
 from .openapi import METHODS, spec_version
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+# Real descriptions of 3 MB take 10-15 s; an alias bomb or a backtracking pattern takes as
+# long as it is allowed to.
+DEFAULT_TIMEOUT_S = 60.0
 
 
 def cache_dir() -> Path:
+    """$CONTROLPLANE_CACHE_DIR, else $XDG_CACHE_HOME/controlplane, else ~/.cache/controlplane."""
     base = os.environ.get("CONTROLPLANE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "controlplane"
     )
     return Path(base) / "validation"
+
+
+def cache_enabled() -> bool:
+    """False when CONTROLPLANE_NO_CACHE is set to anything but "" or "0"."""
+    return os.environ.get("CONTROLPLANE_NO_CACHE", "") in ("", "0")
 
 
 def _validator_version() -> str:
@@ -88,7 +105,7 @@ def _digest_file(path: str) -> str | None:
         return None
 
 
-def _cache_lookup(root: Document) -> list[dict[str, Any]] | None:
+def _cache_lookup(root: Document, timeout: float) -> list[dict[str, Any]] | None:
     entry_path = cache_dir() / f"{root.digest}.json"
     try:
         entry = json.loads(entry_path.read_text())
@@ -98,6 +115,8 @@ def _cache_lookup(root: Document) -> list[dict[str, Any]] | None:
         return None
     if entry.get("root") != str(root.path):
         return None  # same content elsewhere: relative $refs may point to other files
+    if entry.get("timed_out_at") is not None and timeout > entry["timed_out_at"]:
+        return None  # stopped by a shorter limit than this one: try again
     for path, digest in entry.get("deps", {}).items():
         if _digest_file(path) != digest:
             return None
@@ -105,7 +124,9 @@ def _cache_lookup(root: Document) -> list[dict[str, Any]] | None:
     return findings
 
 
-def _cache_store(root: Document, deps: dict[str, str], findings: list[dict[str, Any]]) -> None:
+def _cache_store(
+    root: Document, deps: dict[str, str], findings: list[dict[str, Any]], timed_out_at: float | None
+) -> None:
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -118,6 +139,7 @@ def _cache_store(root: Document, deps: dict[str, str], findings: list[dict[str, 
                     "root": str(root.path),
                     "deps": deps,
                     "findings": findings,
+                    "timed_out_at": timed_out_at,
                 }
             )
         )
@@ -126,44 +148,78 @@ def _cache_store(root: Document, deps: dict[str, str], findings: list[dict[str, 
         pass  # a cache that cannot be written only costs time
 
 
-def _annotating(cls: type) -> type:
-    """A subclass of a keyword validator that tags each error with the logical path it checked."""
-    from jsonschema_path import SchemaPath
+class ValidatorProcess:
+    """The child process that runs the full validator (``_validator_process.py``), kept
+    between documents and killed when one takes longer than its time limit."""
 
-    def __call__(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        node = next((a for a in args if isinstance(a, SchemaPath)), None)
-        for err in cls.__call__(self, *args, **kwargs):
-            if node is not None and not hasattr(err, "_cp_parts"):
-                err._cp_parts = tuple(node.parts)
-            yield err
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # one document at a time; the server validates from two threads
+        atexit.register(self.close)
 
-    return type(cls.__name__, (cls,), {"__call__": __call__})
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            script = Path(__file__).with_name("_validator_process.py")
+            self._proc = subprocess.Popen(
+                [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        return self._proc
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def run(self, version: str, data: Any, base_uri: str, timeout: float) -> tuple[list[Any], str | None, Any]:
+        """The child's answer (see its docstring); ``stopped`` says so when the time ran out."""
+        request = pickle.dumps((version, data, base_uri), protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            proc = self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            deadline = time.monotonic() + timeout
+            try:
+                proc.stdin.write(struct.pack("!Q", len(request)) + request)
+                proc.stdin.flush()
+                head = _read_until(proc.stdout.fileno(), 8, deadline)
+                answer = pickle.loads(_read_until(proc.stdout.fileno(), struct.unpack("!Q", head)[0], deadline))
+            except TimeoutError:
+                self.close()
+                return [], f"it took longer than the limit of {timeout:g} s per document", None
+            except (OSError, EOFError, struct.error, pickle.UnpicklingError):
+                code = proc.poll()
+                self.close()
+                return [], f"the validator process ended (exit status {code})", None
+        findings, stopped, broken = answer
+        return findings, stopped, broken
 
 
-def _run_validator(doc: Document) -> tuple[list[tuple[tuple[Any, ...], str]], str | None]:
-    """(logical path, message) for each finding, and why validation stopped early, if it did."""
-    from openapi_spec_validator import OpenAPIV2SpecValidator, OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
+def _read_until(fd: int, size: int, deadline: float) -> bytes:
+    """``size`` bytes from ``fd``; TimeoutError at ``deadline``, EOFError if the writer is gone."""
+    chunks: list[bytes] = []
+    while size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise TimeoutError
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
-    base = {"2.0": OpenAPIV2SpecValidator, "3.0": OpenAPIV30SpecValidator, "3.1": OpenAPIV31SpecValidator}[
-        spec_version(doc.data) or "3.0"
-    ]
-    cls = type(
-        "Located" + base.__name__,
-        (base,),
-        {"keyword_validators": {k: _annotating(v) for k, v in base.keyword_validators.items()}},
-    )
-    out: list[tuple[tuple[Any, ...], str]] = []
-    stopped = None
+
+_PROCESS = ValidatorProcess()
+
+
+def validation_timeout() -> float:
+    """Seconds the full validator may spend on one document: CONTROLPLANE_VALIDATION_TIMEOUT."""
+    text = os.environ.get("CONTROLPLANE_VALIDATION_TIMEOUT", "")
     try:
-        validator = cls(doc.data, base_uri=doc.path.as_uri())
-        for err in validator.iter_errors():
-            parts = getattr(err, "_cp_parts", ())
-            out.append((tuple(parts) + tuple(err.absolute_path), err.message))
-    except RecursionError:
-        stopped = "the document nests too deeply"
-    except Exception as exc:  # the validator itself failed on this input; say so, keep what it found
-        stopped = f"{type(exc).__name__}: {exc}"
-    return out, stopped
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = DEFAULT_TIMEOUT_S
+    return value if value > 0 else DEFAULT_TIMEOUT_S
 
 
 def _physical(store: DocumentStore, root: Document, parts: tuple[Any, ...]) -> tuple[Document, str, Any]:
@@ -219,30 +275,114 @@ def decides_routing_or_security(store: DocumentStore, root: Document, parts: tup
     return False
 
 
-def validate(store: DocumentStore, root: Document, use_cache: bool = True) -> list[Diagnostic]:
-    """Every validator finding for ``root``, located; routing/security ones as errors."""
-    findings = _cache_lookup(root) if use_cache else None
-    if findings is None:
-        raw, stopped = _run_validator(root)
-        findings = []
-        for parts, message in raw:
-            doc, ptr, _ = _physical(store, root, parts)
-            severity = Severity.ERROR if decides_routing_or_security(store, root, parts) else Severity.WARNING
-            findings.append({"message": message, "file": str(doc.path), "pointer": ptr, "severity": severity.value})
-        if stopped:
-            findings.append(
-                {
-                    "message": f"full validation stopped early: {stopped}",
-                    "file": str(root.path),
-                    "pointer": "",
-                    "severity": Severity.WARNING.value,
-                }
+def _non_schema(data: Any, value: Any) -> str | None:
+    """Pointer of ``value`` where a schema must be (a member of ``properties``, an item of
+    ``allOf``…) in ``data``: what the validator's reference resolver chokes on."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        node, ptr = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                here = ptr + pointer(key)
+                members: list[tuple[Any, str]] = []
+                if key in _SCHEMA_MAPS and isinstance(child, dict):
+                    members = [(v, here + pointer(k)) for k, v in child.items()]
+                elif key in _SCHEMA_LISTS and isinstance(child, list):
+                    members = [(v, here + pointer(n)) for n, v in enumerate(child)]
+                elif key in _SCHEMA_VALUES:
+                    members = [(child, here)]
+                for member, where in members:
+                    if member == value and not isinstance(member, (dict, bool)):
+                        return where
+                stack.append((child, here))
+        elif isinstance(node, list):
+            stack.extend((child, f"{ptr}/{n}") for n, child in enumerate(node))
+    return None
+
+
+_SCHEMA_MAPS = {"properties", "patternProperties", "definitions", "$defs", "dependentSchemas"}
+_SCHEMA_LISTS = {"allOf", "anyOf", "oneOf", "prefixItems"}
+_SCHEMA_VALUES = {"additionalProperties", "not", "if", "then", "else", "contains", "propertyNames"}
+
+
+def _operation_as_ref(store: DocumentStore, root: Document, parts: tuple[Any, ...]) -> Document | None:
+    """The document holding an operation written as ``$ref`` (OpenAPI allows it for path items
+    only; the gateway follows it), when ``parts`` is that operation or inside it."""
+    p = [str(x) for x in parts]
+    if len(p) < 3 or p[0] != "paths" or p[2] not in METHODS:
+        return None
+    doc, _ptr, value = _physical(store, root, parts[:3])
+    return doc if isinstance(value, dict) and "$ref" in value else None
+
+
+def _findings(store: DocumentStore, root: Document, timeout: float) -> tuple[list[dict[str, Any]], bool]:
+    """Every finding, located, as cached; and whether the time ran out."""
+    version = spec_version(root.data)
+    raw, stopped, broken = _PROCESS.run(
+        version if version in ("2.0", "3.0", "3.1") else "3.0", root.data, root.path.as_uri(), timeout
+    )
+    findings: list[dict[str, Any]] = []
+    refs_seen: set[tuple[str, str]] = set()
+    for parts, message in raw:
+        doc, ptr, _ = _physical(store, root, parts)
+        if _operation_as_ref(store, root, parts) is not None:
+            # The validator does not follow it and says so twice per operation ("'$ref' does
+            # not match any of the regexes", "'responses' is a required property"): once.
+            op_doc, op_ptr, _ = _physical(store, root, tuple(parts[:3]))
+            if (str(op_doc.path), op_ptr) in refs_seen:
+                continue
+            refs_seen.add((str(op_doc.path), op_ptr))
+            doc, ptr = op_doc, op_ptr
+            message = (
+                "an operation written as a $ref: OpenAPI allows $ref for path items, not operations; "
+                "the gateway follows it, other tools may not"
             )
+        severity = Severity.ERROR if decides_routing_or_security(store, root, parts) else Severity.WARNING
+        findings.append({"message": message, "file": str(doc.path), "pointer": ptr, "severity": severity.value})
+    timed_out = stopped is not None and stopped.startswith("it took longer")
+    if stopped:
+        where, ptr = str(root.path), ""
+        if broken is not None:
+            uri, value = broken
+            try:
+                target = store.load(Path(unquote(urlsplit(uri).path)), diags=Diagnostics())
+            except (OSError, ValueError):  # pragma: no cover - not a file URI
+                target = None
+            place = _non_schema(target.data, value) if target is not None else None
+            if target is not None and place is not None:
+                where, ptr = str(target.path), place
+                stopped = (
+                    f"this must be a schema, not {describe_value(value)}; the validator cannot read past it "
+                    "(the documents after it are not checked)"
+                )
+        findings.append(
+            {
+                "message": f"full validation stopped early: {stopped}",
+                "file": where,
+                "pointer": ptr,
+                "severity": Severity.WARNING.value,
+            }
+        )
+    return findings, timed_out
+
+
+def validate(
+    store: DocumentStore, root: Document, use_cache: bool = True, timeout: float | None = None
+) -> list[Diagnostic]:
+    """Every validator finding for ``root``, located; routing/security ones as errors.
+
+    The validator gets ``timeout`` seconds (default: :func:`validation_timeout`); past that it
+    is stopped and a warning says so (an error with --strict, like every finding)."""
+    limit = validation_timeout() if timeout is None else timeout
+    use_cache = use_cache and cache_enabled()
+    findings = _cache_lookup(root, limit) if use_cache else None
+    if findings is None:
+        findings, timed_out = _findings(store, root, limit)
         if use_cache:
-            _cache_store(root, dependencies(store, root), findings)
+            _cache_store(root, dependencies(store, root), findings, limit if timed_out else None)
     out = []
     for f in findings:
-        found = store.load(Path(f["file"]))
+        found = store.load(Path(f["file"]), diags=Diagnostics())
         name = found.name if found else f["file"]
         out.append(
             Diagnostic(
