@@ -1,8 +1,10 @@
 """The control plane process: watch sources, compile off the loop, publish, serve xDS.
 
 Life of a change: the watcher polls the files of the last compile (and the directories
-given) and waits for a quiet period (bounded by a maximum delay) so that an editor's or
-a CI job's burst of writes becomes one compile. The compile runs in a worker process. A
+given). The first change after a quiet period is compiled at once; changes that follow it
+within the quiet period, or arrive while it compiles, are coalesced into one more compile
+once the files have been quiet that long (bounded by a maximum delay), so that an editor's
+or a CI job's burst of writes costs at most two compiles. The compile runs in a worker process. A
 compile with errors is logged, shown by ``/status`` and ``/compile`` and counted in
 metrics, and changes nothing: the previous configuration keeps serving. A good compile
 becomes a checked snapshot; if its content is the same as what is served, nothing is
@@ -20,6 +22,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -49,7 +52,7 @@ class ServeOptions:
     admin_address: str = "127.0.0.1:18001"
     tls: TlsFiles | None = None
     strict: bool = False
-    poll_interval: float = 0.2
+    poll_interval: float = 0.1
     quiet_period: float = 0.3
     max_delay: float = 2.0
     background_validation: bool = True
@@ -339,31 +342,41 @@ class ControlPlane:
     async def _watch(self) -> None:
         o = self.options
         seen = compiled = _fingerprint(self.files, o.paths)
-        first_change = last_change = 0.0
+        pending_since = 0.0  # when the oldest change not compiled yet was seen
+        last_change = -math.inf
+        at_once = False  # compile the pending change without waiting for quiet
+        if self.digests and not await asyncio.to_thread(_same_content, self.digests):
+            pending_since = last_change = time.monotonic()  # written after the first compile read it
+            at_once = True
         while True:
             await asyncio.sleep(o.poll_interval)
             now = time.monotonic()
             current = await asyncio.to_thread(_fingerprint, self.files, o.paths)
             if current != seen:
+                # Nobody waits for a quiet period after a lone edit; what follows it within
+                # the quiet period is a burst, compiled once it is over.
+                at_once = at_once or (not pending_since and now - last_change >= o.quiet_period)
                 seen = current
                 last_change = now
-                first_change = first_change or now
-            quiet = now - last_change >= o.quiet_period
-            if first_change and (quiet or now - first_change >= o.max_delay):
-                changed_at, first_change = first_change, 0.0
-                resized = any(stamp[1] != compiled.get(f, stamp)[1] for f, stamp in current.items())
-                if (
-                    not resized
-                    and set(current) == set(self.digests)
-                    and await asyncio.to_thread(_same_content, self.digests)
-                ):
-                    log.info("files were written with the same content: nothing to compile")
-                    continue
-                await self.recompile(changed_at)
-                after = await asyncio.to_thread(_fingerprint, self.files, o.paths)
-                if any(after.get(f, stamp) != stamp for f, stamp in seen.items()):
-                    first_change = last_change = time.monotonic()  # written to while compiling
-                seen = compiled = after
+                pending_since = pending_since or now
+            if not pending_since:
+                continue
+            if not (at_once or now - last_change >= o.quiet_period or now - pending_since >= o.max_delay):
+                continue
+            changed_at, pending_since, at_once = pending_since, 0.0, False
+            resized = any(stamp[1] != compiled.get(f, stamp)[1] for f, stamp in current.items())
+            if (
+                not resized
+                and set(current) == set(self.digests)
+                and await asyncio.to_thread(_same_content, self.digests)
+            ):
+                log.info("files were written with the same content: nothing to compile")
+                continue
+            await self.recompile(changed_at)
+            after = await asyncio.to_thread(_fingerprint, self.files, o.paths)
+            if any(after.get(f, stamp) != stamp for f, stamp in seen.items()):
+                pending_since = last_change = time.monotonic()  # written to while compiling
+            seen = compiled = after
 
 
 def _same_content(digests: dict[str, str]) -> bool:

@@ -509,3 +509,82 @@ def test_a_snapshot_reuses_the_entries_of_resources_passed_again(tmp_path: Path)
     rebuilt = build_snapshot(copies, snap.references, snap.sources, previous=snap)
     assert rebuilt.version == snap.version
     assert all(rebuilt.of(t)[n] is not e for t, entries in snap.resources.items() for n, e in entries.items())
+
+
+# -- the watcher ---------------------------------------------------------------------------
+WATCHED_POLICY = """
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+upstreams: [{name: one, endpoints: ["10.0.0.1:80"]}]
+apis: [{name: a, spec: a.yaml, upstream: one}]
+"""
+
+
+def _watched_plane(tmp: Path, quiet: float, max_delay: float) -> Any:
+    from controlplane.server import ControlPlane, ServeOptions
+
+    (tmp / "a.yaml").write_text(SPEC % _paths(["/base"]))
+    (tmp / "policy.yaml").write_text(WATCHED_POLICY)
+    return ControlPlane(
+        ServeOptions(
+            [tmp],
+            xds_address="127.0.0.1:0",
+            admin_address="127.0.0.1:0",
+            poll_interval=0.02,
+            quiet_period=quiet,
+            max_delay=max_delay,
+            in_process=True,
+            background_validation=False,
+        )
+    )
+
+
+async def _served(plane: Any, operations: int, timeout: float = 30.0) -> None:
+    """Wait until the served configuration has ``operations`` operations (a positive signal)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (plane.report.ok and plane.report.operations == operations):
+        assert asyncio.get_running_loop().time() < deadline, f"not served: {plane.report.as_json()}"
+        await asyncio.sleep(0.02)
+
+
+def test_a_lone_edit_is_compiled_without_waiting_for_the_quiet_period(tmp_path: Path) -> None:
+    """With a one-minute quiet period and max delay, an edit is still served within seconds."""
+
+    async def go() -> None:
+        plane = _watched_plane(tmp_path, quiet=60.0, max_delay=120.0)
+        await plane.start()
+        try:
+            await _served(plane, 1)
+            (tmp_path / "a.yaml").write_text(SPEC % _paths(["/base", "/added"]))
+            await _served(plane, 2, timeout=30.0)
+            assert plane.compiles == 2
+        finally:
+            await plane.stop()
+
+    asyncio.run(go())
+
+
+def test_a_burst_of_writes_costs_at_most_two_compiles_and_its_last_state_is_served(tmp_path: Path) -> None:
+    async def go() -> None:
+        plane = _watched_plane(tmp_path, quiet=1.0, max_delay=30.0)
+        await plane.start()
+        try:
+            await _served(plane, 1)
+            started = plane.compiles
+            paths = ["/base"]
+            for i in range(20):  # each write seen by the watcher (it polls every 20 ms)
+                paths.append(f"/burst{i}")
+                (tmp_path / "a.yaml").write_text(SPEC % _paths(paths))
+                await asyncio.sleep(0.03)
+            await _served(plane, 21)
+            burst = plane.compiles - started
+            # A later lone edit is compiled after the burst's compiles: once it is served,
+            # the burst has cost all it will.
+            (tmp_path / "a.yaml").write_text(SPEC % _paths([*paths, "/after"]))
+            await _served(plane, 22)
+            assert plane.compiles - started == burst + 1
+            assert 1 <= burst <= 2, f"{burst} compiles for one burst"
+        finally:
+            await plane.stop()
+
+    asyncio.run(go())
