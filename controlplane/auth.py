@@ -34,16 +34,17 @@ def provider_ir(
     uri = jwks.get("uri")
     jwks_json: str | None = None
     fetch = "static"
+    algorithms = tuple(spec.get("algorithms", ("RS256", "ES256")))
     if "file" in jwks:
         # through the store: located errors, and the server watches it like a spec
         loaded = store.load(doc.path.parent / jwks["file"], (doc, ptr + "/jwks/file"))
         if loaded is None:
             return None
-        jwks_json = _checked_jwks(loaded.data, doc, ptr + "/jwks/file", diags)
+        jwks_json = _checked_jwks(loaded.data, doc, ptr + "/jwks/file", diags, algorithms)
         if jwks_json is None:
             return None
     elif "inline" in jwks:
-        jwks_json = _checked_jwks(jwks["inline"], doc, ptr + "/jwks/inline", diags)
+        jwks_json = _checked_jwks(jwks["inline"], doc, ptr + "/jwks/inline", diags, algorithms)
         if jwks_json is None:
             return None
     else:
@@ -57,7 +58,6 @@ def provider_ir(
                     ptr + "/jwks",
                     "jwks-not-fetched",
                 )
-    algorithms = tuple(spec.get("algorithms", ("RS256", "ES256")))
     if jwks_json is not None:
         jwks_json = filter_jwks(jwks_json, algorithms)
     claim_headers = spec.get("claimHeaders", {"sub": "x-user-id", "role": "x-user-role"})
@@ -83,21 +83,87 @@ def provider_ir(
         claim_headers=tuple((claim, header.lower()) for claim, header in claim_headers.items()),
         roles_claim=spec.get("rolesClaim", "role"),
         scopes_claim=spec.get("scopesClaim", "scope"),
+        forward_token=bool(spec.get("forwardToken", False)),
     )
 
 
-def _checked_jwks(data: Any, doc: Document, ptr: str, diags: Diagnostics) -> str | None:
+def _checked_jwks(data: Any, doc: Document, ptr: str, diags: Diagnostics, algorithms: tuple[str, ...]) -> str | None:
     keys = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and "kty" in k for k in keys):
         diags.error("a JWKS needs a non-empty 'keys' list of JWKs (each with 'kty')", doc.name, ptr, "jwks")
         return None
+    usable = 0
+    for i, key in enumerate(keys):
+        algs, why = key_algorithms(key, algorithms)
+        if algs:
+            usable += 1
+        else:
+            kid = f" {key['kid']!r}" if isinstance(key.get("kid"), str) else ""
+            diags.warning(f"key{kid} is never used: {why}", doc.name, f"{ptr}/keys/{i}", "jwks-key-dropped")
+    if not usable:
+        diags.error(
+            f"no key of this JWKS can verify tokens of the provider's algorithms ({', '.join(algorithms)})",
+            doc.name,
+            ptr,
+            "jwks",
+        )
+        return None
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
+# The signature algorithms each key type can verify. Symmetric keys (kty "oct") are absent on
+# purpose: a JWKS is public, so an HMAC key in it lets anyone sign tokens.
+_KEY_ALGORITHMS: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("RSA", None): ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    ("EC", "P-256"): ("ES256",),
+    ("EC", "P-384"): ("ES384",),
+    ("EC", "P-521"): ("ES512",),
+    ("OKP", "Ed25519"): ("EdDSA",),
+}
+
+
+def key_algorithms(key: dict[str, Any], algorithms: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """The provider's algorithms this key may verify, and why none when it is empty."""
+    kty = key.get("kty")
+    if kty == "oct":
+        return (), "symmetric (kty 'oct') keys are never accepted"
+    crv = key.get("crv") if kty in ("EC", "OKP") else None
+    fits = _KEY_ALGORITHMS.get((str(kty), crv if isinstance(crv, str) else None))
+    if fits is None:
+        return (), f"unsupported key type {kty!r}" + (f" with curve {crv!r}" if crv is not None else "")
+    if key.get("use", "sig") != "sig":
+        return (), f"its 'use' is {key.get('use')!r}, not 'sig'"
+    ops = key.get("key_ops")
+    if isinstance(ops, list) and "verify" not in ops:
+        return (), "its 'key_ops' does not include 'verify'"
+    alg = key.get("alg")
+    if alg is not None:
+        if alg not in fits:
+            return (), f"its 'alg' {alg!r} does not fit a {kty} key"
+        if alg not in algorithms:
+            return (), f"its 'alg' {alg!r} is not one of the provider's algorithms ({', '.join(algorithms)})"
+        return (alg,), ""
+    allowed = tuple(a for a in fits if a in algorithms)
+    if not allowed:
+        return (), f"a {kty} key fits none of the provider's algorithms ({', '.join(algorithms)})"
+    return allowed, ""
+
+
 def filter_jwks(jwks_json: str, algorithms: tuple[str, ...]) -> str:
-    """Only keys usable with an allowed algorithm (a key without ``alg`` is kept)."""
+    """The keys Envoy may use, each pinned to one algorithm of the provider.
+
+    Envoy lets a key without ``alg`` verify any algorithm its type allows (an RSA key verifies
+    RS512 and PS256 alike) and accepts HMAC keys: so symmetric and unusable keys are dropped,
+    and a key without ``alg`` becomes one copy per allowed algorithm, each with ``alg`` set.
+    """
     data = json.loads(jwks_json)
-    data["keys"] = [k for k in data.get("keys", []) if k.get("alg") in (None, *algorithms)]
+    keys: list[dict[str, Any]] = []
+    for key in data.get("keys", []):
+        if not isinstance(key, dict):
+            continue
+        algs, _why = key_algorithms(key, algorithms)
+        keys.extend(key if key.get("alg") == alg else {**key, "alg": alg} for alg in algs)
+    data["keys"] = keys
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -108,6 +174,7 @@ class ApiAuth:
     provider: str | None
     rules: list[dict[str, Any]]
     dry_run: bool
+    remove_token: bool = False  # the API's provider does not forward tokens
     warned: bool = False
 
 
@@ -121,7 +188,8 @@ def api_auth(
         name = None
     elif name is None and len(providers) == 1:
         name = next(iter(providers))
-    return ApiAuth(name, list(auth.get("rules", [])), bool(auth.get("dryRun", False)))
+    remove_token = name is not None and not providers[name].forward_token
+    return ApiAuth(name, list(auth.get("rules", [])), bool(auth.get("dryRun", False)), remove_token)
 
 
 def check_rule_operations(ctx: ApiAuth, spec: ApiSpec, where: tuple[str, str], diags: Diagnostics) -> None:

@@ -44,6 +44,20 @@ DEFAULT_ROUTE_SETTINGS: dict[str, Any] = {
 # Headers only the gateway may set. Later features (JWT claims…) add the ones they fill.
 BUILTIN_IDENTITY_HEADERS = ("x-user-id", "x-user-role", "x-user-email", "x-user-scopes", "x-real-ip", "forwarded")
 BUILTIN_IDENTITY_PREFIXES = ("x-user-",)
+# Headers many frameworks honour to change the method, path or host they see: behind the
+# gateway's back they would turn an allowed request into another one. Removed like identity
+# headers unless ``headers.allowOverrideHeaders`` names them.
+OVERRIDE_HEADERS = (
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+)
 BUILTIN_REMOVED_RESPONSE_HEADERS = (
     "server",
     "x-powered-by",
@@ -494,6 +508,7 @@ class _Builder:
                 rewrite_prefix=(prefix, upstream_prefix) if prefix != upstream_prefix else None,
                 query=op.query,
                 auth=auth.operation_auth(auth_ctx, spec, op, settings, self.diags),
+                remove_token=auth_ctx.remove_token,
             )
             shape = normalized_template(segments)
             produced = []
@@ -609,8 +624,13 @@ class _Builder:
             return None
         h = self.headers
         hsts = h.get("strictTransportSecurity", DEFAULT_HSTS)
+        allowed = {n.lower() for n in h.get("allowOverrideHeaders", [])}
         headers = ir.HeaderPolicy(
-            strip_request_headers=_lower_unique(BUILTIN_IDENTITY_HEADERS, h.get("identityHeaders", [])),
+            strip_request_headers=_lower_unique(
+                BUILTIN_IDENTITY_HEADERS,
+                [n for n in OVERRIDE_HEADERS if n not in allowed],
+                h.get("identityHeaders", []),
+            ),
             strip_request_header_prefixes=_lower_unique(h.get("identityHeaderPrefixes", BUILTIN_IDENTITY_PREFIXES)),
             remove_response_headers=_lower_unique(BUILTIN_REMOVED_RESPONSE_HEADERS, h.get("removeResponseHeaders", [])),
             strict_transport_security=hsts or None,

@@ -172,6 +172,7 @@ class JwtProvider:
     claim_headers: tuple[tuple[str, str], ...] = (("sub", "x-user-id"), ("role", "x-user-role"))
     roles_claim: str = "role"
     scopes_claim: str = "scope"
+    forward_token: bool = False  # the token (header, query parameter, cookie) reaches the backend
 
     @property
     def jwks_cluster(self) -> str:
@@ -212,6 +213,9 @@ class Operation:
     auth: Auth | None = None  # None: public
     # Client address allowlists, checked before authentication; every list must admit the client.
     ip_allow: tuple[tuple[str, ...], ...] = ()
+    # The client's Authorization header is removed before the backend: the API has a provider
+    # that does not forward tokens (public operations included, where no token is checked).
+    remove_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)

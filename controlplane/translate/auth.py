@@ -7,6 +7,8 @@ affected by them (404/405 replies, public operations):
   without a token being looked at. Large lists use the matcher API's IP trie.
 - ``envoy.filters.http.jwt_authn``: verifies the token (cached), sets identity headers
   from its claims, and leaves the payload in dynamic metadata for RBAC.
+- ``token-algorithm`` (RBAC): for keys Envoy fetches itself (which the control plane cannot
+  pin to an algorithm), refuses a verified token whose ``alg`` is not one of the provider's.
 - ``authorization`` (RBAC): roles and scopes from that payload; dry-run rules only log.
 """
 
@@ -18,7 +20,9 @@ from urllib.parse import urlsplit
 
 from envoy.config.core.v3 import address_pb2, base_pb2, http_uri_pb2
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
@@ -35,7 +39,9 @@ from ._pb import duration, packed, per_listener
 IP_FILTER = "ip-allowlist"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 AUTHZ_FILTER = "authorization"
+ALG_FILTER = "token-algorithm"
 PAYLOAD = "jwt_payload"
+HEADER = "jwt_header"
 # Lists longer than this use the matcher API's IP trie instead of a list of principals
 # (RBAC tries principals one by one).
 IP_TRIE_THRESHOLD = 64
@@ -46,19 +52,32 @@ class _Uses:
     ip_allowlists: bool
     providers: tuple[str, ...]
     authorization: bool
+    authorizing_providers: tuple[str, ...]  # whose payload RBAC reads
+    token_removal: str  # "all", "some" or "none" of the operations remove the Authorization header
 
 
 @per_listener
 def _uses(listener: ir.Listener) -> _Uses:
     """What the listener's operations use, in one pass over them."""
-    ip, authorize, providers = False, False, set()
+    ip, providers, authorizing = False, set(), set()
+    removing = total = 0
     for pr in listener.paths:
         for op in pr.operations:
             ip = ip or bool(op.ip_allow)
+            removing += op.remove_token
+            total += 1
             if op.auth is not None:
                 providers.add(op.auth.provider)
-                authorize = authorize or bool(op.auth.authorize)
-    return _Uses(ip, tuple(sorted(providers)), authorize)
+                if op.auth.authorize:
+                    authorizing.add(op.auth.provider)
+    removal = "all" if removing == total else "some" if removing else "none"
+    return _Uses(ip, tuple(sorted(providers)), bool(authorizing), tuple(sorted(authorizing)), removal)
+
+
+def envoy_fetches(p: ir.JwtProvider) -> bool:
+    """Envoy fetches these keys itself: the control plane never sees them to pin algorithms."""
+    return p.jwks_json is None and p.jwks_fetch == "envoy"
+
 
 
 # -- client address allowlists ------------------------------------------------------------
@@ -142,9 +161,10 @@ def jwt_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | No
     if not used:
         return None
     providers = {p.name: p for p in gw.providers}
+    authorizing = _uses(listener).authorizing_providers
     config = jwt_pb2.JwtAuthentication()
     for name in used:
-        config.providers[name].CopyFrom(_provider(providers[name]))
+        config.providers[name].CopyFrom(_provider(providers[name], name in authorizing))
         config.requirement_map[name].CopyFrom(jwt_pb2.JwtRequirement(provider_name=name))
         config.requirement_map[name + "?"].CopyFrom(
             jwt_pb2.JwtRequirement(
@@ -159,7 +179,7 @@ def jwt_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | No
     return hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=packed(config))
 
 
-def _provider(p: ir.JwtProvider) -> jwt_pb2.JwtProvider:
+def _provider(p: ir.JwtProvider, authorizing: bool) -> jwt_pb2.JwtProvider:
     out = jwt_pb2.JwtProvider(
         issuer=p.issuer,
         audiences=list(p.audiences),
@@ -167,14 +187,17 @@ def _provider(p: ir.JwtProvider) -> jwt_pb2.JwtProvider:
         from_headers=[jwt_pb2.JwtHeader(name="Authorization", value_prefix="Bearer ")],
         from_params=list(p.query_parameters),
         from_cookies=list(p.cookies),
-        payload_in_metadata=PAYLOAD,
-        normalize_payload_in_metadata=jwt_pb2.JwtProvider.NormalizePayload(space_delimited_claims=[p.scopes_claim]),
         clock_skew_seconds=p.clock_skew_s,
         require_expiration=True,
         jwt_cache_config=jwt_pb2.JwtCacheConfig(jwt_cache_size=10_000),
         claim_to_headers=[jwt_pb2.JwtClaimToHeader(header_name=h, claim_name=c) for c, h in p.claim_headers],
     )
-    if p.jwks_json is not None or p.jwks_fetch != "envoy":
+    if authorizing:  # copying the payload into every request's metadata costs; only RBAC needs it
+        out.payload_in_metadata = PAYLOAD
+        out.normalize_payload_in_metadata.space_delimited_claims.append(p.scopes_claim)
+    if envoy_fetches(p):
+        out.header_in_metadata = HEADER  # for the token-algorithm check
+    if not envoy_fetches(p):
         # Keys from a file, inline, or fetched by the control plane. Without keys yet (offline
         # compile of control-plane-fetched keys) no token verifies: closed, not open.
         out.local_jwks.CopyFrom(base_pb2.DataSource(inline_string=p.jwks_json or json.dumps({"keys": []})))
@@ -215,6 +238,100 @@ def jwks_upstreams(gw: ir.Gateway) -> list[Upstream]:
     return out
 
 
+# -- tokens never reach backends -----------------------------------------------------------
+#
+# jwt_authn removes a verified token from its header only, and only where it runs: a public
+# operation, an optional token left out, or a token in a query parameter or cookie would reach
+# the backend. The Authorization header is removed at the router (after every filter has read
+# it); query parameters and cookies by the filters below, placed after authentication.
+
+AUTHORIZATION = "authorization"
+
+
+def token_removal(listener: ir.Listener) -> str:
+    """``all``: one removal for the whole route configuration; ``some``: per route."""
+    return _uses(listener).token_removal
+
+
+def _stripped(gw: ir.Gateway, kind: str) -> tuple[str, ...]:
+    names: set[str] = set()
+    for p in gw.providers:
+        if not p.forward_token:
+            names.update(p.query_parameters if kind == "query" else p.cookies)
+    return tuple(sorted(names))
+
+
+def token_query_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    names = _stripped(gw, "query")
+    if not names:
+        return None
+    config = header_mutation_pb2.HeaderMutation(
+        mutations=header_mutation_pb2.Mutations(
+            query_parameter_mutations=[base_pb2.KeyValueMutation(remove=n) for n in names]
+        )
+    )
+    return hcm_pb2.HttpFilter(name="strip-token-query", typed_config=packed(config))
+
+
+# Cookie values cannot be edited by Envoy's header filters; this Lua keeps every other cookie.
+_COOKIE_LUA = """
+local drop = {%s}
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local n = headers:getNumValues("cookie")
+  if n == 0 then return end
+  local kept = {}
+  for i = 0, n - 1 do
+    for part in string.gmatch(headers:getAtIndex("cookie", i), "[^;]+") do
+      local crumb = string.match(part, "^%%s*(.-)%%s*$")
+      local name = string.match(crumb, "^([^=]*)")
+      if crumb ~= "" and not drop[name] then kept[#kept + 1] = crumb end
+    end
+  end
+  headers:remove("cookie")
+  if #kept > 0 then headers:add("cookie", table.concat(kept, "; ")) end
+end
+"""
+
+
+def token_cookie_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    names = _stripped(gw, "cookie")
+    if not names:
+        return None
+    table = ", ".join(f"[{json.dumps(n)}] = true" for n in names)
+    code = _COOKIE_LUA % table
+    config = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=code))
+    return hcm_pb2.HttpFilter(name="strip-token-cookie", typed_config=packed(config))
+
+
+# -- token algorithms of keys Envoy fetches ------------------------------------------------
+
+
+def _remote_providers(gw: ir.Gateway, listener: ir.Listener) -> tuple[str, ...]:
+    remote = {p.name for p in gw.providers if envoy_fetches(p)}
+    return tuple(n for n in _uses(listener).providers if n in remote)
+
+
+def token_algorithm_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    if not _remote_providers(gw, listener):
+        return None
+    return hcm_pb2.HttpFilter(name=ALG_FILTER, typed_config=packed(rbac_filter_pb2.RBAC()))
+
+
+def token_algorithm_route_config(provider: ir.JwtProvider) -> rbac_filter_pb2.RBACPerRoute:
+    """Deny (as policy ``token-algorithm``, which the local reply turns into 401) a verified token
+    whose header names another algorithm. No token (an optional one) leaves no header: allowed."""
+    alg = [HEADER, "alg"]
+    allowed = rbac_pb2.Principal(
+        or_ids=rbac_pb2.Principal.Set(ids=[_metadata(alg, _exact(a)) for a in provider.algorithms])
+    )
+    present = _metadata(alg, value_pb2.ValueMatcher(present_match=True))
+    wrong = rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=[present, rbac_pb2.Principal(not_id=allowed)]))
+    policy = rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=[wrong])
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY, policies={ALG_FILTER: policy})
+    return rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(rules=rules))
+
+
 def jwt_route_config(op: ir.Operation) -> jwt_pb2.PerRouteConfig:
     assert op.auth is not None
     return jwt_pb2.PerRouteConfig(requirement_name=op.auth.provider + ("?" if op.auth.optional else ""))
@@ -229,19 +346,27 @@ def authorization_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpF
     return hcm_pb2.HttpFilter(name=AUTHZ_FILTER, typed_config=packed(rbac_filter_pb2.RBAC()))
 
 
-def _claim(claim: str, value: str, in_list: bool) -> rbac_pb2.Principal:
-    exact = value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=value))
-    matcher = value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=exact)) if in_list else exact
+def _exact(value: str) -> value_pb2.ValueMatcher:
+    return value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=value))
+
+
+def _metadata(path: list[str], value: value_pb2.ValueMatcher) -> rbac_pb2.Principal:
+    """A match on what jwt_authn left in the request's dynamic metadata."""
     return rbac_pb2.Principal(
-        metadata=metadata_pb2.MetadataMatcher(
-            filter=JWT_FILTER,
-            path=[
-                metadata_pb2.MetadataMatcher.PathSegment(key=PAYLOAD),
-                metadata_pb2.MetadataMatcher.PathSegment(key=claim),
-            ],
-            value=matcher,
+        sourced_metadata=rbac_pb2.SourcedMetadata(
+            metadata_matcher=metadata_pb2.MetadataMatcher(
+                filter=JWT_FILTER,
+                path=[metadata_pb2.MetadataMatcher.PathSegment(key=k) for k in path],
+                value=value,
+            )
         )
     )
+
+
+def _claim(claim: str, value: str, in_list: bool) -> rbac_pb2.Principal:
+    exact = _exact(value)
+    matcher = value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=exact)) if in_list else exact
+    return _metadata([PAYLOAD, claim], matcher)
 
 
 def authorization_route_config(op: ir.Operation, provider: ir.JwtProvider) -> rbac_filter_pb2.RBACPerRoute:
@@ -279,7 +404,9 @@ def route_filter_configs(op: ir.Operation, listener: ir.Listener, gw: ir.Gateway
         out[IP_FILTER] = ip_allowlist_route_config(op, listener)
     if op.auth is not None:
         out[JWT_FILTER] = jwt_route_config(op)
+        provider = next(p for p in gw.providers if p.name == op.auth.provider)
+        if envoy_fetches(provider):
+            out[ALG_FILTER] = token_algorithm_route_config(provider)
         if op.auth.authorize:
-            provider = next(p for p in gw.providers if p.name == op.auth.provider)
             out[AUTHZ_FILTER] = authorization_route_config(op, provider)
     return out

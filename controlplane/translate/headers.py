@@ -46,62 +46,90 @@ def security_headers(policy: ir.HeaderPolicy) -> list[tuple[str, str]]:
 METHOD_NOT_ALLOWED = "method not allowed: see the Allow header"
 
 
-def local_reply_config(policy: ir.HeaderPolicy) -> hcm_pb2.LocalReplyConfig:
+def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(
+        extension_filter=accesslog_pb2.ExtensionFilter(
+            name="envoy.access_loggers.extension_filters.cel",
+            typed_config=packed(cel_pb2.ExpressionFilter(expression=expression)),
+        )
+    )
+
+
+def _status(status: int) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(
+        status_code_filter=accesslog_pb2.StatusCodeFilter(
+            comparison=accesslog_pb2.ComparisonFilter(
+                op=accesslog_pb2.ComparisonFilter.EQ,
+                value=base_pb2.RuntimeUInt32(default_value=status, runtime_key=f"controlplane.reply_{status}"),
+            )
+        )
+    )
+
+
+AUTHENTICATION_REQUIRED = "authentication required"
+
+
+def local_reply_config(policy: ir.HeaderPolicy, realm: str) -> hcm_pb2.LocalReplyConfig:
     """Every reply the gateway makes itself, as small JSON with the request id.
 
     This covers direct responses (405), requests no route matches (404), and Envoy's own
     errors (400 on bad headers, 503 no healthy upstream, 504 timeout…); ``message`` is
     their text, never internals. Replies made before any route is chosen get the security
     headers here, since route configuration headers never apply to them.
+
+    Nothing of the request is echoed: jwt_authn's ``WWW-Authenticate: Bearer realm="<request
+    URL>"`` would hand back a secret sent in the query string, so every 401 gets a fixed realm
+    (the listener's name) instead.
     """
     fmt = struct_pb2.Struct()
     fmt.update({"status": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "request_id": "%REQ(X-REQUEST-ID)%"})
     added = [header(k, v) for k, v in security_headers(policy)]
+    challenge = [*added, header("www-authenticate", f'Bearer realm="{realm}"')]
+    invalid = [*added, header("www-authenticate", f'Bearer realm="{realm}", error="invalid_token"')]
     every_reply = hcm_pb2.ResponseMapper(
         filter=accesslog_pb2.AccessLogFilter(not_health_check_filter=accesslog_pb2.NotHealthCheckFilter()),
         headers_to_add=added,
     )
-    # Token and permission failures say what, never why (no verification details). The 405
-    # text is here rather than in each path's 405 route: 40 bytes less per path (11% of a
-    # large route table). Only the first matching mapper applies, so each carries the
-    # security headers too.
-    fixed = [
-        hcm_pb2.ResponseMapper(
-            filter=accesslog_pb2.AccessLogFilter(
-                status_code_filter=accesslog_pb2.StatusCodeFilter(
-                    comparison=accesslog_pb2.ComparisonFilter(
-                        op=accesslog_pb2.ComparisonFilter.EQ,
-                        value=base_pb2.RuntimeUInt32(default_value=status, runtime_key=f"controlplane.reply_{status}"),
-                    )
-                )
-            ),
-            body=base_pb2.DataSource(inline_string=message),
-            headers_to_add=added,
+
+    def mapper(
+        match: accesslog_pb2.AccessLogFilter, message: str, headers: list[base_pb2.HeaderValueOption], status: int = 0
+    ) -> hcm_pb2.ResponseMapper:
+        out = hcm_pb2.ResponseMapper(
+            filter=match, body=base_pb2.DataSource(inline_string=message), headers_to_add=headers
         )
-        for status, message in (
-            (401, "authentication required"),
-            (403, "forbidden"),
-            (405, METHOD_NOT_ALLOWED),
-        )
-    ]
-    # jwt_authn answers a token for another audience with 403 and
-    # WWW-Authenticate: Bearer error="invalid_token"; an invalid token is a 401 (RFC 6750).
-    wrong_audience = hcm_pb2.ResponseMapper(
-        filter=accesslog_pb2.AccessLogFilter(
-            extension_filter=accesslog_pb2.ExtensionFilter(
-                name="envoy.access_loggers.extension_filters.cel",
-                typed_config=packed(
-                    cel_pb2.ExpressionFilter(
-                        expression="response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"
-                    )
-                ),
-            )
+        if status:
+            out.status_code.CopyFrom(wrappers_pb2.UInt32Value(value=status))
+        return out
+
+    # Only the first matching mapper applies, so each carries the security headers too. Token
+    # and permission failures say what, never why (no verification details). The 405 text is
+    # here rather than in each path's 405 route: 40 bytes less per path (11% of a large route
+    # table).
+    mappers = [
+        # a verified token signed with an algorithm its provider does not allow is an invalid token
+        mapper(
+            _cel("response.code_details == 'rbac_access_denied_matched_policy[token-algorithm]'"),
+            AUTHENTICATION_REQUIRED,
+            invalid,
+            401,
         ),
-        status_code=wrappers_pb2.UInt32Value(value=401),
-        body=base_pb2.DataSource(inline_string="authentication required"),
-        headers_to_add=added,
-    )
+        # jwt_authn answers a token for another audience with 403; an invalid token is a 401 (RFC 6750)
+        mapper(
+            _cel("response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"),
+            AUTHENTICATION_REQUIRED,
+            invalid,
+            401,
+        ),
+        mapper(
+            _cel("response.code == 401 && response.code_details == 'jwt_authn_access_denied{Jwt_is_missing}'"),
+            AUTHENTICATION_REQUIRED,
+            challenge,
+        ),
+        mapper(_status(401), AUTHENTICATION_REQUIRED, invalid),
+        mapper(_status(403), "forbidden", added),
+        mapper(_status(405), METHOD_NOT_ALLOWED, added),
+    ]
     return hcm_pb2.LocalReplyConfig(
-        mappers=[wrong_audience, *fixed, every_reply],
+        mappers=[*mappers, every_reply],
         body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fmt),
     )

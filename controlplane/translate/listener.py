@@ -59,7 +59,10 @@ HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter 
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
     (auth.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
     (auth.jwt_filter, "verifies the token, sets identity headers from its claims, leaves its payload for RBAC"),
+    (auth.token_algorithm_filter, "after the token: its verified header names the algorithm (keys Envoy fetches)"),
     (auth.authorization_filter, "after the token: roles and scopes come from its verified payload"),
+    (auth.token_query_filter, "after authentication read it: a token query parameter never reaches a backend"),
+    (auth.token_cookie_filter, "after authentication read it: a token cookie never reaches a backend"),
     (_router, "last: forwards the request upstream"),
 ]
 
@@ -108,7 +111,7 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
             initial_stream_window_size=uint32(64 * 1024),
             initial_connection_window_size=uint32(1024 * 1024),
         ),
-        local_reply_config=headers.local_reply_config(gw.headers),
+        local_reply_config=headers.local_reply_config(gw.headers, listener.name),
     )
     if routes.scopes(listener) is None:
         hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=ads(), route_config_name=listener.name))

@@ -111,6 +111,8 @@ def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx
     if ctx is not None:
         for name, config in auth.route_filter_configs(op, ctx[1], ctx[0]).items():
             route.typed_per_filter_config[name].CopyFrom(packed(config))
+        if op.remove_token and auth.token_removal(ctx[1]) == "some":
+            route.request_headers_to_remove.append(auth.AUTHORIZATION)
     if op.sensitive:
         route.response_headers_to_add.append(header("cache-control", "no-store"))
     return route
@@ -287,7 +289,12 @@ def virtual_host_matcher(
     the concatenation of its members' encoded routes (a message is a sequence of fields),
     so a path shared by several partitions costs bytes, not proto copies."""
     # what else the encoding depends on, hashed once rather than per path
-    context = hash((default_retry, (ctx[1].xff_num_trusted_hops, ctx[0].providers) if ctx is not None else None))
+    context = hash(
+        (
+            default_retry,
+            (ctx[1].xff_num_trusted_hops, ctx[0].providers, auth.token_removal(ctx[1])) if ctx is not None else None,
+        )
+    )
     encoded = [_encoded(pr, default_retry, ctx, context) for pr in paths]
     tree = matcher_pb2.Matcher.MatcherTree(
         input=extension_pb2.TypedExtensionConfig(
@@ -372,7 +379,16 @@ def _scope_configuration(
         listener.name,
         scope,
         tuple(map(id, paths)),
-        hash((default_retry, listener.hostnames, listener.xff_num_trusted_hops, gw.headers, gw.providers)),
+        hash(
+            (
+                default_retry,
+                listener.hostnames,
+                listener.xff_num_trusted_hops,
+                gw.headers,
+                gw.providers,
+                auth.token_removal(listener),
+            )
+        ),
     )
     hit = _SCOPE_CACHE.get(key) if incremental.ENABLED else None
     if hit is not None and all(a is b for a, b in zip(hit[0], paths, strict=True)):
@@ -422,6 +438,8 @@ def _route_configuration(
     # trusts (the TCP peer, or the entry xff_num_trusted_hops selects). Client-sent
     # entries would otherwise reach naive backends as the "first" address.
     config.request_headers_to_add.append(header("x-forwarded-for", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"))
+    if auth.token_removal(listener) == "all":
+        config.request_headers_to_remove.append(auth.AUTHORIZATION)
     config.response_headers_to_add.extend(header(k, v) for k, v in security_headers(headers))
     config.response_headers_to_remove.extend(headers.remove_response_headers)
     return config
