@@ -21,15 +21,30 @@ from typing import Any, TextIO
 from . import ir
 from .bootstrap import AdminOptions, XdsOptions, dynamic_bootstrap, static_bootstrap
 from .compiler import CompileResult, compile
+from .errors import Severity, grouped
 from .output import write
 from .resources import Resources, to_dict
 
 
-def _report(result: CompileResult, err: TextIO) -> None:
+def _report(result: CompileResult, err: TextIO, every: bool = False) -> None:
+    """Notes (what was read), then every finding; one repeated in many places is printed once
+    with a count and the next few places, unless ``every``."""
     for d in result.diagnostics:
+        if d.severity is Severity.NOTE:
+            print(d, file=err)
+    findings = [d for d in result.diagnostics if d.severity is not Severity.NOTE]
+    repeats = 0
+    for d, others in grouped(findings, keep=len(findings) if every else 3):
         print(d, file=err)
+        if others:
+            repeats += len(others)
+            places = ", ".join(o.location() for o in others[:2])
+            print(f"    … and the same in {len(others)} more places: {places}, … (--all lists each)", file=err)
     if result.errors or result.warnings:
-        print(f"{len(result.errors)} error(s), {len(result.warnings)} warning(s)", file=err)
+        summary = f"{len(result.errors)} error(s), {len(result.warnings)} warning(s)"
+        if repeats:
+            summary += f" ({repeats} of them repeats, grouped above)"
+        print(summary, file=err)
 
 
 def _compile(args: argparse.Namespace) -> CompileResult:
@@ -65,7 +80,7 @@ def envoy_validate(config: dict[str, Any]) -> tuple[bool, str]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     result = compile(args.paths, strict=args.strict, full_validation=True, use_cache=not args.no_cache)
-    _report(result, sys.stderr)
+    _report(result, sys.stderr, args.all)
     if not result.ok:
         return 1
     assert result.gateway is not None and result.resources is not None
@@ -118,7 +133,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         print("dump: give PATH... or --server ADDR --node ID", file=sys.stderr)
         return 2
     result = _compile(args)
-    _report(result, sys.stderr)
+    _report(result, sys.stderr, args.all)
     if not result.ok:
         return 1
     assert result.gateway is not None and result.resources is not None
@@ -267,16 +282,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_gateway(args)
 
 
+CACHE_HELP = (
+    "do not read or write the validation cache ($CONTROLPLANE_CACHE_DIR, default ~/.cache/controlplane; "
+    "CONTROLPLANE_NO_CACHE=1 turns it off for every command)"
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="controlplane", description="Compile OpenAPI specs and gateway policies for Envoy."
+        prog="controlplane",
+        description="Compile OpenAPI specs and gateway policies for Envoy, serve them over xDS, run a local gateway.",
+        epilog="Environment: CONTROLPLANE_CACHE_DIR (validation cache folder), CONTROLPLANE_NO_CACHE=1 (no cache), "
+        "CONTROLPLANE_VALIDATION_TIMEOUT (seconds the full OpenAPI validator may spend per document, default 60).",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    paths_help = (
+        "OpenAPI files, policy files or directories (walked with their sub-directories; "
+        "files that are neither specs nor policies are read only when referred to)"
+    )
 
-    def inputs(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("paths", nargs="+", metavar="PATH", help="OpenAPI files, policy files or directories")
+    def inputs(sp: argparse.ArgumentParser, nargs: str = "+") -> None:
+        sp.add_argument("paths", nargs=nargs, metavar="PATH", help=paths_help)
         sp.add_argument("--strict", action="store_true", help="every validator finding is an error")
-        sp.add_argument("--no-cache", action="store_true", help="do not use the validation cache")
+        sp.add_argument("--no-cache", action="store_true", help=CACHE_HELP)
+        sp.add_argument(
+            "--all", action="store_true", help="list every place of a finding repeated in many places"
+        )
+
+    def output(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="output format (default yaml)")
 
     v = sub.add_parser("validate", help="check specs and policies; print every error and warning")
     inputs(v)
@@ -284,13 +319,11 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     d = sub.add_parser("dump", help="print the generated Envoy resources or a static bootstrap")
-    d.add_argument("paths", nargs="*", metavar="PATH", help="OpenAPI files, policy files or directories")
-    d.add_argument("--strict", action="store_true", help="every validator finding is an error")
-    d.add_argument("--no-cache", action="store_true", help="do not use the validation cache")
+    inputs(d, "*")
     d.add_argument("--server", metavar="ADDR", help="the live config of a node from a control plane's admin address")
     d.add_argument("--node", metavar="ID", help="with --server: the node")
     d.add_argument("--type", choices=list(Resources.TYPES), help="only resources of this type")
-    d.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    output(d)
     d.add_argument("--bootstrap", action="store_true", help="a complete static Envoy config (envoy -c)")
     d.add_argument("--ir", action="store_true", help="the intermediate representation instead of Envoy resources")
     d.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1 (with --bootstrap)")
@@ -298,17 +331,19 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dump)
 
     b = sub.add_parser("bootstrap", help="print the bootstrap of an Envoy that gets its config over xDS")
-    b.add_argument("--node-id", required=True)
+    b.add_argument("--node-id", required=True, help="the Envoy's node id (with mTLS the server trusts the certificate)")
     b.add_argument("--cluster", default="gateway", help="node cluster: the group of Envoys sharing a config")
-    b.add_argument("--xds-address", required=True, type=_host_port, metavar="HOST:PORT")
+    b.add_argument(
+        "--xds-address", required=True, type=_host_port, metavar="HOST:PORT", help="the control plane's xDS address"
+    )
     b.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     b.add_argument("--insecure", action="store_true", help="plaintext channel to the xDS server")
     b.add_argument("--tls-cert", help="client certificate Envoy presents to the xDS server")
     b.add_argument("--tls-key", help="its private key")
     b.add_argument("--tls-ca", help="CA that signed the xDS server's certificate")
     b.add_argument("--server-name", help="name expected in the xDS server's certificate (default: its host)")
-    b.add_argument("--admin-port", type=int, default=9901)
-    b.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    b.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1 (default 9901)")
+    output(b)
     b.set_defaults(func=cmd_bootstrap)
 
     def server_tls(sp: argparse.ArgumentParser) -> None:
@@ -318,8 +353,10 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--tls-client-ca", help="CA that signs Envoy client certificates (mTLS is required)")
 
     s = sub.add_parser("serve", help="serve the compiled configuration to Envoys over xDS, reloading on change")
-    s.add_argument("paths", nargs="+", metavar="PATH", help="OpenAPI files, policy files or directories")
-    s.add_argument("--xds-address", default="127.0.0.1:18000", metavar="HOST:PORT")
+    s.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
+    s.add_argument(
+        "--xds-address", default="127.0.0.1:18000", metavar="HOST:PORT", help="where Envoys connect (gRPC ADS)"
+    )
     s.add_argument(
         "--admin-address",
         default="127.0.0.1:18001",
@@ -328,7 +365,9 @@ def parser() -> argparse.ArgumentParser:
     )
     server_tls(s)
     s.add_argument("--strict", action="store_true", help="publish only inputs that pass full validation")
-    s.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS")
+    s.add_argument(
+        "--poll-interval", type=float, default=0.2, metavar="SECONDS", help="how often the files are checked"
+    )
     s.add_argument(
         "--quiet-period",
         type=float,
@@ -347,18 +386,39 @@ def parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="one line per connected Envoy: versions per type, SYNCED/STALE/NACKED")
     st.add_argument("--server", required=True, metavar="ADDR", help="the control plane's admin address")
-    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format (default table)")
     st.set_defaults(func=cmd_status)
 
     r = sub.add_parser("run", help="a whole local gateway: control plane, Envoy and the sample backend")
-    r.add_argument("paths", nargs="*", default=["specs/"], metavar="PATH")
-    r.add_argument("--backend-port", type=int, default=9000, help="sample backend port (0: none)")
-    r.add_argument("--xds-port", type=int, default=18000)
-    r.add_argument("--admin-port", type=int, default=18001, help="control plane admin port")
-    r.add_argument("--envoy-admin-port", type=int, default=9901)
+    r.add_argument("paths", nargs="*", default=["specs/"], metavar="PATH", help=paths_help + " (default specs/)")
+    r.add_argument(
+        "--port",
+        type=_port,
+        help="the port the gateway listens on, instead of the one the policy sets (the inputs must define "
+        "one listener)",
+    )
+    r.add_argument("--backend-port", type=int, default=9000, help="sample backend port (0: none; default 9000)")
+    r.add_argument("--xds-port", type=int, default=18000, help="control plane xDS port (default 18000)")
+    r.add_argument("--admin-port", type=int, default=18001, help="control plane admin port (default 18001)")
+    r.add_argument("--envoy-admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
     r.add_argument("--delta", action="store_true", help="Envoy uses delta xDS")
     r.set_defaults(func=cmd_run)
     return p
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}")
+    return int(text)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("controlplane")
+    except PackageNotFoundError:  # pragma: no cover - run from a checkout that is not installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ The CLI and the xDS server both call it; neither adds logic of its own.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,24 +50,41 @@ def compile(
     full_validation: bool = False,
     use_cache: bool = True,
     fetched_jwks: Mapping[str, str] | None = None,
+    listener_port: int | None = None,
 ) -> CompileResult:
     """Compile specs and policies into Envoy resources.
 
     ``full_validation`` also runs openapi-spec-validator over every served spec (cached by
     content hash); ``strict`` implies it and turns every finding into an error.
     ``fetched_jwks`` are the keys the control plane fetched for providers with
-    ``jwks.fetch: controlplane`` (provider name → JWKS JSON).
+    ``jwks.fetch: controlplane`` (provider name → JWKS JSON). ``listener_port`` moves the
+    one listener the inputs define to that port (``run --port``).
     """
     with gc_paused():
-        return _compile(paths, strict, full_validation, use_cache, fetched_jwks or {})
+        return _compile(paths, strict, full_validation, use_cache, fetched_jwks or {}, listener_port)
+
+
+def _on_port(gateway: ir.Gateway, port: int, diags: Diagnostics) -> ir.Gateway:
+    if len(gateway.listeners) != 1:
+        names = ", ".join(lst.name for lst in gateway.listeners)
+        diags.error(f"--port needs one listener; the inputs define {len(gateway.listeners)} ({names})", "--port")
+        return gateway
+    return dataclasses.replace(gateway, listeners=(dataclasses.replace(gateway.listeners[0], port=port),))
 
 
 def _compile(
-    paths: Sequence[str | Path], strict: bool, full_validation: bool, use_cache: bool, jwks: Mapping[str, str]
+    paths: Sequence[str | Path],
+    strict: bool,
+    full_validation: bool,
+    use_cache: bool,
+    jwks: Mapping[str, str],
+    listener_port: int | None = None,
 ) -> CompileResult:
     diags = Diagnostics()
     bundle = collect(list(paths), diags)
     gateway = build(bundle, diags, jwks)
+    if gateway is not None and listener_port is not None:
+        gateway = _on_port(gateway, listener_port, diags)
     if strict or full_validation:
         from .model.openapi import spec_version
         from .model.validation import validate

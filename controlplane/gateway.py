@@ -1,9 +1,11 @@
 """``run``: a whole gateway on one machine with one command.
 
 It starts the control plane (xDS over mTLS with a throwaway CA made for this run), the
-sample backend, and a real Envoy bootstrapped to the control plane; prints the gateway URL
-and a few requests to try; logs what happens (Envoy's JSON access log on stdout); and on
-Ctrl-C stops everything, Envoy first.
+sample backend, and a real Envoy bootstrapped to the control plane; says the gateway is
+ready once a request through each listener is answered; prints a few requests to try,
+each derived from the compiled configuration (and checked by the tests against a real
+run); logs what happens (Envoy's JSON access log on stdout); and on Ctrl-C stops
+everything, Envoy first. A port that another program holds is an error that names it.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import http.client
 import json
 import logging
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from . import ir
 from .bootstrap import AdminOptions, XdsOptions, dynamic_bootstrap
 from .certs import CertificateAuthority
 from .cli import find_envoy
@@ -27,8 +35,18 @@ from .echo import EchoServer
 from .resources import to_dict
 from .server import ControlPlane, ServeOptions
 from .xds.grpc_server import TlsFiles
+from .xds.status import status
 
 log = logging.getLogger("controlplane.run")
+
+STARTUP_TIMEOUT_S = 60  # from the first published configuration to requests being served
+
+
+class PortInUse(Exception):
+    def __init__(self, port: int, what: str, option: str):
+        super().__init__(
+            f"run: port {port} ({what}) is in use by another program; stop it, or choose another port with {option}"
+        )
 
 
 def run_gateway(args: argparse.Namespace) -> int:
@@ -41,61 +59,77 @@ def run_gateway(args: argparse.Namespace) -> int:
             return asyncio.run(_run(args, envoy, Path(tmp)))
         except KeyboardInterrupt:
             return 0
+        except PortInUse as exc:
+            print(exc, file=sys.stderr)
+            return 1
+
+
+def _check_free(host: str, port: int, what: str, option: str) -> None:
+    """Raise PortInUse when another program listens on ``host:port``, as Envoy would find it."""
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Envoy and the servers here do
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(port, what, option) from None
+            # any other reason (an address not on this machine): Envoy's refusal will say it
 
 
 async def _run(args: argparse.Namespace, envoy: str, tmp: Path) -> int:
+    _check_free("127.0.0.1", args.backend_port, "the sample backend", "--backend-port")
+    _check_free("127.0.0.1", args.xds_port, "the control plane's xDS server", "--xds-port")
+    _check_free("127.0.0.1", args.admin_port, "the control plane's admin server", "--admin-port")
+    _check_free("127.0.0.1", args.envoy_admin_port, "Envoy's admin server", "--envoy-admin-port")
     ca = CertificateAuthority(tmp, "run-ca")
     server_cert = ca.issue("localhost", ["localhost", "127.0.0.1"])
     envoy_cert = ca.issue("gateway-1", client=True)
-    backend = EchoServer(port=args.backend_port).start() if args.backend_port else None
-    if backend:
-        log.info("sample backend on http://127.0.0.1:%d", backend.port)
     plane = ControlPlane(
         ServeOptions(
             paths=args.paths,
             xds_address=f"127.0.0.1:{args.xds_port}",
             admin_address=f"127.0.0.1:{args.admin_port}",
             tls=TlsFiles(str(server_cert.cert), str(server_cert.key), str(ca.path)),
+            listener_port=args.port,
         )
     )
-    await plane.start()
-    if not plane.report.ok:
-        log.error("the inputs have errors; fix them and the gateway starts serving (watching for changes)")
-    bootstrap = dynamic_bootstrap(
-        XdsOptions(
-            node_id="gateway-1",
-            host="127.0.0.1",
-            port=plane.xds_port,
-            delta=args.delta,
-            cert_file=str(envoy_cert.cert),
-            key_file=str(envoy_cert.key),
-            ca_file=str(ca.path),
-            server_name="localhost",
-        ),
-        AdminOptions(port=args.envoy_admin_port),
-    )
-    config = tmp / "envoy.json"
-    config.write_text(json.dumps(to_dict(bootstrap)))
-    proc = subprocess.Popen(
-        [envoy, "-c", str(config), "-l", "warning", "--disable-hot-restart", "--file-flush-interval-msec", "200"],
-    )
+    backend = None
+    proc: subprocess.Popen[bytes] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if await _wait_ready(args.envoy_admin_port, proc, stop):
-            _banner(plane, args)
+        await plane.start()
+        if not plane.report.ok:
+            log.error("the inputs have errors; fix them and the gateway starts serving (watching for changes)")
+        for name, address, port in plane.report.listeners:
+            _check_free(address, port, f"listener {name!r} of the gateway", "--port")
+        backend = EchoServer(port=args.backend_port).start() if args.backend_port else None
+        if backend:
+            log.info("sample backend on http://127.0.0.1:%d", backend.port)
+        config = tmp / "envoy.json"
+        config.write_text(json.dumps(to_dict(_bootstrap(plane, args, ca.path, envoy_cert))))
+        proc = subprocess.Popen(
+            [envoy, "-c", str(config), "-l", "warning", "--disable-hot-restart", "--file-flush-interval-msec", "200"],
+        )
+        ready = await _wait_serving(plane, args, proc, stop)
+        if ready is not None:
+            return ready
+        _banner(plane, args)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1)
-            if proc.poll() is not None:
+            if not stop.is_set() and proc.poll() is not None:
                 log.error("envoy exited with status %s", proc.returncode)
                 return 1
         log.info("stopping: envoy, control plane, backend")
         return 0
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(10)
@@ -106,35 +140,213 @@ async def _run(args: argparse.Namespace, envoy: str, tmp: Path) -> int:
             backend.shutdown()
 
 
-async def _wait_ready(admin_port: int, proc: subprocess.Popen[bytes], stop: asyncio.Event) -> bool:
-    import http.client
+def _bootstrap(plane: ControlPlane, args: argparse.Namespace, ca: Path, cert: Any) -> Any:
+    return dynamic_bootstrap(
+        XdsOptions(
+            node_id="gateway-1",
+            host="127.0.0.1",
+            port=plane.xds_port,
+            delta=args.delta,
+            cert_file=str(cert.cert),
+            key_file=str(cert.key),
+            ca_file=str(ca),
+            server_name="localhost",
+        ),
+        AdminOptions(port=args.envoy_admin_port),
+    )
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not stop.is_set() and proc.poll() is None:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1)
-            conn.request("GET", "/ready")
-            if conn.getresponse().read().strip() == b"LIVE":
-                return True
-        except OSError:
-            pass
-        await asyncio.sleep(0.2)
-    return False
+
+def _get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _listener_nack(plane: ControlPlane) -> str | None:
+    for node in status(plane.ctx.registry, plane.cache)["nodes"]:
+        lds = node["types"].get("listeners", {})
+        if "nack" in lds and lds["state"] == "NACKED":
+            return str(lds["nack"]["message"])
+    return None
+
+
+def _bound(envoy_admin_port: int) -> set[int]:
+    """Ports of the listeners Envoy has bound (its admin /listeners)."""
+    code, body = _get(envoy_admin_port, "/listeners?format=json")
+    if code != 200:
+        return set()
+    out = set()
+    for listener in json.loads(body).get("listener_statuses", []):
+        address = listener.get("local_address", {}).get("socket_address", {})
+        out.add(int(address.get("port_value", 0)))
+    return out
+
+
+def _client_host(address: str) -> str:
+    return "127.0.0.1" if address in ("0.0.0.0", "", "::") else address
+
+
+async def _wait_serving(
+    plane: ControlPlane, args: argparse.Namespace, proc: subprocess.Popen[bytes], stop: asyncio.Event
+) -> int | None:
+    """None once Envoy serves every listener (a request through each is answered), else the
+    exit status: 0 when stopped, 1 when Envoy exited, refused a listener or never served."""
+    deadline: float | None = None
+    waiting_said = reported = ""
+    while not stop.is_set():
+        if proc.poll() is not None:
+            log.error("envoy exited with status %s", proc.returncode)
+            return 1
+        nack = _listener_nack(plane)
+        if nack and nack != reported:
+            used = re.search(r"cannot bind '?[^ ']*?:(\d+)'?: Address already in use", nack)
+            if used:
+                print(
+                    f"run: port {used[1]} is in use by another program: Envoy cannot listen on it; stop that "
+                    "program, or serve on another port with --port",
+                    file=sys.stderr,
+                )
+                return 1
+            log.error("Envoy refused the listeners: %s", nack)
+            reported = nack
+        if plane.cache.ready and plane.report.listeners:
+            deadline = deadline or time.monotonic() + STARTUP_TIMEOUT_S
+            with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
+                wanted = {port for _name, _address, port in plane.report.listeners}
+                if wanted <= await asyncio.to_thread(_bound, args.envoy_admin_port):
+                    for _name, address, port in plane.report.listeners:
+                        await asyncio.to_thread(_get, port, "/", _client_host(address))
+                    return None
+            if time.monotonic() > deadline:
+                log.error("envoy did not serve the listeners within %d s", STARTUP_TIMEOUT_S)
+                return 1
+        elif not waiting_said:
+            waiting_said = "yes"
+            log.info("waiting for a configuration without errors")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+    return 0
+
+
+# -- the requests to try ----------------------------------------------------------------------
+
+
+def _sample(upstream: ir.Upstream | None, backend_port: int) -> bool:
+    return bool(backend_port) and upstream is not None and any(
+        e.host in ("127.0.0.1", "localhost") and e.port == backend_port for e in upstream.endpoints
+    )
+
+
+def _matches(route: ir.PathRoute, path: str) -> bool:
+    if route.path.regex is None:
+        return route.path.template == path
+    try:
+        return re.fullmatch(route.path.regex, path) is not None
+    except re.error:  # RE2 syntax Python does not read: assume it might match
+        return True
+
+
+def _example_token(provider: ir.JwtProvider, auth: ir.Auth, sub: str) -> str | None:
+    """The mint command for a token this provider accepts, when it trusts the example keys."""
+    from .idp import EXAMPLE_AUDIENCE, EXAMPLE_ISSUER, IdentityProvider
+
+    if provider.issuer != EXAMPLE_ISSUER or provider.jwks_json is None:
+        return None
+    try:
+        example = IdentityProvider.example().jwks()["keys"]
+        trusted = json.loads(provider.jwks_json)["keys"]
+    except (OSError, ValueError, KeyError):
+        return None
+    alg = next((a for a in ("RS256", "ES256") if a in provider.algorithms), None)
+    if alg is None or not any(k.get("alg") == alg and k in trusted for k in example):
+        return None
+    words = ["python -m controlplane.idp mint --sub", sub]
+    if auth.authorize and auth.roles:
+        words += ["--role", auth.roles[0]]
+    elif auth.authorize and auth.scope_sets:
+        words += ["--scope", f"'{' '.join(auth.scope_sets[0])}'"]
+    if provider.audiences and EXAMPLE_AUDIENCE not in provider.audiences:
+        words += ["--audience", provider.audiences[0]]
+    if alg != "RS256":
+        words += ["--alg", alg]
+    return " ".join(words)
+
+
+def hints(gateway: ir.Gateway, url: str, backend_port: int) -> list[tuple[str, str]]:
+    """(command, what it shows) for a few requests through the first listener, each chosen
+    from the compiled configuration so that what the comment says is what happens."""
+    listener = gateway.listeners[0]
+    upstreams = {u.name: u for u in gateway.upstreams}
+    providers = {p.name: p for p in gateway.providers}
+    plain = [
+        (route, op)
+        for route in listener.paths
+        for op in route.operations
+        if not op.query and not op.ip_allow and op.method == "GET"
+    ]
+    out: list[tuple[str, str]] = []
+    public = next((p for p in plain if p[1].auth is None and p[0].path.is_literal), None)
+    if public is not None:
+        route, op = public
+        if _sample(upstreams.get(op.upstream), backend_port):
+            out.append((f"curl -i {url}{route.path.template}", "200: public, answered by the sample backend"))
+            out.append(
+                (
+                    f"curl -i {url}{route.path.template} -H 'X-User-Id: admin'",
+                    "200: the backend's echo shows no x-user-id (clients cannot set identity headers)",
+                )
+            )
+        missing = [m for m in ("DELETE", "PUT", "PATCH", "POST") if m not in route.allow]
+        if missing:
+            allow = ", ".join(route.allow)
+            out.append((f"curl -i -X {missing[0]} {url}{route.path.template}", f"405, Allow: {allow}"))
+    protected = next(
+        (p for p in plain if p[1].auth is not None and not p[1].auth.optional and p[0].path.is_literal), None
+    )
+    if protected is not None:
+        route, op = protected
+        assert op.auth is not None
+        out.append((f"curl -i {url}{route.path.template}", "401: this operation needs a token"))
+        provider = providers.get(op.auth.provider)
+        mint = _example_token(provider, op.auth, "alice") if provider is not None else None
+        if mint is not None and _sample(upstreams.get(op.upstream), backend_port):
+            sees = next((h for claim, h in provider.claim_headers if claim == "sub"), None) if provider else None
+            shows = f": the backend's echo shows {sees}: alice" if sees else ""
+            out.append((f"TOKEN=$({mint})", "a real signed token from the example identity provider"))
+            out.append((f'curl -i {url}{route.path.template} -H "Authorization: Bearer $TOKEN"', f"200{shows}"))
+    for route, op in plain:
+        if route.path.is_literal:
+            continue
+        good, bad = (re.sub(r"\{[^{}]*\}", value, op.path.template) for value in ("42", "abc"))
+        if _matches(route, good) and not any(_matches(r, bad) for r in listener.paths):
+            out.append((f"curl -i {url}{bad}", "404: abc is not a valid value of the path parameter"))
+            break
+    unknown = "/no/such/path"
+    if not any(_matches(r, unknown) for r in listener.paths):
+        out.append((f"curl -i {url}{unknown}", "404: no spec declares this path"))
+    return out
 
 
 def _banner(plane: ControlPlane, args: argparse.Namespace) -> None:
-    urls = [f"http://127.0.0.1:{port}" for _name, _addr, port in plane.report.listeners]
-    url = urls[0] if urls else "http://127.0.0.1:8080"
+    from .compiler import compile
+
+    name, address, port = plane.report.listeners[0]
+    url = f"http://{_client_host(address)}:{port}"
+    urls = [f"http://{_client_host(a)}:{p}" for _n, a, p in plane.report.listeners]
+    result = compile(args.paths, listener_port=args.port)
+    tries = hints(result.gateway, url, args.backend_port) if result.gateway is not None else []
+    width = max((len(command) for command, _ in tries), default=0)
     lines = [
         "",
-        f"gateway ready: {', '.join(urls) or url}   (Ctrl-C stops everything)",
+        f"gateway ready: {', '.join(urls)}   (Ctrl-C stops everything)",
         f"control plane: status   python -m controlplane status --server 127.0.0.1:{plane.admin_port}",
         f"               metrics  curl -s 127.0.0.1:{plane.admin_port}/metrics",
-        "try:",
-        f"  curl -i {url}/api/orders/42                    # routed to the backend",
-        f"  curl -i {url}/api/orders/abc                   # 404: orderId is an integer",
-        f"  curl -i -X PUT {url}/api/orders/42             # 405 with Allow",
-        f"  curl -s {url}/api/orders -H 'X-User-Id: admin'  # the backend never sees X-User-Id",
+        f"try, in a second terminal with the virtualenv active (. .venv/bin/activate), on listener {name!r}:",
+        *(f"  {command.ljust(width)}  # {shows}" for command, shows in tries),
         "edit a file under " + " ".join(map(str, args.paths)) + " and the routes follow within a second.",
         "",
     ]

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import ir
 from .errors import Diagnostic
-from .sources import SUFFIXES
+from .sources import stamps
 from .worker import CompiledConfig, Compiler, DetailTexts
 from .xds.admin import AdminServer, json_answer, metrics_handler
 from .xds.cache import DEFAULT_GROUP, SnapshotCache
@@ -57,6 +57,7 @@ class ServeOptions:
     max_delay: float = 2.0
     background_validation: bool = True
     in_process: bool = False  # compile in the server process (tests, tiny inputs)
+    listener_port: int | None = None  # serve the one listener on this port (run --port)
 
 
 @dataclass
@@ -96,10 +97,8 @@ def _fingerprint(files: Sequence[str], inputs: Sequence[str | Path]) -> dict[str
         p = Path(given)
         if p.is_dir():  # a new file in a directory given on the command line is a change
             with contextlib.suppress(OSError):
-                for child in p.iterdir():
-                    if child.suffix.lower() in SUFFIXES and str(child.resolve()) not in out:
-                        st = child.stat()
-                        out[str(child.resolve())] = (st.st_mtime_ns, st.st_size)
+                for name, stamp in stamps(p).items():
+                    out.setdefault(name, stamp)
         elif str(p.resolve()) not in out:
             try:
                 st = p.stat()
@@ -115,9 +114,10 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.ctx = XdsContext(self.cache)
         self.metrics = Metrics(self.ctx.registry, self.cache)
-        self.compiler = Compiler(options.paths, options.strict, in_process=options.in_process)
+        port = options.listener_port
+        self.compiler = Compiler(options.paths, options.strict, in_process=options.in_process, listener_port=port)
         # full validation yields the CPU to compiles and pushes
-        self.validator = Compiler(options.paths, False, in_process=options.in_process, nice=10)
+        self.validator = Compiler(options.paths, False, in_process=options.in_process, nice=10, listener_port=port)
         self.report = CompileReport()
         self.files: list[str] = []
         self.digests: dict[str, str] = {}
@@ -318,6 +318,7 @@ class ControlPlane:
         return json_answer(200, {"changed": changed, "providers": self.jwks_state})
 
     def _rejected(self, report: CompileReport, why: str) -> None:
+        report.operations = self.report.operations  # of the version still served
         self.report = report
         self.metrics.compiles.labels("error").inc()
         self.metrics.last_compile_ok.set(0)

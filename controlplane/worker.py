@@ -17,6 +17,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,11 +103,12 @@ def compile_serialized(
     full_validation: bool = False,
     fetched_jwks: dict[str, str] | None = None,
     base: str = "",
+    listener_port: int | None = None,
 ) -> CompiledConfig:
     """Runs in the worker process (and directly in tests). ``base``: the generation of the
     last result the caller holds whole (see ``CompiledConfig``)."""
     with gc_paused():
-        result = _compile_serialized(paths, strict, full_validation, fetched_jwks)
+        result = _compile_serialized(paths, strict, full_validation, fetched_jwks, listener_port)
         if _IN_WORKER and result.ok:
             result = _relative(result, base)
     if _IN_WORKER:
@@ -124,13 +126,20 @@ def _compile_serialized(
     strict: bool,
     full_validation: bool,
     fetched_jwks: dict[str, str] | None,
+    listener_port: int | None = None,
 ) -> CompiledConfig:
     from .compiler import compile
     from .xds.snapshot import references_of
 
     started = time.perf_counter()
     try:
-        result = compile(list(paths), strict=strict, full_validation=full_validation, fetched_jwks=fetched_jwks)
+        result = compile(
+            list(paths),
+            strict=strict,
+            full_validation=full_validation,
+            fetched_jwks=fetched_jwks,
+            listener_port=listener_port,
+        )
     except RecursionError:  # pragma: no cover - compile reports these itself; a last guard
         return CompiledConfig(False, [Diagnostic("input nests too deeply", ", ".join(paths))])
     files = sorted({str(d.path) for d in result.documents})
@@ -255,15 +264,26 @@ def _follow_parent(parent: int, nice: int = 0) -> None:
         os._exit(0)
     if nice:
         os.nice(nice)
+    # Ctrl-C in a terminal reaches the whole process group: the server stops this worker
+    # itself, and an interrupted worker only prints a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=watch, daemon=True).start()
 
 
 class Compiler:
     """A long-lived worker process for compiles; ``await compile(...)`` never blocks the loop."""
 
-    def __init__(self, paths: Sequence[str | Path], strict: bool = False, in_process: bool = False, nice: int = 0):
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        strict: bool = False,
+        in_process: bool = False,
+        nice: int = 0,
+        listener_port: int | None = None,
+    ):
         self.paths = [str(p) for p in paths]
         self.strict = strict
+        self.listener_port = listener_port  # see compile()
         self.nice = nice  # lower priority for background work (full validation)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.in_process = in_process
@@ -296,6 +316,7 @@ class Compiler:
                 full_validation or self.strict,
                 fetched_jwks,
                 self._last.generation if self._last is not None else "",
+                self.listener_port,
             )
         except concurrent.futures.process.BrokenProcessPool:
             self._pool = None  # the worker died (out of memory…): start a new one next time

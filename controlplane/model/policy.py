@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
-from ..errors import Diagnostics, pointer
+from ..errors import Diagnostics, pointer, shorten_message
 
 API_VERSION = "controlplane.dev/v1"
 KIND = "GatewayPolicy"
@@ -71,7 +71,7 @@ def _describe(err: ValidationError) -> list[tuple[str, str]]:
     if err.validator in ("enum", "const"):
         options = schema.get("enum", [schema.get("const")])
         return [(where, f"{err.instance!r} is not one of {', '.join(repr(o) for o in options)}")]
-    return [(where, err.message)]
+    return [(where, shorten_message(err.message, err.instance))]
 
 
 def check(value: Any, file: str, base: str, diags: Diagnostics, definition: str | None = None) -> bool:
@@ -139,9 +139,10 @@ _WHERE_SERVED = ("listeners", "pathPrefix", "upstreamPathPrefix")
 def usable_policy(data: dict[str, Any]) -> dict[str, Any]:
     """The usable parts of a policy that :func:`check` rejected (see :func:`usable`).
 
-    Items of ``listeners``, ``upstreams`` and ``apis`` keep their index; one with nothing
-    usable left is None. An api whose paths or listeners are wrong is checked but served on
-    no listener: its routes would be guesses, and their conflicts noise.
+    Items of ``listeners``, ``upstreams``, ``apis``, ``auth.providers`` and ``ipAllowlists``
+    keep their index; one with nothing usable left is None. An api whose paths or listeners
+    are wrong is checked but served on no listener: its routes would be guesses, and their
+    conflicts noise.
     """
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -156,6 +157,11 @@ def usable_policy(data: dict[str, Any]) -> dict[str, Any]:
             part = usable(value, key)
             if part is not None:
                 out[key] = part
+        elif key == "auth" and isinstance(value, dict) and isinstance(value.get("providers"), list):
+            # a typo in one provider must not hide it: every api using it would be an error too
+            out[key] = {"providers": [usable(item, "jwtProvider") for item in value["providers"]]}
+        elif key == "ipAllowlists" and isinstance(value, list):
+            out[key] = [usable(item, "ipAllowlist") for item in value]
     return out
 
 
