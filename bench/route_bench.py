@@ -1,11 +1,14 @@
 """Envoy CPU per request: a request matching the LAST of 50k operations vs the FIRST one.
 
 A synthetic spec of N operations (bench/synth.py, default 50k) is compiled with a policy
-that points it at a minimal fast backend (bench/_http.py). Two real Envoys
+that points it at a minimal fast backend (bench/_http.py). Three real Envoys
 (``--concurrency 1``, static bootstrap from ``controlplane.bootstrap.static_bootstrap`` +
 ``controlplane.resources.to_dict``, as ``dump --bootstrap`` prints it) serve it:
 
-* partitioned: the RouteConfiguration exactly as compiled (prefix_match_map on ``:path``);
+* scoped: the default shape (``routeScopes: auto``): one RouteConfiguration per first path
+  segment behind Envoy's scoped routes (the scope key is taken from the path by a header
+  mutation), each partitioned with a prefix_match_map on ``:path``;
+* unscoped: the same compile with ``routeScopes: never``: one partitioned RouteConfiguration;
 * flat: the same Route messages (``routes.path_routes`` of every path, in precedence
   order, then the 404 catch-all) as one plain route list, no matcher; built here from the IR.
 
@@ -23,10 +26,10 @@ sends a fixed number of requests per run; Envoy's CPU time is read from
 ``schedstat``, nanosecond resolution). Runs alternate config x case in rounds to cancel
 drift; the table shows the median over rounds (min-max). The number of requests per run is
 calibrated so that a run costs Envoy about ``--target-cpu`` seconds. Goal: last/first <= 1.2
-for the partitioned config.
+for the shape that ships (scoped), and for unscoped.
 
-    cd /work/main && /work/venv/bin/python bench/route_bench.py
-    /work/venv/bin/python bench/route_bench.py --ops 10000 --rounds 3 --target-cpu 0.5
+    cd /work/main && .venv/bin/python bench/route_bench.py
+    .venv/bin/python bench/route_bench.py --ops 10000 --rounds 3 --target-cpu 0.5
 """
 
 from __future__ import annotations
@@ -202,6 +205,7 @@ listeners:
   - name: bench
     address: 127.0.0.1
     port: {port}
+    routeScopes: {scopes}
 upstreams:
   - name: backend
     endpoints: ["127.0.0.1:{backend}"]
@@ -250,7 +254,7 @@ def flat_routes(listener: Any) -> list[Any]:
 
 
 def flat_configuration(compiled: Any, listener: Any) -> Any:
-    """The compiled RouteConfiguration with its matcher replaced by one flat list of the same routes."""
+    """The compiled (unscoped) RouteConfiguration with its matcher replaced by one flat list of the same routes."""
     from envoy.config.route.v3 import route_pb2
 
     flat = route_pb2.RouteConfiguration()
@@ -261,16 +265,21 @@ def flat_configuration(compiled: Any, listener: Any) -> Any:
     return flat
 
 
-def partition_lists(compiled: Any) -> dict[str, list[str]]:
-    """Key -> route names of its RouteList, read from the compiled RouteConfiguration."""
+def partition_lists(configs: dict[str, Any], listener: str) -> dict[str, tuple[str, list[str]]]:
+    """Key -> (route configuration, route names of its RouteList), read from the listener's
+    compiled RouteConfiguration (unscoped) or from those of its scopes."""
     from envoy.config.route.v3 import route_components_pb2 as rc
 
     out = {}
-    tree = compiled.virtual_hosts[0].matcher.matcher_tree
-    for key, on_match in tree.prefix_match_map.map.items():
-        rl = rc.RouteList()
-        on_match.action.typed_config.Unpack(rl)
-        out[key] = [r.name for r in rl.routes]
+    for name, compiled in configs.items():
+        if name != listener and not name.startswith(listener + "/"):
+            continue
+        tree = compiled.virtual_hosts[0].matcher.matcher_tree
+        for key, on_match in tree.prefix_match_map.map.items():
+            rl = rc.RouteList()
+            on_match.action.typed_config.Unpack(rl)
+            assert key not in out, f"key {key!r} in two route configurations"
+            out[key] = (name, [r.name for r in rl.routes])
     return out
 
 
@@ -282,8 +291,13 @@ def longest_key(keys: Any, path: str) -> str | None:
     return best
 
 
-def make_cases(listener: Any, examples: dict[str, str], lists: dict[str, list[str]], flat: list[Any]) -> list[Case]:
+def make_cases(
+    listener: Any, examples: dict[str, str], by_config: dict[str, dict[str, tuple[str, list[str]]]], flat: list[Any]
+) -> list[Case]:
+    """The cases, each with where its request lands in every config. The keys of the largest
+    list and the 'no key' request are chosen in the first config of ``by_config``."""
     paths = listener.paths
+    lists = next(iter(by_config.values()))
     flat_index = {r.name: i for i, r in enumerate(flat)}
     cases = []
     last_method = paths[-1].operations[-1].method
@@ -303,24 +317,33 @@ def make_cases(listener: Any, examples: dict[str, str], lists: dict[str, list[st
         if hit != idx:
             raise SystemExit(f"{name}: {request_path} matches path #{hit}, not #{idx} ({pr.path.template})")
         c = Case(name, op.method, request_path, 200)
-        key = longest_key(lists, request_path)
-        assert key is not None
-        c.where["partitioned"] = f"#{lists[key].index(op.name) + 1} of {len(lists[key])} in key {key!r}"
+        for config, config_lists in by_config.items():
+            key = longest_key(config_lists, request_path)
+            assert key is not None
+            where, names = config_lists[key]
+            c.where[config] = f"#{names.index(op.name) + 1} of {len(names)} in key {key!r} of {where!r}"
         c.where["flat"] = f"#{flat_index[op.name] + 1} of {len(flat)}"
         cases.append(c)
     # 404 outside every key: on_no_match.
     nokey = "/undeclared/" + UNDECLARED
-    assert longest_key(lists, nokey) is None and first_match(paths, nokey) is None
+    assert first_match(paths, nokey) is None
     c = Case("404 no key", "GET", nokey, 404)
-    c.where["partitioned"] = "on_no_match (no key)"
+    for config, config_lists in by_config.items():
+        assert longest_key(config_lists, nokey) is None
+        c.where[config] = "no scope" if config == "scoped" else "on_no_match (no key)"
     c.where["flat"] = f"#{len(flat)} of {len(flat)} (catch-all)"
     cases.append(c)
     # 404 that tries the whole of the largest partition.
-    for key in sorted(lists, key=lambda k: -len(lists[k])):
+    for key in sorted(lists, key=lambda k: -len(lists[k][1])):
         candidate = key + (UNDECLARED if key.endswith("/") else "/" + UNDECLARED)
         if longest_key(lists, candidate) == key and first_match(paths, candidate) is None:
             c = Case("404 largest", "GET", candidate, 404)
-            c.where["partitioned"] = f"#{len(lists[key])} of {len(lists[key])} in key {key!r} (largest list)"
+            for config, config_lists in by_config.items():
+                own = longest_key(config_lists, candidate)
+                assert own is not None
+                where, names = config_lists[own]
+                largest = " (largest list)" if own == key else ""
+                c.where[config] = f"#{len(names)} of {len(names)} in key {own!r} of {where!r}{largest}"
             c.where["flat"] = f"#{len(flat)} of {len(flat)} (catch-all)"
             cases.append(c)
             break
@@ -372,6 +395,7 @@ def main() -> None:
         help="keep the JSON access log on (default: off, to measure routing; it adds the same cost to every request)",
     )
     p.add_argument("--no-flat", action="store_true", help="skip the flat route list comparison")
+    p.add_argument("--no-unscoped", action="store_true", help="skip the unscoped configuration")
     p.add_argument(
         "--src", type=Path, help="directory holding the controlplane package to measure (default: this repo)"
     )
@@ -402,46 +426,67 @@ def main() -> None:
         spec = synth_file(args.ops)
         _, examples = synth.generate(args.ops)
         port = free_port()
-        policy = workdir / "bench.policy.yaml"
-        policy.write_text(
-            POLICY.format(
-                access_log=str(args.access_log).lower(), max_heap=8 << 30, port=port, backend=backend_port, spec=spec
+        compiled_by_shape: dict[str, Any] = {}
+        for shape, scopes in (("scoped", "auto"), ("unscoped", "never")):
+            if shape == "unscoped" and args.no_unscoped and args.no_flat:
+                continue
+            policy = workdir / f"{shape}.policy.yaml"
+            policy.write_text(
+                POLICY.format(
+                    access_log=str(args.access_log).lower(),
+                    max_heap=8 << 30,
+                    port=port,
+                    backend=backend_port,
+                    spec=spec,
+                    scopes=scopes,
+                )
             )
-        )
-        t0 = time.process_time()
-        result = controlplane.compile([policy])
-        compile_s = time.process_time() - t0
-        if not result.ok:
-            raise SystemExit("\n".join(map(str, result.diagnostics[:20])))
-        assert result.gateway is not None and result.resources is not None
-        listener = result.gateway.listeners[0]
-        compiled = result.resources.of(Resources.ROUTE)[listener.name]
-        lists = partition_lists(compiled)
+            t0 = time.process_time()
+            result = controlplane.compile([policy])
+            compile_s = time.process_time() - t0
+            if not result.ok:
+                raise SystemExit("\n".join(map(str, result.diagnostics[:20])))
+            assert result.gateway is not None and result.resources is not None
+            compiled_by_shape[shape] = result
+            print(f"compiled {args.ops} operations ({shape}) in {compile_s:.1f} CPU s", flush=True)
+        scoped = compiled_by_shape["scoped"]
+        listener = scoped.gateway.listeners[0]
+        if not scoped.resources.of(Resources.SCOPED_ROUTE):
+            raise SystemExit("the default compile has no scopes: the spec is too small or has no literal first segment")
+        lists_by_config = {"scoped": partition_lists(scoped.resources.of(Resources.ROUTE), listener.name)}
+        configs = {"scoped": scoped.resources}
+        if "unscoped" in compiled_by_shape:
+            unscoped = compiled_by_shape["unscoped"]
+            compiled = unscoped.resources.of(Resources.ROUTE)[listener.name]
+            if not args.no_unscoped:
+                lists_by_config["unscoped"] = partition_lists(unscoped.resources.of(Resources.ROUTE), listener.name)
+                configs["unscoped"] = unscoped.resources
+            if not args.no_flat:
+                flat_res = Resources(
+                    by_type={k: dict(v) for k, v in unscoped.resources.by_type.items()},
+                    sources=dict(unscoped.resources.sources),
+                )
+                flat_res.by_type[Resources.ROUTE][listener.name] = flat_configuration(compiled, listener)
+                configs["flat"] = flat_res
         flat = flat_routes(listener)
-        sizes = sorted(len(v) for v in lists.values())
-        print(
-            f"compiled {args.ops} operations on {len(listener.paths)} paths in {compile_s:.1f} CPU s; "
-            f"flat list: {len(flat)} routes; partitioned: {len(lists)} keys, {sum(sizes)} routes in lists "
-            f"(median {sizes[len(sizes) // 2]}, max {sizes[-1]} per list)",
-            flush=True,
+        sizes_by_config = {name: sorted(len(v[1]) for v in lists.values()) for name, lists in lists_by_config.items()}
+        shapes = "; ".join(
+            f"{name}: {len({v[0] for v in lists_by_config[name].values()})} route configuration(s), "
+            f"{len(sizes)} keys, {sum(sizes)} routes in lists "
+            f"(median {sizes[len(sizes) // 2]}, max {sizes[-1]} per list)"
+            for name, sizes in sizes_by_config.items()
         )
-        cases = make_cases(listener, examples, lists, flat)
+        print(f"{len(listener.paths)} paths; flat list: {len(flat)} routes; {shapes}", flush=True)
+        cases = make_cases(listener, examples, lists_by_config, flat)
 
-        configs = {"partitioned": result.resources}
-        if not args.no_flat:
-            flat_res = Resources(
-                by_type={k: dict(v) for k, v in result.resources.by_type.items()},
-                sources=dict(result.resources.sources),
-            )
-            flat_res.by_type[Resources.ROUTE][listener.name] = flat_configuration(compiled, listener)
-            configs["flat"] = flat_res
         envoys: dict[str, Envoy] = {}
         setup_rows = []
         for name, res in configs.items():
+            gateway = compiled_by_shape["scoped" if name == "scoped" else "unscoped"].gateway
             admin = free_port()
-            lport = port if name == "partitioned" else free_port()
+            lport = free_port()
             t0 = time.process_time()
-            cfg = to_dict(static_bootstrap(result.gateway, res, AdminOptions(port=admin)))
+            cfg = to_dict(static_bootstrap(gateway, res, AdminOptions(port=admin)))
             to_dict_s = time.process_time() - t0
             cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = lport
             envoys[name] = e = Envoy(name, cfg, workdir, admin, lport)
@@ -506,9 +551,8 @@ def main() -> None:
 
         print(f"\nmachine: {machine()}\nmeasured: {measured}")
         print(
-            f"spec: {args.ops} operations, {len(listener.paths)} paths; flat list {len(flat)} routes; "
-            f"{len(lists)} partition keys holding {sum(sizes)} routes (median {sizes[len(sizes) // 2]}, "
-            f"max {sizes[-1]} per list); access log {'on' if args.access_log else 'off'}; "
+            f"spec: {args.ops} operations, {len(listener.paths)} paths; flat list {len(flat)} routes; {shapes}; "
+            f"access log {'on' if args.access_log else 'off'}; "
             f"{args.connections} keep-alive connections; {args.rounds} rounds\n"
         )
         print(
@@ -541,7 +585,7 @@ def main() -> None:
                 ratio = med(name, "last", key) / med(name, "first", key)
                 goal = (
                     f"  goal <= {LAST_FIRST_GOAL}: {'MET' if ratio <= LAST_FIRST_GOAL else 'MISSED'}"
-                    if name == "partitioned"
+                    if name != "flat"
                     else ""
                 )
                 print(f"{name:11s} last/first ({label}): {paired(name, 'last', 'first', key)}{goal}")
@@ -550,8 +594,11 @@ def main() -> None:
                     ref = "first" if c.name.startswith("404") else c.name
                     num = "last" if ref == c.name else c.name
                     print(f"{name:11s} {num}/{ref} (stat): {paired(name, num, ref)}")
-        if "flat" in envoys:
-            print(f"last route, flat/partitioned (stat): {med('flat', 'last') / med('partitioned', 'last'):.1f}x")
+        for name in envoys:
+            if name != "scoped":
+                for c in cases:
+                    ratio = med(name, c.name) / med("scoped", c.name)
+                    print(f"{c.name:12s} {name}/scoped (stat): {ratio:.2f}")
     finally:
         for proc in reversed(procs):
             if isinstance(proc, (Envoy, Client)):
