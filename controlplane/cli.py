@@ -140,8 +140,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
     data: Any
     if args.ir:
         data = ir.to_dict(result.gateway)
-    elif args.bootstrap:
-        data = to_dict(static_bootstrap(result.gateway, result.resources, AdminOptions(port=args.admin_port)))
+    elif args.bootstrap:  # the message itself: its YAML is written without a dict of it
+        data = static_bootstrap(result.gateway, result.resources, AdminOptions(port=args.admin_port))
     elif args.type:
         data = [to_dict(m) for m in result.resources.of(Resources.TYPES[args.type]).values()]
     else:
@@ -366,14 +366,19 @@ def parser() -> argparse.ArgumentParser:
     server_tls(s)
     s.add_argument("--strict", action="store_true", help="publish only inputs that pass full validation")
     s.add_argument(
-        "--poll-interval", type=float, default=0.2, metavar="SECONDS", help="how often the files are checked"
+        "--poll-interval",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="how often the files are checked (less often when looking takes over a tenth of that)",
     )
     s.add_argument(
         "--quiet-period",
         type=float,
         default=0.3,
         metavar="SECONDS",
-        help="recompile once the files have been quiet this long",
+        help="a change after this long without changes is compiled at once; changes that follow it "
+        "within this time are compiled together once the files have been quiet this long",
     )
     s.add_argument(
         "--max-delay",

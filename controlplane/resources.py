@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import descriptor, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
+from yaml.events import DocumentEndEvent, DocumentStartEvent, StreamEndEvent, StreamStartEvent
 
 from .documents import gc_paused
 from .ir import Operation, PathRoute, Source
+from .output import _Events
 
 _PREFIX = "type.googleapis.com/"
 
@@ -175,11 +177,7 @@ class _Converter:
         if not msg.ListFields():
             return {}
         url = msg.type_url  # type: ignore[attr-defined]
-        cls = _CLASSES.get(url)
-        if cls is None:
-            name = url.rpartition("/")[2]
-            cls = _CLASSES[url] = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(name))
-        inner = cls.FromString(msg.value)  # type: ignore[attr-defined]
+        inner = _unpack(msg)
         plan = _plan_of(inner.DESCRIPTOR)
         if plan is None or inner.DESCRIPTOR.full_name == _ANY:
             return _json_format(msg)
@@ -215,6 +213,112 @@ class _Converter:
             else:
                 out[name] = _other(kind, detail, value)
         return out
+
+
+class MessageEvents(_Events):
+    """YAML events for a message, the same as for ``to_dict`` of it, without the dict."""
+
+    @staticmethod
+    def plain(data: Any) -> Any:
+        return to_dict(data)
+
+    def _converted(self, msg: Message) -> None:
+        value = _json_format(msg)
+        self.kept.append(value)  # alive to the end: the walk tells objects apart by id
+        self.node(value)
+
+    def document(self, data: Any) -> None:
+        self.kept: list[Any] = []
+        self.emit(StreamStartEvent())
+        self.emit(DocumentStartEvent(explicit=False))
+        self.message(data)
+        self.emit(DocumentEndEvent(explicit=False))
+        self.emit(StreamEndEvent())
+
+    def message(self, msg: Message, url: str | None = None) -> None:
+        desc = msg.DESCRIPTOR
+        if desc.full_name == _ANY:
+            self._any(msg)
+            return
+        plan = _plan_of(desc)
+        fields = msg.ListFields() if plan is not None else []
+        if plan is None or not _plain(plan, fields):
+            self._converted(msg)
+            return
+        emit, node = self.emit, self.node
+        emit(self.map_start)
+        if url is not None:
+            node("@type")
+            node(url)
+        for fd, value in fields:
+            name, kind, detail = plan[fd]
+            node(name)
+            if kind == _AS_IS:
+                node(value)
+            elif kind == _MESSAGE:
+                self.message(value)
+            elif kind == _MESSAGE | _REPEATED:
+                emit(self.seq_start)
+                for v in value:
+                    self.message(v)
+                emit(self.seq_end)
+            elif kind == _MAP:
+                emit(self.map_start)
+                for k in sorted(value, key=str):
+                    node(str(k))
+                    if detail is None:
+                        self.message(value[k])
+                    else:
+                        node(_scalar(detail, value[k]))
+                emit(self.map_end)
+            elif kind & _REPEATED:
+                emit(self.seq_start)
+                for v in value if kind == _AS_IS | _REPEATED else _other(kind, detail, value):
+                    node(v)
+                emit(self.seq_end)
+            elif kind == _ENUM:
+                node(detail[value])
+            else:
+                node(_other(kind, detail, value))
+        emit(self.map_end)
+
+    def _any(self, msg: Message) -> None:
+        if not msg.ListFields():
+            self.emit(self.map_start)
+            self.emit(self.map_end)
+            return
+        inner = _unpack(msg)
+        plan = _plan_of(inner.DESCRIPTOR)
+        if plan is None or inner.DESCRIPTOR.full_name == _ANY or not _plain(plan, inner.ListFields()):
+            self._converted(msg)
+            return
+        self.message(inner, msg.type_url)  # type: ignore[attr-defined]
+
+
+def _plain(plan: dict[Any, _FieldPlan], fields: Sequence[tuple[Any, Any]]) -> bool:
+    """No field of this message needs json_format (an extension, an enum number the enum
+    does not name, a double that is not finite): checked before its first event."""
+    for fd, value in fields:
+        entry = plan.get(fd)
+        if entry is None:
+            return False
+        kind = entry[1] & ~_REPEATED
+        if kind in (_ENUM, _DOUBLE):
+            try:
+                _other(entry[1], entry[2], value)
+            except _Slow:
+                return False
+    return True
+
+
+def _unpack(msg: Message) -> Message:
+    url = msg.type_url  # type: ignore[attr-defined]
+    cls = _CLASSES.get(url)
+    if cls is None:
+        name = url.rpartition("/")[2]
+        cls = _CLASSES[url] = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(name))
+    inner: Message = cls.FromString(msg.value)  # type: ignore[attr-defined]
+    return inner
 
 
 def _enum(names: dict[int, str], number: int) -> str:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from controlplane import compile, output
 from controlplane.bootstrap import static_bootstrap
-from controlplane.resources import _json_format, to_dict
+from controlplane.resources import MessageEvents, _json_format, to_dict
 from tests.conftest import REPO
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -175,6 +175,8 @@ def test_to_dict_is_json_format_with_sorted_maps(boot: Any) -> None:
     assert json.dumps(fast) == json.dumps(_json_format(boot))
     assert output.to_yaml(fast) == _pyyaml(fast)
     assert output.to_yaml(fast) == _pyyaml(_json_format(boot))
+    # dump --bootstrap: YAML straight from the message, no dict in between
+    assert output.to_yaml(boot, MessageEvents) == _pyyaml(_json_format(boot))
 
 
 def test_to_dict_of_well_known_types_maps_and_odd_values() -> None:
@@ -203,5 +205,6 @@ def test_to_dict_of_well_known_types_maps_and_odd_values() -> None:
     cluster.max_requests_per_connection.value = 7
     cluster.upstream_bind_config.source_address.address = "::"
     assert json.dumps(to_dict(cluster)) == json.dumps(_json_format(cluster))
+    assert output.to_yaml(cluster, MessageEvents) == _pyyaml(_json_format(cluster))
     listed = list(to_dict(cluster)["metadata"]["filter_metadata"])
     assert listed == ["alpha", "zeta"]
