@@ -52,7 +52,7 @@ class ServeOptions:
     admin_address: str = "127.0.0.1:18001"
     tls: TlsFiles | None = None
     strict: bool = False
-    poll_interval: float = 0.1
+    poll_interval: float = 0.05
     quiet_period: float = 0.3
     max_delay: float = 2.0
     background_validation: bool = True
@@ -346,13 +346,15 @@ class ControlPlane:
         pending_since = 0.0  # when the oldest change not compiled yet was seen
         last_change = -math.inf
         at_once = False  # compile the pending change without waiting for quiet
+        polled = 0.0  # how long the last look at the files took
         if self.digests and not await asyncio.to_thread(_same_content, self.digests):
             pending_since = last_change = time.monotonic()  # written after the first compile read it
             at_once = True
         while True:
-            await asyncio.sleep(o.poll_interval)
+            await asyncio.sleep(max(o.poll_interval, polled * POLL_COST_FACTOR))
             now = time.monotonic()
             current = await asyncio.to_thread(_fingerprint, self.files, o.paths)
+            polled = time.monotonic() - now
             if current != seen:
                 # Nobody waits for a quiet period after a lone edit; what follows it within
                 # the quiet period is a burst, compiled once it is over.
@@ -378,6 +380,10 @@ class ControlPlane:
             if any(after.get(f, stamp) != stamp for f, stamp in seen.items()):
                 pending_since = last_change = time.monotonic()  # written to while compiling
             seen = compiled = after
+
+
+# A large tree of inputs is looked at less often: polling takes at most 1/10 of the time.
+POLL_COST_FACTOR = 10
 
 
 def _same_content(digests: dict[str, str]) -> bool:
