@@ -84,6 +84,7 @@ def provider_ir(
         roles_claim=spec.get("rolesClaim", "role"),
         scopes_claim=spec.get("scopesClaim", "scope"),
         forward_token=bool(spec.get("forwardToken", False)),
+        claim_error_status=int(spec.get("claimErrorStatus", 403)),
     )
 
 

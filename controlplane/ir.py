@@ -173,6 +173,7 @@ class JwtProvider:
     roles_claim: str = "role"
     scopes_claim: str = "scope"
     forward_token: bool = False  # the token (header, query parameter, cookie) reaches the backend
+    claim_error_status: int = 403  # a claim header's claim that cannot be a header value refuses the request
 
     @property
     def jwks_cluster(self) -> str:

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from envoy.config.core.v3 import address_pb2, base_pb2, http_uri_pb2
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2 as matching_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
-from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+from envoy.extensions.matching.input_matchers.metadata.v3 import metadata_pb2 as metadata_input_pb2
+from envoy.type.matcher.v3 import metadata_pb2, number_pb2, regex_pb2, string_pb2, value_pb2
+from envoy.type.v3 import range_pb2
 from google.protobuf import empty_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from xds.core.v3 import cidr_pb2, extension_pb2
@@ -40,8 +46,8 @@ IP_FILTER = "ip-allowlist"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 AUTHZ_FILTER = "authorization"
 ALG_FILTER = "token-algorithm"
-PAYLOAD = "jwt_payload"
 HEADER = "jwt_header"
+CLAIMS_FILTER = "claim-values"
 # Lists longer than this use the matcher API's IP trie instead of a list of principals
 # (RBAC tries principals one by one).
 IP_TRIE_THRESHOLD = 64
@@ -77,7 +83,6 @@ def _uses(listener: ir.Listener) -> _Uses:
 def envoy_fetches(p: ir.JwtProvider) -> bool:
     """Envoy fetches these keys itself: the control plane never sees them to pin algorithms."""
     return p.jwks_json is None and p.jwks_fetch == "envoy"
-
 
 
 # -- client address allowlists ------------------------------------------------------------
@@ -164,7 +169,9 @@ def jwt_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | No
     authorizing = _uses(listener).authorizing_providers
     config = jwt_pb2.JwtAuthentication()
     for name in used:
-        config.providers[name].CopyFrom(_provider(providers[name], name in authorizing))
+        p = providers[name]
+        # copying the payload into each request's metadata costs: only when RBAC or the claim check reads it
+        config.providers[name].CopyFrom(_provider(p, name in authorizing, name in authorizing or bool(p.claim_headers)))
         config.requirement_map[name].CopyFrom(jwt_pb2.JwtRequirement(provider_name=name))
         config.requirement_map[name + "?"].CopyFrom(
             jwt_pb2.JwtRequirement(
@@ -179,11 +186,17 @@ def jwt_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | No
     return hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=packed(config))
 
 
-def _provider(p: ir.JwtProvider, authorizing: bool) -> jwt_pb2.JwtProvider:
+def payload_key(p: ir.JwtProvider | str) -> str:
+    """Where a provider's verified payload lies in jwt_authn's dynamic metadata: one key per
+    provider, so that the claim check knows which provider's claim headers apply."""
+    return f"payload.{p if isinstance(p, str) else p.name}"
+
+
+def _provider(p: ir.JwtProvider, authorizing: bool, payload: bool) -> jwt_pb2.JwtProvider:
     out = jwt_pb2.JwtProvider(
         issuer=p.issuer,
         audiences=list(p.audiences),
-        forward=False,  # the backend gets verified headers, not the token
+        forward=p.forward_token,  # by default the backend gets verified headers, not the token
         from_headers=[jwt_pb2.JwtHeader(name="Authorization", value_prefix="Bearer ")],
         from_params=list(p.query_parameters),
         from_cookies=list(p.cookies),
@@ -192,8 +205,9 @@ def _provider(p: ir.JwtProvider, authorizing: bool) -> jwt_pb2.JwtProvider:
         jwt_cache_config=jwt_pb2.JwtCacheConfig(jwt_cache_size=10_000),
         claim_to_headers=[jwt_pb2.JwtClaimToHeader(header_name=h, claim_name=c) for c, h in p.claim_headers],
     )
-    if authorizing:  # copying the payload into every request's metadata costs; only RBAC needs it
-        out.payload_in_metadata = PAYLOAD
+    if payload:
+        out.payload_in_metadata = payload_key(p)
+    if authorizing:
         out.normalize_payload_in_metadata.space_delimited_claims.append(p.scopes_claim)
     if envoy_fetches(p):
         out.header_in_metadata = HEADER  # for the token-algorithm check
@@ -304,6 +318,161 @@ def token_cookie_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFi
     return hcm_pb2.HttpFilter(name="strip-token-cookie", typed_config=packed(config))
 
 
+# -- claims that cannot be header values as they are --------------------------------------
+#
+# jwt_authn copies a string, number or boolean claim into its header, but a list arrives as
+# base64 of its JSON and a string with CR or LF makes the upstream request invalid (503). A
+# composite filter looks at each claim-header claim in the verified payload and, only when one
+# is something else than a clean scalar (a list, an object, a string with control
+# characters), runs a Lua filter that rewrites every claim header of that token: a list
+# becomes its items joined by ",", each item a clean string, number or boolean without ","; a
+# value that cannot be a header value refuses the request with the provider's
+# ``claimErrorStatus`` before anything reaches the backend. The common case costs a few
+# metadata lookups, not a Lua call.
+
+# Control characters other than HTAB never make a header value.
+_CLEAN = "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"
+
+_CLAIMS_LUA = """
+local PROVIDERS = {%(providers)s}
+local BAD = "[%%z\\1-\\8\\10-\\31\\127]"
+
+local function scalar(v, item)
+  local t = type(v)
+  if t == "string" then
+    if string.find(v, BAD) or (item and string.find(v, ",", 1, true)) then return nil end
+    return v
+  elseif t == "number" then
+    if v == math.floor(v) and math.abs(v) < 1e15 then return string.format("%%d", v) end
+    return tostring(v)
+  elseif t == "boolean" then
+    return tostring(v)
+  end
+  return nil
+end
+
+local function render(v)
+  if type(v) ~= "table" then return scalar(v, false) end
+  local n = 0
+  for _ in pairs(v) do n = n + 1 end
+  if n ~= #v then return nil end
+  local out = {}
+  for i = 1, n do
+    local s = scalar(v[i], true)
+    if s == nil then return nil end
+    out[i] = s
+  end
+  return table.concat(out, ",")
+end
+
+function envoy_on_request(handle)
+  local md = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.jwt_authn")
+  if md == nil then return end
+  for key, p in pairs(PROVIDERS) do
+    local payload = md[key]
+    if payload ~= nil then
+      local values = {}
+      for _, c in ipairs(p.claims) do
+        local v = payload[c[1]]
+        if v ~= nil then
+          local s = render(v)
+          if s == nil then
+            handle:respond({[":status"] = p.status}, "")
+            return
+          end
+          values[#values + 1] = {c[2], s}
+        end
+      end
+      local headers = handle:headers()
+      for _, hv in ipairs(values) do
+        if hv[2] == "" then headers:remove(hv[1]) else headers:replace(hv[1], hv[2]) end
+      end
+    end
+  end
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string of ASCII is a valid Lua string literal
+
+
+def claim_values_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    by_name = {p.name: p for p in gw.providers}
+    providers = [by_name[n] for n in _uses(listener).providers if by_name[n].claim_headers]
+    if not providers:
+        return None
+    entries = []
+    for p in providers:
+        claims = ", ".join(f"{{{_lua_string(c)}, {_lua_string(h)}}}" for c, h in p.claim_headers)
+        entries.append(
+            f'[{_lua_string(payload_key(p))}] = {{status = "{p.claim_error_status}", claims = {{{claims}}}}}'
+        )
+    lua = lua_pb2.Lua(
+        default_source_code=base_pb2.DataSource(inline_string=_CLAIMS_LUA % {"providers": ", ".join(entries)})
+    )
+    run_lua = composite_pb2.ExecuteFilterAction(
+        typed_config=core_extension_pb2.TypedExtensionConfig(name="claim-headers", typed_config=packed(lua))
+    )
+    clean = value_pb2.ValueMatcher(
+        or_match=value_pb2.OrMatcher(
+            value_matchers=[
+                value_pb2.ValueMatcher(
+                    string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=_CLEAN))
+                ),
+                value_pb2.ValueMatcher(
+                    double_match=number_pb2.DoubleMatcher(range=range_pb2.DoubleRange(start=-1e308, end=1e308))
+                ),
+                value_pb2.ValueMatcher(bool_match=True),
+                value_pb2.ValueMatcher(bool_match=False),
+            ]
+        )
+    )
+    Matcher = matcher_pb2.Matcher
+    Predicate = Matcher.MatcherList.Predicate
+
+    def on_metadata(path: list[str], value: value_pb2.ValueMatcher, invert: bool) -> Any:
+        source = network_inputs_pb2.DynamicMetadataInput(
+            filter=JWT_FILTER, path=[network_inputs_pb2.DynamicMetadataInput.PathSegment(key=k) for k in path]
+        )
+        return Predicate(
+            single_predicate=Predicate.SinglePredicate(
+                input=extension_pb2.TypedExtensionConfig(name="claim", typed_config=packed(source)),
+                custom_match=extension_pb2.TypedExtensionConfig(
+                    name="value", typed_config=packed(metadata_input_pb2.Metadata(value=value, invert=invert))
+                ),
+            )
+        )
+
+    matchers = []
+    for p in providers:
+        for claim, _header in p.claim_headers:
+            path = [payload_key(p), claim]
+            unclean = Predicate(
+                and_matcher=Predicate.PredicateList(
+                    predicate=[
+                        on_metadata(path, value_pb2.ValueMatcher(present_match=True), False),
+                        on_metadata(path, clean, True),
+                    ]
+                )
+            )
+            matchers.append(
+                Matcher.MatcherList.FieldMatcher(
+                    predicate=unclean,
+                    on_match=Matcher.OnMatch(
+                        action=extension_pb2.TypedExtensionConfig(name="claim-headers", typed_config=packed(run_lua))
+                    ),
+                )
+            )
+    config = matching_pb2.ExtensionWithMatcher(
+        extension_config=core_extension_pb2.TypedExtensionConfig(
+            name="composite", typed_config=packed(composite_pb2.Composite())
+        ),
+        xds_matcher=Matcher(matcher_list=Matcher.MatcherList(matchers=matchers)),
+    )
+    return hcm_pb2.HttpFilter(name=CLAIMS_FILTER, typed_config=packed(config))
+
+
 # -- token algorithms of keys Envoy fetches ------------------------------------------------
 
 
@@ -363,10 +532,10 @@ def _metadata(path: list[str], value: value_pb2.ValueMatcher) -> rbac_pb2.Princi
     )
 
 
-def _claim(claim: str, value: str, in_list: bool) -> rbac_pb2.Principal:
+def _claim(provider: ir.JwtProvider, claim: str, value: str, in_list: bool) -> rbac_pb2.Principal:
     exact = _exact(value)
     matcher = value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=exact)) if in_list else exact
-    return _metadata([PAYLOAD, claim], matcher)
+    return _metadata([payload_key(provider), claim], matcher)
 
 
 def authorization_route_config(op: ir.Operation, provider: ir.JwtProvider) -> rbac_filter_pb2.RBACPerRoute:
@@ -376,14 +545,17 @@ def authorization_route_config(op: ir.Operation, provider: ir.JwtProvider) -> rb
         principals.append(
             rbac_pb2.Principal(
                 or_ids=rbac_pb2.Principal.Set(
-                    ids=[_claim(provider.roles_claim, role, False), _claim(provider.roles_claim, role, True)]
+                    ids=[
+                        _claim(provider, provider.roles_claim, role, False),
+                        _claim(provider, provider.roles_claim, role, True),
+                    ]
                 )
             )
         )
     for scopes in op.auth.scope_sets:  # the scope claim is normalized to a list
         principals.append(
             rbac_pb2.Principal(
-                and_ids=rbac_pb2.Principal.Set(ids=[_claim(provider.scopes_claim, s, True) for s in scopes])
+                and_ids=rbac_pb2.Principal.Set(ids=[_claim(provider, provider.scopes_claim, s, True) for s in scopes])
             )
         )
     policies = {}

@@ -60,6 +60,7 @@ HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter 
     (auth.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
     (auth.jwt_filter, "verifies the token, sets identity headers from its claims, leaves its payload for RBAC"),
     (auth.token_algorithm_filter, "after the token: its verified header names the algorithm (keys Envoy fetches)"),
+    (auth.claim_values_filter, "after the token: claim headers that are lists or unclean are rewritten or refused"),
     (auth.authorization_filter, "after the token: roles and scopes come from its verified payload"),
     (auth.token_query_filter, "after authentication read it: a token query parameter never reaches a backend"),
     (auth.token_cookie_filter, "after authentication read it: a token cookie never reaches a backend"),
