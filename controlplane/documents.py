@@ -251,13 +251,21 @@ def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: building large trees of fresh objects (parsed
     YAML, protos) otherwise triggers full collections that cost more than the work itself
     (measured: 64% of a 50k-operation compile). Documents cannot hold cycles (recursive
-    aliases are refused), so nothing is lost; the collector runs again on exit."""
+    aliases are refused), so nothing is lost; the collector runs again on exit.
+
+    On exit, what was made inside goes straight to the oldest generation (unless the
+    process keeps objects frozen, as the compile worker does): the next young collection
+    would otherwise scan all of it once, only to move it up (0.1 s after a 10k-operation
+    compile, which makes no reference cycles)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was_enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
