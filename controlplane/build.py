@@ -450,6 +450,7 @@ class _Builder:
             if policy_upstream is not None:
                 upstream = policy_upstream
                 upstream_prefix = entry.get("upstreamPathPrefix", prefix or "/").rstrip("/")
+                host_rewrite = _policy_upstream_host(self.upstreams[policy_upstream][0])
             else:
                 server = op.server if op.server is not None else doc_server
                 if server is not None and server.usable and not server.is_absolute and doc_server is not None:
@@ -465,6 +466,8 @@ class _Builder:
                     continue
                 upstream = self._auto_upstream(server, op.source)
                 upstream_prefix = entry.get("upstreamPathPrefix", server.base_path or "/").rstrip("/")
+                assert server.host is not None and server.port is not None
+                host_rewrite = _host_header(server.host, server.port, server.scheme == "https")
             layers: list[tuple[dict[str, Any] | None, ir.Source | None]] = [(up_defaults, None)]
             if doc_x:
                 layers.append(doc_x)
@@ -509,6 +512,7 @@ class _Builder:
                 query=op.query,
                 auth=auth.operation_auth(auth_ctx, spec, op, settings, self.diags),
                 remove_token=auth_ctx.remove_token,
+                host_rewrite=host_rewrite,
             )
             shape = normalized_template(segments)
             produced = []
@@ -669,6 +673,32 @@ def _union(patterns: set[ir.PathPattern]) -> ir.PathPattern:
     ordered = sorted(patterns, key=lambda p: (p.template, p.regex or ""))
     regexes = sorted({p.regex or re2_escape(p.template) for p in ordered})
     return ir.PathPattern(ordered[0].template, "|".join(f"(?:{r})" for r in regexes))
+
+
+def _host_header(host: str, port: int, tls: bool) -> str | None:
+    """The Host an upstream named by host expects; None for an IP address (nothing to name)."""
+    if ir.Endpoint(host, port).is_ip:
+        return None
+    return host if port == (443 if tls else 80) else f"{host}:{port}"
+
+
+def _policy_upstream_host(spec: dict[str, Any]) -> str | None:
+    """``upstreams[]``: the host of its URL, else of its first endpoint, unless ``preserveHost``."""
+    from urllib.parse import urlsplit
+
+    if spec.get("preserveHost"):
+        return None
+    try:
+        if "url" in spec:
+            parts = urlsplit(spec["url"])
+            tls = spec.get("tls", parts.scheme == "https")
+            if not parts.hostname:
+                return None
+            return _host_header(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), tls)
+        host, _, port = str(spec["endpoints"][0]).rpartition(":")
+        return _host_header(host.strip("[]"), int(port), bool(spec.get("tls", False)))
+    except (ValueError, LookupError):  # reported where the upstream itself is read
+        return None
 
 
 def _ms(value: str | None, default: int) -> int:

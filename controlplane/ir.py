@@ -217,6 +217,9 @@ class Operation:
     # The client's Authorization header is removed before the backend: the API has a provider
     # that does not forward tokens (public operations included, where no token is checked).
     remove_token: bool = False
+    # Host header sent upstream (its name and, when not the scheme's default, port): set for
+    # upstreams named by host, which often serve several virtual hosts; None keeps the client's.
+    host_rewrite: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 from ..ir import PathPattern, SegmentKind
 
 ANY_SEGMENT = "[^/]+"
+ANY_OR_EMPTY = "[^/]*"  # a string parameter whose schema says ``minLength: 0``
 _INTEGER = "-?[0-9]+"
 _UNSIGNED = "[0-9]+"
 _POSITIVE = "0*[1-9][0-9]*"
@@ -35,8 +36,11 @@ class TemplateError(ValueError):
     """The path template itself is malformed."""
 
 
+_RE2_ESCAPES = str.maketrans({c: "\\" + c for c in _RE2_SPECIAL})
+
+
 def re2_escape(text: str) -> str:
-    return "".join("\\" + c if c in _RE2_SPECIAL else c for c in text)
+    return text.translate(_RE2_ESCAPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,11 @@ class Segment:
         return SegmentKind.PARAMETER
 
 
+# Literal segments ("svc00", "settings") recur in thousands of paths; a Segment is immutable.
+_LITERAL_SEGMENTS: dict[str, Segment] = {}
+_LITERAL_SEGMENTS_MAX = 100_000
+
+
 def parse_template(template: str) -> list[Segment]:
     """Split ``/a/{b}.csv`` into segments; raises TemplateError on malformed templates."""
     if not template.startswith("/"):
@@ -61,6 +70,14 @@ def parse_template(template: str) -> list[Segment]:
         raise TemplateError("a path must not contain '?' or '#'")
     segments = []
     for raw in template[1:].split("/"):
+        if "{" not in raw and "}" not in raw:
+            literal = _LITERAL_SEGMENTS.get(raw)
+            if literal is None:
+                if len(_LITERAL_SEGMENTS) >= _LITERAL_SEGMENTS_MAX:
+                    _LITERAL_SEGMENTS.clear()
+                literal = _LITERAL_SEGMENTS[raw] = Segment((raw,), ())
+            segments.append(literal)
+            continue
         parts: list[str] = []
         params: list[str] = []
         pos = 0
@@ -135,14 +152,18 @@ def parameter_regex(schema: Mapping[str, Any] | None) -> tuple[str, str | None]:
     if types == "boolean":
         return _BOOLEAN, None
     if types in (None, "string"):
+        # A path parameter is not empty unless its schema says so (an OData key inside a
+        # segment: ``(Warehouse='{w}')``).
+        any_value = ANY_OR_EMPTY if schema.get("minLength") == 0 else ANY_SEGMENT
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
             translated = ecma_to_segment_re2(pattern)
             if translated is None:
-                return ANY_SEGMENT, f"pattern {pattern!r} cannot be expressed in RE2; the gateway matches any value"
-            return translated, None
+                return any_value, f"pattern {pattern!r} cannot be expressed in RE2; the gateway matches any value"
+            return (any_value if translated == ANY_SEGMENT else translated), None
         if schema.get("format") == "uuid":
             return _UUID, None
+        return any_value, None
     return ANY_SEGMENT, None
 
 

@@ -44,6 +44,7 @@ def security_headers(policy: ir.HeaderPolicy) -> list[tuple[str, str]]:
 
 
 METHOD_NOT_ALLOWED = "method not allowed: see the Allow header"
+NOT_FOUND = "no API operation is declared at this path"
 
 
 def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
@@ -128,6 +129,9 @@ def local_reply_config(policy: ir.HeaderPolicy, realm: str) -> hcm_pb2.LocalRepl
         mapper(_status(401), AUTHENTICATION_REQUIRED, invalid),
         mapper(_status(403), "forbidden", added),
         mapper(_status(405), METHOD_NOT_ALLOWED, added),
+        # Envoy's own "no route" 404 (a path under a known prefix, a value that does not fit a
+        # typed parameter) has no text of its own
+        mapper(_status(404), NOT_FOUND, added),
     ]
     return hcm_pb2.LocalReplyConfig(
         mappers=[*mappers, every_reply],

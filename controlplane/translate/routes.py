@@ -48,7 +48,7 @@ def not_found_route() -> rc.Route:
     return rc.Route(
         name=NOT_FOUND_ROUTE,
         match=rc.RouteMatch(prefix="/"),
-        direct_response=direct(404, "no API operation is declared at this path"),
+        direct_response=rc.DirectResponseAction(status=404),  # the text: headers.local_reply_config
     )
 
 
@@ -97,6 +97,11 @@ def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx
             rc.QueryParameterMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
         )
     action = rc.RouteAction(cluster=op.upstream, timeout=duration(op.timeout_ms))
+    if op.host_rewrite is not None:
+        # the backend's own name, and the client's Host in X-Forwarded-Host (client copies are
+        # stripped by the first filter)
+        action.host_rewrite_literal = op.host_rewrite
+        action.append_x_forwarded_host = True
     if op.retry != default_retry:  # the virtual host carries the common one
         action.retry_policy.CopyFrom(retry_policy(op.retry))
     if op.rewrite_prefix is not None:
