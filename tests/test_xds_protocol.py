@@ -67,9 +67,15 @@ class FakeStream:
         self.identity = identity
         self.requests: asyncio.Queue[Any] = asyncio.Queue()
         self.responses: asyncio.Queue[bytes] = asyncio.Queue()
+        self.asks = self.taken = 0  # the server's reads of a request: begun, and returned
+        self.asked = asyncio.Event()
 
     async def recv(self) -> Any:
-        return await self.requests.get()
+        self.asks += 1
+        self.asked.set()
+        request = await self.requests.get()
+        self.taken += 1
+        return request
 
     async def send(self, data: bytes) -> None:
         await self.responses.put(data)
@@ -133,8 +139,18 @@ async def response(stream: FakeStream, delta_mode: bool = False, timeout: float 
     return cls.FromString(data)
 
 
-async def nothing(stream: FakeStream, wait: float = 0.2) -> None:
-    await asyncio.sleep(wait)
+# A request of no type: the server reads it and changes nothing.
+NO_OP = discovery_pb2.DiscoveryRequest()
+
+
+async def nothing(stream: FakeStream) -> None:
+    """No response is due. Proven, not waited for: once the server has read every request put
+    so far (a no-op one last) and asks for the next, it has sent whatever was due (it answers
+    before it reads again, and sees any snapshot set before this call)."""
+    await stream.requests.put(NO_OP)
+    while not (stream.requests.empty() and stream.asks > stream.taken):
+        stream.asked.clear()
+        await stream.asked.wait()
     assert stream.responses.empty(), "unexpected response"
 
 
@@ -166,7 +182,7 @@ def test_nothing_is_answered_before_the_first_complete_compile(tmp_path: Path) -
         h = Harness()
         s = h.open()
         await s.requests.put(sotw(LDS))
-        await nothing(s, 0.3)
+        await nothing(s)
         h.cache.set(make_snapshot(tmp_path, ["/a"]))
         resp = await response(s)
         assert resp.type_url == LDS and names_of(resp) == ["admin", "public"]
@@ -181,7 +197,7 @@ def test_ads_answers_pending_types_in_cds_eds_lds_rds_order(tmp_path: Path) -> N
         s = h.open()
         for req in (sotw(RDS, ["public", "admin"]), sotw(LDS), sotw(EDS, ["one", "two"]), sotw(CDS)):
             await s.requests.put(req)
-        await asyncio.sleep(0.1)
+        await nothing(s)  # all four pending when the snapshot arrives
         h.cache.set(make_snapshot(tmp_path, ["/a"]))
         order = [(await response(s)).type_url for _ in range(4)]
         assert order == [CDS, EDS, LDS, RDS]
