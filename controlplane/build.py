@@ -365,8 +365,12 @@ class _Builder:
         )
 
     # -- operations -------------------------------------------------------------------------
-    def _settings(self, layers: list[tuple[dict[str, Any] | None, ir.Source | None]]) -> dict[str, Any]:
-        merged = dict(DEFAULT_ROUTE_SETTINGS)
+    def _settings(
+        self,
+        layers: list[tuple[dict[str, Any] | None, ir.Source | None]],
+        base: dict[str, Any] = DEFAULT_ROUTE_SETTINGS,
+    ) -> dict[str, Any]:
+        merged = dict(base)
         for value, src in layers:
             if value is None:
                 continue
@@ -436,6 +440,14 @@ class _Builder:
         # keeps unchanged path items), with the same API context, are replayed. Not with
         # upstreams made from server URLs: building those registers them.
         memo = self._op_memo if policy_upstream is not None else None
+        # Settings of operations without their own (most of them): merged once per API.
+        api_layers: list[tuple[dict[str, Any] | None, ir.Source | None]] = [(up_defaults, None)]
+        if doc_x:
+            api_layers.append(doc_x)
+        api_layers.append((api_ip, None))
+        api_layers.append((entry.get("defaults"), None))
+        api_settings = self._settings(api_layers)
+        api_retry = _retry_and_timeout(api_settings)
         for op in spec.operations:
             if memo is not None:
                 hit = memo.get(op)
@@ -468,32 +480,14 @@ class _Builder:
                 upstream_prefix = entry.get("upstreamPathPrefix", server.base_path or "/").rstrip("/")
                 assert server.host is not None and server.port is not None
                 host_rewrite = _host_header(server.host, server.port, server.scheme == "https")
-            layers: list[tuple[dict[str, Any] | None, ir.Source | None]] = [(up_defaults, None)]
-            if doc_x:
-                layers.append(doc_x)
-            layers.append((api_ip, None))
-            layers.append((entry.get("defaults"), None))
-            layers.extend((value, src) for _level, value, src in op.x_gateway)
-            layers.append((overrides.get(op.key), psrc(pointer("operations", op.key))))
-            settings = self._settings(layers)
-            retries = settings.get("retries") or {}
-            attempts = retries.get("attempts", 1)
-            retry = (
-                ir.RetryPolicy(
-                    attempts=attempts,
-                    retry_on=tuple(retries.get("on", DEFAULT_ROUTE_SETTINGS["retries"]["on"])),
-                    per_try_timeout_ms=pol.duration_ms(retries["perTryTimeout"])
-                    if "perTryTimeout" in retries
-                    else None,
-                    retriable_status_codes=tuple(retries.get("retriableStatusCodes", ())),
-                )
-                if attempts
-                else None
-            )
-            if retry is not None:
-                if len(_RETRY_POLICIES) > 1024:
-                    _RETRY_POLICIES.clear()
-                retry = _RETRY_POLICIES.setdefault(retry, retry)
+            op_layers: list[tuple[dict[str, Any] | None, ir.Source | None]] = [
+                (value, src) for _level, value, src in op.x_gateway
+            ]
+            override = overrides.get(op.key)
+            if override is not None:
+                op_layers.append((override, psrc(pointer("operations", op.key))))
+            settings = self._settings(op_layers, api_settings) if op_layers else api_settings
+            retry, timeout_ms = api_retry if settings is api_settings else _retry_and_timeout(settings)
             template = prefix + op.path
             segments = prefix_segments + op.segments
             pattern = build_pattern(template, segments, {n: p.regex for n, p in op.path_params.items()})
@@ -504,7 +498,7 @@ class _Builder:
                 method=op.method,
                 path=pattern,
                 upstream=upstream,
-                timeout_ms=pol.duration_ms(settings["timeout"]),
+                timeout_ms=timeout_ms,
                 retry=retry,
                 sensitive=bool(settings.get("sensitive")),
                 source=op.source,
@@ -649,6 +643,26 @@ class _Builder:
             max_heap_bytes=g.get("maxHeapBytes", 1 << 30),
             providers=tuple(sorted(self.providers.values(), key=lambda p: p.name)),
         )
+
+
+def _retry_and_timeout(settings: dict[str, Any]) -> tuple[ir.RetryPolicy | None, int]:
+    retries = settings.get("retries") or {}
+    attempts = retries.get("attempts", 1)
+    retry = (
+        ir.RetryPolicy(
+            attempts=attempts,
+            retry_on=tuple(retries.get("on", DEFAULT_ROUTE_SETTINGS["retries"]["on"])),
+            per_try_timeout_ms=pol.duration_ms(retries["perTryTimeout"]) if "perTryTimeout" in retries else None,
+            retriable_status_codes=tuple(retries.get("retriableStatusCodes", ())),
+        )
+        if attempts
+        else None
+    )
+    if retry is not None:
+        if len(_RETRY_POLICIES) > 1024:
+            _RETRY_POLICIES.clear()
+        retry = _RETRY_POLICIES.setdefault(retry, retry)
+    return retry, pol.duration_ms(settings["timeout"])
 
 
 def _replay(record: incremental.ApiRecord, routes: dict[str, dict[str, Sequence[ir.Operation]]]) -> None:
