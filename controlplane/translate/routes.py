@@ -89,29 +89,33 @@ def common_retry(paths: tuple[ir.PathRoute, ...]) -> ir.RetryPolicy | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
+# Parts most routes share, built once (passing a message to a constructor copies it). Each
+# key holds everything its part is made of; the tables are emptied when they grow too big.
+_METHOD_MATCHERS: dict[str, rc.HeaderMatcher] = {}
+_ACTIONS: dict[tuple[Any, ...], rc.RouteAction] = {}
+_ALLOW_HEADERS: dict[str, base_pb2.HeaderValueOption] = {}
+_SHARED_MAX = 50_000
+
+
+def _shared(table: dict[Any, Any], key: Any, make: Any) -> Any:
+    part = table.get(key)
+    if part is None:
+        if len(table) >= _SHARED_MAX:
+            table.clear()
+        part = table[key] = make()
+    return part
+
+
 def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx: RouteContext) -> rc.Route:
     match = _path_match(op.path)
-    match.headers.append(rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=op.method)))
+    match.headers.append(_shared(_METHOD_MATCHERS, op.method, lambda: _method_matcher(op.method)))
     for name, value in op.query:
         match.query_parameters.append(
             rc.QueryParameterMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
         )
-    action = rc.RouteAction(cluster=op.upstream, timeout=duration(op.timeout_ms))
-    if op.host_rewrite is not None:
-        # the backend's own name, and the client's Host in X-Forwarded-Host (client copies are
-        # stripped by the first filter)
-        action.host_rewrite_literal = op.host_rewrite
-        action.append_x_forwarded_host = True
-    if op.retry != default_retry:  # the virtual host carries the common one
-        action.retry_policy.CopyFrom(retry_policy(op.retry))
-    if op.rewrite_prefix is not None:
-        gateway_prefix, upstream_prefix = op.rewrite_prefix
-        action.regex_rewrite.CopyFrom(
-            regex_pb2.RegexMatchAndSubstitute(
-                pattern=regex_pb2.RegexMatcher(regex="^" + re2_escape(gateway_prefix)),
-                substitution=upstream_prefix.replace("\\", "\\\\"),
-            )
-        )
+    retry = op.retry if op.retry != default_retry else _VHOST_RETRY
+    action_key = (op.upstream, op.timeout_ms, op.host_rewrite, retry, op.rewrite_prefix)
+    action = _shared(_ACTIONS, action_key, lambda: _route_action(op, retry))
     route = rc.Route(name=op.name, match=match, route=action)
     if ctx is not None:
         for name, config in auth.route_filter_configs(op, ctx[1], ctx[0]).items():
@@ -123,14 +127,45 @@ def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx
     return route
 
 
+_VHOST_RETRY = object()  # the route uses its virtual host's retry policy
+
+
+def _method_matcher(method: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=method))
+
+
+def _route_action(op: ir.Operation, retry: Any) -> rc.RouteAction:
+    """What ``_operation_route`` keys it by: upstream, timeout, host rewrite, retry, prefix rewrite."""
+    action = rc.RouteAction(cluster=op.upstream, timeout=duration(op.timeout_ms))
+    if op.host_rewrite is not None:
+        # the backend's own name, and the client's Host in X-Forwarded-Host (client copies are
+        # stripped by the first filter)
+        action.host_rewrite_literal = op.host_rewrite
+        action.append_x_forwarded_host = True
+    if retry is not _VHOST_RETRY:  # the virtual host carries the common one
+        action.retry_policy.CopyFrom(retry_policy(op.retry))
+    if op.rewrite_prefix is not None:
+        gateway_prefix, upstream_prefix = op.rewrite_prefix
+        action.regex_rewrite.CopyFrom(
+            regex_pb2.RegexMatchAndSubstitute(
+                pattern=regex_pb2.RegexMatcher(regex="^" + re2_escape(gateway_prefix)),
+                substitution=upstream_prefix.replace("\\", "\\\\"),
+            )
+        )
+    return action
+
+
 def _method_not_allowed(path_route: ir.PathRoute) -> rc.Route:
     allow = ", ".join(path_route.allow)
     return rc.Route(
         name="method-not-allowed",
         match=_path_match(path_route.path),
-        direct_response=rc.DirectResponseAction(status=405),  # the text: headers.local_reply_config
-        response_headers_to_add=[header("allow", allow)],
+        direct_response=_DIRECT_405,  # the text: headers.local_reply_config
+        response_headers_to_add=[_shared(_ALLOW_HEADERS, allow, lambda: header("allow", allow))],
     )
+
+
+_DIRECT_405 = rc.DirectResponseAction(status=405)
 
 
 # The gateway and listener routes are built for (per-route filter configs need them).
@@ -263,6 +298,9 @@ _ENCODED_MAX = 200_000
 
 
 def clear_cache() -> None:
+    _METHOD_MATCHERS.clear()
+    _ACTIONS.clear()
+    _ALLOW_HEADERS.clear()
     _ENCODED.clear()
     _SCOPE_CACHE.clear()
 
