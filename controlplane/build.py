@@ -17,6 +17,7 @@ wins over the spec (owned by the API team).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -447,6 +448,7 @@ class _Builder:
         api_layers.append((api_ip, None))
         api_layers.append((entry.get("defaults"), None))
         api_settings = self._settings(api_layers)
+        policy_host = _policy_upstream_host(self.upstreams[policy_upstream][0]) if policy_upstream is not None else None
         api_retry = _retry_and_timeout(api_settings)
         for op in spec.operations:
             if memo is not None:
@@ -462,7 +464,7 @@ class _Builder:
             if policy_upstream is not None:
                 upstream = policy_upstream
                 upstream_prefix = entry.get("upstreamPathPrefix", prefix or "/").rstrip("/")
-                host_rewrite = _policy_upstream_host(self.upstreams[policy_upstream][0])
+                host_rewrite = policy_host
             else:
                 server = op.server if op.server is not None else doc_server
                 if server is not None and server.usable and not server.is_absolute and doc_server is not None:
@@ -689,6 +691,7 @@ def _union(patterns: set[ir.PathPattern]) -> ir.PathPattern:
     return ir.PathPattern(ordered[0].template, "|".join(f"(?:{r})" for r in regexes))
 
 
+@functools.lru_cache(maxsize=4096)  # per operation; an IP address check parses the host
 def _host_header(host: str, port: int, tls: bool) -> str | None:
     """The Host an upstream named by host expects; None for an IP address (nothing to name)."""
     if ir.Endpoint(host, port).is_ip:
