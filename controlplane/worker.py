@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -251,7 +252,6 @@ def _follow_parent(parent: int, nice: int = 0) -> None:
     A killed parent cannot shut its pool down, and an orphaned worker would otherwise live
     on holding its caches (measured: 37-50 MB each).
     """
-    import threading
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -268,6 +268,27 @@ def _follow_parent(parent: int, nice: int = 0) -> None:
     # itself, and an interrupted worker only prints a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=watch, daemon=True).start()
+
+
+class _ProcessWithoutCtrlC(multiprocessing.context.SpawnProcess):
+    """A spawned process that ignores SIGINT from its first instruction: Ctrl-C in a terminal
+    reaches the whole process group, and a worker interrupted while it starts prints a
+    traceback (the initializer comes too late). The ignored disposition is inherited."""
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            super().start()  # only the main thread may change handlers; the initializer still does
+            return
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _SpawnWithoutCtrlC(multiprocessing.context.SpawnContext):
+    # spawn, not fork: the parent runs gRPC threads, which fork would copy half-alive
+    Process = _ProcessWithoutCtrlC
 
 
 class Compiler:
@@ -294,10 +315,9 @@ class Compiler:
         if self.in_process:
             return None
         if self._pool is None:
-            # spawn, not fork: the parent runs gRPC threads, which fork would copy half-alive
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 1,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=_SpawnWithoutCtrlC(),
                 initializer=_follow_parent,
                 initargs=(os.getpid(), self.nice),
             )

@@ -161,7 +161,11 @@ class ValidatorProcess:
         if self._proc is None or self._proc.poll() is not None:
             script = Path(__file__).with_name("_validator_process.py")
             self._proc = subprocess.Popen(
-                [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                [sys.executable, str(script)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                # out of the terminal's process group: Ctrl-C is for the parent, which stops this one
+                start_new_session=True,
             )
         return self._proc
 
