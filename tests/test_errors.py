@@ -871,7 +871,9 @@ def error_lines(stderr: str) -> list[re.Match[str]]:
     """The error lines of the CLI output; every line is an error, a warning or the summary."""
     out = []
     for line in stderr.splitlines():
-        if ": warning [" in line or re.fullmatch(r"\d+ error\(s\), \d+ warning\(s\)", line):
+        if ": warning [" in line or ": note [" in line or line.startswith("    … and the same in "):
+            continue
+        if re.fullmatch(r"\d+ error\(s\), \d+ warning\(s\)( \(\d+ of them repeats, grouped above\))?", line):
             continue
         m = ERROR_LINE.match(line)
         if m is None and re.search(r": error \[(no-input|missing-input)\]: ", line):

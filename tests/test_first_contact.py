@@ -110,6 +110,14 @@ def test_validate_walks_sub_directories_and_says_what_it_read(tmp_path: Path) ->
     assert "ok: 1 listener(s), 2 operation route(s)" in proc.stderr  # /a and /b; not the hidden /c
 
 
+def test_the_readme_shows_what_validate_prints_about_the_examples() -> None:
+    readme = (REPO / "README.md").read_text()
+    (shown,) = re.findall(r"```text\n(specs: note \[inputs\]: .*)\n```", readme)
+    proc = run("validate", "specs")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[0] == shown
+
+
 def test_serve_and_dump_read_directories_the_same_way(tmp_path: Path) -> None:
     write(tmp_path, TREE)
     result = compile([tmp_path])
