@@ -377,6 +377,11 @@ class _Builder:
                 continue
             if src is not None and not pol.check(value, src.file, src.pointer, self.diags, "routeSettings"):
                 continue
+            if src is not None and "ipAllow" in value:  # '198.51.100.10' → '198.51.100.10/32'; a bad one is an error
+                value = {
+                    **value,
+                    "ipAllow": list(auth.check_cidrs(value["ipAllow"], src.file, src.pointer + "/ipAllow", self.diags)),
+                }
             merged.update(value)
         return merged
 

@@ -360,12 +360,6 @@ def test_the_allowlist_decision_is_logged_with_the_trusted_client(gws: Listeners
     assert entry["client"] == "203.0.113.9" and entry["status"] == 403
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="an operation's ipAllow with a bare address (docs: '198.51.100.10') is not normalized to /32 "
-    "(build.py normalizes apis[].ipAllow and ipAllowlists only): translate/auth.py _cidr raises ValueError",
-)
 def test_an_operations_ip_allow_takes_bare_addresses(gateway_factory: Callable[..., Gateway]) -> None:
     files = {
         "spec.yaml": SPEC,

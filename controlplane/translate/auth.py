@@ -59,13 +59,14 @@ class _Uses:
     providers: tuple[str, ...]
     authorization: bool
     authorizing_providers: tuple[str, ...]  # whose payload RBAC reads
+    scoping_providers: tuple[str, ...]  # whose scope claim RBAC reads (normalized to a list)
     token_removal: str  # "all", "some" or "none" of the operations remove the Authorization header
 
 
 @per_listener
 def _uses(listener: ir.Listener) -> _Uses:
     """What the listener's operations use, in one pass over them."""
-    ip, providers, authorizing = False, set(), set()
+    ip, providers, authorizing, scoping = False, set(), set(), set()
     removing = total = 0
     for pr in listener.paths:
         for op in pr.operations:
@@ -76,8 +77,12 @@ def _uses(listener: ir.Listener) -> _Uses:
                 providers.add(op.auth.provider)
                 if op.auth.authorize:
                     authorizing.add(op.auth.provider)
+                if op.auth.scope_sets:
+                    scoping.add(op.auth.provider)
     removal = "all" if removing == total else "some" if removing else "none"
-    return _Uses(ip, tuple(sorted(providers)), bool(authorizing), tuple(sorted(authorizing)), removal)
+    return _Uses(
+        ip, tuple(sorted(providers)), bool(authorizing), tuple(sorted(authorizing)), tuple(sorted(scoping)), removal
+    )
 
 
 def envoy_fetches(p: ir.JwtProvider) -> bool:
@@ -166,12 +171,12 @@ def jwt_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | No
     if not used:
         return None
     providers = {p.name: p for p in gw.providers}
-    authorizing = _uses(listener).authorizing_providers
+    authorizing, scoping = _uses(listener).authorizing_providers, _uses(listener).scoping_providers
     config = jwt_pb2.JwtAuthentication()
     for name in used:
         p = providers[name]
         # copying the payload into each request's metadata costs: only when RBAC or the claim check reads it
-        config.providers[name].CopyFrom(_provider(p, name in authorizing, name in authorizing or bool(p.claim_headers)))
+        config.providers[name].CopyFrom(_provider(p, name in scoping, name in authorizing or bool(p.claim_headers)))
         config.requirement_map[name].CopyFrom(jwt_pb2.JwtRequirement(provider_name=name))
         config.requirement_map[name + "?"].CopyFrom(
             jwt_pb2.JwtRequirement(
@@ -192,7 +197,7 @@ def payload_key(p: ir.JwtProvider | str) -> str:
     return f"payload.{p if isinstance(p, str) else p.name}"
 
 
-def _provider(p: ir.JwtProvider, authorizing: bool, payload: bool) -> jwt_pb2.JwtProvider:
+def _provider(p: ir.JwtProvider, scoping: bool, payload: bool) -> jwt_pb2.JwtProvider:
     out = jwt_pb2.JwtProvider(
         issuer=p.issuer,
         audiences=list(p.audiences),
@@ -207,7 +212,7 @@ def _provider(p: ir.JwtProvider, authorizing: bool, payload: bool) -> jwt_pb2.Jw
     )
     if payload:
         out.payload_in_metadata = payload_key(p)
-    if authorizing:
+    if scoping:  # a space-separated scope string becomes a list for RBAC (costs on every request)
         out.normalize_payload_in_metadata.space_delimited_claims.append(p.scopes_claim)
     if envoy_fetches(p):
         out.header_in_metadata = HEADER  # for the token-algorithm check
