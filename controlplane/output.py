@@ -85,6 +85,9 @@ class _Events:
         self.resolve: Callable[..., str] = dumper.resolve
         self.represent_float: Callable[[float], Any] = dumper.represent_float
         self.strings: dict[str, ScalarEvent] = {}
+        # First characters of the texts YAML could read as something else (numbers, booleans,
+        # null, dates…): other strings need no resolver to be written plain.
+        self.resolved_first = frozenset(dumper.yaml_implicit_resolvers)
         self.ints: dict[int, ScalarEvent] = {}
         self.seen: set[int] = set()
         self.true = self._scalar(_BOOL, "true")
@@ -123,7 +126,11 @@ class _Events:
         if kind is str:
             event = self.strings.get(value)
             if event is None:
-                event = self.strings[value] = self._scalar(_STR, value)
+                if value and value[0] not in self.resolved_first:
+                    event = ScalarEvent(None, _STR, (True, True), value)
+                else:
+                    event = self._scalar(_STR, value)
+                self.strings[value] = event
             emit(event)
         elif kind is dict or kind is OrderedDict:
             self._once(value)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+_SMALL = [bytes([n]) for n in range(128)]  # lengths and tags are mostly one byte
+
 
 def varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL[n]
     out = bytearray()
     while True:
         byte = n & 0x7F
