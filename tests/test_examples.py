@@ -31,7 +31,7 @@ EXAMPLE_BOOTSTRAPS = {
 def test_examples_are_clean_even_in_strict_mode() -> None:
     result = compile([REPO / "specs"], strict=True)
     assert result.ok, "\n".join(map(str, result.diagnostics))
-    assert not result.diagnostics
+    assert not result.errors + result.warnings  # only the note of what was read
     gw = result.gateway
     assert gw is not None
     apis = {op.api for lst in gw.listeners for p in lst.paths for op in p.operations}
