@@ -10,10 +10,14 @@ never a transfer coding; a body the gateway read by Content-Length is the body t
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from controlplane import compile
 from controlplane.echo import EchoServer
 from tests.harness import Gateway, raw_request
 
@@ -108,3 +112,25 @@ def test_ambiguous_framing_is_refused(gw: Gateway, echo: EchoServer, name: str) 
     resp = raw_request(gw.port, REFUSED[name])
     assert 400 <= resp.status < 500 or resp.status == 501, (name, resp.status)
     assert echo.received[before:] == [], name
+
+
+def test_generated_configuration_uses_no_deprecated_envoy_field(tmp_path: Path) -> None:
+    """Envoy warns on every push of a deprecated field (RBAC's Principal.metadata did, 34 times per
+    push of the examples), and such fields are removed in later releases."""
+    from controlplane.bootstrap import static_bootstrap
+    from controlplane.resources import to_dict
+    from tests.conftest import REPO
+    from tests.harness import envoy_binary
+
+    result = compile([REPO / "specs"])
+    assert result.gateway is not None and result.resources is not None
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(to_dict(static_bootstrap(result.gateway, result.resources))))
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "warning", "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "deprecated" not in (proc.stdout + proc.stderr).lower(), proc.stdout + proc.stderr

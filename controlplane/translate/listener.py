@@ -107,17 +107,12 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
             idle_timeout=duration(t.connection_idle_ms),
             headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
         ),
-        # Envoy 1.40's strictest HTTP/1 parsing: BalsaParser (pinned, not left to a runtime
-        # default), no HTTP/1.0, no chunked + Content-Length, no custom methods. Neither parser
-        # can refuse bare-LF line ends or obs-folded lines; both rewrite them (a folded line
-        # joins the header value above it, CR and LF removed), so what reaches the backend is one
+        # Envoy 1.40's strictest HTTP/1 parsing: BalsaParser (its default; the switch back to the
+        # legacy parser is deprecated), no HTTP/1.0, no chunked + Content-Length. Neither parser
+        # can refuse bare-LF line ends or obs-folded lines; both rewrite them (a folded line joins
+        # the header value above it, CR and LF removed), so what reaches the backend is one
         # well-formed request (tests/test_hostile_http1.py shows it).
-        http_protocol_options=protocol_pb2.Http1ProtocolOptions(
-            use_balsa_parser=packed_bool(True),
-            accept_http_10=False,
-            allow_chunked_length=False,
-            allow_custom_methods=False,
-        ),
+        http_protocol_options=protocol_pb2.Http1ProtocolOptions(accept_http_10=False, allow_chunked_length=False),
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
             max_concurrent_streams=uint32(100),
             initial_stream_window_size=uint32(64 * 1024),
