@@ -635,6 +635,8 @@ class _Builder:
                 BUILTIN_IDENTITY_HEADERS,
                 [n for n in OVERRIDE_HEADERS if n not in allowed],
                 h.get("identityHeaders", []),
+                # headers set from verified claims are identity headers whatever their names
+                sorted({header for p in self.providers.values() for _claim, header in p.claim_headers}),
             ),
             strip_request_header_prefixes=_lower_unique(h.get("identityHeaderPrefixes", BUILTIN_IDENTITY_PREFIXES)),
             remove_response_headers=_lower_unique(BUILTIN_REMOVED_RESPONSE_HEADERS, h.get("removeResponseHeaders", [])),

@@ -462,3 +462,31 @@ def test_unknown_override_header_in_policy_is_a_located_error(tmp_path: Path, ho
 def test_b64_of_a_list_is_what_envoy_would_have_sent() -> None:
     """Guards the assertion above that no header starts with 'Wy': base64 of '["' does."""
     assert base64.b64encode(b'["customer"]').decode().startswith("Wy")
+
+
+def test_claim_headers_of_any_name_cannot_be_spoofed(
+    gateway_factory: Callable[..., Gateway], echo: EchoServer, hostile: HostileIdp
+) -> None:
+    """A claim header outside X-User-* that the policy did not also list as an identity header is
+    stripped from client requests all the same. jwt_authn clears its own claim headers, but only
+    where it runs: a listener whose operations are all public has no jwt_authn at all, and its
+    backends trust these headers just the same."""
+    policy = _policy("{inline: " + json.dumps(hostile.jwks()) + "}").replace(
+        "claimHeaders: {sub: X-User-Id, role: X-User-Role, groups: X-User-Groups}",
+        "claimHeaders: {sub: X-Subject, email: Email-Address}",
+    )
+    public_only = (
+        SPEC.replace("security: [{bearer: []}]", "security: []")
+        .replace("security: [{}, {bearer: []}]", "security: []")
+        .replace("x-gateway: {roles: [customer]}, ", "")
+    )
+    spoof = [("X-Subject", "root"), ("email-address", "root@example.com"), ("EMAIL-ADDRESS", "x")]
+    for spec in (SPEC, public_only):
+        gw = gateway_factory({"spec.yaml": spec, "policy.yaml": policy})
+        resp, seen = _get(gw, echo, "/public", spoof)
+        assert resp.status == 200 and seen is not None
+        assert not {k for k, _v in seen["header_list"]} & {"x-subject", "email-address"}, seen["header_list"]
+        resp, seen = _get(gw, echo, "/private", [*spoof, *_bearer(hostile.token("RS256", "rsa-no-alg", email="a@b"))])
+        assert resp.status == 200 and seen is not None
+        values = sorted((k, v) for k, v in seen["header_list"] if k in ("x-subject", "email-address"))
+        assert values == ([] if spec is public_only else [("email-address", "a@b"), ("x-subject", "alice")]), values
