@@ -118,13 +118,13 @@ def test_an_edit_encodes_only_the_routes_it_changes(warm: Path, monkeypatch: pyt
 
     work = warm
     encoded: list[str] = []
-    real = routes.path_routes
+    real = routes.encoded_path_routes
 
     def record(path_route, *args, **kwargs):  # type: ignore[no-untyped-def]
         encoded.append(path_route.path.template)
         return real(path_route, *args, **kwargs)
 
-    monkeypatch.setattr(routes, "path_routes", record)
+    monkeypatch.setattr(routes, "encoded_path_routes", record)
     EDITS[1][1](work)  # one operation more in orders
     warm = compile_serialized([str(work)])
     assert len(encoded) == 1 and encoded[0].endswith("/orders/recent"), encoded
@@ -196,3 +196,51 @@ def test_an_edit_parses_and_builds_only_the_path_items_it_changes(warm: Path, mo
     EDITS[3][1](warm)
     compile_serialized([str(warm)])
     assert "/orders/{orderId}" in parsed and len(parsed) > 5
+
+
+_VARIED_SPEC = """
+openapi: 3.0.3
+info: {title: varied, version: "1"}
+servers: [{url: https://api.example.com/v1}]
+paths:
+  /responses?beta=true:
+    get: {responses: {'200': {description: ok}}}
+  /responses:
+    get: {responses: {'200': {description: ok}}}
+  /items/{id}?view=full:
+    parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+    get: {responses: {'200': {description: ok}}}
+  /items/{id}:
+    parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+    get:
+      x-gateway: {sensitive: true, timeout: 3s, retries: {attempts: 3, perTryTimeout: 1s}}
+      responses: {'200': {description: ok}}
+    delete: {responses: {'204': {description: gone}}}
+  /literal/é/path:
+    put: {responses: {'200': {description: ok}}}
+"""
+
+
+def test_routes_encoded_without_messages_are_the_messages_serialized(tmp_path: Path) -> None:
+    """``encoded_path_routes`` (what the compile uses) gives the bytes of ``path_routes``'s
+    messages, for every path of every golden input and of a spec with query keys, regexes,
+    per-operation settings, a host rewrite and non-ASCII text."""
+    from controlplane import compile
+    from controlplane.translate import routes
+
+    (tmp_path / "varied.yaml").write_text(_VARIED_SPEC)
+    inputs = [REPO / "specs", tmp_path, *(p / "input" for p in (REPO / "tests" / "golden").iterdir())]
+    checked = 0
+    for folder in inputs:
+        if not folder.is_dir():
+            continue
+        result = compile([folder])
+        assert result.ok and result.gateway is not None, result.diagnostics
+        for listener in result.gateway.listeners:
+            retry = routes.common_retry(listener.paths)
+            for ctx in (None, (result.gateway, listener)):
+                for pr in listener.paths:
+                    messages = [r.SerializeToString(deterministic=True) for r in routes.path_routes(pr, retry, ctx)]
+                    assert routes.encoded_path_routes(pr, retry, ctx) == messages, pr.path
+                    checked += 1
+    assert checked > 50

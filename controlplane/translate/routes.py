@@ -110,21 +110,112 @@ def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx
     match = _path_match(op.path)
     match.headers.append(_shared(_METHOD_MATCHERS, op.method, lambda: _method_matcher(op.method)))
     for name, value in op.query:
-        match.query_parameters.append(
-            rc.QueryParameterMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
-        )
-    retry = op.retry if op.retry != default_retry else _VHOST_RETRY
-    action_key = (op.upstream, op.timeout_ms, op.host_rewrite, retry, op.rewrite_prefix)
-    action = _shared(_ACTIONS, action_key, lambda: _route_action(op, retry))
+        match.query_parameters.append(_query_matcher(name, value))
+    action_key = _action_key(op, default_retry)
+    action = _shared(_ACTIONS, action_key, lambda: _route_action(op, action_key[3]))
     route = rc.Route(name=op.name, match=match, route=action)
+    rest = _route_rest(op, ctx)
+    if rest is not None:
+        route.MergeFrom(rest)
+    return route
+
+
+def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
+    """An operation's route without its match, action and name (None: nothing else)."""
+    route: rc.Route | None = None
     if ctx is not None:
         for name, config in auth.route_filter_configs(op, ctx[1], ctx[0]).items():
+            route = route or rc.Route()
             route.typed_per_filter_config[name].CopyFrom(packed(config))
         if op.remove_token and auth.token_removal(ctx[1]) == "some":
+            route = route or rc.Route()
             route.request_headers_to_remove.append(auth.AUTHORIZATION)
     if op.sensitive:
+        route = route or rc.Route()
         route.response_headers_to_add.append(header("cache-control", "no-store"))
     return route
+
+
+def _action_key(op: ir.Operation, default_retry: ir.RetryPolicy | None) -> tuple[Any, ...]:
+    retry = op.retry if op.retry != default_retry else _VHOST_RETRY
+    return (op.upstream, op.timeout_ms, op.host_rewrite, retry, op.rewrite_prefix)
+
+
+def _query_matcher(name: str, value: str) -> rc.QueryParameterMatcher:
+    return rc.QueryParameterMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
+
+
+# -- the same routes, encoded without building Route messages ---------------------------------
+# A message is a sequence of fields and deterministic serialization writes them by number,
+# so a route's bytes are its parts' encodings in field order; the parts most routes share
+# are encoded once. ``path_routes`` builds the messages (tests compare the two).
+def _number(message: Any, name: str) -> int:
+    number: int = message.DESCRIPTOR.fields_by_name[name].number
+    return number
+
+
+_R_MATCH, _R_ACTION, _R_DIRECT, _R_RESPONSE_HEADERS, _R_NAME = (
+    _number(rc.Route, n) for n in ("match", "route", "direct_response", "response_headers_to_add", "name")
+)
+_M_PATH, _M_HEADERS, _M_QUERY, _M_REGEX = (
+    _number(rc.RouteMatch, n) for n in ("path", "headers", "query_parameters", "safe_regex")
+)
+_REGEX = _number(regex_pb2.RegexMatcher, "regex")
+_METHOD_BYTES: dict[str, bytes] = {}
+_ACTION_BYTES: dict[tuple[Any, ...], bytes] = {}
+_ALLOW_BYTES: dict[str, bytes] = {}
+
+
+def _path_piece(path: ir.PathPattern) -> tuple[int, bytes]:
+    if path.regex is None:
+        return _M_PATH, length_delimited(_M_PATH, path.template.encode())
+    return _M_REGEX, length_delimited(_M_REGEX, length_delimited(_REGEX, path.regex.encode()))
+
+
+def _encoded_operation(
+    op: ir.Operation, path: tuple[int, bytes], default_retry: ir.RetryPolicy | None, ctx: RouteContext
+) -> bytes:
+    """``_operation_route(op, default_retry, ctx)``, serialized (deterministic)."""
+    method: bytes = _shared(
+        _METHOD_BYTES,
+        op.method,
+        lambda: length_delimited(_M_HEADERS, _method_matcher(op.method).SerializeToString(deterministic=True)),
+    )
+    query = b"".join(
+        length_delimited(_M_QUERY, _query_matcher(n, v).SerializeToString(deterministic=True)) for n, v in op.query
+    )
+    match = method + query + path[1] if path[0] > _M_QUERY else path[1] + method + query
+    action_key = _action_key(op, default_retry)
+    action: bytes = _shared(
+        _ACTION_BYTES,
+        action_key,
+        lambda: length_delimited(
+            _R_ACTION,
+            _shared(_ACTIONS, action_key, lambda: _route_action(op, action_key[3])).SerializeToString(
+                deterministic=True
+            ),
+        ),
+    )
+    rest = _route_rest(op, ctx)
+    return b"".join(
+        (
+            length_delimited(_R_MATCH, match),
+            action,
+            rest.SerializeToString(deterministic=True) if rest is not None else b"",
+            length_delimited(_R_NAME, op.name.encode()),
+        )
+    )
+
+
+def _encoded_method_not_allowed(path_route: ir.PathRoute, path: tuple[int, bytes]) -> bytes:
+    """``_method_not_allowed(path_route)``, serialized (deterministic)."""
+    allow = ", ".join(path_route.allow)
+    header_bytes: bytes = _shared(
+        _ALLOW_BYTES,
+        allow,
+        lambda: length_delimited(_R_RESPONSE_HEADERS, header("allow", allow).SerializeToString(deterministic=True)),
+    )
+    return length_delimited(_R_MATCH, path[1]) + _DIRECT_405_BYTES + header_bytes + _NAME_405_BYTES
 
 
 _VHOST_RETRY = object()  # the route uses its virtual host's retry policy
@@ -156,7 +247,7 @@ def _route_action(op: ir.Operation, retry: Any) -> rc.RouteAction:
 
 
 def _method_not_allowed(path_route: ir.PathRoute) -> rc.Route:
-    allow = ", ".join(path_route.allow)
+    allow = ", ".join(path_route.allow)  # (the same as _encoded_method_not_allowed)
     return rc.Route(
         name="method-not-allowed",
         match=_path_match(path_route.path),
@@ -166,6 +257,10 @@ def _method_not_allowed(path_route: ir.PathRoute) -> rc.Route:
 
 
 _DIRECT_405 = rc.DirectResponseAction(status=405)
+_DIRECT_405_BYTES = length_delimited(
+    _number(rc.Route, "direct_response"), _DIRECT_405.SerializeToString(deterministic=True)
+)
+_NAME_405_BYTES = length_delimited(_number(rc.Route, "name"), b"method-not-allowed")
 
 
 # The gateway and listener routes are built for (per-route filter configs need them).
@@ -178,6 +273,16 @@ def path_routes(
     routes = [_operation_route(op, default_retry, ctx) for op in path_route.operations]
     routes.append(_method_not_allowed(path_route))
     return routes
+
+
+def encoded_path_routes(
+    path_route: ir.PathRoute, default_retry: ir.RetryPolicy | None = None, ctx: RouteContext = None
+) -> list[bytes]:
+    """``path_routes``, each serialized (deterministic), without building the messages."""
+    path = _path_piece(path_route.path)
+    out = [_encoded_operation(op, _path_piece(op.path), default_retry, ctx) for op in path_route.operations]
+    out.append(_encoded_method_not_allowed(path_route, path))
+    return out
 
 
 # A directory with more literal paths than this gives each its own key, so that no list
@@ -298,9 +403,8 @@ _ENCODED_MAX = 200_000
 
 
 def clear_cache() -> None:
-    _METHOD_MATCHERS.clear()
-    _ACTIONS.clear()
-    _ALLOW_HEADERS.clear()
+    for table in (_METHOD_MATCHERS, _ACTIONS, _ALLOW_HEADERS, _METHOD_BYTES, _ACTION_BYTES, _ALLOW_BYTES):
+        table.clear()
     _ENCODED.clear()
     _SCOPE_CACHE.clear()
 
@@ -311,10 +415,7 @@ def _encoded(pr: ir.PathRoute, default_retry: ir.RetryPolicy | None, ctx: RouteC
     if hit is not None and all(a is b for a, b in zip(hit[0], pr.operations, strict=True)):
         _ENCODED.move_to_end(key)
         return hit[1]
-    data = b"".join(
-        length_delimited(_ROUTES_FIELD, r.SerializeToString(deterministic=True))
-        for r in path_routes(pr, default_retry, ctx)
-    )
+    data = b"".join(length_delimited(_ROUTES_FIELD, r) for r in encoded_path_routes(pr, default_retry, ctx))
     _ENCODED[key] = (pr.operations, data)
     if len(_ENCODED) > _ENCODED_MAX:
         _ENCODED.popitem(last=False)
