@@ -111,13 +111,13 @@ def test_validation_is_cached_by_content_and_invalidated_by_any_referenced_file(
 ) -> None:
     monkeypatch.setenv("CONTROLPLANE_CACHE_DIR", str(tmp_path / "cache"))
     runs: list[str] = []
-    real_run = validation._run_validator
+    real_run = validation._findings
 
-    def counting(doc: object) -> object:
+    def counting(store: object, doc: object, timeout: float) -> object:
         runs.append(str(doc))
-        return real_run(doc)  # type: ignore[arg-type]
+        return real_run(store, doc, timeout)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(validation, "_run_validator", counting)
+    monkeypatch.setattr(validation, "_findings", counting)
     spec = _multi_file_spec(tmp_path / "spec")
     first = compile([spec], full_validation=True)
     assert first.ok and len(runs) == 1 and not first.warnings
