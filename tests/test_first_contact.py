@@ -26,6 +26,7 @@ from tests.xds_harness import http_get, wait_for
 
 SPEC_HEAD = 'openapi: 3.0.3\ninfo: {title: t, version: "1"}\nservers: [{url: "http://127.0.0.1:9000"}]\n'
 POLICY_HEAD = "apiVersion: controlplane.dev/v1\nkind: GatewayPolicy\n"
+GOOD = SPEC_HEAD + "paths:\n  /a:\n    get: {operationId: getA, responses: {'200': {description: ok}}}\n"
 
 
 def run(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -134,6 +135,59 @@ def test_serve_and_dump_read_directories_the_same_way(tmp_path: Path) -> None:
         "nested/deeper/b.openapi.yaml",
         "notes/todo.yaml",
     }
+
+
+def test_serve_notices_a_new_spec_in_a_sub_directory(tmp_path: Path) -> None:
+    from controlplane.server import ControlPlane, ServeOptions
+
+    write(tmp_path, TREE)
+
+    async def scenario() -> tuple[int, int]:
+        plane = ControlPlane(
+            ServeOptions(
+                [tmp_path],
+                xds_address="127.0.0.1:0",
+                admin_address="127.0.0.1:0",
+                in_process=True,
+                background_validation=False,
+            )
+        )
+        await plane.start()
+
+        async def operations_become(n: int) -> int:
+            deadline = time.monotonic() + 30
+            while plane.report.operations != n and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return plane.report.operations
+
+        try:
+            before = plane.report.operations
+            # an edit of a file that was read: proves the watcher is looking
+            write(tmp_path, {"parts/paths/a.yaml": TREE["parts/paths/a.yaml"] + "post: {operationId: postA}\n"})
+            edited = await operations_become(3)
+            write(tmp_path, {"nested/new/c.openapi.yaml": SPEC_HEAD + "paths:\n  /c:\n    get: {operationId: getC}\n"})
+            return before, edited, await operations_become(4)
+        finally:
+            await plane.stop()
+
+    assert asyncio.run(scenario()) == (2, 3, 4)
+
+
+def test_port_override_needs_exactly_one_listener(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "api.yaml": GOOD,
+            "policy.yaml": POLICY_HEAD
+            + "listeners: [{name: a, port: 8080}, {name: b, port: 8081}]\n"
+            + "upstreams: [{name: u, endpoints: ['127.0.0.1:9000']}]\n"
+            + "apis: [{name: api, spec: api.yaml, upstream: u}]\n",
+        },
+    )
+    refused = compile([tmp_path / "policy.yaml"], listener_port=9999)
+    assert [str(d) for d in refused.errors] == ["--port: error: --port needs one listener; the inputs define 2 (a, b)"]
+    moved = compile([tmp_path / "api.yaml"], listener_port=9999)
+    assert moved.gateway is not None and [lst.port for lst in moved.gateway.listeners] == [9999]
 
 
 def test_a_file_given_by_name_must_be_a_spec_or_a_policy(tmp_path: Path) -> None:
@@ -330,9 +384,6 @@ def test_anchors_used_as_intended_are_accepted(tmp_path: Path) -> None:
     write(tmp_path, {"api.yaml": spec})
     result = compile([tmp_path / "api.yaml"], full_validation=True, use_cache=False)
     assert result.ok and not result.warnings, result.diagnostics
-
-
-GOOD = SPEC_HEAD + "paths:\n  /a:\n    get: {operationId: getA, responses: {'200': {description: ok}}}\n"
 
 
 def _spec_doc(tmp_path: Path) -> tuple[DocumentStore, Document]:
