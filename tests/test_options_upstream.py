@@ -49,7 +49,7 @@ class World:
     echo: EchoServer  # plain HTTP
     trusted: EchoServer  # HTTPS, certificate for localhost and api.internal.test from the trusted CA
     stranger: EchoServer  # HTTPS, certificate for localhost from another CA
-    dead: tuple[int, int]  # ports nobody listens on
+    dead: tuple[int, ...]  # ports nobody listens on
 
     def get(self, path: str, headers: list[tuple[str, str]] | None = None, method: str = "GET") -> Response:
         return self.gw.request(method, path, headers=headers)
@@ -96,6 +96,12 @@ upstreams:
   - name: ejecting
     endpoints: ["{{{{BACKEND}}}}", "127.0.0.1:{w["dead2"]}"]
     outlierDetection: {{consecutive5xx: 2, baseEjectionTime: 5m}}
+  - name: returning
+    endpoints: ["{{{{BACKEND}}}}", "127.0.0.1:{w["dead3"]}"]
+    outlierDetection: {{consecutive5xx: 1, interval: 200ms, baseEjectionTime: 500ms}}
+  - name: capped
+    endpoints: ["{{{{BACKEND}}}}", "127.0.0.1:{w["dead4"]}", "127.0.0.1:{w["dead5"]}", "127.0.0.1:{w["dead6"]}"]
+    outlierDetection: {{consecutive5xx: 1, baseEjectionTime: 5m, maxEjectionPercent: 25}}
   - name: one-connection
     endpoints: ["{{{{BACKEND}}}}"]
     circuitBreaker: {{maxConnections: 1, maxPendingRequests: 1}}
@@ -120,6 +126,8 @@ apis:
   - {{name: checked, spec: spec.yaml, upstream: checked, pathPrefix: /checked, defaults: {NO_RETRY}}}
   - {{name: picky, spec: spec.yaml, upstream: picky, pathPrefix: /picky}}
   - {{name: ejecting, spec: spec.yaml, upstream: ejecting, pathPrefix: /ejecting, defaults: {NO_RETRY}}}
+  - {{name: returning, spec: spec.yaml, upstream: returning, pathPrefix: /returning, defaults: {NO_RETRY}}}
+  - {{name: capped, spec: spec.yaml, upstream: capped, pathPrefix: /capped, defaults: {NO_RETRY}}}
   - {{name: one-connection, spec: spec.yaml, upstream: one-connection, pathPrefix: /one-connection,
      defaults: {NO_RETRY}}}
   - {{name: one-request, spec: spec.yaml, upstream: one-request, pathPrefix: /one-request, defaults: {NO_RETRY}}}
@@ -147,12 +155,13 @@ def world(
     tls_backends: tuple[Path, EchoServer, EchoServer],
 ) -> World:
     ca, trusted, stranger = tls_backends
-    ports = {"trusted": trusted.port, "stranger": stranger.port, "dead": free_port(), "dead2": free_port()}
+    ports = {"trusted": trusted.port, "stranger": stranger.port}
+    ports.update((f"dead{i}", free_port()) for i in ("", 2, 3, 4, 5, 6))
     # The test CA stands in for the system CAs that verify https upstreams.
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(clusters, "SYSTEM_CA_BUNDLE", str(ca))
         gw = gateway_factory({"spec.yaml": SPEC, "policy.yaml": policy(ports)})
-    return World(gw, echo, trusted, stranger, (ports["dead"], ports["dead2"]))
+    return World(gw, echo, trusted, stranger, tuple(ports[f"dead{i}"] for i in ("", 2, 3, 4, 5, 6)))
 
 
 def attempts(backend: EchoServer, resp: Response) -> list[dict[str, Any]]:
@@ -270,6 +279,28 @@ def test_consecutive_failures_eject_an_endpoint(world: World) -> None:
     assert failures == 2  # consecutive5xx: 2
     assert world.stat("cluster.ejecting.outlier_detection.ejections_enforced_consecutive_5xx") == 1
     assert [world.get("/ejecting/list").status for _ in range(10)] == [200] * 10
+
+
+def test_an_ejected_endpoint_returns_after_the_base_ejection_time(world: World) -> None:
+    dead = world.dead[2]
+    for _ in range(10):
+        world.get("/returning/list")
+        if world.health("returning", dead).get("failed_outlier_check"):
+            break
+    assert world.health("returning", dead).get("failed_outlier_check"), "never ejected"
+    wait_for(lambda: not world.health("returning", dead).get("failed_outlier_check"), 15, "the host back in")
+    assert world.stat("cluster.returning.outlier_detection.ejections_active") == 0
+
+
+def test_max_ejection_percent_caps_the_ejected_endpoints(world: World) -> None:
+    """Three dead endpoints of four, at most 25 % ejected: one is, the others are refused."""
+    dead = world.dead[3:]
+    for _ in range(40):
+        world.get("/capped/list")
+        if world.stat("cluster.capped.outlier_detection.ejections_overflow"):
+            break
+    assert world.stat("cluster.capped.outlier_detection.ejections_overflow") >= 1
+    assert [bool(world.health("capped", d).get("failed_outlier_check")) for d in dead].count(True) == 1
 
 
 # -- circuit breakers -------------------------------------------------------------------------
