@@ -9,8 +9,8 @@ off, files already parsed, 5 times). CPU time of this process (``time.process_ti
 median (min-max) over the edits, total and by part (parts timed by wrapping the functions
 named in the table; they nest, see the indentation).
 
-    cd /work/main && /work/venv/bin/python bench/edit_bench.py            # about 1 minute
-    /work/venv/bin/python bench/edit_bench.py --edits 30 --operations 20000
+    cd /work/main && .venv/bin/python bench/edit_bench.py            # about 1 minute
+    .venv/bin/python bench/edit_bench.py --edits 30 --operations 20000
 """
 
 from __future__ import annotations

@@ -37,10 +37,10 @@ f. the server's per-ACK bookkeeping (``Registry.emit("ack")`` → ``Metrics``) f
 Goals: one-operation delta change p99 < 150 ms at 100 clients and < 1 s at 1000; full
 push < 5 s; no-op change 0 bytes; < 100 KB per idle stream.
 
-    cd /work/main && /work/venv/bin/python bench/xds_bench.py              # about 5 minutes
-    /work/venv/bin/python bench/xds_bench.py --clients 100 --modes delta --repeats 5 --skip-inprocess
-    /work/venv/bin/python bench/xds_bench.py --clients 1000 --repeats 3 --profile /tmp/prof   # py-spy
-    git archive HEAD controlplane | tar -x -C /tmp/src && /work/venv/bin/python bench/xds_bench.py --src /tmp/src
+    cd /work/main && .venv/bin/python bench/xds_bench.py              # about 5 minutes
+    .venv/bin/python bench/xds_bench.py --clients 100 --modes delta --repeats 5 --skip-inprocess
+    .venv/bin/python bench/xds_bench.py --clients 1000 --repeats 3 --profile /tmp/prof   # py-spy
+    git archive HEAD controlplane | tar -x -C /tmp/src && .venv/bin/python bench/xds_bench.py --src /tmp/src
 """
 
 from __future__ import annotations
