@@ -70,6 +70,7 @@ DEFAULT_HSTS = "max-age=31536000; includeSubDomains"
 _NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 
 
+@functools.lru_cache(maxsize=65_536)  # an upstream's name is asked for once per operation
 def safe_name(text: str) -> str:
     name = _NAME_UNSAFE.sub("-", text.lower()).strip("-._")[:63].strip("-._")
     return name or "api"
@@ -455,6 +456,7 @@ class _Builder:
         api_settings = self._settings(api_layers)
         policy_host = _policy_upstream_host(self.upstreams[policy_upstream][0]) if policy_upstream is not None else None
         api_retry = _retry_and_timeout(api_settings)
+        shapes: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, ir.PathPattern, str]] = {}
         for op in spec.operations:
             if memo is not None:
                 hit = memo.get(op)
@@ -496,8 +498,15 @@ class _Builder:
             settings = self._settings(op_layers, api_settings) if op_layers else api_settings
             retry, timeout_ms = api_retry if settings is api_settings else _retry_and_timeout(settings)
             template = prefix + op.path
-            segments = prefix_segments + op.segments
-            pattern = build_pattern(template, segments, {n: p.regex for n, p in op.path_params.items()})
+            # The operations of one path item share its segments (and mostly its parameters):
+            # their pattern and shape are made once.
+            regexes = tuple((n, p.regex) for n, p in op.path_params.items())
+            made = shapes.get((id(op.segments), regexes))
+            if made is None or made[0] is not op.segments:
+                segments = prefix_segments + op.segments
+                made = (op.segments, build_pattern(template, segments, dict(regexes)), normalized_template(segments))
+                shapes[(id(op.segments), regexes)] = made
+            _segments, pattern, shape = made
             operation = ir.Operation(
                 name=f"{api.name}.{op.key}",
                 api=api.name,
@@ -515,7 +524,6 @@ class _Builder:
                 remove_token=auth_ctx.remove_token,
                 host_rewrite=host_rewrite,
             )
-            shape = normalized_template(segments)
             produced = []
             for listener in listeners:
                 ip_allow = auth.ip_allowlists(settings, template, self.ip_prefix_lists, listener)

@@ -159,6 +159,7 @@ class _Parser:
         self.store = store
         self.doc = doc
         self.diags = diags
+        self._regexes: dict[int, tuple[Any, tuple[str, str | None]]] = {}
 
     def error(self, msg: str, doc: Document, ptr: str, code: str = "openapi") -> None:
         self.diags.error(msg, doc.name, ptr, code)
@@ -446,11 +447,21 @@ class _Parser:
                 if isinstance(schema, dict) and "$ref" in schema:
                     sresolved = self.store.deref(pdoc, pptr + "/schema", schema)
                     schema = sresolved[2] if sresolved else None
-            regex, warning = pathlib_.parameter_regex(schema)
+            regex, warning = self._parameter_regex(schema)
             if warning:
                 self.warning(f"path parameter {name!r}: {warning}", pdoc, pptr, "path-parameter")
             out[name] = PathParam(name, regex, Source(pdoc.name, pptr))
         return out
+
+    def _parameter_regex(self, schema: Any) -> tuple[str, str | None]:
+        """``parameter_regex``, once per schema object: a path item's parameters are read
+        again for each of its operations, and shared ``$ref`` schemas by many items."""
+        if not isinstance(schema, dict):
+            return pathlib_.parameter_regex(schema)
+        hit = self._regexes.get(id(schema))
+        if hit is None or hit[0] is not schema:  # the entry holds the schema: its id is not reused
+            hit = self._regexes[id(schema)] = (schema, pathlib_.parameter_regex(schema))
+        return hit[1]
 
     def _check_operation_ids(self, operations: list[OperationSpec]) -> None:
         seen: dict[str, OperationSpec] = {}
