@@ -35,7 +35,9 @@ _DESCRIBE_LIMIT = 60
 
 def _describe(value: Any) -> str:
     """A value for a message: its repr when short, else what it is (a whole document printed
-    as a Python dict helps nobody; the location says where it is)."""
+    as a Python dict helps nobody; the location says where it is). The same as
+    ``controlplane.errors.describe_value``, kept here because this script does not import the
+    package (see the module docstring)."""
     text = repr(value)
     if len(text) <= _DESCRIBE_LIMIT:
         return text
