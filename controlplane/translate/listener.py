@@ -22,7 +22,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import auth, headers, routes
+from . import allowlist, auth, claims, headers, jwt, routes, tokens
 from ._pb import ads, duration, header, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -57,13 +57,13 @@ def _router(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter:
 # The order of HTTP filters, in one place. Each entry says why it stands where it does.
 HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter | None], str]] = [
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
-    (auth.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
-    (auth.jwt_filter, "verifies the token, sets identity headers from its claims, leaves its payload for RBAC"),
-    (auth.token_algorithm_filter, "after the token: its verified header names the algorithm (keys Envoy fetches)"),
-    (auth.claim_values_filter, "after the token: claim headers that are lists or unclean are rewritten or refused"),
+    (allowlist.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
+    (jwt.jwt_filter, "verifies the token, sets identity headers from its claims, leaves its payload for RBAC"),
+    (jwt.token_algorithm_filter, "after the token: its verified header names the algorithm (keys Envoy fetches)"),
+    (claims.claim_values_filter, "after the token: claim headers that are lists or unclean are rewritten or refused"),
     (auth.authorization_filter, "after the token: roles and scopes come from its verified payload"),
-    (auth.token_query_filter, "after authentication read it: a token query parameter never reaches a backend"),
-    (auth.token_cookie_filter, "after authentication read it: a token cookie never reaches a backend"),
+    (tokens.token_query_filter, "after authentication read it: a token query parameter never reaches a backend"),
+    (tokens.token_cookie_filter, "after authentication read it: a token cookie never reaches a backend"),
     (_router, "last: forwards the request upstream"),
 ]
 

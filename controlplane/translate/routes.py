@@ -32,7 +32,7 @@ from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited
-from . import auth
+from . import auth, tokens
 from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
 
@@ -127,9 +127,9 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
         for name, config in auth.route_filter_configs(op, ctx[1], ctx[0]).items():
             route = route or rc.Route()
             route.typed_per_filter_config[name].CopyFrom(packed(config))
-        if op.remove_token and auth.token_removal(ctx[1]) == "some":
+        if op.remove_token and tokens.token_removal(ctx[1]) == "some":
             route = route or rc.Route()
-            route.request_headers_to_remove.append(auth.AUTHORIZATION)
+            route.request_headers_to_remove.append(tokens.AUTHORIZATION)
     if op.sensitive:
         route = route or rc.Route()
         route.response_headers_to_add.append(header("cache-control", "no-store"))
@@ -436,7 +436,7 @@ def virtual_host_matcher(
     context = hash(
         (
             default_retry,
-            (ctx[1].xff_num_trusted_hops, ctx[0].providers, auth.token_removal(ctx[1])) if ctx is not None else None,
+            (ctx[1].xff_num_trusted_hops, ctx[0].providers, tokens.token_removal(ctx[1])) if ctx is not None else None,
         )
     )
     encoded = [_encoded(pr, default_retry, ctx, context) for pr in paths]
@@ -530,7 +530,7 @@ def _scope_configuration(
                 listener.xff_num_trusted_hops,
                 gw.headers,
                 gw.providers,
-                auth.token_removal(listener),
+                tokens.token_removal(listener),
             )
         ),
     )
@@ -582,8 +582,8 @@ def _route_configuration(
     # trusts (the TCP peer, or the entry xff_num_trusted_hops selects). Client-sent
     # entries would otherwise reach naive backends as the "first" address.
     config.request_headers_to_add.append(header("x-forwarded-for", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"))
-    if auth.token_removal(listener) == "all":
-        config.request_headers_to_remove.append(auth.AUTHORIZATION)
+    if tokens.token_removal(listener) == "all":
+        config.request_headers_to_remove.append(tokens.AUTHORIZATION)
     config.response_headers_to_add.extend(header(k, v) for k, v in security_headers(headers))
     config.response_headers_to_remove.extend(headers.remove_response_headers)
     return config

@@ -1,0 +1,47 @@
+"""What a listener's operations use of authentication, computed once per listener for every
+auth translator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import ir
+from ._pb import per_listener
+
+
+@dataclass(frozen=True)
+class Uses:
+    ip_allowlists: bool
+    providers: tuple[str, ...]
+    authorization: bool
+    authorizing_providers: tuple[str, ...]  # whose payload RBAC reads
+    scoping_providers: tuple[str, ...]  # whose scope claim RBAC reads (normalized to a list)
+    token_removal: str  # "all", "some" or "none" of the operations remove the Authorization header
+
+
+@per_listener
+def uses(listener: ir.Listener) -> Uses:
+    """What the listener's operations use, in one pass over them."""
+    ip, providers, authorizing, scoping = False, set(), set(), set()
+    removing = total = 0
+    for pr in listener.paths:
+        for op in pr.operations:
+            ip = ip or bool(op.ip_allow)
+            removing += op.remove_token
+            total += 1
+            if op.auth is not None:
+                providers.add(op.auth.provider)
+                if op.auth.authorize:
+                    authorizing.add(op.auth.provider)
+                if op.auth.scope_sets:
+                    scoping.add(op.auth.provider)
+    removal = "all" if removing == total else "some" if removing else "none"
+    return Uses(
+        ip, tuple(sorted(providers)), bool(authorizing), tuple(sorted(authorizing)), tuple(sorted(scoping)), removal
+    )
+
+
+def envoy_fetches(p: ir.JwtProvider) -> bool:
+    """Envoy fetches these keys itself: the control plane never sees them to pin algorithms."""
+    return p.jwks_json is None and p.jwks_fetch == "envoy"
