@@ -139,15 +139,26 @@ def _precedence(template: str) -> bytes:
 
     Three bytes per segment (kind + 1, then 65535 - literal length), then a zero byte, which
     sorts a path before the longer paths it is a prefix of, then the template."""
-    out = bytearray()
-    for raw in template[1:].split("/"):
-        literal = re.sub(r"\{[^{}]*\}", "", raw)
-        kind = SegmentKind.LITERAL if literal == raw else SegmentKind.PARAMETER if not literal else SegmentKind.MIXED
-        out.append(int(kind) + 1)
-        out += (65535 - min(len(literal), 65535)).to_bytes(2, "big")
-    out.append(0)
-    out += template.encode()
-    return bytes(out)
+    segment_key = _SEGMENT_KEYS.get
+    keys = [segment_key(raw) or _segment_key(raw) for raw in template[1:].split("/")]
+    keys.append(b"\0")
+    keys.append(template.encode())
+    return b"".join(keys)
+
+
+# The three bytes of one segment, by its text: segments recur in thousands of paths.
+_SEGMENT_KEYS: dict[str, bytes] = {}
+_PARAMETER = re.compile(r"\{[^{}]*\}")
+
+
+def _segment_key(raw: str) -> bytes:
+    literal = _PARAMETER.sub("", raw) if "{" in raw else raw
+    kind = SegmentKind.LITERAL if literal == raw else SegmentKind.PARAMETER if not literal else SegmentKind.MIXED
+    key = bytes([int(kind) + 1]) + (65535 - min(len(literal), 65535)).to_bytes(2, "big")
+    if len(_SEGMENT_KEYS) >= 100_000:
+        _SEGMENT_KEYS.clear()
+    _SEGMENT_KEYS[raw] = key
+    return key
 
 
 @dataclass(frozen=True, slots=True)
