@@ -387,10 +387,14 @@ def partitions(paths: tuple[ir.PathRoute, ...]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for key, own in by_key.items():
         members = list(own)
-        for cut in range(len(key)):
-            for i in by_key.get(key[:cut], ()):
+        # Shorter keys that prefix this one: only directories ("/a/"), since the other keys
+        # are whole literal paths, which cannot extend a longer key.
+        end = key.find("/") + 1
+        while 0 < end < len(key):
+            for i in by_key.get(key[:end], ()):
                 if _may_extend(paths[i].path, key):
                     members.append(i)
+            end = key.find("/", end) + 1
         out[key] = sorted(members)
     return out
 
