@@ -507,7 +507,7 @@ class _Builder:
                 made = (op.segments, build_pattern(template, segments, dict(regexes)), normalized_template(segments))
                 shapes[(id(op.segments), regexes)] = made
             _segments, pattern, shape = made
-            operation = ir.Operation(
+            operation = ir.new_operation(
                 name=f"{api.name}.{op.key}",
                 api=api.name,
                 operation_id=op.operation_id or "",
@@ -562,7 +562,7 @@ class _Builder:
             # Operations that require query parameters are tried before the bare one.
             order = sorted(ops, key=lambda k: (k[0], -len(k[1]), k[1]))
             operations = tuple(ops[k] for k in order)
-            path_route = ir.PathRoute(_union({op.path for op in operations}), operations)
+            path_route = ir.new_path_route(_union({op.path for op in operations}), operations)
             key = path_route.path.sort_key()
             if len(self.diags.items) == findings:  # a conflict is reported on every compile
                 incremental.store_path_route(entries, path_route, key)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..documents import Document, DocumentStore
 from ..errors import Diagnostics, pointer
-from ..ir import Source
+from ..ir import Source, new_source
 from . import paths as pathlib_
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -372,7 +372,7 @@ class _Parser:
                 self.error("operationId must be a non-empty string", odoc, optr + "/operationId", "operation-id")
                 op_id = None
             server = self.servers(op["servers"], odoc, optr + "/servers") if "servers" in op else path_server
-            src = Source(odoc.name, optr)
+            src = new_source(odoc.name, optr)
             regexes: dict[str, PathParam] = {}
             for name in names:
                 if name in params:
@@ -450,7 +450,7 @@ class _Parser:
             regex, warning = self._parameter_regex(schema)
             if warning:
                 self.warning(f"path parameter {name!r}: {warning}", pdoc, pptr, "path-parameter")
-            out[name] = PathParam(name, regex, Source(pdoc.name, pptr))
+            out[name] = PathParam(name, regex, new_source(pdoc.name, pptr))
         return out
 
     def _parameter_regex(self, schema: Any) -> tuple[str, str | None]:

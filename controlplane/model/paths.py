@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..ir import PathPattern, SegmentKind
+from ..ir import PathPattern, SegmentKind, new_path_pattern
 
 ANY_SEGMENT = "[^/]+"
 ANY_OR_EMPTY = "[^/]*"  # a string parameter whose schema says ``minLength: 0``
@@ -111,7 +111,7 @@ def normalized_template(segments: list[Segment]) -> str:
 def build_pattern(template: str, segments: list[Segment], param_regex: Mapping[str, str]) -> PathPattern:
     """A PathPattern for ``template``; ``param_regex`` maps parameter names to segment RE2."""
     if not any(s.params for s in segments):
-        return PathPattern(template, None)
+        return new_path_pattern(template, None)
     out = []
     for seg in segments:
         pieces = [re2_escape(seg.literal_parts[0])]
@@ -120,7 +120,7 @@ def build_pattern(template: str, segments: list[Segment], param_regex: Mapping[s
             pieces.append(regex if regex == ANY_SEGMENT else "(?:" + regex + ")")
             pieces.append(re2_escape(after))
         out.append("".join(pieces))
-    return PathPattern(template, "/" + "/".join(out))
+    return new_path_pattern(template, "/" + "/".join(out))
 
 
 def parameter_regex(schema: Mapping[str, Any] | None) -> tuple[str, str | None]:
