@@ -443,18 +443,30 @@ def test_a_space_before_the_cookie_equals_sign_does_not_smuggle_the_token(target
     assert token not in json.dumps(seen[0]), seen[0]["headers"].get("cookie")
 
 
-def _identity(seen: Seen) -> tuple[str, str] | None:
+def _identity(seen: Seen) -> list[tuple[str, str]] | None:
+    """Every identity header the backend received, in order (duplicates included)."""
     if not seen:
         return None
-    return seen[0]["headers"].get("x-user-id"), seen[0]["headers"].get("x-user-role")
+    return [(k, v) for k, v in seen[0]["header_list"] if k.startswith("x-user-")]
+
+
+CAROL = [("x-user-id", "carol"), ("x-user-role", "customer")]
+ROOT = [("x-user-id", "root"), ("x-user-role", "admin")]
+_TWO_IDENTITIES = pytest.mark.xfail(
+    strict=True,
+    reason="jwt_authn verifies the tokens of every place and writes the claim headers of each: the backend "
+    "receives X-User-Id and X-User-Role twice, the values of the token the authorization did not use first "
+    "(a customer token in Authorization and an admin token in the cookie: /me is allowed, the backend's first "
+    "X-User-Id is root)",
+)
 
 
 @pytest.mark.parametrize(
     ("first", "second"),
     [
-        ("header", "query"),
-        ("header", "cookie"),
-        ("query", "cookie"),
+        pytest.param("header", "query", marks=_TWO_IDENTITIES),
+        pytest.param("header", "cookie", marks=_TWO_IDENTITIES),
+        pytest.param("query", "cookie", marks=_TWO_IDENTITIES),
         ("query", "query"),
         ("cookie", "cookie"),
     ],
@@ -462,7 +474,7 @@ def _identity(seen: Seen) -> tuple[str, str] | None:
 @pytest.mark.parametrize("order", ["customer first", "admin first"])
 def test_two_tokens_give_one_identity(target: Target, first: str, second: str, order: str) -> None:
     """A customer token and an admin token at once: the operation's check and the identity the
-    backend sees come from the same token, never a mix."""
+    backend sees come from the same token, and the backend sees one identity, never two."""
     customer = target.token("customer", sub="carol")
     admin = target.token("admin", sub="root")
     tokens = (customer, admin) if order == "customer first" else (admin, customer)
@@ -481,12 +493,19 @@ def test_two_tokens_give_one_identity(target: Target, first: str, second: str, o
     suffix = "?" + "&".join(query) if query else ""
     admin_resp, admin_seen = target.request("GET", "/admin/users" + suffix, headers)
     me_resp, me_seen = target.request("GET", "/me" + suffix, headers)
-    if status(admin_resp) == 200:
-        assert _identity(admin_seen) == ("root", "admin") and status(me_resp) == 403 and not me_seen
-    else:
-        assert status(admin_resp) in (401, 403) and not admin_seen
-        assert status(me_resp) in (200, 401)
-        assert _identity(me_seen) in (None, ("carol", "customer"))
+    if status(admin_resp) == 200:  # the admin token decided: root on /admin/users, refused on /me
+        assert _identity(admin_seen) == ROOT, _identity(admin_seen)
+        assert status(me_resp) == 403 and not me_seen
+    else:  # the customer token decided
+        assert status(admin_resp) == 403 and not admin_seen
+        assert status(me_resp) == 200 and _identity(me_seen) == CAROL, _identity(me_seen)
+
+
+@_TWO_IDENTITIES
+def test_one_token_in_two_places_gives_one_identity(target: Target) -> None:
+    token = target.token("customer", sub="carol")
+    resp, seen = target.request("GET", "/me", [*bearer(token), ("Cookie", f"session={token}")])
+    assert status(resp) == 200 and _identity(seen) == CAROL, _identity(seen)
 
 
 def test_two_authorization_headers_are_refused(target: Target) -> None:
@@ -510,6 +529,12 @@ def test_a_subject_with_edge_whitespace_is_refused(target: Target, sub: str) -> 
     cannot be carried verbatim, and docs/policy.md promises 'never a partial value'."""
     resp, seen = target.request("GET", "/me", bearer(target.token("customer", sub=sub)))
     assert status(resp) == 403 and seen == [], (sub, status(resp), _identity(seen))
+
+
+def test_a_clean_subject_is_carried_verbatim(target: Target) -> None:
+    """The control of the test above: inner whitespace is part of a value."""
+    resp, seen = target.request("GET", "/me", bearer(target.token("customer", sub="a  b\tc")))
+    assert status(resp) == 200 and _identity(seen) == [("x-user-id", "a  b\tc"), ("x-user-role", "customer")]
 
 
 # -- Envoy's own control headers: a client cannot steer Envoy or reach the backend with them --
