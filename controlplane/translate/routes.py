@@ -31,7 +31,7 @@ from xds.type.matcher.v3 import matcher_pb2
 from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
-from ..wire import length_delimited
+from ..wire import length_delimited, varint
 from . import auth, tokens
 from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
@@ -137,7 +137,8 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
 
 
 def _action_key(op: ir.Operation, default_retry: ir.RetryPolicy | None) -> tuple[Any, ...]:
-    retry = op.retry if op.retry != default_retry else _VHOST_RETRY
+    # (build.py shares equal policies: mostly the same object, and then no dataclass __eq__)
+    retry = _VHOST_RETRY if op.retry is default_retry or op.retry == default_retry else op.retry
     return (op.upstream, op.timeout_ms, op.host_rewrite, retry, op.rewrite_prefix)
 
 
@@ -161,6 +162,7 @@ _M_PATH, _M_HEADERS, _M_QUERY, _M_REGEX = (
     _number(rc.RouteMatch, n) for n in ("path", "headers", "query_parameters", "safe_regex")
 )
 _REGEX = _number(regex_pb2.RegexMatcher, "regex")
+_R_MATCH_TAG, _R_NAME_TAG = varint((_R_MATCH << 3) | 2), varint((_R_NAME << 3) | 2)  # wire type 2
 _METHOD_BYTES: dict[str, bytes] = {}
 _ACTION_BYTES: dict[tuple[Any, ...], bytes] = {}
 _ALLOW_BYTES: dict[str, bytes] = {}
@@ -176,33 +178,46 @@ def _encoded_operation(
     op: ir.Operation, path: tuple[int, bytes], default_retry: ir.RetryPolicy | None, ctx: RouteContext
 ) -> bytes:
     """``_operation_route(op, default_retry, ctx)``, serialized (deterministic)."""
-    method: bytes = _shared(
-        _METHOD_BYTES,
-        op.method,
-        lambda: length_delimited(_M_HEADERS, _method_matcher(op.method).SerializeToString(deterministic=True)),
-    )
-    query = b"".join(
-        length_delimited(_M_QUERY, _query_matcher(n, v).SerializeToString(deterministic=True)) for n, v in op.query
-    )
-    match = method + query + path[1] if path[0] > _M_QUERY else path[1] + method + query
+    method = _METHOD_BYTES.get(op.method)
+    if method is None:
+        method = _shared(
+            _METHOD_BYTES,
+            op.method,
+            lambda: length_delimited(_M_HEADERS, _method_matcher(op.method).SerializeToString(deterministic=True)),
+        )
+    if op.query:
+        query = b"".join(
+            length_delimited(_M_QUERY, _query_matcher(n, v).SerializeToString(deterministic=True))
+            for n, v in op.query
+        )
+        match = method + query + path[1] if path[0] > _M_QUERY else path[1] + method + query
+    else:
+        match = method + path[1] if path[0] > _M_QUERY else path[1] + method
     action_key = _action_key(op, default_retry)
-    action: bytes = _shared(
-        _ACTION_BYTES,
-        action_key,
-        lambda: length_delimited(
-            _R_ACTION,
-            _shared(_ACTIONS, action_key, lambda: _route_action(op, action_key[3])).SerializeToString(
-                deterministic=True
+    action = _ACTION_BYTES.get(action_key)
+    if action is None:
+        action = _shared(
+            _ACTION_BYTES,
+            action_key,
+            lambda: length_delimited(
+                _R_ACTION,
+                _shared(_ACTIONS, action_key, lambda: _route_action(op, action_key[3])).SerializeToString(
+                    deterministic=True
+                ),
             ),
-        ),
-    )
+        )
     rest = _route_rest(op, ctx)
+    name = op.name.encode()
     return b"".join(
         (
-            length_delimited(_R_MATCH, match),
+            _R_MATCH_TAG,
+            varint(len(match)),
+            match,
             action,
             rest.SerializeToString(deterministic=True) if rest is not None else b"",
-            length_delimited(_R_NAME, op.name.encode()),
+            _R_NAME_TAG,
+            varint(len(name)),
+            name,
         )
     )
 
@@ -280,7 +295,11 @@ def encoded_path_routes(
 ) -> list[bytes]:
     """``path_routes``, each serialized (deterministic), without building the messages."""
     path = _path_piece(path_route.path)
-    out = [_encoded_operation(op, _path_piece(op.path), default_retry, ctx) for op in path_route.operations]
+    # an operation's pattern is mostly its path's own object (one shape, one set of types)
+    out = [
+        _encoded_operation(op, path if op.path is path_route.path else _path_piece(op.path), default_retry, ctx)
+        for op in path_route.operations
+    ]
     out.append(_encoded_method_not_allowed(path_route, path))
     return out
 
@@ -414,12 +433,16 @@ def clear_cache() -> None:
 
 
 def _encoded(pr: ir.PathRoute, default_retry: ir.RetryPolicy | None, ctx: RouteContext, context: int) -> bytes:
-    key = (pr.path, tuple(map(id, pr.operations)), context)
+    # the pattern by its fields, whose hashes strings keep (a dataclass hashes in Python)
+    key = (pr.path.template, pr.path.regex, tuple(map(id, pr.operations)), context)
     hit = _ENCODED.get(key) if incremental.ENABLED else None
     if hit is not None and all(a is b for a, b in zip(hit[0], pr.operations, strict=True)):
         _ENCODED.move_to_end(key)
         return hit[1]
-    data = b"".join(length_delimited(_ROUTES_FIELD, r) for r in encoded_path_routes(pr, default_retry, ctx))
+    parts: list[bytes] = []
+    for route in encoded_path_routes(pr, default_retry, ctx):
+        parts += (_ROUTES_TAG, varint(len(route)), route)
+    data = b"".join(parts)
     _ENCODED[key] = (pr.operations, data)
     if len(_ENCODED) > _ENCODED_MAX:
         _ENCODED.popitem(last=False)
@@ -428,6 +451,7 @@ def _encoded(pr: ir.PathRoute, default_retry: ir.RetryPolicy | None, ctx: RouteC
 
 _ROUTE_LIST_URL = "type.googleapis.com/envoy.config.route.v3.RouteList"
 _ROUTES_FIELD = rc.RouteList.DESCRIPTOR.fields_by_name["routes"].number
+_ROUTES_TAG = varint((_ROUTES_FIELD << 3) | 2)
 
 
 def virtual_host_matcher(
