@@ -67,6 +67,8 @@ paths:
       responses: {"200": {description: ok}}
   /me:
     get: {operationId: me, responses: {"200": {description: ok}}}
+  /reports:
+    get: {operationId: reports, x-gateway: {scopes: ["reports:write"]}, responses: {"200": {description: ok}}}
 """.replace("ALLOWED_NET", ALLOWED_NET)
 
 
@@ -512,6 +514,59 @@ def test_two_authorization_headers_are_refused(target: Target) -> None:
     for tokens in ((target.token("customer"), target.token("admin")), ("not.a.token", target.token("admin"))):
         resp, seen = target.request("GET", "/admin/users", [*bearer(tokens[0]), *bearer(tokens[1])])
         assert status(resp) == 401 and seen == []
+
+
+# -- roles and scopes: only a whole one grants it ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"),
+    [
+        ("admin", True),
+        (["customer", "admin"], True),
+        ("customer admin", False),
+        ("customer,admin", False),
+        ("admin ", False),
+        (" admin", False),
+        ("Admin", False),
+        ("administrator", False),
+        (["admin "], False),
+        ([["admin"]], False),
+        ({"admin": True}, False),
+        ("admin\u00a0", False),
+        (None, False),
+        (True, False),
+    ],
+)
+def test_only_a_whole_role_grants_it(target: Target, role: Any, allowed: bool) -> None:
+    resp, seen = target.request("GET", "/admin/users", bearer(target.token(role)))
+    assert (status(resp), len(seen)) == ((200, 1) if allowed else (403, 0)), (role, status(resp))
+
+
+@pytest.mark.parametrize(
+    ("scope", "allowed"),
+    [
+        ("reports:write", True),
+        ("read reports:write", True),
+        ("read  reports:write ", True),
+        (["read", "reports:write"], True),
+        ("read\treports:write", False),  # RFC 6749: scope tokens are separated by spaces only
+        ("read\nreports:write", False),
+        ("read,reports:write", False),
+        ("read\u3000reports:write", False),
+        ("reports:writer", False),
+        ("reports:write:all", False),
+        ("reports", False),
+        ("REPORTS:WRITE", False),
+        (["read reports:write"], False),  # a list item is one scope
+        (["reports:write "], False),
+        ([["reports:write"]], False),
+        ({"reports:write": True}, False),
+    ],
+)
+def test_only_a_whole_scope_grants_it(target: Target, scope: Any, allowed: bool) -> None:
+    resp, seen = target.request("GET", "/reports", bearer(target.token("nobody", scope=scope)))
+    assert (status(resp), len(seen)) == ((200, 1) if allowed else (403, 0)), (scope, status(resp))
 
 
 # -- claims: a header carries the claim verbatim, or the request is refused ------------------

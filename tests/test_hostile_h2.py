@@ -420,6 +420,7 @@ def test_identity_headers_and_tokens_are_stripped(target: Target) -> None:
         ("x-http-method-override", "DELETE"),
         ("x-envoy-internal", "true"),
         ("x-envoy-original-path", "/admin/users"),
+        ("x-request-id", "client-chosen"),
     ]
     stream, seen = exchange(target, headers)
     assert stream.status == 200 and len(seen) == 1
@@ -438,6 +439,7 @@ def test_identity_headers_and_tokens_are_stripped(target: Target) -> None:
         "x-envoy-original-path",
     }
     assert seen[0]["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert seen[0]["headers"]["x-request-id"] not in ("client-chosen", None)
 
 
 @pytest.mark.parametrize("path", ["/public", "/me"])
