@@ -25,6 +25,7 @@ from hyperframe.frame import (
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
+    PriorityFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
@@ -558,6 +559,45 @@ def test_rapid_reset_closes_the_connection(target: Target) -> None:
         assert conn.closed or conn.goaway is not None
     assert sent < 5000
     assert len(target.echo.received) - before < 100
+
+
+def _ping(i: int) -> Frame:
+    return PingFrame(0, opaque_data=i.to_bytes(8, "big"))
+
+
+def _settings(_i: int) -> Frame:
+    return SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 65535})
+
+
+def _priority(i: int) -> Frame:
+    frame = PriorityFrame(1 + 2 * i)
+    frame.depends_on = 0
+    frame.stream_weight = 1
+    return frame
+
+
+def _empty_data(_i: int) -> Frame:
+    return DataFrame(1)  # on the open stream 1 (see below)
+
+
+def _window_update(_i: int) -> Frame:
+    update = WindowUpdateFrame(0)
+    update.window_increment = 1
+    return update
+
+
+@pytest.mark.parametrize("flood", [_ping, _settings, _priority, _empty_data, _window_update])
+def test_a_control_frame_flood_ends_the_connection(target: Target, flood: Callable[[int], Frame]) -> None:
+    """CVE-2019-9512/9515/9513/9518-style floods: frames that cost the client nothing and the
+    gateway an answer or some state each. The client never reads, so answers pile up."""
+    with H2(target.ports["edge"]) as conn:
+        conn.send(conn.headers_frame(1, conn.block(pseudo("/public", "POST")), end_stream=False))
+        for i in range(20000):
+            conn.send(flood(i))
+            if conn.closed:
+                break
+        conn.read(lambda: False, timeout=10)
+        assert conn.closed
 
 
 def test_an_hpack_bomb_is_refused(target: Target) -> None:
