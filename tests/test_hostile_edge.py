@@ -310,9 +310,9 @@ def test_no_spelling_or_header_passes_an_address_allowlist(
             "/files/%2e%2e;",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="'/files/%2e%2e;' matches getFile and reaches the backend as '/files/..;', a path Envoy's "
-                "own normalization resolves to '/' (sent raw it gets 404): the percent-decoding of '.' runs after "
-                "dot-segment removal, so '..;' (a dot-segment for Tomcat/Spring and for Envoy) slips through",
+                reason="'/files/%2e%2e;' is routed to getFile and reaches the backend as '/files/..;', which "
+                "Envoy itself normalizes to '/' when it arrives as is (404): normalization is not idempotent, and "
+                "'..;' is a dot-segment to Tomcat and Spring too, which then serve the parent path",
             ),
         ),
         pytest.param(
@@ -334,6 +334,9 @@ def test_what_reaches_the_backend_routes_to_the_same_operation(target: Target, p
     same operation and reaches the backend unchanged. Otherwise a backend that finishes the
     normalization (Tomcat and Spring treat '..;' as '..') serves another path than the one routed."""
     resp, seen = target.request("GET", path)
+    if not seen:  # refused outright is fine too
+        assert status(resp) in (400, 404), (path, status(resp))
+        return
     assert status(resp) == 200 and len(seen) == 1, (path, status(resp))
     forwarded = seen[0]["path"]
     again, seen_again = target.request("GET", forwarded)
