@@ -9,6 +9,7 @@ leave the parameter unconstrained and produce a warning.
 
 from __future__ import annotations
 
+import functools
 import re
 import re._constants as sre_c  # Python's own regex parser: ECMA patterns are parsed, not guessed
 import re._parser as sre_p
@@ -57,9 +58,9 @@ class Segment:
         return SegmentKind.PARAMETER
 
 
-# Literal segments ("svc00", "settings") recur in thousands of paths; a Segment is immutable.
-_LITERAL_SEGMENTS: dict[str, Segment] = {}
-_LITERAL_SEGMENTS_MAX = 100_000
+# Segments ("svc00", "settings", "{ordersId}") recur in thousands of paths; a Segment is immutable.
+_SEGMENTS: dict[str, Segment] = {}
+_SEGMENTS_MAX = 100_000
 
 
 def parse_template(template: str) -> list[Segment]:
@@ -68,35 +69,41 @@ def parse_template(template: str) -> list[Segment]:
         raise TemplateError("a path must start with '/'")
     if "?" in template or "#" in template:
         raise TemplateError("a path must not contain '?' or '#'")
+    known = _SEGMENTS.get
     segments = []
     for raw in template[1:].split("/"):
-        if "{" not in raw and "}" not in raw:
-            literal = _LITERAL_SEGMENTS.get(raw)
-            if literal is None:
-                if len(_LITERAL_SEGMENTS) >= _LITERAL_SEGMENTS_MAX:
-                    _LITERAL_SEGMENTS.clear()
-                literal = _LITERAL_SEGMENTS[raw] = Segment((raw,), ())
-            segments.append(literal)
-            continue
-        parts: list[str] = []
-        params: list[str] = []
-        pos = 0
-        for m in _PARAM.finditer(raw):
-            parts.append(raw[pos : m.start()])
-            name = m.group(1)
-            if not name:
-                raise TemplateError("empty parameter name '{}'")
-            params.append(name)
-            pos = m.end()
-        parts.append(raw[pos:])
-        for text in parts:
-            if "{" in text or "}" in text:
-                raise TemplateError(f"unbalanced brace in segment {raw!r}")
-        for a, b in zip(parts[1:-1], params[1:], strict=True):
-            if a == "" and b:
-                raise TemplateError(f"two adjacent parameters in segment {raw!r} cannot be told apart")
-        segments.append(Segment(tuple(parts), tuple(params)))
+        segment = known(raw)
+        if segment is None:
+            segment = _segment(raw)
+            if len(_SEGMENTS) >= _SEGMENTS_MAX:
+                _SEGMENTS.clear()
+            _SEGMENTS[raw] = segment
+        segments.append(segment)
     return segments
+
+
+def _segment(raw: str) -> Segment:
+    """One segment of a template; raises TemplateError."""
+    if "{" not in raw and "}" not in raw:
+        return Segment((raw,), ())
+    parts: list[str] = []
+    params: list[str] = []
+    pos = 0
+    for m in _PARAM.finditer(raw):
+        parts.append(raw[pos : m.start()])
+        name = m.group(1)
+        if not name:
+            raise TemplateError("empty parameter name '{}'")
+        params.append(name)
+        pos = m.end()
+    parts.append(raw[pos:])
+    for text in parts:
+        if "{" in text or "}" in text:
+            raise TemplateError(f"unbalanced brace in segment {raw!r}")
+    for a, b in zip(parts[1:-1], params[1:], strict=True):
+        if a == "" and b:
+            raise TemplateError(f"two adjacent parameters in segment {raw!r} cannot be told apart")
+    return Segment(tuple(parts), tuple(params))
 
 
 def template_params(segments: list[Segment]) -> list[str]:
@@ -125,7 +132,7 @@ def build_pattern(template: str, segments: list[Segment], param_regex: Mapping[s
 
 def parameter_regex(schema: Mapping[str, Any] | None) -> tuple[str, str | None]:
     """RE2 for one path parameter value from its (resolved) schema; and a warning, if any."""
-    if not isinstance(schema, Mapping):
+    if not isinstance(schema, dict) and not isinstance(schema, Mapping):  # (an ABC check is slow)
         return ANY_SEGMENT, None
     types = schema.get("type")
     if isinstance(types, list):
@@ -280,6 +287,7 @@ def _emit(items: Any, repeat: int = 1) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)  # a pattern recurs with its parameter in many path items
 def ecma_to_segment_re2(pattern: str) -> str | None:
     """Translate an OpenAPI (ECMA-262) ``pattern`` to RE2 matching within one path segment.
 
