@@ -215,7 +215,7 @@ class _Builder:
             finally:
                 local, self.diags = self.diags, outer
                 self._op_memo = None
-            built = [(n, shape, op) for n, group in local_routes.items() for shape, ops in group.items() for op in ops]
+            built = [(n, shape, ops) for n, group in local_routes.items() for shape, ops in group.items()]
             record = incremental.ApiRecord(
                 incremental.reuse_operations(api.name, built),
                 [(n, u) for n, u in self.auto_upstreams.items() if n not in autos],

@@ -24,7 +24,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -116,19 +116,12 @@ def _unchanged(store: DocumentStore, deps: tuple[tuple[Path, str], ...]) -> bool
 class ApiRecord:
     """What building one API's operations did, to replay on a hit."""
 
-    routes: list[tuple[str, str, Any]]  # (listener, shape, operation)
+    # (listener, shape, operations), in order. While the record is reused these tuples are
+    # the same objects, so a path held by one API is found by one lookup.
+    groups: list[tuple[str, str, tuple[Any, ...]]]
     auto_upstreams: list[tuple[str, Any]]
     used_upstreams: list[str]
     diagnostics: list[Diagnostic]
-    # ``routes`` grouped: (listener, shape, operations), in order. While the record is reused
-    # these tuples are the same objects, so a path held by one API is found by one lookup.
-    groups: list[tuple[str, str, tuple[Any, ...]]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        grouped: dict[tuple[str, str], list[Any]] = {}
-        for listener, shape, op in self.routes:
-            grouped.setdefault((listener, shape), []).append(op)
-        self.groups = [(listener, shape, tuple(ops)) for (listener, shape), ops in grouped.items()]
 
 
 _APIS: Lru[tuple[Any, ...], tuple[Any, ApiRecord]] = Lru(4096)
@@ -152,23 +145,31 @@ def store_api(key: tuple[Any, ...], spec: Any, record: ApiRecord) -> None:
     _APIS.put(key, (spec, record))
 
 
-# The operations an API produced last time, by (listener, operation name): when an edit
-# rebuilds an API, its unchanged operations keep their objects, so that the caches keyed by
-# operation objects (path routes, encoded routes, details) still hit for them.
-_LAST_OPERATIONS: Lru[str, dict[tuple[str, str], Any]] = Lru(4096)
+# The operations an API produced last time (its groups, see ``reuse_operations``): when an
+# edit rebuilds an API, its unchanged operations keep their objects, so that the caches keyed
+# by operation objects (path routes, encoded routes, details) still hit for them.
+_LAST_OPERATIONS: Lru[str, list[tuple[str, str, tuple[Any, ...]]]] = Lru(4096)
 
 
-def reuse_operations(api: str, routes: list[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
-    """``routes`` (listener, shape, operation) with each operation equal to one of the last
-    build of ``api`` replaced by that earlier object."""
-    if not ENABLED:
-        return routes
-    previous = _LAST_OPERATIONS.get(api) or {}
-    out = []
-    for listener, shape, op in routes:
-        old = previous.get((listener, op.name))
-        out.append((listener, shape, old if old is not None and old == op else op))
-    _LAST_OPERATIONS.put(api, {(listener, op.name): op for listener, _shape, op in out})
+def reuse_operations(
+    api: str, groups: Sequence[tuple[str, str, Sequence[Any]]]
+) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """``groups`` (listener, shape, operations) with each operation equal to one of the last
+    build of ``api`` (same listener and name) replaced by that earlier object."""
+    last = _LAST_OPERATIONS.get(api) if ENABLED else None
+    if last is None:  # a first build: nothing to compare (the lookup table is made when needed)
+        out = [(listener, shape, tuple(ops)) for listener, shape, ops in groups]
+    else:
+        previous = {(listener, op.name): op for listener, _shape, ops in last for op in ops}
+        out = []
+        for listener, shape, ops in groups:
+            kept = []
+            for op in ops:
+                old = previous.get((listener, op.name))
+                kept.append(old if old is not None and old == op else op)
+            out.append((listener, shape, tuple(kept)))
+    if ENABLED:
+        _LAST_OPERATIONS.put(api, out)
     return out
 
 
