@@ -15,6 +15,7 @@ from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb
 from envoy.extensions.matching.input_matchers.metadata.v3 import metadata_pb2 as metadata_input_pb2
 from envoy.type.matcher.v3 import number_pb2, regex_pb2, string_pb2, value_pb2
 from envoy.type.v3 import range_pb2
+from google.protobuf import wrappers_pb2
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 
@@ -117,7 +118,8 @@ def claim_values_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFi
             f'[{_lua_string(payload_key(p))}] = {{status = "{p.claim_error_status}", claims = {{{claims}}}}}'
         )
     lua = lua_pb2.Lua(
-        default_source_code=base_pb2.DataSource(inline_string=_CLAIMS_LUA % {"providers": ", ".join(entries)})
+        default_source_code=base_pb2.DataSource(inline_string=_CLAIMS_LUA % {"providers": ", ".join(entries)}),
+        clear_route_cache=wrappers_pb2.BoolValue(value=False),  # the route authorized is the route taken
     )
     run_lua = composite_pb2.ExecuteFilterAction(
         typed_config=core_extension_pb2.TypedExtensionConfig(name="claim-headers", typed_config=packed(lua))

@@ -114,6 +114,13 @@ def local_reply_config(policy: ir.HeaderPolicy, realm: str) -> hcm_pb2.LocalRepl
             invalid,
             401,
         ),
+        # tokens in two places (RFC 6750: one method per request)
+        mapper(
+            _cel("response.code_details == 'rbac_access_denied_matched_policy[one-token]'"),
+            "send one token, in one place",
+            added,
+            400,
+        ),
         # jwt_authn answers a token for another audience with 403; an invalid token is a 401 (RFC 6750)
         mapper(
             _cel("response.code == 403 && response.code_details.startsWith('jwt_authn_access_denied')"),

@@ -58,12 +58,15 @@ def _router(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter:
 HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter | None], str]] = [
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
     (allowlist.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
+    (tokens.one_token_filter, "before authentication: tokens in two places would give the backend two identities"),
     (jwt.jwt_filter, "verifies the token, sets identity headers from its claims, leaves its payload for RBAC"),
     (jwt.token_algorithm_filter, "after the token: its verified header names the algorithm (keys Envoy fetches)"),
     (claims.claim_values_filter, "after the token: claim headers that are lists or unclean are rewritten or refused"),
     (auth.authorization_filter, "after the token: roles and scopes come from its verified payload"),
-    (tokens.token_query_filter, "after authentication read it: a token query parameter never reaches a backend"),
-    (tokens.token_cookie_filter, "after authentication read it: a token cookie never reaches a backend"),
+    (
+        tokens.token_strip_filter,
+        "after authentication read them: token query parameters and cookies never reach backends",
+    ),
     (_router, "last: forwards the request upstream"),
 ]
 

@@ -1,28 +1,52 @@
-"""Tokens never reach backends: the Authorization header, token query parameters and token
-cookies are removed after authentication has read them.
+"""Tokens never reach backends, and a request carries one token.
+
+jwt_authn removes a verified token from its header only, and only where it runs: a public
+operation, an optional token left out, or a token in a query parameter or cookie would reach
+the backend. So:
+
+- the Authorization header is removed at the router, after every filter has read it (route
+  configuration or per route, see ``token_removal``);
+- ``strip-token``: a composite filter that, only for a request whose query or cookies carry a
+  token parameter, runs a Lua filter removing those parameters and cookies byte for byte,
+  leaving every other parameter and cookie exactly as sent (Envoy's own query parameter
+  mutation decodes the query and writes it back unencoded: ``q=a%26admin%3Dtrue`` would reach
+  the backend as ``q=a&admin=true``);
+- ``one-token``: RBAC before authentication refusing (400) a request with tokens in more than
+  one place. jwt_authn verifies every token it finds and copies the claims of each into the
+  identity headers, so two valid tokens would hand the backend two identities.
+
+Query parameter names are compared after percent-decoding, as jwt_authn reads them; a name
+with a percent-escape counts as a token parameter wherever one is looked for.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2 as matching_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2, regex_pb2, string_pb2
+from google.protobuf import wrappers_pb2
+from xds.core.v3 import extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from .. import ir
 from ._authfacts import uses
 from ._pb import packed
 
-# -- tokens never reach backends -----------------------------------------------------------
-#
-# jwt_authn removes a verified token from its header only, and only where it runs: a public
-# operation, an optional token left out, or a token in a query parameter or cookie would reach
-# the backend. The Authorization header is removed at the router (after every filter has read
-# it); query parameters and cookies by the filters below, placed after authentication.
-
 AUTHORIZATION = "authorization"
+ONE_TOKEN = "one-token"
 
 
 def token_removal(listener: ir.Listener) -> str:
@@ -30,52 +54,164 @@ def token_removal(listener: ir.Listener) -> str:
     return uses(listener).token_removal
 
 
-def _stripped(gw: ir.Gateway, kind: str) -> tuple[str, ...]:
+def _names(gw: ir.Gateway, kind: str, stripped_only: bool) -> tuple[str, ...]:
     names: set[str] = set()
     for p in gw.providers:
-        if not p.forward_token:
+        if not (stripped_only and p.forward_token):
             names.update(p.query_parameters if kind == "query" else p.cookies)
     return tuple(sorted(names))
 
 
-def token_query_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
-    names = _stripped(gw, "query")
-    if not names:
+def _alternatives(names: tuple[str, ...]) -> str:
+    return "|".join(re.escape(n) for n in names)
+
+
+def _query_regex(names: tuple[str, ...], times: int = 1) -> str:
+    """``:path`` with ``times`` token parameters (a name of ``names``, or any with a %-escape)."""
+    param = f"[?&](?:{_alternatives(names)}|[^=&#]*%[^=&#]*)="
+    return ".*" + ".*".join([param] * times) + ".*"
+
+
+def _cookie_regex(names: tuple[str, ...], times: int = 1) -> str:
+    """Cookie headers (several are joined with ',') with ``times`` token cookies."""
+    crumb = f"(?:^|[;,])\\s*(?:{_alternatives(names)})="
+    return "(?:.*" + ".*".join([crumb] * times) + ").*"
+
+
+# -- one token per request ------------------------------------------------------------------
+
+
+def one_token_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    query, cookies = _names(gw, "query", False), _names(gw, "cookie", False)
+    if not uses(listener).providers or not (query or cookies):
         return None
-    config = header_mutation_pb2.HeaderMutation(
-        mutations=header_mutation_pb2.Mutations(
-            query_parameter_mutations=[base_pb2.KeyValueMutation(remove=n) for n in names]
-        )
-    )
-    return hcm_pb2.HttpFilter(name="strip-token-query", typed_config=packed(config))
+
+    def header(name: str, **match: Any) -> rbac_pb2.Principal:
+        return rbac_pb2.Principal(header=rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(**match)))
+
+    def regex(name: str, text: str) -> rbac_pb2.Principal:
+        return header(name, safe_regex=regex_pb2.RegexMatcher(regex=text))
+
+    def both(a: rbac_pb2.Principal, b: rbac_pb2.Principal) -> rbac_pb2.Principal:
+        return rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=[a, b]))
+
+    bearer = header(AUTHORIZATION, prefix="Bearer ")
+    places = [bearer]
+    if query:
+        places.append(regex(":path", _query_regex(query)))
+    if cookies:
+        places.append(regex("cookie", _cookie_regex(cookies)))
+    principals = [both(a, b) for i, a in enumerate(places) for b in places[i + 1 :]]
+    if query:
+        principals.append(regex(":path", _query_regex(query, 2)))
+    if cookies:
+        principals.append(regex("cookie", _cookie_regex(cookies, 2)))
+    policy = rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=principals)
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY, policies={ONE_TOKEN: policy})
+    return hcm_pb2.HttpFilter(name=ONE_TOKEN, typed_config=packed(rbac_filter_pb2.RBAC(rules=rules)))
 
 
-# Cookie values cannot be edited by Envoy's header filters; this Lua keeps every other cookie.
-_COOKIE_LUA = """
-local drop = {%s}
+# -- token query parameters and cookies -----------------------------------------------------
+
+_STRIP_LUA = """
+local QUERY = {%(query)s}
+local COOKIES = {%(cookies)s}
+
+local function unescape(s)
+  return (string.gsub(s, "%%%%(%%x%%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
-  local n = headers:getNumValues("cookie")
-  if n == 0 then return end
-  local kept = {}
-  for i = 0, n - 1 do
-    for part in string.gmatch(headers:getAtIndex("cookie", i), "[^;]+") do
-      local crumb = string.match(part, "^%%s*(.-)%%s*$")
-      local name = string.match(crumb, "^([^=]*)")
-      if crumb ~= "" and not drop[name] then kept[#kept + 1] = crumb end
+  local path = headers:get(":path")
+  local q = path and string.find(path, "?", 1, true)
+  if q and next(QUERY) then
+    local kept, removed = {}, false
+    for pair in string.gmatch(string.sub(path, q + 1), "[^&]+") do
+      if QUERY[unescape(string.match(pair, "^[^=]*"))] then removed = true else kept[#kept + 1] = pair end
+    end
+    if removed then
+      local base = string.sub(path, 1, q - 1)
+      headers:replace(":path", #kept > 0 and (base .. "?" .. table.concat(kept, "&")) or base)
     end
   end
-  headers:remove("cookie")
-  if #kept > 0 then headers:add("cookie", table.concat(kept, "; ")) end
+  local n = headers:getNumValues("cookie")
+  if n > 0 and next(COOKIES) then
+    local kept, removed = {}, false
+    for i = 0, n - 1 do
+      for part in string.gmatch(headers:getAtIndex("cookie", i), "[^;]+") do
+        local crumb = string.match(part, "^%%s*(.-)%%s*$")
+        if COOKIES[string.match(crumb, "^([^=]*)")] then removed = true
+        elseif crumb ~= "" then kept[#kept + 1] = crumb end
+      end
+    end
+    if removed then
+      headers:remove("cookie")
+      if #kept > 0 then headers:add("cookie", table.concat(kept, "; ")) end
+    end
+  end
 end
 """
 
 
-def token_cookie_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
-    names = _stripped(gw, "cookie")
-    if not names:
+def _lua_set(names: tuple[str, ...]) -> str:
+    return ", ".join(f"[{json.dumps(n)}] = true" for n in names)  # JSON strings of ASCII are Lua strings
+
+
+def token_strip_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    query, cookies = _names(gw, "query", True), _names(gw, "cookie", True)
+    if not (query or cookies):
         return None
-    table = ", ".join(f"[{json.dumps(n)}] = true" for n in names)
-    code = _COOKIE_LUA % table
-    config = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=code))
-    return hcm_pb2.HttpFilter(name="strip-token-cookie", typed_config=packed(config))
+    lua = lua_pb2.Lua(
+        default_source_code=base_pb2.DataSource(
+            inline_string=_STRIP_LUA % {"query": _lua_set(query), "cookies": _lua_set(cookies)}
+        ),
+        clear_route_cache=wrappers_pb2.BoolValue(value=False),  # the route authorized is the route taken
+    )
+    run_lua = composite_pb2.ExecuteFilterAction(
+        typed_config=core_extension_pb2.TypedExtensionConfig(name="strip-token-lua", typed_config=packed(lua))
+    )
+    Matcher = matcher_pb2.Matcher
+    Predicate = Matcher.MatcherList.Predicate
+
+    def carries(header: str, regex: str) -> Any:
+        return Predicate(
+            single_predicate=Predicate.SinglePredicate(
+                input=extension_pb2.TypedExtensionConfig(
+                    name=header, typed_config=packed(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header))
+                ),
+                value_match=xds_string_pb2.StringMatcher(
+                    safe_regex=xds_regex_pb2.RegexMatcher(
+                        google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(), regex=regex
+                    )
+                ),
+            )
+        )
+
+    predicates = []
+    if query:
+        predicates.append(carries(":path", _query_regex(query)))
+    if cookies:
+        predicates.append(carries("cookie", _cookie_regex(cookies)))
+    predicate = (
+        predicates[0] if len(predicates) == 1 else Predicate(or_matcher=Predicate.PredicateList(predicate=predicates))
+    )
+    matcher = Matcher(
+        matcher_list=Matcher.MatcherList(
+            matchers=[
+                Matcher.MatcherList.FieldMatcher(
+                    predicate=predicate,
+                    on_match=Matcher.OnMatch(
+                        action=extension_pb2.TypedExtensionConfig(name="strip-token", typed_config=packed(run_lua))
+                    ),
+                )
+            ]
+        )
+    )
+    config = matching_pb2.ExtensionWithMatcher(
+        extension_config=core_extension_pb2.TypedExtensionConfig(
+            name="composite", typed_config=packed(composite_pb2.Composite())
+        ),
+        xds_matcher=matcher,
+    )
+    return hcm_pb2.HttpFilter(name="strip-token", typed_config=packed(config))
