@@ -542,6 +542,13 @@ class _Builder:
                 out.append(cached)
                 continue
             findings = len(self.diags.items)
+            if len(entries) == 1:  # most paths (nothing to order, no conflict possible)
+                first = entries[0]
+                path_route = ir.new_path_route(first.path, (first,))
+                key = ir.precedence(first.path.template)
+                incremental.store_path_route(entries, path_route, key)
+                out.append((key, path_route))
+                continue
             ops: dict[tuple[str, tuple[tuple[str, str], ...]], ir.Operation] = {}
             for op in entries:
                 prev = ops.get((op.method, op.query))
@@ -562,8 +569,11 @@ class _Builder:
             # Operations that require query parameters are tried before the bare one.
             order = sorted(ops, key=lambda k: (k[0], -len(k[1]), k[1]))
             operations = tuple(ops[k] for k in order)
-            path_route = ir.new_path_route(_union({op.path for op in operations}), operations)
-            key = path_route.path.sort_key()
+            path = operations[0].path
+            if any(op.path is not path for op in operations):  # (mostly one object: no hashing)
+                path = _union({op.path for op in operations})
+            path_route = ir.new_path_route(path, operations)
+            key = ir.precedence(path.template)
             if len(self.diags.items) == findings:  # a conflict is reported on every compile
                 incremental.store_path_route(entries, path_route, key)
             out.append((key, path_route))

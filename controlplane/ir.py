@@ -129,11 +129,11 @@ class PathPattern:
     def sort_key(self) -> bytes:
         """Precedence: segment by segment, literal before mixed before parameter, then the
         segment with more literal text, so that /orders/export wins over /orders/{id}."""
-        return _precedence(self.template)
+        return precedence(self.template)
 
 
 @functools.lru_cache(maxsize=262_144)
-def _precedence(template: str) -> bytes:
+def precedence(template: str) -> bytes:
     """The order of the tuple ``((kind, -literal length) per segment, template)``, as bytes
     that compare like it (a byte comparison: sorting 6,500 paths took 15 ms with tuples).
 
