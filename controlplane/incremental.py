@@ -175,7 +175,7 @@ def reuse_operations(
 
 # The operations parsed from each path item of a description, by document: an edit of one
 # operation in a 1,000-operation file re-parses that path item, not the file's 670 others.
-@dataclass
+@dataclass(slots=True)
 class _ItemRecord:
     item: Any  # the path item's data as parsed last time
     operations: list[Any]
@@ -213,8 +213,11 @@ class _ItemMemo:
         if previous is not None:
             previous.extend(followed)
         outer.extend(local)
-        if all(file == self.document and not ptr.startswith("/paths") for file, ptr in followed):
-            self.now[path] = _ItemRecord(item, out[start:], list(local.items))
+        document = self.document
+        for file, ptr in followed:
+            if file != document or ptr.startswith("/paths"):
+                return
+        self.now[path] = _ItemRecord(item, out[start:], local.items)
 
     def done(self) -> None:
         _ITEMS.put(self.document, (self.context, self.now))
