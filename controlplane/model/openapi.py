@@ -310,7 +310,7 @@ class _Parser:
         return url
 
     def path_item(self, path: str, item: Any, out: list[OperationSpec], version: str) -> None:
-        self._path_item(path, item, pointer("paths", path), out, version)
+        self._path_item(path, item, "/paths/" + path.replace("~", "~0").replace("/", "~1"), out, version)
 
     def _path_item(self, path: str, item: Any, ptr: str, out: list[OperationSpec], version: str) -> None:
         doc = self.doc
@@ -334,14 +334,17 @@ class _Parser:
             self.error(f"invalid path {path!r}: {exc}", doc, ptr, "path-template")
             return
         names = pathlib_.template_params(segments)
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
+        if len(names) > 1 and len(set(names)) < len(names):
+            dupes = {n for n in names if names.count(n) > 1}
             self.error(f"path {path!r} uses parameter {sorted(dupes)[0]!r} twice", doc, ptr, "path-template")
             return
-        resolved = self.store.deref(doc, ptr, item)
-        if resolved is None:
-            return
-        idoc, iptr, item = resolved
+        if type(item) is dict and "$ref" not in item:  # (what deref gives back, without the call)
+            idoc, iptr = doc, ptr
+        else:
+            resolved = self.store.deref(doc, ptr, item)
+            if resolved is None:
+                return
+            idoc, iptr, item = resolved
         if item is None:
             self.warning(f"path {path!r} has no operations", idoc, iptr)
             return
@@ -358,15 +361,22 @@ class _Parser:
             if method not in item:
                 continue
             optr = iptr + "/" + method
-            op_resolved = self.store.deref(idoc, optr, item[method])
-            if op_resolved is None:
-                continue
-            odoc, optr, op = op_resolved
+            op = item[method]
+            if type(op) is dict and "$ref" not in op:
+                odoc = idoc
+            else:
+                op_resolved = self.store.deref(idoc, optr, op)
+                if op_resolved is None:
+                    continue
+                odoc, optr, op = op_resolved
             if not isinstance(op, dict):
                 self.error("an operation must be a mapping", odoc, optr)
                 continue
-            params = dict(path_params)
-            params.update(self._parameters(op.get("parameters"), odoc, optr + "/parameters", version))
+            if op.get("parameters") is None:
+                params = path_params  # (read, never changed)
+            else:
+                params = dict(path_params)
+                params.update(self._parameters(op["parameters"], odoc, optr + "/parameters", version))
             op_id = op.get("operationId")
             if op_id is not None and (not isinstance(op_id, str) or not op_id):
                 self.error("operationId must be a non-empty string", odoc, optr + "/operationId", "operation-id")
