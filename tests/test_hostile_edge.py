@@ -345,16 +345,9 @@ def test_what_reaches_the_backend_routes_to_the_same_operation(target: Target, p
 
 # -- query strings: parameters other than tokens are kept as sent ---------------------------
 
-_DECODES = (
-    "the token-stripping filter (header_mutation query_parameter_mutations) decodes every query parameter "
-    "and re-serializes the query without encoding"
-)
 
-
-def _query_xfail(query: str, what: str) -> Any:
-    return pytest.param(query, marks=pytest.mark.xfail(strict=True, reason=f"{_DECODES}: {what}"))
-
-
+# Envoy's own query parameter mutation (the first token-stripping filter) decoded every
+# parameter and wrote the query back unencoded; each of these changed on its way.
 @pytest.mark.parametrize(
     "query",
     [
@@ -362,17 +355,18 @@ def _query_xfail(query: str, what: str) -> Any:
         "a=1&a=2",
         "x=a+b",
         "a=1;b=2",
-        _query_xfail("q=a%26admin%3Dtrue", "'q=a%26admin%3Dtrue' reaches the backend as 'q=a&admin=true'"),
-        _query_xfail("next=%2Fa%3Fb%3D1%26c%3D2", "an encoded URL in a value is split into parameters"),
-        _query_xfail("q=%23&role=user", "'%23' becomes '#': the backend sees a fragment and loses 'role=user'"),
-        _query_xfail("q=a%20b", "'%20' becomes a raw space in the upstream request line (the backend answers 400)"),
-        _query_xfail("sig=ab%2Bcd%3D%3D", "'%2B' becomes '+', which the backend decodes as a space"),
-        _query_xfail("q=100%25", "'%25' becomes a bare '%'"),
-        _query_xfail("q=caf%C3%A9", "'%C3%A9' becomes raw non-ASCII bytes in the request line"),
-        _query_xfail("b=2&a=1", "parameters are re-ordered by name ('a=1&b=2')"),
-        _query_xfail("flag&x=1", "'flag' becomes 'flag='"),
-        _query_xfail("a=1&&b=2", "'a=1&&b=2' becomes '=&a=1&b=2'"),
-        _query_xfail("q=%0A", "'%0A' becomes a raw LF in :path: Envoy refuses the upstream request, 503"),
+        "q=a%26admin%3Dtrue",  # was 'q=a&admin=true': a new parameter
+        "next=%2Fa%3Fb%3D1%26c%3D2",  # an encoded URL split into parameters
+        "q=%23&role=user",  # '#': the backend lost 'role=user'
+        "q=a%20b",  # a raw space in the upstream request line
+        "sig=ab%2Bcd%3D%3D",  # '+', a space to the backend
+        "q=100%25",  # a bare '%'
+        "q=caf%C3%A9",  # raw non-ASCII bytes
+        "b=2&a=1",  # re-ordered by name
+        "flag&x=1",  # 'flag='
+        "a=1&&b=2",  # '=&a=1&b=2'
+        "q=%0A",  # a raw LF in :path: 503
+        "q=%26access_token%3Dabc",  # 'access_token=abc' at the backend
     ],
 )
 @pytest.mark.parametrize("path", ["/public", "/me"])
@@ -383,9 +377,6 @@ def test_other_query_parameters_reach_the_backend_as_sent(target: Target, path: 
     assert [s["path"] for s in seen] == [f"{path}?{query}"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason=f"{_DECODES}: 'q=%26access_token%3D<token>' arrives as 'q=&access_token=<token>'"
-)
 def test_an_encoded_token_parameter_never_becomes_one(target: Target) -> None:
     token = target.token("customer")
     resp, seen = target.request("GET", f"/public?q=%26access_token%3D{token}")
@@ -402,15 +393,12 @@ TOKEN_SPELLINGS: dict[str, Place] = {
     "encoded name %5F": lambda t: (f"?access%5Ftoken={t}", []),
     "encoded name %61": lambda t: (f"?%61ccess_token={t}", []),
     "encoded dots in the value": lambda t: ("?access_token=" + t.replace(".", "%2E"), []),
-    "parameter twice": lambda t: (f"?access_token={t}&access_token={t}", []),
     "after empty pairs": lambda t: (f"?&&access_token={t}&&", []),
     "quoted cookie": lambda t: ("", [("Cookie", f'session="{t}"')]),
-    "cookie twice": lambda t: ("", [("Cookie", f"session={t}; session={t}")]),
     "cookie in a second header": lambda t: ("", [("Cookie", "a=b"), ("Cookie", f"session={t}")]),
     "cookie without spaces": lambda t: ("", [("Cookie", f"a=b;session={t};c=d")]),
     "Bearer with two spaces": lambda t: ("", [("Authorization", f"Bearer  {t}")]),
     "Bearer and a trailing space": lambda t: ("", [("Authorization", f"Bearer {t} ")]),
-    "header and query": lambda t: (f"?access_token={t}", [("Authorization", f"Bearer {t}")]),
     # not read (Bearer is case-sensitive and needs a space), and removed all the same
     "lower-case bearer": lambda t: ("", [("Authorization", f"bearer {t}")]),
     "Bearer and a tab": lambda t: ("", [("Authorization", f"Bearer\t{t}")]),
@@ -455,62 +443,82 @@ def _identity(seen: Seen) -> list[tuple[str, str]] | None:
     return [(k, v) for k, v in seen[0]["header_list"] if k.startswith("x-user-")]
 
 
-CAROL = [("x-user-id", "carol"), ("x-user-role", "customer")]
-ROOT = [("x-user-id", "root"), ("x-user-role", "admin")]
-_TWO_IDENTITIES = pytest.mark.xfail(
+TwoTokens = Callable[[str, str], tuple[str, list[tuple[str, str]]]]  # (a, b) -> (query suffix, headers)
+
+# Two tokens in one request, every way the gateway reads them: docs/policy.md promises 400
+# before any is verified (jwt_authn would verify each and copy the claims of both).
+TWO_TOKENS: dict[str, TwoTokens] = {
+    "header and query": lambda a, b: (f"?access_token={b}", bearer(a)),
+    "header and cookie": lambda a, b: ("", [*bearer(a), ("Cookie", f"session={b}")]),
+    "query and cookie": lambda a, b: (f"?access_token={a}", [("Cookie", f"session={b}")]),
+    "query twice": lambda a, b: (f"?access_token={a}&access_token={b}", []),
+    "query twice, one name escaped": lambda a, b: (f"?access_token={a}&%61ccess_token={b}", []),
+    "header and an escaped query name": lambda a, b: (f"?access%5Ftoken={b}", bearer(a)),
+    "cookie twice": lambda a, b: ("", [("Cookie", f"session={a}; session={b}")]),
+    "cookie twice, quoted": lambda a, b: ("", [("Cookie", f'session="{a}"; session="{b}"')]),
+    "header and a second Cookie header": lambda a, b: ("", [*bearer(a), ("Cookie", "x=1"), ("Cookie", f"session={b}")]),
+    "header with leading spaces and query": lambda a, b: (f"?access_token={b}", [("Authorization", f"   Bearer {a}")]),
+}
+_BEARER_ANYWHERE = pytest.mark.xfail(
     strict=True,
-    reason="jwt_authn verifies the tokens of every place and writes the claim headers of each: the backend "
-    "receives X-User-Id and X-User-Role twice, the values of the token the authorization did not use first "
-    "(a customer token in Authorization and an admin token in the cookie: /me is allowed, the backend's first "
-    "X-User-Id is root)",
+    reason="jwt_authn finds 'Bearer ' anywhere in the Authorization value, the one-token rule only at its start: "
+    "'Authorization: Token Bearer <admin>' with '?access_token=<customer>' is not refused, both tokens are "
+    "verified, /admin/users is allowed and the backend gets X-User-Id carol (customer) then root (admin)",
 )
+_COOKIE_HEADERS = pytest.mark.xfail(
+    strict=True,
+    reason="two token cookies in two Cookie headers are not refused (the one-token rule sees only one of them); "
+    "harmless today: jwt_authn reads the first session cookie only, one identity reaches the backend and both "
+    "cookies are stripped",
+)
+TWO_TOKEN_COOKIE_HEADERS: dict[str, TwoTokens] = {
+    "cookie in two headers": lambda a, b: ("", [("Cookie", f"session={a}"), ("Cookie", f"session={b}")]),
+    "cookie in two headers, after another": lambda a, b: (
+        "",
+        [("Cookie", f"session={a}"), ("Cookie", f"x=1; session={b}")],
+    ),
+}
+TWO_TOKENS_HIDDEN_BEARER: dict[str, TwoTokens] = {
+    "another scheme before Bearer, and query": lambda a, b: (
+        f"?access_token={b}",
+        [("Authorization", f"Token Bearer {a}")],
+    ),
+    "a prefix glued to Bearer, and query": lambda a, b: (f"?access_token={b}", [("Authorization", f"xBearer {a}")]),
+    "Basic then Bearer headers, and query": lambda a, b: (
+        f"?access_token={b}",
+        [("Authorization", "Basic eDp5"), ("Authorization", f"Bearer {a}")],
+    ),
+    "Bearer inside Basic, and cookie": lambda a, b: (
+        "",
+        [("Authorization", f"Basic x Bearer {a}"), ("Cookie", f"session={b}")],
+    ),
+}
 
 
 @pytest.mark.parametrize(
-    ("first", "second"),
+    "how",
     [
-        pytest.param("header", "query", marks=_TWO_IDENTITIES),
-        pytest.param("header", "cookie", marks=_TWO_IDENTITIES),
-        pytest.param("query", "cookie", marks=_TWO_IDENTITIES),
-        ("query", "query"),
-        ("cookie", "cookie"),
+        *TWO_TOKENS,
+        *(pytest.param(how, marks=_COOKIE_HEADERS) for how in TWO_TOKEN_COOKIE_HEADERS),
+        *(pytest.param(how, marks=_BEARER_ANYWHERE) for how in TWO_TOKENS_HIDDEN_BEARER),
     ],
 )
-@pytest.mark.parametrize("order", ["customer first", "admin first"])
-def test_two_tokens_give_one_identity(target: Target, first: str, second: str, order: str) -> None:
-    """A customer token and an admin token at once: the operation's check and the identity the
-    backend sees come from the same token, and the backend sees one identity, never two."""
-    customer = target.token("customer", sub="carol")
+@pytest.mark.parametrize("order", ["admin first", "customer first"])
+def test_two_tokens_are_refused_before_verification(target: Target, how: str, order: str) -> None:
     admin = target.token("admin", sub="root")
-    tokens = (customer, admin) if order == "customer first" else (admin, customer)
-    query: list[str] = []
-    headers: list[tuple[str, str]] = []
-    cookies: list[str] = []
-    for place, token in zip((first, second), tokens, strict=True):
-        if place == "header":
-            headers += bearer(token)
-        elif place == "query":
-            query.append(f"access_token={token}")
-        else:
-            cookies.append(f"session={token}")
-    if cookies:
-        headers.append(("Cookie", "; ".join(cookies)))
-    suffix = "?" + "&".join(query) if query else ""
-    admin_resp, admin_seen = target.request("GET", "/admin/users" + suffix, headers)
-    me_resp, me_seen = target.request("GET", "/me" + suffix, headers)
-    if status(admin_resp) == 200:  # the admin token decided: root on /admin/users, refused on /me
-        assert _identity(admin_seen) == ROOT, _identity(admin_seen)
-        assert status(me_resp) == 403 and not me_seen
-    else:  # the customer token decided
-        assert status(admin_resp) == 403 and not admin_seen
-        assert status(me_resp) == 200 and _identity(me_seen) == CAROL, _identity(me_seen)
+    customer = target.token("customer", sub="carol")
+    a, b = (admin, customer) if order == "admin first" else (customer, admin)
+    suffix, headers = {**TWO_TOKENS, **TWO_TOKEN_COOKIE_HEADERS, **TWO_TOKENS_HIDDEN_BEARER}[how](a, b)
+    for path in ("/admin/users", "/me", "/public"):
+        resp, seen = target.request("GET", path + suffix, headers)
+        assert (status(resp), _identity(seen)) == (400, None), (how, path, status(resp), _identity(seen))
+        assert resp is not None and resp.json()["message"] == "send one token, in one place"
 
 
-@_TWO_IDENTITIES
-def test_one_token_in_two_places_gives_one_identity(target: Target) -> None:
+def test_one_token_in_two_places_is_refused(target: Target) -> None:
     token = target.token("customer", sub="carol")
     resp, seen = target.request("GET", "/me", [*bearer(token), ("Cookie", f"session={token}")])
-    assert status(resp) == 200 and _identity(seen) == CAROL, _identity(seen)
+    assert status(resp) == 400 and seen == []
 
 
 def test_two_authorization_headers_are_refused(target: Target) -> None:

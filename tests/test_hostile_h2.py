@@ -455,6 +455,39 @@ def test_a_session_cookie_among_cookie_headers_is_stripped(target: Target, path:
         assert [(k, v) for k, v in seen[0]["header_list"] if k == "x-user-id"] == [("x-user-id", "alice")]
 
 
+@pytest.mark.parametrize(
+    "how",
+    [
+        "two cookie crumbs",
+        "Bearer and a crumb",
+        pytest.param(
+            "Bearer behind another scheme, and a crumb",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="'authorization: Token Bearer <admin>' with a 'session=<customer>' crumb is not refused: "
+                "both are verified and the backend gets two identities (see test_hostile_edge)",
+            ),
+        ),
+    ],
+)
+def test_two_tokens_are_refused(target: Target, how: str) -> None:
+    admin, customer = target.token("admin", sub="root"), target.token("customer", sub="carol")
+    headers = {
+        "two cookie crumbs": [("cookie", f"session={admin}"), ("cookie", f"session={customer}")],
+        "Bearer and a crumb": [
+            ("authorization", f"Bearer {admin}"),
+            ("cookie", "x=1"),
+            ("cookie", f"session={customer}"),
+        ],
+        "Bearer behind another scheme, and a crumb": [
+            ("authorization", f"Token Bearer {admin}"),
+            ("cookie", f"session={customer}"),
+        ],
+    }[how]
+    stream, seen = exchange(target, [*pseudo("/admin/users"), *headers])
+    assert stream.status == 400 and seen == [], (how, stream.status, [s["header_list"] for s in seen])
+
+
 def test_trailers_carry_nothing_to_the_backend(target: Target) -> None:
     trailers = [("x-user-id", "root"), ("authorization", "Bearer x"), ("x-forwarded-for", ALLOWED_IP)]
     stream, seen = exchange(target, [*pseudo("/public", "POST"), ("content-length", "3")], b"abc", trailers)
