@@ -420,7 +420,7 @@ class _Builder:
                 )
                 return
         overrides: dict[str, Any] = entry.get("operations", {})
-        known = {op.key for op in spec.operations}
+        known = {op.key for op in spec.operations} if overrides else set()
         for key in overrides:
             if key not in known:
                 self.diags.error(
@@ -443,6 +443,7 @@ class _Builder:
         )
         doc_x = spec.x_gateway
         prefix_segments = parse_template(prefix) if prefix else []
+        prefix_literal = all(not s.params for s in prefix_segments)
         # Operations whose model is the object of the last build (incremental.path_item_memo
         # keeps unchanged path items), with the same API context, are replayed. Not with
         # upstreams made from server URLs: building those registers them.
@@ -457,6 +458,8 @@ class _Builder:
         policy_host = _policy_upstream_host(self.upstreams[policy_upstream][0]) if policy_upstream is not None else None
         api_retry = _retry_and_timeout(api_settings)
         shapes: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, ir.PathPattern, str]] = {}
+        # An operation's upstream, its path there and Host, by server object (mostly the document's).
+        by_server: tuple[Any, str, str, str | None] | None = None
         for op in spec.operations:
             if memo is not None:
                 hit = memo.get(op)
@@ -472,6 +475,8 @@ class _Builder:
                 upstream = policy_upstream
                 upstream_prefix = entry.get("upstreamPathPrefix", prefix or "/").rstrip("/")
                 host_rewrite = policy_host
+            elif by_server is not None and (op.server if op.server is not None else doc_server) is by_server[0]:
+                _server, upstream, upstream_prefix, host_rewrite = by_server
             else:
                 server = op.server if op.server is not None else doc_server
                 if server is not None and server.usable and not server.is_absolute and doc_server is not None:
@@ -489,40 +494,51 @@ class _Builder:
                 upstream_prefix = entry.get("upstreamPathPrefix", server.base_path or "/").rstrip("/")
                 assert server.host is not None and server.port is not None
                 host_rewrite = _host_header(server.host, server.port, server.scheme == "https")
-            op_layers: list[tuple[dict[str, Any] | None, ir.Source | None]] = [
-                (value, src) for _level, value, src in op.x_gateway
-            ]
-            override = overrides.get(op.key)
-            if override is not None:
-                op_layers.append((override, psrc(pointer("operations", op.key))))
-            settings = self._settings(op_layers, api_settings) if op_layers else api_settings
-            retry, timeout_ms = api_retry if settings is api_settings else _retry_and_timeout(settings)
+                by_server = (server, upstream, upstream_prefix, host_rewrite)
+            op_key = op.key
+            override = overrides.get(op_key) if overrides else None
+            if op.x_gateway or override is not None:
+                op_layers: list[tuple[dict[str, Any] | None, ir.Source | None]] = [
+                    (value, src) for _level, value, src in op.x_gateway
+                ]
+                if override is not None:
+                    op_layers.append((override, psrc(pointer("operations", op_key))))
+                settings = self._settings(op_layers, api_settings)
+                retry, timeout_ms = _retry_and_timeout(settings)
+            else:
+                settings = api_settings
+                retry, timeout_ms = api_retry
             template = prefix + op.path
             # The operations of one path item share its segments (and mostly its parameters):
             # their pattern and shape are made once.
-            regexes = tuple((n, p.regex) for n, p in op.path_params.items())
-            made = shapes.get((id(op.segments), regexes))
-            if made is None or made[0] is not op.segments:
-                segments = prefix_segments + op.segments
-                made = (op.segments, build_pattern(template, segments, dict(regexes)), normalized_template(segments))
-                shapes[(id(op.segments), regexes)] = made
-            _segments, pattern, shape = made
-            operation = ir.new_operation(
-                name=f"{api.name}.{op.key}",
-                api=api.name,
-                operation_id=op.operation_id or "",
-                method=op.method,
-                path=pattern,
-                upstream=upstream,
-                timeout_ms=timeout_ms,
-                retry=retry,
-                sensitive=bool(settings.get("sensitive")),
-                source=op.source,
-                rewrite_prefix=(prefix, upstream_prefix) if prefix != upstream_prefix else None,
-                query=op.query,
-                auth=auth.operation_auth(auth_ctx, spec, op, settings, self.diags),
-                remove_token=auth_ctx.remove_token,
-                host_rewrite=host_rewrite,
+            segments = op.segments
+            regexes = tuple([(n, p.regex) for n, p in op.path_params.items()]) if op.path_params else ()
+            made = shapes.get((id(segments), regexes))
+            if made is None or made[0] is not segments:
+                if prefix_literal and all(not s.params for s in segments):  # a literal path is its own shape
+                    made = (segments, ir.new_path_pattern(template, None), template)
+                else:
+                    full = prefix_segments + segments
+                    made = (segments, build_pattern(template, full, dict(regexes)), normalized_template(full))
+                shapes[(id(segments), regexes)] = made
+            pattern, shape = made[1], made[2]
+            operation = ir.new_operation(  # the fields in order (positional arguments cost less)
+                f"{api.name}.{op_key}",  # name
+                api.name,
+                op.operation_id or "",
+                op.method,
+                pattern,
+                upstream,
+                timeout_ms,
+                retry,
+                bool(settings.get("sensitive")),
+                op.source,
+                (prefix, upstream_prefix) if prefix != upstream_prefix else None,  # rewrite_prefix
+                op.query,
+                auth.operation_auth(auth_ctx, spec, op, settings, self.diags),
+                (),  # ip_allow: per listener, below
+                auth_ctx.remove_token,
+                host_rewrite,
             )
             produced = []
             for listener in listeners:
