@@ -187,8 +187,7 @@ def _encoded_operation(
         )
     if op.query:
         query = b"".join(
-            length_delimited(_M_QUERY, _query_matcher(n, v).SerializeToString(deterministic=True))
-            for n, v in op.query
+            length_delimited(_M_QUERY, _query_matcher(n, v).SerializeToString(deterministic=True)) for n, v in op.query
         )
         match = method + query + path[1] if path[0] > _M_QUERY else path[1] + method + query
     else:
@@ -224,13 +223,17 @@ def _encoded_operation(
 
 def _encoded_method_not_allowed(path_route: ir.PathRoute, path: tuple[int, bytes]) -> bytes:
     """``_method_not_allowed(path_route)``, serialized (deterministic)."""
-    allow = ", ".join(path_route.allow)
-    header_bytes: bytes = _shared(
-        _ALLOW_BYTES,
-        allow,
-        lambda: length_delimited(_R_RESPONSE_HEADERS, header("allow", allow).SerializeToString(deterministic=True)),
-    )
-    return length_delimited(_R_MATCH, path[1]) + _DIRECT_405_BYTES + header_bytes + _NAME_405_BYTES
+    operations = path_route.operations
+    allow = operations[0].method if len(operations) == 1 else ", ".join(path_route.allow)
+    header_bytes = _ALLOW_BYTES.get(allow)
+    if header_bytes is None:
+        header_bytes = _shared(
+            _ALLOW_BYTES,
+            allow,
+            lambda: length_delimited(_R_RESPONSE_HEADERS, header("allow", allow).SerializeToString(deterministic=True)),
+        )
+    match = path[1]
+    return b"".join((_R_MATCH_TAG, varint(len(match)), match, _DIRECT_405_BYTES, header_bytes, _NAME_405_BYTES))
 
 
 _VHOST_RETRY = object()  # the route uses its virtual host's retry policy
@@ -330,8 +333,8 @@ def _directory(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def _segment_regexes(regex: str) -> tuple[re.Pattern[str], ...] | None:
-    """Per-segment patterns of a generated path regex (None when it is a union of several)."""
+def _segment_regexes(regex: str) -> tuple[str, ...] | None:
+    """Per-segment parts of a generated path regex (None when it is a union of several)."""
     if regex.startswith("(?:") and ")|(?:" in regex:
         return None
     parts, current, in_class, escaped = [], [], False, False
@@ -354,8 +357,13 @@ def _segment_regexes(regex: str) -> tuple[re.Pattern[str], ...] | None:
         else:
             current.append(ch)
     parts.append("".join(current))
+    return tuple(parts[1:])
+
+
+@functools.lru_cache(maxsize=65536)  # compiled when a segment is tried; parts recur ("-?[0-9]+")
+def _segment_pattern(part: str) -> re.Pattern[str] | None:
     try:
-        return tuple(re.compile(python_syntax(p)) for p in parts[1:])
+        return re.compile(python_syntax(part))
     except re.error:  # pragma: no cover - generated regexes compile; be conservative if not
         return None
 
@@ -383,11 +391,13 @@ def _may_extend(path: ir.PathPattern, key: str) -> bool:
         if seg.kind is SegmentKind.LITERAL:
             if seg.literal_parts[0] != text:
                 return False
-        elif regexes is not None:
-            if not regexes[i].fullmatch(text):
+        else:
+            pattern = _segment_pattern(regexes[i]) if regexes is not None else None
+            if pattern is not None:
+                if not pattern.fullmatch(text):
+                    return False
+            elif not (text.startswith(seg.literal_parts[0]) and text.endswith(seg.literal_parts[-1])):
                 return False
-        elif not (text.startswith(seg.literal_parts[0]) and text.endswith(seg.literal_parts[-1])):
-            return False
     if not partial:
         return True
     seg = segments[len(full)]
