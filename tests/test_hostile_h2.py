@@ -460,14 +460,7 @@ def test_a_session_cookie_among_cookie_headers_is_stripped(target: Target, path:
     [
         "two cookie crumbs",
         "Bearer and a crumb",
-        pytest.param(
-            "Bearer behind another scheme, and a crumb",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="'authorization: Token Bearer <admin>' with a 'session=<customer>' crumb is not refused: "
-                "both are verified and the backend gets two identities (see test_hostile_edge)",
-            ),
-        ),
+        "Bearer behind another scheme, and a crumb",
     ],
 )
 def test_two_tokens_are_refused(target: Target, how: str) -> None:

@@ -40,7 +40,9 @@ CLAIMS_FILTER = "claim-values"
 # metadata lookups, not a Lua call.
 
 # Control characters other than HTAB never make a header value.
-_CLEAN = "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"
+# A value that is a header value as it is: no control character but HTAB, and no space or HTAB
+# at either end (HTTP parsers trim them: the backend would see another value).
+_CLEAN = "^(?:[^\\s\\x00-\\x08\\x0a-\\x1f\\x7f](?:[^\\x00-\\x08\\x0a-\\x1f\\x7f]*[^\\s\\x00-\\x08\\x0a-\\x1f\\x7f])?)?$"
 
 _CLAIMS_LUA = """
 local PROVIDERS = {%(providers)s}
@@ -49,7 +51,8 @@ local BAD = "[%%z\\1-\\8\\10-\\31\\127]"
 local function scalar(v, item)
   local t = type(v)
   if t == "string" then
-    if string.find(v, BAD) or (item and string.find(v, ",", 1, true)) then return nil end
+    if string.find(v, BAD) or string.find(v, "^%%s") or string.find(v, "%%s$") then return nil end
+    if item and string.find(v, ",", 1, true) then return nil end
     return v
   elseif t == "number" then
     if v == math.floor(v) and math.abs(v) < 1e15 then return string.format("%%d", v) end

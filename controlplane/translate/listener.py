@@ -17,6 +17,7 @@ from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2 as early_mutation_pb2
 from google.protobuf import struct_pb2
@@ -184,6 +185,18 @@ def listener(gw: ir.Gateway, lst: ir.Listener) -> listener_pb2.Listener:
         name=lst.name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=lst.address, port_value=lst.port)),
         per_connection_buffer_limit_bytes=uint32(BUFFER_LIMIT_BYTES),
+        # Envoy starts the request-headers timer at a connection's first byte: a connection that
+        # sends nothing would be held for the idle timeout (1 h) and count against
+        # maxConnections. A listener filter that waits for the first bytes, bounded by the
+        # request-headers timeout, closes it instead.
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(
+                name="envoy.filters.listener.http_inspector",
+                typed_config=packed(http_inspector_pb2.HttpInspector()),
+            )
+        ],
+        listener_filters_timeout=duration(lst.timeouts.request_headers_ms),
+        continue_on_listener_filters_timeout=False,
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[

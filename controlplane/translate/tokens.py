@@ -74,7 +74,7 @@ def _query_regex(names: tuple[str, ...], times: int = 1) -> str:
 
 def _cookie_regex(names: tuple[str, ...], times: int = 1) -> str:
     """Cookie headers (several are joined with ',') with ``times`` token cookies."""
-    crumb = f"(?:^|[;,])\\s*(?:{_alternatives(names)})="
+    crumb = f"(?:^|[;,])\\s*(?:{_alternatives(names)})\\s*="  # RFC 6265 parsers trim the name
     return "(?:.*" + ".*".join([crumb] * times) + ").*"
 
 
@@ -95,7 +95,7 @@ def one_token_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilte
     def both(a: rbac_pb2.Principal, b: rbac_pb2.Principal) -> rbac_pb2.Principal:
         return rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=[a, b]))
 
-    bearer = header(AUTHORIZATION, prefix="Bearer ")
+    bearer = regex(AUTHORIZATION, ".*Bearer .*")  # jwt_authn finds "Bearer " anywhere in the value
     places = [bearer]
     if query:
         places.append(regex(":path", _query_regex(query)))
@@ -141,7 +141,7 @@ function envoy_on_request(handle)
     for i = 0, n - 1 do
       for part in string.gmatch(headers:getAtIndex("cookie", i), "[^;]+") do
         local crumb = string.match(part, "^%%s*(.-)%%s*$")
-        if COOKIES[string.match(crumb, "^([^=]*)")] then removed = true
+        if COOKIES[string.match(crumb, "^([^=]-)%%s*=")] then removed = true
         elseif crumb ~= "" then kept[#kept + 1] = crumb end
       end
     end
