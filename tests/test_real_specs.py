@@ -12,6 +12,7 @@ import pytest
 from controlplane import compile
 from controlplane.bootstrap import static_bootstrap
 from controlplane.model import validation
+from controlplane.model.paths import ANY_SEGMENT
 from controlplane.output import to_yaml
 from controlplane.resources import to_dict
 from tests.conftest import REAL_SPECS
@@ -71,7 +72,7 @@ def test_digitalocean_operation_refs_across_files_are_followed() -> None:
     # GET /v2/images/{image_id} takes an id or a slug; DELETE only an integer id
     images = next(p for lst in gw.listeners for p in lst.paths if p.path.template == "/v2/images/{image_id}")
     by_method = {op.method: op.path.regex for op in images.operations}
-    assert by_method["GET"] == "/v2/images/[^/]+"
+    assert by_method["GET"] == "/v2/images/" + ANY_SEGMENT
     assert by_method["DELETE"] == "/v2/images/(?:-?[0-9]+)"
 
 

@@ -19,8 +19,11 @@ from typing import Any
 
 from ..ir import PathPattern, SegmentKind, new_path_pattern
 
-ANY_SEGMENT = "[^/]+"
-ANY_OR_EMPTY = "[^/]*"  # a string parameter whose schema says ``minLength: 0``
+# Any value of one path segment, except a dot-segment with parameters (".;x", "..;"): Envoy
+# decodes "%2e" after it removes dot-segments, so "/files/%2e%2e;" reaches a backend as
+# "/files/..;", which Tomcat and Spring (and Envoy itself, sent as is) read as the parent.
+ANY_SEGMENT = "(?:[^/.][^/]*|\\.[^/.;][^/]*|\\.\\.[^/;][^/]*)"
+ANY_OR_EMPTY = ANY_SEGMENT + "?"  # a string parameter whose schema says ``minLength: 0``
 _INTEGER = "-?[0-9]+"
 _UNSIGNED = "[0-9]+"
 _POSITIVE = "0*[1-9][0-9]*"
