@@ -490,3 +490,33 @@ def test_claim_headers_of_any_name_cannot_be_spoofed(
         assert resp.status == 200 and seen is not None
         values = sorted((k, v) for k, v in seen["header_list"] if k in ("x-subject", "email-address"))
         assert values == ([] if spec is public_only else [("email-address", "a@b"), ("x-subject", "alice")]), values
+
+
+@pytest.mark.parametrize("sep", [".", "~", "!", "#", "$", "%", "&", "'", "*", "+", "^", "`", "|"])
+def test_identity_headers_with_other_punctuation_never_reach_the_backend(
+    inline_gw: Gateway, echo: EchoServer, hostile: HostileIdp, sep: str
+) -> None:
+    """CGI and PHP backends read every non-alphanumeric character of a header name as '_':
+    X-User.Id is their X_USER_ID. (Underscores themselves are refused by Envoy: 400.)"""
+    spoof = [
+        (f"X-User{sep}Id", "root"),
+        (f"X{sep}User{sep}Role", "admin"),
+        (f"x-user{sep}groups", "ops"),
+        (f"X-HTTP-Method{sep}Override", "DELETE"),
+        (f"X{sep}Forwarded{sep}Host", "evil.example"),
+        (f"Forwarded{sep}", "for=1.2.3.4"),  # not a variant: kept
+    ]
+    for path, auth in (("/public", []), ("/private", _bearer(hostile.token("RS256", "rsa-no-alg")))):
+        resp, seen = _get(inline_gw, echo, path, [*spoof, *auth])
+        assert resp.status == 200 and seen is not None, (sep, path, resp.status)
+        names = [k for k, _v in seen["header_list"]]
+        leaked = [
+            n
+            for n in names
+            if sep in n
+            and n.replace(sep, "-")
+            in {"x-user-id", "x-user-role", "x-user-groups", "x-http-method-override", "x-forwarded-host"}
+        ]
+        assert not leaked, (sep, path, leaked)
+        assert [v for k, v in seen["header_list"] if k == "x-user-id"] == (["alice"] if auth else [])
+        assert f"forwarded{sep}" in names  # only identity names and their variants go
