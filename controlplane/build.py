@@ -435,7 +435,8 @@ class _Builder:
             up_defaults = {k: up_spec[k] for k in ("timeout", "retries") if k in up_spec}
         where = (pdoc.name, api.ptr) if pdoc else (spec.document.name, "")
         auth_ctx = auth.api_auth(entry, self.providers, where, self.diags)
-        auth.check_rule_operations(auth_ctx, spec, where, self.diags)
+        if auth_ctx.rules:  # (it checks the rules' operation names: a set of every operation's names first)
+            auth.check_rule_operations(auth_ctx, spec, where, self.diags)
         api_ip = (
             {"ipAllow": list(auth.check_cidrs(entry["ipAllow"], where[0], where[1] + "/ipAllow", self.diags))}
             if "ipAllow" in entry
@@ -541,8 +542,10 @@ class _Builder:
                 host_rewrite,
             )
             produced = []
+            # (no allowlist can apply without the operation's own or a path-prefix list)
+            any_ip = bool(self.ip_prefix_lists) or bool(settings.get("ipAllow"))
             for listener in listeners:
-                ip_allow = auth.ip_allowlists(settings, template, self.ip_prefix_lists, listener)
+                ip_allow = auth.ip_allowlists(settings, template, self.ip_prefix_lists, listener) if any_ip else ()
                 iop = dataclasses.replace(operation, ip_allow=ip_allow) if ip_allow else operation
                 routes[listener][shape].append(iop)
                 produced.append((listener, shape, iop))
