@@ -59,7 +59,7 @@ class OperationSpec:
     path_params: dict[str, PathParam]
     source: Source
     server: ServerUrl | None  # operation- or path-level server, if any
-    x_gateway: list[tuple[str, dict[str, Any], Source]] = field(default_factory=list)  # (level, value, where)
+    x_gateway: tuple[tuple[str, dict[str, Any], Source], ...] = ()  # (level, value, where)
     # Query parameters the path key itself requires ("/responses?beta=true"): not OpenAPI,
     # but real descriptions use it to tell operations apart, so the gateway matches on it.
     query: tuple[tuple[str, str], ...] = ()
@@ -402,11 +402,11 @@ class _Parser:
                         param.source.pointer,
                         "path-parameter",
                     )
-            x_layers = []
+            x_layers: tuple[tuple[str, dict[str, Any], Source], ...] = ()
             if path_x is not None:
-                x_layers.append(("path", path_x, Source(idoc.name, iptr + "/x-gateway")))
+                x_layers = (("path", path_x, Source(idoc.name, iptr + "/x-gateway")),)
             if "x-gateway" in op:
-                x_layers.append(("operation", op["x-gateway"], Source(odoc.name, optr + "/x-gateway")))
+                x_layers = (*x_layers, ("operation", op["x-gateway"], Source(odoc.name, optr + "/x-gateway")))
             security = self._security(op["security"], odoc, optr + "/security") if "security" in op else None
             out.append(
                 OperationSpec(
@@ -437,10 +437,13 @@ class _Parser:
             self.error("parameters must be a list", doc, ptr)
             return out
         for i, raw in enumerate(value):
-            presolved = self.store.deref(doc, f"{ptr}/{i}", raw)
-            if presolved is None:
-                continue
-            pdoc, pptr, param = presolved
+            if type(raw) is dict and "$ref" not in raw:  # (what deref gives back, without the call)
+                pdoc, pptr, param = doc, f"{ptr}/{i}", raw
+            else:
+                presolved = self.store.deref(doc, f"{ptr}/{i}", raw)
+                if presolved is None:
+                    continue
+                pdoc, pptr, param = presolved
             if not isinstance(param, dict):
                 self.error("a parameter must be a mapping", pdoc, pptr)
                 continue
