@@ -8,6 +8,8 @@ _SMALL = [bytes([n]) for n in range(128)]  # lengths and tags are mostly one byt
 def varint(n: int) -> bytes:
     if n < 128:
         return _SMALL[n]
+    if n < 16384:  # most routes' lengths
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while True:
         byte = n & 0x7F
