@@ -200,24 +200,23 @@ class _ItemMemo:
             parser.diags.extend(hit.diagnostics)
             self.now[path] = hit
             return
-        store, outer = parser.store, parser.diags
-        local = Diagnostics()
-        start = len(out)
-        previous, store.followed = store.followed, []
-        parser.diags = local
+        # The item's operations, findings and followed references: what it appends to each.
+        store, found = parser.store, parser.diags.items
+        followed, own = store.followed, store.followed is None
+        if followed is None:
+            followed = store.followed = []
+        start, first_finding, first_ref = len(out), len(found), len(followed)
         try:
             parser.path_item(path, item, out, self.context[1])
         finally:
-            followed, store.followed = store.followed or [], previous
-            parser.diags = outer
-        if previous is not None:
-            previous.extend(followed)
-        outer.extend(local)
+            refs = followed[first_ref:]
+            if own:
+                store.followed = None
         document = self.document
-        for file, ptr in followed:
+        for file, ptr in refs:
             if file != document or ptr.startswith("/paths"):
                 return
-        self.now[path] = _ItemRecord(item, out[start:], local.items)
+        self.now[path] = _ItemRecord(item, out[start:], found[first_finding:])
 
     def done(self) -> None:
         _ITEMS.put(self.document, (self.context, self.now))
