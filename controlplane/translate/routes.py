@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+from bisect import bisect_right
 from collections import Counter, OrderedDict, defaultdict
 from typing import Any
 
@@ -316,20 +317,21 @@ def partition_keys(paths: tuple[ir.PathRoute, ...]) -> list[str]:
     """The key of each path: its directory (the text up to the ``/`` before its first
     parameter, or its last ``/`` for a literal path), or the whole literal path in a wide
     directory."""
-    literal_dirs = Counter(_directory(p.path.template) for p in paths if p.path.regex is None)
-    keys = []
+    directories = []
+    literal_dirs: dict[str, int] = {}
     for pr in paths:
         template = pr.path.template
         if pr.path.regex is None:
-            directory = _directory(template)
-            keys.append(template if literal_dirs[directory] > WIDE_DIRECTORY else directory)
+            directory = template[: template.rindex("/") + 1]
+            literal_dirs[directory] = literal_dirs.get(directory, 0) + 1
         else:
-            keys.append(_directory(template[: template.index("{")]))
-    return keys
-
-
-def _directory(path: str) -> str:
-    return path[: path.rindex("/") + 1]
+            head = template[: template.index("{")]
+            directory = head[: head.rindex("/") + 1]
+        directories.append(directory)
+    return [
+        pr.path.template if pr.path.regex is None and literal_dirs[directory] > WIDE_DIRECTORY else directory
+        for pr, directory in zip(paths, directories, strict=True)
+    ]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -413,18 +415,30 @@ def partitions(paths: tuple[ir.PathRoute, ...]) -> dict[str, list[int]]:
     by_key: dict[str, list[int]] = defaultdict(list)
     for i, key in enumerate(keys):
         by_key[key].append(i)
-    out: dict[str, list[int]] = {}
-    for key, own in by_key.items():
-        members = list(own)
-        # Shorter keys that prefix this one: only directories ("/a/"), since the other keys
-        # are whole literal paths, which cannot extend a longer key.
-        end = key.find("/") + 1
-        while 0 < end < len(key):
-            for i in by_key.get(key[:end], ()):
-                if _may_extend(paths[i].path, key):
-                    members.append(i)
-            end = key.find("/", end) + 1
-        out[key] = sorted(members)
+    out = {key: list(own) for key, own in by_key.items()}
+    # Only a templated path can extend a longer key: a literal path under a directory key has
+    # no '/' after it (a longer directory key is not its prefix), and the literal paths of a
+    # wide directory are keys of their own. A templated path's key is a directory ("/a/"),
+    # and the keys it may extend are the longer ones that start with it.
+    templated = {
+        key: extending
+        for key, own in by_key.items()
+        if (extending := [i for i in own if paths[i].path.regex is not None])
+    }
+    if templated:
+        ordered = sorted(by_key)
+        grown: set[str] = set()
+        for short, extending in templated.items():
+            j = bisect_right(ordered, short)
+            while j < len(ordered) and ordered[j].startswith(short):
+                key = ordered[j]
+                j += 1
+                for i in extending:
+                    if _may_extend(paths[i].path, key):
+                        out[key].append(i)
+                        grown.add(key)
+        for key in grown:
+            out[key].sort()
     return out
 
 
