@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import re
 import types
 import typing
@@ -132,7 +131,6 @@ class PathPattern:
         return precedence(self.template)
 
 
-@functools.lru_cache(maxsize=262_144)
 def precedence(template: str) -> bytes:
     """The order of the tuple ``((kind, -literal length) per segment, template)``, as bytes
     that compare like it (a byte comparison: sorting 6,500 paths took 15 ms with tuples).
