@@ -121,7 +121,7 @@ def _inline_routes(
                     inline.CopyFrom(scope)
                     inline.ClearField("route_configuration_name")
                     inline.route_configuration.CopyFrom(routes[scope.route_configuration_name])  # type: ignore[attr-defined]
-            f.typed_config.Pack(hcm)
+            f.typed_config.CopyFrom(packed(hcm))
 
 
 def static_bootstrap(

@@ -30,9 +30,15 @@ def per_listener(fn: Callable[[ir.Listener], R]) -> Callable[[ir.Listener], R]:
 
 
 def packed(message: Message) -> any_pb2.Any:
-    out = any_pb2.Any()
-    out.Pack(message)
+    """``message`` in an Any, serialized deterministically: ``Any.Pack`` writes map entries
+    (a Struct's fields, RBAC policies, JWT providers) in an order that changes from one process
+    to the next, and the bytes of a resource are its version."""
+    out = any_pb2.Any(type_url=_TYPE_PREFIX + message.DESCRIPTOR.full_name)
+    out.value = message.SerializeToString(deterministic=True)
     return out
+
+
+_TYPE_PREFIX = "type.googleapis.com/"
 
 
 def duration(ms: int) -> duration_pb2.Duration:
