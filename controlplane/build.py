@@ -26,7 +26,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import auth, incremental, ir
+from . import auth, edge, incremental, ir, upstreams
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -34,7 +34,6 @@ from .model.openapi import ApiSpec, ServerUrl, parse_openapi, spec_version
 from .model.paths import build_pattern, normalized_template, parse_template, re2_escape
 from .sources import Bundle
 
-DEFAULT_LISTENER = {"name": "default", "address": "0.0.0.0", "port": 8080}
 DEFAULT_ROUTE_SETTINGS: dict[str, Any] = {
     "timeout": "15s",
     # Retrying only failures that prove the request never reached the application is safe
@@ -42,31 +41,6 @@ DEFAULT_ROUTE_SETTINGS: dict[str, Any] = {
     "retries": {"attempts": 1, "on": ["connect-failure", "refused-stream", "reset-before-request"]},
     "sensitive": False,
 }
-# Headers only the gateway may set. Later features (JWT claims…) add the ones they fill.
-BUILTIN_IDENTITY_HEADERS = ("x-user-id", "x-user-role", "x-user-email", "x-user-scopes", "x-real-ip", "forwarded")
-BUILTIN_IDENTITY_PREFIXES = ("x-user-",)
-# Headers many frameworks honour to change the method, path or host they see: behind the
-# gateway's back they would turn an allowed request into another one. Removed like identity
-# headers unless ``headers.allowOverrideHeaders`` names them.
-OVERRIDE_HEADERS = (
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-method",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-forwarded-host",
-    "x-forwarded-prefix",
-    "x-forwarded-port",
-)
-BUILTIN_REMOVED_RESPONSE_HEADERS = (
-    "server",
-    "x-powered-by",
-    "x-aspnet-version",
-    "x-aspnetmvc-version",
-    "x-envoy-upstream-service-time",
-)
-DEFAULT_HSTS = "max-age=31536000; includeSubDomains"
 _NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 
 
@@ -288,83 +262,8 @@ class _Builder:
         assert server.host is not None and server.port is not None
         name = safe_name(f"{server.host}-{server.port}")
         if name not in self.auto_upstreams and name not in self.upstreams:
-            tls = server.scheme == "https"
-            self.auto_upstreams[name] = ir.Upstream(
-                name, (ir.Endpoint(server.host, server.port),), src, tls=tls, sni=server.host if tls else None
-            )
+            self.auto_upstreams[name] = upstreams.from_server(name, server, src)
         return name
-
-    def _upstream_ir(self, name: str, spec: dict[str, Any], src: ir.Source) -> ir.Upstream:
-        from urllib.parse import urlsplit
-
-        if "url" in spec:
-            try:
-                parts = urlsplit(spec["url"])
-            except ValueError:  # an unclosed '[' around an IPv6 address: reported below as a url without host
-                parts = urlsplit("")
-            https = parts.scheme == "https"
-            try:
-                port = parts.port or (443 if https else 80)
-            except ValueError:
-                self.diags.error("invalid port in url", src.file, src.pointer + "/url", "upstream")
-                port = 80
-            host = parts.hostname or ""
-            if not host or parts.path not in ("", "/"):
-                self.diags.error(
-                    "url must be scheme://host[:port] without a path (use apis[].upstreamPathPrefix)",
-                    src.file,
-                    src.pointer + "/url",
-                    "upstream",
-                )
-            endpoints: tuple[ir.Endpoint, ...] = (ir.Endpoint(host, port),)
-            tls = spec.get("tls", https)
-        else:
-            eps = []
-            for i, text in enumerate(spec["endpoints"]):
-                host, _, port_text = text.rpartition(":")
-                port = int(port_text)
-                if not 0 < port < 65536:
-                    self.diags.error(
-                        f"port {port} is out of range", src.file, f"{src.pointer}/endpoints/{i}", "upstream"
-                    )
-                eps.append(ir.Endpoint(host, port))
-            endpoints = tuple(eps)
-            tls = spec.get("tls", False)
-        hc = spec.get("healthCheck")
-        cb = spec.get("circuitBreaker")
-        od = spec.get("outlierDetection")
-        return ir.Upstream(
-            name=name,
-            endpoints=endpoints,
-            source=src,
-            tls=bool(tls),
-            sni=spec.get("sni") or (endpoints[0].host if tls and not endpoints[0].is_ip else None),
-            protocol=ir.Protocol(spec.get("protocol", "http1")),
-            connect_timeout_ms=pol.duration_ms(spec.get("connectTimeout", "2s")),
-            health_check=ir.HealthCheck(
-                path=hc["path"],
-                interval_ms=pol.duration_ms(hc.get("interval", "5s")),
-                timeout_ms=pol.duration_ms(hc.get("timeout", "1s")),
-                healthy_threshold=hc.get("healthyThreshold", 2),
-                unhealthy_threshold=hc.get("unhealthyThreshold", 3),
-                expected_statuses=tuple(hc.get("expectedStatuses", [200])),
-            )
-            if hc
-            else None,
-            circuit_breaker=ir.CircuitBreaker(
-                cb.get("maxConnections"), cb.get("maxPendingRequests"), cb.get("maxRequests"), cb.get("maxRetries")
-            )
-            if cb
-            else None,
-            outlier_detection=ir.OutlierDetection(
-                consecutive_5xx=od.get("consecutive5xx", 5),
-                interval_ms=pol.duration_ms(od.get("interval", "10s")),
-                base_ejection_time_ms=pol.duration_ms(od.get("baseEjectionTime", "30s")),
-                max_ejection_percent=od.get("maxEjectionPercent", 50),
-            )
-            if od is not None
-            else None,
-        )
 
     # -- operations -------------------------------------------------------------------------
     def _settings(
@@ -456,7 +355,7 @@ class _Builder:
         api_layers.append((api_ip, None))
         api_layers.append((entry.get("defaults"), None))
         api_settings = self._settings(api_layers)
-        policy_host = _policy_upstream_host(self.upstreams[policy_upstream][0]) if policy_upstream is not None else None
+        policy_host = upstreams.policy_host(self.upstreams[policy_upstream][0]) if policy_upstream is not None else None
         api_retry = _retry_and_timeout(api_settings)
         shapes: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, ir.PathPattern, str]] = {}
         # An operation's upstream, its path there and Host, by server object (mostly the document's).
@@ -494,7 +393,7 @@ class _Builder:
                 upstream = self._auto_upstream(server, op.source)
                 upstream_prefix = entry.get("upstreamPathPrefix", server.base_path or "/").rstrip("/")
                 assert server.host is not None and server.port is not None
-                host_rewrite = _host_header(server.host, server.port, server.scheme == "https")
+                host_rewrite = upstreams.host_header(server.host, server.port, server.scheme == "https")
                 by_server = (server, upstream, upstream_prefix, host_rewrite)
             op_key = op.key
             override = overrides.get(op_key) if overrides else None
@@ -604,7 +503,7 @@ class _Builder:
         policies = self._read_policies()
         apis = self._collect_apis(policies)
         if not self.listeners:
-            self.listeners["default"] = (DEFAULT_LISTENER, ir.Source("<built-in>", ""))
+            self.listeners["default"] = (edge.DEFAULT_LISTENER, ir.Source("<built-in>", ""))
         routes: dict[str, dict[str, Sequence[ir.Operation]]] = {name: {} for name in self.listeners}
         for api in apis:
             chosen = api.entry.get("listeners", list(self.listeners))
@@ -622,67 +521,31 @@ class _Builder:
         listeners = []
         ports: dict[tuple[str, int], str] = {}
         for name, (spec, src) in self.listeners.items():
-            addr = spec.get("address", "0.0.0.0")
-            key = (addr, spec["port"])
+            lst = edge.listener_ir(name, spec, src, self._path_routes(routes[name]))
+            key = (lst.address, lst.port)
             if key in ports:
                 self.diags.error(
-                    f"listener {name!r} uses {addr}:{spec['port']} like listener {ports[key]!r}",
+                    f"listener {name!r} uses {lst.address}:{lst.port} like listener {ports[key]!r}",
                     src.file,
                     src.pointer + "/port",
                     "port-conflict",
                 )
             ports[key] = name
-            timeouts = spec.get("timeouts", {})
-            defaults = ir.ListenerTimeouts()
-            listeners.append(
-                ir.Listener(
-                    name=name,
-                    address=addr,
-                    port=spec["port"],
-                    hostnames=tuple(spec.get("hostnames", ["*"])),
-                    paths=self._path_routes(routes[name]),
-                    source=src,
-                    xff_num_trusted_hops=spec.get("xffNumTrustedHops", 0),
-                    escaped_slashes=ir.EscapedSlashes(spec.get("escapedSlashes", "reject")),
-                    trust_client_request_id=spec.get("trustClientRequestId", False),
-                    max_request_headers_kb=spec.get("maxRequestHeadersKb", 60),
-                    route_scopes=spec.get("routeScopes", "auto"),
-                    timeouts=ir.ListenerTimeouts(
-                        request_headers_ms=_ms(timeouts.get("requestHeaders"), defaults.request_headers_ms),
-                        stream_idle_ms=_ms(timeouts.get("streamIdle"), defaults.stream_idle_ms),
-                        request_ms=_ms(timeouts.get("request"), defaults.request_ms),
-                        connection_idle_ms=_ms(timeouts.get("connectionIdle"), defaults.connection_idle_ms),
-                    ),
-                )
-            )
-        upstreams = [self._upstream_ir(n, s, src) for n, (s, src) in self.upstreams.items()]
+            listeners.append(lst)
+        built = [upstreams.from_policy(n, s, src, self.diags) for n, (s, src) in self.upstreams.items()]
         for name, (_s, src) in self.upstreams.items():
             if name not in self.used_upstreams:
                 self.diags.warning(
                     f"upstream {name!r} is not used by any api", src.file, src.pointer, "unused-upstream"
                 )
-        upstreams.extend(self.auto_upstreams.values())
+        built.extend(self.auto_upstreams.values())
         if self.diags.has_errors():
             return None
-        h = self.headers
-        hsts = h.get("strictTransportSecurity", DEFAULT_HSTS)
-        allowed = {n.lower() for n in h.get("allowOverrideHeaders", [])}
-        headers = ir.HeaderPolicy(
-            strip_request_headers=_lower_unique(
-                BUILTIN_IDENTITY_HEADERS,
-                [n for n in OVERRIDE_HEADERS if n not in allowed],
-                h.get("identityHeaders", []),
-                # headers set from verified claims are identity headers whatever their names
-                sorted({header for p in self.providers.values() for _claim, header in p.claim_headers}),
-            ),
-            strip_request_header_prefixes=_lower_unique(h.get("identityHeaderPrefixes", BUILTIN_IDENTITY_PREFIXES)),
-            remove_response_headers=_lower_unique(BUILTIN_REMOVED_RESPONSE_HEADERS, h.get("removeResponseHeaders", [])),
-            strict_transport_security=hsts or None,
-        )
+        headers = edge.header_policy(self.headers, self.providers.values())
         g = self.gateway
         return ir.Gateway(
             listeners=tuple(listeners),
-            upstreams=tuple(sorted(upstreams, key=lambda u: u.name)),
+            upstreams=tuple(sorted(built, key=lambda u: u.name)),
             headers=headers,
             access_log=g.get("accessLog", True),
             max_connections=g.get("maxConnections", 50_000),
@@ -733,45 +596,6 @@ def _union(patterns: set[ir.PathPattern]) -> ir.PathPattern:
     ordered = sorted(patterns, key=lambda p: (p.template, p.regex or ""))
     regexes = sorted({p.regex or re2_escape(p.template) for p in ordered})
     return ir.PathPattern(ordered[0].template, "|".join(f"(?:{r})" for r in regexes))
-
-
-@functools.lru_cache(maxsize=4096)  # per operation; an IP address check parses the host
-def _host_header(host: str, port: int, tls: bool) -> str | None:
-    """The Host an upstream named by host expects; None for an IP address (nothing to name)."""
-    if ir.Endpoint(host, port).is_ip:
-        return None
-    return host if port == (443 if tls else 80) else f"{host}:{port}"
-
-
-def _policy_upstream_host(spec: dict[str, Any]) -> str | None:
-    """``upstreams[]``: the host of its URL, else of its first endpoint, unless ``preserveHost``."""
-    from urllib.parse import urlsplit
-
-    if spec.get("preserveHost"):
-        return None
-    try:
-        if "url" in spec:
-            parts = urlsplit(spec["url"])
-            tls = spec.get("tls", parts.scheme == "https")
-            if not parts.hostname:
-                return None
-            return _host_header(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), tls)
-        host, _, port = str(spec["endpoints"][0]).rpartition(":")
-        return _host_header(host.strip("[]"), int(port), bool(spec.get("tls", False)))
-    except (ValueError, LookupError):  # reported where the upstream itself is read
-        return None
-
-
-def _ms(value: str | None, default: int) -> int:
-    return pol.duration_ms(value) if value else default
-
-
-def _lower_unique(*groups: Any) -> tuple[str, ...]:
-    out: dict[str, None] = {}
-    for group in groups:
-        for name in group:
-            out[name.lower()] = None
-    return tuple(out)
 
 
 def build(bundle: Bundle, diags: Diagnostics, fetched_jwks: Mapping[str, str] | None = None) -> ir.Gateway | None:

@@ -1,0 +1,91 @@
+"""Model → IR for what the listeners are and share: each listener's settings, and the header
+hygiene every listener applies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import ir
+from .model import policy as pol
+
+DEFAULT_LISTENER = {"name": "default", "address": "0.0.0.0", "port": 8080}
+# Headers only the gateway may set. Later features (JWT claims…) add the ones they fill.
+BUILTIN_IDENTITY_HEADERS = ("x-user-id", "x-user-role", "x-user-email", "x-user-scopes", "x-real-ip", "forwarded")
+BUILTIN_IDENTITY_PREFIXES = ("x-user-",)
+# Headers many frameworks honour to change the method, path or host they see: behind the
+# gateway's back they would turn an allowed request into another one. Removed like identity
+# headers unless ``headers.allowOverrideHeaders`` names them.
+OVERRIDE_HEADERS = (
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+)
+BUILTIN_REMOVED_RESPONSE_HEADERS = (
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+    "x-envoy-upstream-service-time",
+)
+DEFAULT_HSTS = "max-age=31536000; includeSubDomains"
+
+
+def listener_ir(name: str, spec: dict[str, Any], src: ir.Source, paths: tuple[ir.PathRoute, ...]) -> ir.Listener:
+    timeouts = spec.get("timeouts", {})
+    defaults = ir.ListenerTimeouts()
+    return ir.Listener(
+        name=name,
+        address=spec.get("address", "0.0.0.0"),
+        port=spec["port"],
+        hostnames=tuple(spec.get("hostnames", ["*"])),
+        paths=paths,
+        source=src,
+        xff_num_trusted_hops=spec.get("xffNumTrustedHops", 0),
+        escaped_slashes=ir.EscapedSlashes(spec.get("escapedSlashes", "reject")),
+        trust_client_request_id=spec.get("trustClientRequestId", False),
+        max_request_headers_kb=spec.get("maxRequestHeadersKb", 60),
+        route_scopes=spec.get("routeScopes", "auto"),
+        timeouts=ir.ListenerTimeouts(
+            request_headers_ms=_ms(timeouts.get("requestHeaders"), defaults.request_headers_ms),
+            stream_idle_ms=_ms(timeouts.get("streamIdle"), defaults.stream_idle_ms),
+            request_ms=_ms(timeouts.get("request"), defaults.request_ms),
+            connection_idle_ms=_ms(timeouts.get("connectionIdle"), defaults.connection_idle_ms),
+        ),
+    )
+
+
+def header_policy(h: dict[str, Any], providers: Iterable[ir.JwtProvider]) -> ir.HeaderPolicy:
+    """The policy's ``headers`` (or their defaults), with every header a provider's claims set."""
+    hsts = h.get("strictTransportSecurity", DEFAULT_HSTS)
+    allowed = {n.lower() for n in h.get("allowOverrideHeaders", [])}
+    return ir.HeaderPolicy(
+        strip_request_headers=_lower_unique(
+            BUILTIN_IDENTITY_HEADERS,
+            [n for n in OVERRIDE_HEADERS if n not in allowed],
+            h.get("identityHeaders", []),
+            # headers set from verified claims are identity headers whatever their names
+            sorted({header for p in providers for _claim, header in p.claim_headers}),
+        ),
+        strip_request_header_prefixes=_lower_unique(h.get("identityHeaderPrefixes", BUILTIN_IDENTITY_PREFIXES)),
+        remove_response_headers=_lower_unique(BUILTIN_REMOVED_RESPONSE_HEADERS, h.get("removeResponseHeaders", [])),
+        strict_transport_security=hsts or None,
+    )
+
+
+def _ms(value: str | None, default: int) -> int:
+    return pol.duration_ms(value) if value else default
+
+
+def _lower_unique(*groups: Any) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for group in groups:
+        for name in group:
+            out[name.lower()] = None
+    return tuple(out)
