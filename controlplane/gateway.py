@@ -30,8 +30,8 @@ from typing import Any
 from . import ir
 from .bootstrap import AdminOptions, XdsOptions, dynamic_bootstrap
 from .certs import CertificateAuthority
-from .cli import find_envoy
 from .echo import EchoServer
+from .envoybin import find_envoy
 from .resources import to_dict
 from .server import ControlPlane, ServeOptions
 from .xds.grpc_server import TlsFiles

@@ -58,6 +58,14 @@ class Lru(Generic[K, V]):
 
 ENABLED = True  # tests turn it off to compare
 
+# Caches kept elsewhere (translate/routes.py), cleared with these: registered by their module,
+# so that this one imports none of them.
+_OTHER_CACHES: list[Callable[[], None]] = []
+
+
+def register_cache(clear: Callable[[], None]) -> None:
+    _OTHER_CACHES.append(clear)
+
 
 @dataclass
 class _SpecEntry:
@@ -327,6 +335,5 @@ def clear() -> None:
     _CHECKS.clear()
     _ITEMS.clear()
     _OPERATIONS.clear()
-    from .translate import routes
-
-    routes.clear_cache()
+    for clear_other in _OTHER_CACHES:
+        clear_other()

@@ -170,18 +170,7 @@ class _Events:
 
 
 def write(data: Any, fmt: str, out: TextIO) -> None:
-    """``data``: plain data, or a protobuf message (printed as ``resources.to_dict`` gives it)."""
-    from google.protobuf.message import Message
-
-    if isinstance(data, Message):
-        from .resources import MessageEvents, to_dict
-
-        if fmt != "json":
-            # Straight from the message: no dict of it in between (a third of the memory
-            # and of the time of a 50k-operation bootstrap).
-            out.write(to_yaml(data, MessageEvents))
-            return
-        data = to_dict(data)
+    """Plain data as JSON or YAML (a protobuf message: ``resources.write_message``)."""
     if fmt == "json":
         # One string, one write: json.dump writes each of its ~10^6 pieces to the stream.
         out.write(json.dumps(data, indent=2))

@@ -33,13 +33,13 @@ from typing import Any
 from . import ir
 from .errors import Diagnostic
 from .sources import stamps
-from .worker import CompiledConfig, Compiler, DetailTexts
+from .worker import CompiledConfig, Compiler
 from .xds.admin import AdminServer, json_answer, metrics_handler
 from .xds.cache import DEFAULT_GROUP, SnapshotCache
 from .xds.grpc_server import TlsFiles, build_server
 from .xds.metrics import Metrics
 from .xds.protocol import XdsContext
-from .xds.snapshot import InconsistentSnapshot, build_snapshot
+from .xds.snapshot import DetailTexts, InconsistentSnapshot, build_snapshot
 from .xds.status import config_dump, status
 
 log = logging.getLogger("controlplane")

@@ -29,7 +29,7 @@ from . import ir
 from .documents import gc_paused
 from .errors import Diagnostic, WithDiagnostics
 from .ir import Source
-from .resources import Resources, operation_details
+from .resources import operation_details
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class CompiledConfig(WithDiagnostics):
     serialized: dict[str, dict[str, bytes]] = field(default_factory=dict)
     references: dict[str, set[str]] = field(default_factory=dict)
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
-    # Route names and regexes → spec places (see ``decode_details``), as text per route
+    # Route names and regexes → spec places (see ``xds.snapshot.decode_details``), as text per route
     # configuration: 20k small objects cost the server 20-100 ms to unpickle on every change,
     # for a lookup that only a NACK needs.
     details: dict[str, str] = field(default_factory=dict)
@@ -87,15 +87,6 @@ def encode_path_group_details(groups: dict[str, tuple[ir.PathRoute, ...]]) -> di
         out[name] = hit[1]
     _GROUPS = texts
     return out
-
-
-class DetailTexts(dict[str, str]):
-    """``CompiledConfig.details`` given to a snapshot, decoded on first use (a NACK)."""
-
-
-def decode_details(texts: dict[str, str]) -> dict[str, list[tuple[str, Source]]]:
-    pairs = [item for name in sorted(texts) for item in json.loads("[" + texts[name] + "]")]
-    return {Resources.ROUTE: [(needle, Source(f, p)) for needle, f, p in pairs]}
 
 
 def compile_serialized(

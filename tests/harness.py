@@ -19,7 +19,7 @@ from typing import Any
 
 from controlplane import compile
 from controlplane.bootstrap import AdminOptions, static_bootstrap
-from controlplane.cli import find_envoy
+from controlplane.envoybin import find_envoy
 from controlplane.resources import to_dict
 
 

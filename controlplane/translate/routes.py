@@ -456,6 +456,9 @@ def clear_cache() -> None:
     _SCOPE_CACHE.clear()
 
 
+incremental.register_cache(clear_cache)  # cleared with the other compile caches
+
+
 def _encoded(pr: ir.PathRoute, default_retry: ir.RetryPolicy | None, ctx: RouteContext, context: int) -> bytes:
     # the pattern by its fields, whose hashes strings keep (a dataclass hashes in Python)
     key = (pr.path.template, pr.path.regex, tuple(map(id, pr.operations)), context)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,16 @@ from envoy.service.discovery.v3 import discovery_pb2
 from ..ir import Source
 from ..resources import Resources
 from ..wire import length_delimited
+
+
+class DetailTexts(dict[str, str]):
+    """``worker.CompiledConfig.details`` given to a snapshot, decoded on first use (a NACK)."""
+
+
+def decode_details(texts: dict[str, str]) -> dict[str, list[tuple[str, Source]]]:
+    pairs = [item for name in sorted(texts) for item in json.loads("[" + texts[name] + "]")]
+    return {Resources.ROUTE: [(needle, Source(f, p)) for needle, f, p in pairs]}
+
 
 # ADS order: clusters before their endpoints, listeners before their routes ("make before break").
 TYPE_ORDER = (Resources.CLUSTER, Resources.ENDPOINT, Resources.LISTENER, Resources.SCOPED_ROUTE, Resources.ROUTE)
@@ -84,7 +95,7 @@ class Snapshot:
     # The resources each type's resources name (listeners → route configs, EDS clusters → endpoints).
     references: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Names inside resources (route names, regexes) → the spec place that produced them.
-    details_source: Any = None  # mapping, or worker.DetailTexts decoded on first use
+    details_source: Any = None  # mapping, or DetailTexts decoded on first use
     _details: dict[str, tuple[tuple[str, Source], ...]] | None = field(default=None, repr=False, compare=False)
     _versions: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict, repr=False, compare=False)
     _bodies: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict, repr=False, compare=False)
@@ -94,8 +105,6 @@ class Snapshot:
         """Names inside resources (route names, regexes) → the spec places that produced them."""
         if self._details is None:
             raw = self.details_source or {}
-            from ..worker import DetailTexts, decode_details
-
             if isinstance(raw, DetailTexts):
                 raw = decode_details(raw)
             object.__setattr__(self, "_details", {t: tuple(pairs) for t, pairs in raw.items()})
