@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
-from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
-from envoy.extensions.common.matching.v3 import extension_matcher_pb2 as matching_pb2
-from envoy.extensions.filters.http.composite.v3 import composite_pb2
-from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from envoy.extensions.matching.input_matchers.metadata.v3 import metadata_pb2 as metadata_input_pb2
 from envoy.type.matcher.v3 import number_pb2, regex_pb2, string_pb2, value_pb2
 from envoy.type.v3 import range_pb2
-from google.protobuf import wrappers_pb2
 from xds.core.v3 import extension_pb2
-from xds.type.matcher.v3 import matcher_pb2
 
 from .. import ir
 from ._authfacts import uses
+from ._lua import Predicate, lua_string, lua_when, predicate
 from ._pb import packed
 from .jwt import JWT_FILTER, payload_key
 
@@ -105,10 +98,6 @@ end
 """
 
 
-def _lua_string(text: str) -> str:
-    return json.dumps(text)  # a JSON string of ASCII is a valid Lua string literal
-
-
 def claim_values_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
     by_name = {p.name: p for p in gw.providers}
     providers = [by_name[n] for n in uses(listener).providers if by_name[n].claim_headers]
@@ -116,17 +105,8 @@ def claim_values_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFi
         return None
     entries = []
     for p in providers:
-        claims = ", ".join(f"{{{_lua_string(c)}, {_lua_string(h)}}}" for c, h in p.claim_headers)
-        entries.append(
-            f'[{_lua_string(payload_key(p))}] = {{status = "{p.claim_error_status}", claims = {{{claims}}}}}'
-        )
-    lua = lua_pb2.Lua(
-        default_source_code=base_pb2.DataSource(inline_string=_CLAIMS_LUA % {"providers": ", ".join(entries)}),
-        clear_route_cache=wrappers_pb2.BoolValue(value=False),  # the route authorized is the route taken
-    )
-    run_lua = composite_pb2.ExecuteFilterAction(
-        typed_config=core_extension_pb2.TypedExtensionConfig(name="claim-headers", typed_config=packed(lua))
-    )
+        claims = ", ".join(f"{{{lua_string(c)}, {lua_string(h)}}}" for c, h in p.claim_headers)
+        entries.append(f'[{lua_string(payload_key(p))}] = {{status = "{p.claim_error_status}", claims = {{{claims}}}}}')
     clean = value_pb2.ValueMatcher(
         or_match=value_pb2.OrMatcher(
             value_matchers=[
@@ -141,46 +121,26 @@ def claim_values_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFi
             ]
         )
     )
-    Matcher = matcher_pb2.Matcher
-    Predicate = Matcher.MatcherList.Predicate
 
     def on_metadata(path: list[str], value: value_pb2.ValueMatcher, invert: bool) -> Any:
         source = network_inputs_pb2.DynamicMetadataInput(
             filter=JWT_FILTER, path=[network_inputs_pb2.DynamicMetadataInput.PathSegment(key=k) for k in path]
         )
-        return Predicate(
-            single_predicate=Predicate.SinglePredicate(
-                input=extension_pb2.TypedExtensionConfig(name="claim", typed_config=packed(source)),
-                custom_match=extension_pb2.TypedExtensionConfig(
-                    name="value", typed_config=packed(metadata_input_pb2.Metadata(value=value, invert=invert))
-                ),
-            )
+        matcher = metadata_input_pb2.Metadata(value=value, invert=invert)
+        return predicate(
+            source, custom_match=extension_pb2.TypedExtensionConfig(name="value", typed_config=packed(matcher))
         )
 
-    matchers = []
-    for p in providers:
-        for claim, _header in p.claim_headers:
-            path = [payload_key(p), claim]
-            unclean = Predicate(
-                and_matcher=Predicate.PredicateList(
-                    predicate=[
-                        on_metadata(path, value_pb2.ValueMatcher(present_match=True), False),
-                        on_metadata(path, clean, True),
-                    ]
-                )
+    unclean = [
+        Predicate(
+            and_matcher=Predicate.PredicateList(
+                predicate=[
+                    on_metadata([payload_key(p), claim], value_pb2.ValueMatcher(present_match=True), False),
+                    on_metadata([payload_key(p), claim], clean, True),
+                ]
             )
-            matchers.append(
-                Matcher.MatcherList.FieldMatcher(
-                    predicate=unclean,
-                    on_match=Matcher.OnMatch(
-                        action=extension_pb2.TypedExtensionConfig(name="claim-headers", typed_config=packed(run_lua))
-                    ),
-                )
-            )
-    config = matching_pb2.ExtensionWithMatcher(
-        extension_config=core_extension_pb2.TypedExtensionConfig(
-            name="composite", typed_config=packed(composite_pb2.Composite())
-        ),
-        xds_matcher=Matcher(matcher_list=Matcher.MatcherList(matchers=matchers)),
-    )
-    return hcm_pb2.HttpFilter(name=CLAIMS_FILTER, typed_config=packed(config))
+        )
+        for p in providers
+        for claim, _header in p.claim_headers
+    ]
+    return lua_when(CLAIMS_FILTER, _CLAIMS_LUA % {"providers": ", ".join(entries)}, unclean)

@@ -21,28 +21,20 @@ with a percent-escape counts as a token parameter wherever one is looked for.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
-from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.extensions.common.matching.v3 import extension_matcher_pb2 as matching_pb2
-from envoy.extensions.filters.http.composite.v3 import composite_pb2
-from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2, regex_pb2, string_pb2
-from google.protobuf import wrappers_pb2
-from xds.core.v3 import extension_pb2
-from xds.type.matcher.v3 import matcher_pb2
 from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from .. import ir
 from ._authfacts import uses
+from ._lua import lua_string, lua_when, predicate
 from ._pb import packed
 
 AUTHORIZATION = "authorization"
@@ -155,37 +147,20 @@ end
 
 
 def _lua_set(names: tuple[str, ...]) -> str:
-    return ", ".join(f"[{json.dumps(n)}] = true" for n in names)  # JSON strings of ASCII are Lua strings
+    return ", ".join(f"[{lua_string(n)}] = true" for n in names)
 
 
 def token_strip_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
     query, cookies = _names(gw, "query", True), _names(gw, "cookie", True)
     if not (query or cookies):
         return None
-    lua = lua_pb2.Lua(
-        default_source_code=base_pb2.DataSource(
-            inline_string=_STRIP_LUA % {"query": _lua_set(query), "cookies": _lua_set(cookies)}
-        ),
-        clear_route_cache=wrappers_pb2.BoolValue(value=False),  # the route authorized is the route taken
-    )
-    run_lua = composite_pb2.ExecuteFilterAction(
-        typed_config=core_extension_pb2.TypedExtensionConfig(name="strip-token-lua", typed_config=packed(lua))
-    )
-    Matcher = matcher_pb2.Matcher
-    Predicate = Matcher.MatcherList.Predicate
 
     def carries(header: str, regex: str) -> Any:
-        return Predicate(
-            single_predicate=Predicate.SinglePredicate(
-                input=extension_pb2.TypedExtensionConfig(
-                    name=header, typed_config=packed(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header))
-                ),
-                value_match=xds_string_pb2.StringMatcher(
-                    safe_regex=xds_regex_pb2.RegexMatcher(
-                        google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(), regex=regex
-                    )
-                ),
-            )
+        return predicate(
+            http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header),
+            value_match=xds_string_pb2.StringMatcher(
+                safe_regex=xds_regex_pb2.RegexMatcher(google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(), regex=regex)
+            ),
         )
 
     predicates = []
@@ -193,25 +168,5 @@ def token_strip_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFil
         predicates.append(carries(":path", _query_regex(query)))
     if cookies:
         predicates.append(carries("cookie", _cookie_regex(cookies)))
-    predicate = (
-        predicates[0] if len(predicates) == 1 else Predicate(or_matcher=Predicate.PredicateList(predicate=predicates))
-    )
-    matcher = Matcher(
-        matcher_list=Matcher.MatcherList(
-            matchers=[
-                Matcher.MatcherList.FieldMatcher(
-                    predicate=predicate,
-                    on_match=Matcher.OnMatch(
-                        action=extension_pb2.TypedExtensionConfig(name="strip-token", typed_config=packed(run_lua))
-                    ),
-                )
-            ]
-        )
-    )
-    config = matching_pb2.ExtensionWithMatcher(
-        extension_config=core_extension_pb2.TypedExtensionConfig(
-            name="composite", typed_config=packed(composite_pb2.Composite())
-        ),
-        xds_matcher=matcher,
-    )
-    return hcm_pb2.HttpFilter(name="strip-token", typed_config=packed(config))
+    code = _STRIP_LUA % {"query": _lua_set(query), "cookies": _lua_set(cookies)}
+    return lua_when("strip-token", code, predicates)
