@@ -26,13 +26,12 @@ CLAIMS_FILTER = "claim-values"
 # base64 of its JSON and a string with CR or LF makes the upstream request invalid (503). A
 # composite filter looks at each claim-header claim in the verified payload and, only when one
 # is something else than a clean scalar (a list, an object, a string with control
-# characters), runs a Lua filter that rewrites every claim header of that token: a list
+# characters or with whitespace at either end), runs a Lua filter that rewrites every claim header of that token: a list
 # becomes its items joined by ",", each item a clean string, number or boolean without ","; a
 # value that cannot be a header value refuses the request with the provider's
 # ``claimErrorStatus`` before anything reaches the backend. The common case costs a few
 # metadata lookups, not a Lua call.
 
-# Control characters other than HTAB never make a header value.
 # A value that is a header value as it is: no control character but HTAB, and no space or HTAB
 # at either end (HTTP parsers trim them: the backend would see another value).
 _CLEAN = "^(?:[^\\s\\x00-\\x08\\x0a-\\x1f\\x7f](?:[^\\x00-\\x08\\x0a-\\x1f\\x7f]*[^\\s\\x00-\\x08\\x0a-\\x1f\\x7f])?)?$"

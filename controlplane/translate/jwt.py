@@ -75,14 +75,13 @@ def _provider(p: ir.JwtProvider, scoping: bool, payload: bool) -> jwt_pb2.JwtPro
         out.payload_in_metadata = payload_key(p)
     if scoping:  # a space-separated scope string becomes a list for RBAC (costs on every request)
         out.normalize_payload_in_metadata.space_delimited_claims.append(p.scopes_claim)
-    if envoy_fetches(p):
-        out.header_in_metadata = HEADER  # for the token-algorithm check
     if not envoy_fetches(p):
         # Keys from a file, inline, or fetched by the control plane. Without keys yet (offline
         # compile of control-plane-fetched keys) no token verifies: closed, not open.
         out.local_jwks.CopyFrom(base_pb2.DataSource(inline_string=p.jwks_json or json.dumps({"keys": []})))
     else:
         assert p.jwks_uri is not None
+        out.header_in_metadata = HEADER  # for the token-algorithm check
         out.remote_jwks.CopyFrom(
             jwt_pb2.RemoteJwks(
                 http_uri=http_uri_pb2.HttpUri(uri=p.jwks_uri, cluster=p.jwks_cluster, timeout=duration(p.timeout_ms)),
@@ -98,7 +97,7 @@ def jwks_upstreams(gw: ir.Gateway) -> list[Upstream]:
     """Clusters Envoy uses to fetch remote JWKS (TLS for https, verified against the CA)."""
     out = []
     for p in gw.providers:
-        if p.jwks_fetch != "envoy" or p.jwks_json is not None or p.jwks_uri is None:
+        if not envoy_fetches(p) or p.jwks_uri is None:
             continue
         url = urlsplit(p.jwks_uri)
         tls = url.scheme == "https"

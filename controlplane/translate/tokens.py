@@ -65,7 +65,9 @@ def _query_regex(names: tuple[str, ...], times: int = 1) -> str:
 
 
 def _cookie_regex(names: tuple[str, ...], times: int = 1) -> str:
-    """Cookie headers (several are joined with ',') with ``times`` token cookies."""
+    """A Cookie header with ``times`` token cookies. (RBAC reads the first of several Cookie
+    headers only: two token cookies in two headers are not seen; jwt_authn, too, reads the
+    first token cookie only, and the strip filter removes both.)"""
     crumb = f"(?:^|[;,])\\s*(?:{_alternatives(names)})\\s*="  # RFC 6265 parsers trim the name
     return "(?:.*" + ".*".join([crumb] * times) + ").*"
 
