@@ -1,0 +1,239 @@
+"""``python -m controlplane ratelimit``: options, and the process that ties the parts together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
+from . import store
+from .admin import Admin
+from .clock import Clock, TestClock
+from .config import Config
+from .metrics import Metrics
+from .service import Decider, RateLimitServicer
+from .xds_client import ConfigSubscriber, XdsOptions
+
+log = logging.getLogger("controlplane.ratelimit")
+
+# /healthz wants an answer from Redis this recent; an idle service pings it to have one.
+HEALTH_WINDOW = 3.0
+PING_INTERVAL = 1.0
+
+
+def _host_port(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 < value <= 60_000:
+        raise argparse.ArgumentTypeError(f"expected 0 < MS <= 60000, got {text!r}")
+    return value / 1000
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (0: any free port), got {text!r}")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="controlplane ratelimit",
+        description=(
+            "Global rate-limit service for Envoy (envoy.service.ratelimit.v3), counting in Redis. "
+            "Its limits come from the control plane over xDS; several processes can share one Redis."
+        ),
+    )
+    p.add_argument(
+        "--listen", type=_host_port, default="127.0.0.1:8081", help="gRPC address Envoy calls (default %(default)s)"
+    )
+    x = p.add_argument_group("control plane (xDS)")
+    x.add_argument("--xds", type=_host_port, required=True, metavar="HOST:PORT", help="the control plane's xDS address")
+    x.add_argument("--insecure", action="store_true", help="plaintext channel to the control plane (loopback only)")
+    x.add_argument("--xds-ca", help="CA that signed the control plane's certificate")
+    x.add_argument("--xds-cert", help="client certificate this service presents (its CN is its node id to the server)")
+    x.add_argument("--xds-key", help="key of --xds-cert")
+    x.add_argument("--xds-server-name", help="name expected in the control plane's certificate (default: its host)")
+    x.add_argument("--node-id", help="xDS node id (default ratelimit-<hostname>-<pid>)")
+    x.add_argument("--node-cluster", default="ratelimit", help="xDS node cluster (default %(default)s)")
+    x.add_argument(
+        "--domain",
+        action="append",
+        dest="domains",
+        metavar="NAME",
+        help="rate-limit domain to serve, repeatable (default: gateway)",
+    )
+    r = p.add_argument_group("Redis (one of)")
+    backend = r.add_mutually_exclusive_group(required=True)
+    backend.add_argument("--redis", metavar="URL", help="one Redis: redis://HOST:PORT/DB")
+    backend.add_argument("--redis-cluster", metavar="HOST:PORT,...", help="Redis Cluster seed nodes")
+    backend.add_argument("--redis-sentinel", metavar="HOST:PORT,...", help="Sentinels (with --sentinel-master)")
+    r.add_argument("--sentinel-master", metavar="NAME", help="the master's name the sentinels watch")
+    r.add_argument(
+        "--redis-timeout",
+        type=_milliseconds,
+        default=0.1,
+        metavar="MS",
+        help="answer UNAVAILABLE when Redis has not answered within MS milliseconds (default 100)",
+    )
+    a = p.add_argument_group("admin")
+    a.add_argument("--admin-address", default="127.0.0.1", help="admin HTTP address (default %(default)s)")
+    a.add_argument(
+        "--admin-port", type=_port, default=9102, help="/healthz /ready /metrics /config; 0: any (default %(default)s)"
+    )
+    a.add_argument(
+        "--test-clock",
+        action="store_true",
+        help="tests only: the clock stands still and POST /clock?advance=SECONDS moves it",
+    )
+    a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+@dataclass
+class Options:
+    listen: str
+    xds: XdsOptions
+    counter: store.Counter
+    admin_address: str
+    admin_port: int
+    test_clock: bool
+
+
+def options(argv: Sequence[str]) -> Options:
+    p = parser()
+    args = p.parse_args(list(argv))
+    tls = (args.xds_ca, args.xds_cert, args.xds_key)
+    if not args.insecure and not all(tls):
+        p.error(
+            "give --xds-ca, --xds-cert and --xds-key for an mTLS channel to the control plane, "
+            "or --insecure for plaintext (loopback development only)"
+        )
+    if args.redis_sentinel and not args.sentinel_master:
+        p.error("--redis-sentinel needs --sentinel-master NAME")
+    try:
+        if args.redis:
+            counter = store.single(args.redis, args.redis_timeout)
+        elif args.redis_cluster:
+            counter = store.cluster(args.redis_cluster, args.redis_timeout)
+        else:
+            counter = store.sentinel(args.redis_sentinel, args.sentinel_master, args.redis_timeout)
+    except ValueError as exc:
+        p.error(str(exc))
+    xds = XdsOptions(
+        target=args.xds,
+        node_id=args.node_id or f"ratelimit-{socket.gethostname()}-{os.getpid()}",
+        node_cluster=args.node_cluster,
+        domains=tuple(dict.fromkeys(args.domains or ["gateway"])),
+        insecure=args.insecure,
+        ca=args.xds_ca,
+        cert=args.xds_cert,
+        key=args.xds_key,
+        server_name=args.xds_server_name,
+    )
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return Options(args.listen, xds, counter, args.admin_address, args.admin_port, args.test_clock)
+
+
+class Service:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.metrics = Metrics()
+        self.clock: Clock = TestClock() if opts.test_clock else Clock()
+        self.counter = opts.counter
+        self.decider = Decider(self.counter, self.clock, self.metrics)
+        self.subscriber = ConfigSubscriber(opts.xds, self._config, self.metrics)
+        self.admin = Admin(self.metrics, self.clock, self.healthy, self._view)
+
+    def _config(self, config: Config) -> None:
+        self.decider.config = config
+        self.metrics.config_served(config.version, sum(len(d.limits) for d in config.domains.values()))
+        limits = ", ".join(f"{name}: {len(d.limits)}" for name, d in sorted(config.domains.items())) or "no domain"
+        log.info("serving rate-limit config version %s (%s)", config.version, limits)
+
+    def _view(self) -> tuple[Config | None, str | None]:
+        return self.decider.config, self.subscriber.last_rejection
+
+    def healthy(self) -> tuple[bool, str]:
+        if self.decider.config is None:
+            return False, "no config received from the control plane yet"
+        if not self.counter.answering(HEALTH_WINDOW):
+            return False, f"{self.counter.description} has not answered in the last {HEALTH_WINDOW:g}s"
+        return True, f"config version {self.decider.config.version}; Redis answering"
+
+    async def _keep_pinging(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if loop.time() - self.counter.last_answer >= PING_INTERVAL:
+                with contextlib.suppress(store.CounterUnavailableError):
+                    await self.counter.ping()
+            await asyncio.sleep(PING_INTERVAL)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        server = grpc.aio.server(options=[("grpc.keepalive_permit_without_calls", 1)])
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(self.decider), server)
+        try:
+            server.add_insecure_port(self.opts.listen)
+        except RuntimeError as exc:
+            raise SystemExit(f"ratelimit: cannot listen on {self.opts.listen}: {exc}") from exc
+        try:
+            admin_port = await self.admin.start(self.opts.admin_address, self.opts.admin_port)
+        except OSError as exc:
+            raise SystemExit(
+                f"ratelimit: cannot open the admin port {self.opts.admin_address}:{self.opts.admin_port}: {exc}"
+            ) from exc
+        await server.start()
+        tasks = [asyncio.create_task(self.subscriber.run()), asyncio.create_task(self._keep_pinging())]
+        log.info(
+            "rate-limit service on %s (admin http://%s:%d, node %s, xDS %s, %s)",
+            self.opts.listen,
+            self.opts.admin_address,
+            admin_port,
+            self.opts.xds.node_id,
+            self.opts.xds.target,
+            self.counter.description,
+        )
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await server.stop(grace=1)
+            await self.admin.close()
+            await self.counter.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the rate-limit service until SIGTERM or SIGINT; the exit status."""
+    opts = options(sys.argv[1:] if argv is None else argv)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await Service(opts).run(stop)
+
+    asyncio.run(run())
+    return 0
