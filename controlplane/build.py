@@ -26,7 +26,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import auth, edge, incremental, ir, upstreams
+from . import auth, edge, incremental, ir, ratelimits, upstreams
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -72,6 +72,10 @@ class _Builder:
         self.used_upstreams: set[str] = set()
         self.gateway: dict[str, Any] = {}
         self.headers: dict[str, Any] = {}
+        self.rateLimits: dict[str, Any] = {}  # the policy section (its name, for the singleton check)
+        self.rate_limits_file = ""
+        self.gateway_limits: list[ratelimits.GatewayLimit] = []
+        self.global_limits = False  # some operation's limit is counted by the rate-limit service
         self.parsed: dict[Path, ApiSpec | None] = {}
         self.broken: set[tuple[str, str]] = set()  # (kind, name) of listeners and upstreams with errors
         self.providers: dict[str, ir.JwtProvider] = {}
@@ -115,7 +119,7 @@ class _Builder:
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
             self._read_auth(doc, data)
-            for key in ("gateway", "headers"):
+            for key in ("gateway", "headers", "rateLimits"):
                 if key in data:
                     if key in singletons:
                         self.diags.error(
@@ -127,6 +131,9 @@ class _Builder:
                     else:
                         singletons[key] = doc.name
                         setattr(self, key, data[key])
+                        if key == "rateLimits":
+                            self.rate_limits_file = doc.name
+                            self.gateway_limits = ratelimits.read_section(data[key], doc.name, self.diags)
         return valid
 
     def _read_auth(self, doc: Document, data: dict[str, Any]) -> None:
@@ -176,6 +183,7 @@ class _Builder:
             tuple(listeners),
             tuple(sorted(self.providers.items())),
             tuple((p, c, tuple(sorted(ls)) if ls is not None else None) for p, c, ls in self.ip_prefix_lists),
+            [self.rate_limits_file, self.rateLimits.get("limits", [])],
         )
         record = incremental.cached_api(key, api.spec)
         if record is None:
@@ -270,13 +278,22 @@ class _Builder:
         self,
         layers: list[tuple[dict[str, Any] | None, ir.Source | None]],
         base: dict[str, Any] = DEFAULT_ROUTE_SETTINGS,
+        scope: str = "",
+        checked_at: ir.Source | None = None,
     ) -> dict[str, Any]:
+        """Route settings merged key by key; ``rateLimits`` by limit name, each limit keeping
+        ``scope`` (the API or operation whose calls share its buckets). Layers without a source
+        were checked with their policy; ``checked_at`` says where they are."""
         merged = dict(base)
         for value, src in layers:
             if value is None:
                 continue
             if src is not None and not pol.check(value, src.file, src.pointer, self.diags, "routeSettings"):
                 continue
+            where = src or checked_at
+            if where is not None and "rateLimits" in value:
+                limits = ratelimits.merge(merged.get("rateLimits", ()), value["rateLimits"], scope, where)
+                value = {**value, "rateLimits": limits}
             if src is not None and "ipAllow" in value:  # '198.51.100.10' → '198.51.100.10/32'; a bad one is an error
                 value = {
                     **value,
@@ -354,7 +371,7 @@ class _Builder:
             api_layers.append(doc_x)
         api_layers.append((api_ip, None))
         api_layers.append((entry.get("defaults"), None))
-        api_settings = self._settings(api_layers)
+        api_settings = self._settings(api_layers, scope=api.name, checked_at=psrc("/defaults"))
         policy_host = upstreams.policy_host(self.upstreams[policy_upstream][0]) if policy_upstream is not None else None
         api_retry = _retry_and_timeout(api_settings)
         shapes: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, ir.PathPattern, str]] = {}
@@ -403,7 +420,7 @@ class _Builder:
                 ]
                 if override is not None:
                     op_layers.append((override, psrc(pointer("operations", op_key))))
-                settings = self._settings(op_layers, api_settings)
+                settings = self._settings(op_layers, api_settings, f"{api.name}.{op_key}")
                 retry, timeout_ms = _retry_and_timeout(settings)
             else:
                 settings = api_settings
@@ -443,9 +460,20 @@ class _Builder:
             produced = []
             # (no allowlist can apply without the operation's own or a path-prefix list)
             any_ip = bool(self.ip_prefix_lists) or bool(settings.get("ipAllow"))
+            own_limits = settings.get("rateLimits", ())
+            any_limit = bool(self.gateway_limits) or bool(own_limits)
             for listener in listeners:
                 ip_allow = auth.ip_allowlists(settings, template, self.ip_prefix_lists, listener) if any_ip else ()
-                iop = dataclasses.replace(operation, ip_allow=ip_allow) if ip_allow else operation
+                limits = (
+                    ratelimits.operation_limits(operation, own_limits, self.gateway_limits, template, listener)
+                    if any_limit
+                    else ()
+                )
+                iop = (
+                    dataclasses.replace(operation, ip_allow=ip_allow, rate_limits=limits)
+                    if ip_allow or limits
+                    else operation
+                )
                 routes[listener][shape].append(iop)
                 produced.append((listener, shape, iop))
             if memo is not None:
@@ -539,6 +567,12 @@ class _Builder:
                     f"upstream {name!r} is not used by any api", src.file, src.pointer, "unused-upstream"
                 )
         built.extend(self.auto_upstreams.values())
+        if self.rateLimits:
+            known_apis = {api.name for api in apis}
+            ratelimits.check_names(self.rateLimits, self.rate_limits_file, known_apis, set(self.listeners), self.diags)
+        service = None
+        if any(not rl.local for lst in listeners for rl in ratelimits.used(lst).values()):
+            service = ratelimits.service(self.rateLimits, self.rate_limits_file, self.diags)
         if self.diags.has_errors():
             return None
         headers = edge.header_policy(self.headers, self.providers.values())
@@ -551,6 +585,7 @@ class _Builder:
             max_connections=g.get("maxConnections", 50_000),
             max_heap_bytes=g.get("maxHeapBytes", 1 << 30),
             providers=tuple(sorted(self.providers.values(), key=lambda p: p.name)),
+            ratelimit_service=service,
         )
 
 

@@ -202,6 +202,48 @@ class Auth:
     dry_run: bool = False  # authorization is logged, not enforced
 
 
+class LimitKey(enum.Enum):
+    """What one bucket of a rate limit counts: a request joins the bucket of its value."""
+
+    CONSUMER = "consumer"  # a verified claim (``sub``); anonymous requests: the client address
+    IP = "ip"  # the client address the listener trusts
+    OPERATION = "operation"  # everyone calling the operation shares one bucket
+    HEADER = "header"  # a request header (an API key); requests without it: the client address
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One limit: at most ``requests`` per window, for each ``(unit, requests)`` of ``windows``,
+    per bucket of ``by``. Every operation it applies to shares its buckets."""
+
+    id: str  # unique in the gateway; the rate-limit service and Envoy's descriptors name it
+    name: str
+    windows: tuple[tuple[str, int], ...]  # (second|minute|hour|day, requests), shortest first
+    by: tuple[tuple[LimitKey, str], ...]  # (key, detail): the claim for CONSUMER, the header name
+    source: Source
+    shadow: bool = False  # counted and reported, never refused
+    fail_closed: bool = False  # refused (503) when the counting store cannot answer
+    local: bool = False  # counted by each Envoy alone (no service)
+    provider: str | None = None  # whose verified payload CONSUMER reads (None: anonymous only)
+
+
+WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitService:
+    """Where Envoys reach the rate-limit service, and the domain its limits live in."""
+
+    domain: str
+    endpoints: tuple[Endpoint, ...]
+    timeout_ms: int
+    source: Source
+
+    @property
+    def cluster(self) -> str:
+        return "ratelimit-service"
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     """One method on one path: a route to an upstream."""
@@ -229,6 +271,8 @@ class Operation:
     # Host header sent upstream (its name and, when not the scheme's default, port): set for
     # upstreams named by host, which often serve several virtual hosts; None keeps the client's.
     host_rewrite: str | None = None
+    # Limits counted for each call (after authentication and authorization).
+    rate_limits: tuple[RateLimit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +343,7 @@ class Gateway:
     access_log: bool = True
     max_connections: int = 50_000
     max_heap_bytes: int = 1 << 30
+    ratelimit_service: RateLimitService | None = None  # set when some limit is counted globally
 
 
 def _quick(cls: type[T]) -> type[T]:

@@ -27,7 +27,15 @@ class Resources:
     CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
     ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
     # Short names used by the CLI, in the order Envoy wants them over ADS.
-    TYPES = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "scopes": SCOPED_ROUTE, "routes": ROUTE}
+    RATELIMIT = _PREFIX + "xds.type.v3.TypedStruct"  # the rate-limit service's configuration, by domain
+    TYPES = {
+        "clusters": CLUSTER,
+        "endpoints": ENDPOINT,
+        "listeners": LISTENER,
+        "scopes": SCOPED_ROUTE,
+        "routes": ROUTE,
+        "ratelimits": RATELIMIT,
+    }
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=dict)
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
@@ -35,8 +43,8 @@ class Resources:
     # and templates appear in Envoy's errors about routes (``details``).
     path_groups: dict[str, tuple[PathRoute, ...]] = field(default_factory=dict)  # by route configuration
 
-    def add(self, type_url: str, message: Message, source: Source) -> None:
-        name = getattr(message, "name", "") or getattr(message, "cluster_name", "")
+    def add(self, type_url: str, message: Message, source: Source, name: str = "") -> None:
+        name = name or getattr(message, "name", "") or getattr(message, "cluster_name", "")
         self.by_type.setdefault(type_url, {})[name] = message
         self.sources[(type_url, name)] = source
 

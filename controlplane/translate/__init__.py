@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..resources import Resources
-from . import clusters, jwt, listener, routes
+from . import clusters, jwt, listener, ratelimit, routes
 
 
 def translate(gw: ir.Gateway) -> Resources:
@@ -16,7 +16,10 @@ def translate(gw: ir.Gateway) -> Resources:
             out.path_groups[config.name] = paths
         for scope in routes.scope_configurations(lst):
             out.add(Resources.SCOPED_ROUTE, scope, lst.source)
-    for upstream in (*gw.upstreams, *jwt.jwks_upstreams(gw)):
+    config = ratelimit.service_config(gw)
+    if config is not None:
+        out.add(ratelimit.RESOURCE_TYPE, config, gw.ratelimit_service.source, name=gw.ratelimit_service.domain)  # type: ignore[union-attr]
+    for upstream in (*gw.upstreams, *jwt.jwks_upstreams(gw), *ratelimit.service_upstreams(gw)):
         out.add(Resources.CLUSTER, clusters.cluster(upstream), upstream.source)
         if not upstream.uses_dns:
             out.add(Resources.ENDPOINT, clusters.load_assignment(upstream), upstream.source)

@@ -86,6 +86,9 @@ def _status(status: int) -> accesslog_pb2.AccessLogFilter:
 
 
 AUTHENTICATION_REQUIRED = "authentication required"
+TOO_MANY_REQUESTS = "too many requests"
+LIMITS_UNAVAILABLE = "rate limits cannot be checked now; try again shortly"
+RETRY_SOON = header("retry-after", "1")
 
 
 def local_reply_config(policy: ir.HeaderPolicy, realm: str) -> hcm_pb2.LocalReplyConfig:
@@ -157,6 +160,11 @@ def local_reply_config(policy: ir.HeaderPolicy, realm: str) -> hcm_pb2.LocalRepl
         # Envoy's own "no route" 404 (a path under a known prefix, a value that does not fit a
         # typed parameter) has no text of its own
         mapper(_status(404), NOT_FOUND, added),
+        # a rate limit refused it: the service's Retry-After comes with its reply; a local bucket
+        # says when it refills in X-RateLimit-Reset (added after this mapper runs)
+        mapper(_status(429), TOO_MANY_REQUESTS, added),
+        # a fail-closed limit whose counting store (or service) cannot answer
+        mapper(_cel("response.code_details == 'rate_limiter_error'"), LIMITS_UNAVAILABLE, [*added, RETRY_SOON], 503),
     ]
     return hcm_pb2.LocalReplyConfig(
         mappers=[*mappers, every_reply],

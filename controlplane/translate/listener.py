@@ -23,7 +23,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import allowlist, auth, claims, headers, jwt, routes, tokens
+from . import allowlist, auth, claims, headers, jwt, ratelimit, routes, tokens
 from ._pb import ads, duration, header, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -45,6 +45,9 @@ ACCESS_LOG_FIELDS = {
     "bytes_out": "%BYTES_SENT%",
     # "denied" when dry-run authorization rules would have refused the request
     "dry_run_authorization": "%DYNAMIC_METADATA(envoy.filters.http.rbac:dry_run_shadow_engine_result)%",
+    # the limit that refused the request, and shadow limits that would have (the rate-limit service)
+    "rate_limit": "%DYNAMIC_METADATA(envoy.filters.http.ratelimit:limit)%",
+    "rate_limit_shadow": "%DYNAMIC_METADATA(envoy.filters.http.ratelimit:shadow)%",
 }
 
 
@@ -64,6 +67,20 @@ HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter 
     (jwt.token_algorithm_filter, "after the token: its verified header names the algorithm (keys Envoy fetches)"),
     (claims.claim_values_filter, "after the token: claim headers that are lists or unclean are rewritten or refused"),
     (auth.authorization_filter, "after the token: roles and scopes come from its verified payload"),
+    (
+        ratelimit.local_filter(ratelimit.STAGE_LOCAL),
+        "after authorization: a refused caller spends no one's budget; local buckets cost no round trip",
+    ),
+    (ratelimit.local_filter(ratelimit.STAGE_LOCAL_SHADOW), "beside the local limits: counts, never refuses"),
+    (
+        ratelimit.service_filter(ratelimit.STAGE_CLOSED),
+        "after authorization: descriptors read the verified payload and the trusted client address",
+    ),
+    (ratelimit.service_filter(ratelimit.STAGE_OPEN), "as above; its failures let requests through"),
+    (
+        ratelimit.local_filter(ratelimit.STAGE_BACKSTOP),
+        "after the service: bounds each Envoy while the service cannot answer (fail-open limits)",
+    ),
     (
         tokens.token_strip_filter,
         "after authentication read them: token query parameters and cookies never reach backends",

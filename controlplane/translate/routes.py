@@ -33,7 +33,7 @@ from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited, varint
-from . import auth, tokens
+from . import auth, ratelimit, tokens
 from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
 
@@ -112,8 +112,8 @@ def _operation_route(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx
     match.headers.append(_shared(_METHOD_MATCHERS, op.method, lambda: _method_matcher(op.method)))
     for name, value in op.query:
         match.query_parameters.append(_query_matcher(name, value))
-    action_key = _action_key(op, default_retry)
-    action = _shared(_ACTIONS, action_key, lambda: _route_action(op, action_key[3]))
+    action_key = _action_key(op, default_retry, ctx)
+    action = _shared(_ACTIONS, action_key, lambda: _route_action(op, action_key[3], ctx))
     route = rc.Route(name=op.name, match=match, route=action)
     rest = _route_rest(op, ctx)
     if rest is not None:
@@ -137,10 +137,15 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
     return route
 
 
-def _action_key(op: ir.Operation, default_retry: ir.RetryPolicy | None) -> tuple[Any, ...]:
+def _action_key(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx: RouteContext) -> tuple[Any, ...]:
     # (build.py shares equal policies: mostly the same object, and then no dataclass __eq__)
     retry = _VHOST_RETRY if op.retry is default_retry or op.retry == default_retry else op.retry
-    return (op.upstream, op.timeout_ms, op.host_rewrite, retry, op.rewrite_prefix)
+    limits = ratelimit.action_key(op, _providers(ctx)) if op.rate_limits else None
+    return (op.upstream, op.timeout_ms, op.host_rewrite, retry, op.rewrite_prefix, limits)
+
+
+def _providers(ctx: RouteContext) -> dict[str, ir.JwtProvider]:
+    return {p.name: p for p in ctx[0].providers} if ctx is not None else {}
 
 
 def _query_matcher(name: str, value: str) -> rc.QueryParameterMatcher:
@@ -193,7 +198,7 @@ def _encoded_operation(
         match = method + query + path[1] if path[0] > _M_QUERY else path[1] + method + query
     else:
         match = method + path[1] if path[0] > _M_QUERY else path[1] + method
-    action_key = _action_key(op, default_retry)
+    action_key = _action_key(op, default_retry, ctx)
     action = _ACTION_BYTES.get(action_key)
     if action is None:
         action = _shared(
@@ -201,7 +206,7 @@ def _encoded_operation(
             action_key,
             lambda: length_delimited(
                 _R_ACTION,
-                _shared(_ACTIONS, action_key, lambda: _route_action(op, action_key[3])).SerializeToString(
+                _shared(_ACTIONS, action_key, lambda: _route_action(op, action_key[3], ctx)).SerializeToString(
                     deterministic=True
                 ),
             ),
@@ -244,8 +249,9 @@ def _method_matcher(method: str) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=method))
 
 
-def _route_action(op: ir.Operation, retry: Any) -> rc.RouteAction:
-    """What ``_operation_route`` keys it by: upstream, timeout, host rewrite, retry, prefix rewrite."""
+def _route_action(op: ir.Operation, retry: Any, ctx: RouteContext) -> rc.RouteAction:
+    """What ``_operation_route`` keys it by: upstream, timeout, host rewrite, retry, prefix rewrite,
+    rate limits."""
     action = rc.RouteAction(cluster=op.upstream, timeout=duration(op.timeout_ms))
     if op.host_rewrite is not None:
         # the backend's own name, and the client's Host in X-Forwarded-Host (client copies are
@@ -262,6 +268,8 @@ def _route_action(op: ir.Operation, retry: Any) -> rc.RouteAction:
                 substitution=upstream_prefix.replace("\\", "\\\\"),
             )
         )
+    if op.rate_limits:
+        action.rate_limits.extend(ratelimit.route_rate_limits(op, _providers(ctx)))
     return action
 
 
