@@ -383,7 +383,21 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--envoy-admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
     r.add_argument("--delta", action="store_true", help="Envoy uses delta xDS")
     r.set_defaults(func=cmd_run)
+
+    rl = sub.add_parser(
+        "ratelimit",
+        help="the rate-limit service (gRPC, counts in Redis; its limits come from the control plane over xDS)",
+        add_help=False,  # its own options, --help included: python -m controlplane ratelimit --help
+    )
+    rl.add_argument("args", nargs=argparse.REMAINDER)
+    rl.set_defaults(func=cmd_ratelimit)
     return p
+
+
+def cmd_ratelimit(args: argparse.Namespace) -> int:
+    from .ratelimit import main as service_main
+
+    return service_main(args.args)
 
 
 def _port(text: str) -> int:
@@ -402,7 +416,10 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["ratelimit"]:  # every option after it is the service's own (argparse would take --help)
+        return cmd_ratelimit(argparse.Namespace(args=given[1:]))
+    args = parser().parse_args(given)
     try:
         code: int = args.func(args)
     except BrokenPipeError:  # `dump ... | head`
