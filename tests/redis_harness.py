@@ -218,7 +218,7 @@ class RedisCluster:
         per = 16384 // size
         for i, node in enumerate(self.nodes):
             last = 16383 if i == size - 1 else (i + 1) * per - 1
-            node.command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
+            node.command("CLUSTER", "ADDSLOTS", *range(i * per, last + 1))  # ADDSLOTSRANGE is 7.0+
             node.command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
         for node in self.nodes[1:]:
             node.command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)

@@ -159,6 +159,78 @@ def _kind(exc: BaseException) -> str:
 _FAILURES = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError, TimeoutError)
 
 
+class _Batcher:
+    """Script calls made in one turn of the event loop go to Redis in one pipeline.
+
+    Under load, dozens of ShouldRateLimit calls are in flight at once; one write and one read
+    for all of them costs the service and Redis less than a round trip each (measured in
+    bench/ratelimit_service_bench.py). Each call still gets its own reply or error.
+    """
+
+    def __init__(self, client: Any):
+        self.client = client
+        self.pending: list[tuple[list[Any], asyncio.Future[Any]]] = []
+
+    def call(self, arguments: list[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((arguments, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        batch = [(a, f) for a, f in batch if not f.done()]  # a caller that timed out no longer waits
+        if batch:
+            task = asyncio.ensure_future(self._send(batch))
+            _IN_FLIGHT.add(task)
+            task.add_done_callback(_IN_FLIGHT.discard)
+
+    async def _send(self, batch: list[tuple[list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            if len(batch) == 1:
+                replies: list[Any] = [await _evalsha(self.client, batch[0][0])]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for arguments, _ in batch:
+                    pipe.evalsha(COUNT_SCRIPT_SHA, *arguments)
+                replies = await pipe.execute(raise_on_error=False)
+                if any(isinstance(r, redis_errors.NoScriptError) for r in replies):
+                    await self.client.script_load(COUNT_SCRIPT)
+                    replies = [
+                        await self.client.evalsha(COUNT_SCRIPT_SHA, *a)
+                        if isinstance(r, redis_errors.NoScriptError)
+                        else r
+                        for r, (a, _) in zip(replies, batch, strict=True)
+                    ]
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for reply, (_, future) in zip(replies, batch, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
+_IN_FLIGHT: set[asyncio.Future[Any]] = set()  # pipelines sent and not yet answered (kept from the GC)
+
+
+async def _evalsha(client: Any, arguments: list[Any]) -> Any:
+    try:
+        return await client.evalsha(COUNT_SCRIPT_SHA, *arguments)
+    except redis_errors.NoScriptError:
+        # A fresh or restarted Redis (or a newly promoted one) has no script cache.
+        return await client.eval(COUNT_SCRIPT, *arguments)
+
+
 class Counter:
     """Counts buckets in one Redis deployment; every failure is :class:`CounterUnavailableError`."""
 
@@ -167,6 +239,8 @@ class Counter:
         self.timeout = timeout
         self.description = description
         self.cluster = cluster
+        # A cluster pipeline refuses scripts: there each call goes on its own.
+        self._batcher = None if cluster else _Batcher(client)
         # time.monotonic() of the last answer and of the last failure (for /healthz).
         self.last_answer = 0.0
         self.last_failure = 0.0
@@ -189,11 +263,10 @@ class Counter:
 
     async def _run(self, buckets: Sequence[Bucket]) -> list[Counted]:
         arguments = _arguments(buckets)
-        try:
-            reply = await self.client.evalsha(COUNT_SCRIPT_SHA, *arguments)
-        except redis_errors.NoScriptError:
-            # A fresh or restarted Redis (or a newly promoted one) has no script cache.
-            reply = await self.client.eval(COUNT_SCRIPT, *arguments)
+        if self._batcher is not None:
+            reply = await self._batcher.call(arguments)
+        else:
+            reply = await _evalsha(self.client, arguments)
         return _results(buckets, reply)
 
     async def ping(self) -> None:
