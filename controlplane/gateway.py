@@ -34,6 +34,7 @@ from .echo import EchoServer
 from .envoybin import find_envoy
 from .resources import to_dict
 from .server import ControlPlane, ServeOptions
+from .sidecars import SidecarError, Sidecars
 from .xds.grpc_server import TlsFiles
 from .xds.status import status
 
@@ -59,7 +60,7 @@ def run_gateway(args: argparse.Namespace) -> int:
             return asyncio.run(_run(args, envoy, Path(tmp)))
         except KeyboardInterrupt:
             return 0
-        except PortInUse as exc:
+        except (PortInUse, SidecarError) as exc:
             print(exc, file=sys.stderr)
             return 1
 
@@ -97,6 +98,7 @@ async def _run(args: argparse.Namespace, envoy: str, tmp: Path) -> int:
         )
     )
     backend = None
+    sidecars = Sidecars(tmp)
     proc: subprocess.Popen[bytes] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,6 +110,15 @@ async def _run(args: argparse.Namespace, envoy: str, tmp: Path) -> int:
             log.error("the inputs have errors; fix them and the gateway starts serving (watching for changes)")
         for name, address, port in plane.report.listeners:
             _check_free(address, port, f"listener {name!r} of the gateway", "--port")
+        service = _rate_limit_service(args)
+        if service is not None:
+            _check_free(
+                service.endpoints[0].host,
+                service.endpoints[0].port,
+                "the rate-limit service",
+                "rateLimits.service.endpoints in the policy",
+            )
+            sidecars.start_rate_limits(service, ca, plane.xds_port)
         backend = EchoServer(port=args.backend_port).start() if args.backend_port else None
         if backend:
             log.info("sample backend on http://127.0.0.1:%d", backend.port)
@@ -119,12 +130,17 @@ async def _run(args: argparse.Namespace, envoy: str, tmp: Path) -> int:
         ready = await _wait_serving(plane, args, proc, stop)
         if ready is not None:
             return ready
+        await asyncio.to_thread(sidecars.wait_ready)
         _banner(plane, args)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1)
             if not stop.is_set() and proc.poll() is not None:
                 log.error("envoy exited with status %s", proc.returncode)
+                return 1
+            gone = sidecars.check()
+            if not stop.is_set() and gone:
+                log.error("%s", gone)
                 return 1
         log.info("stopping: envoy, control plane, backend")
         return 0
@@ -135,9 +151,19 @@ async def _run(args: argparse.Namespace, envoy: str, tmp: Path) -> int:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        sidecars.stop()
         await plane.stop()
         if backend:
             backend.shutdown()
+
+
+def _rate_limit_service(args: argparse.Namespace) -> ir.RateLimitService | None:
+    """Where the policy counts limits globally (run starts Redis and the service there), if it does.
+    Limits added while running need a restart of run."""
+    from .compiler import compile
+
+    result = compile(args.paths, listener_port=args.port)
+    return result.gateway.ratelimit_service if result.gateway is not None else None
 
 
 def _bootstrap(plane: ControlPlane, args: argparse.Namespace, ca: Path, cert: Any) -> Any:
@@ -236,8 +262,10 @@ async def _wait_serving(
 
 
 def _sample(upstream: ir.Upstream | None, backend_port: int) -> bool:
-    return bool(backend_port) and upstream is not None and any(
-        e.host in ("127.0.0.1", "localhost") and e.port == backend_port for e in upstream.endpoints
+    return (
+        bool(backend_port)
+        and upstream is not None
+        and any(e.host in ("127.0.0.1", "localhost") and e.port == backend_port for e in upstream.endpoints)
     )
 
 
@@ -274,6 +302,25 @@ def _example_token(provider: ir.JwtProvider, auth: ir.Auth, sub: str) -> str | N
     if alg != "RS256":
         words += ["--alg", alg]
     return " ".join(words)
+
+
+def _limited(plain: list[tuple[ir.PathRoute, ir.Operation]]) -> tuple[str, ir.RateLimit, int, str] | None:
+    """A public literal path with an enforced limit keyed by address (or shared) that allows few
+    requests a minute or more: (path, limit, requests, window) of the smallest such limit. Twice
+    the limit plus one requests reach a refusal even if a window ends between them."""
+    found = [
+        (n, route.path.template, rl, unit)
+        for route, op in plain
+        if op.auth is None and route.path.is_literal
+        for rl in op.rate_limits
+        if not rl.shadow and len(rl.by) == 1 and rl.by[0][0] in (ir.LimitKey.IP, ir.LimitKey.OPERATION)
+        for unit, n in rl.windows
+        if unit != "second" and n <= 10
+    ]
+    if not found:
+        return None
+    n, path, rl, unit = min(found, key=lambda f: f[0])
+    return path, rl, n, unit
 
 
 def hints(gateway: ir.Gateway, url: str, backend_port: int) -> list[tuple[str, str]]:
@@ -325,6 +372,12 @@ def hints(gateway: ir.Gateway, url: str, backend_port: int) -> list[tuple[str, s
         if _matches(route, good) and not any(_matches(r, bad) for r in listener.paths):
             out.append((f"curl -i {url}{bad}", "404: abc is not a valid value of the path parameter"))
             break
+    limited = _limited(plain)
+    if limited is not None:
+        path, rl, n, unit = limited
+        loop = f"for i in $(seq {2 * n + 1}); do curl -s -o /dev/null -w '%{{http_code}} ' {url}{path}; done; echo"
+        who = "per client address" if rl.by[0][0] is ir.LimitKey.IP else "for everyone"
+        out.append((loop, f"429 after {n} requests: {rl.name!r} allows {n} a {unit} {who}"))
     unknown = "/no/such/path"
     if not any(_matches(r, unknown) for r in listener.paths):
         out.append((f"curl -i {url}{unknown}", "404: no spec declares this path"))
