@@ -292,7 +292,7 @@ class _Builder:
                 continue
             where = src or checked_at
             if where is not None and "rateLimits" in value:
-                limits = ratelimits.merge(merged.get("rateLimits", ()), value["rateLimits"], scope, where)
+                limits = ratelimits.merge(merged.get("rateLimits", ()), value["rateLimits"], scope, where, self.diags)
                 value = {**value, "rateLimits": limits}
             if src is not None and "ipAllow" in value:  # '198.51.100.10' → '198.51.100.10/32'; a bad one is an error
                 value = {

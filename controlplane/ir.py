@@ -211,6 +211,10 @@ class LimitKey(enum.Enum):
     HEADER = "header"  # a request header (an API key); requests without it: the client address
 
 
+# (provider whose payload is read, roles, scopes, client ranges): callers a limit does not count
+Exemption = tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     """One limit: at most ``requests`` per window, for each ``(unit, requests)`` of ``windows``,
@@ -224,7 +228,19 @@ class RateLimit:
     shadow: bool = False  # counted and reported, never refused
     fail_closed: bool = False  # refused (503) when the counting store cannot answer
     local: bool = False  # counted by each Envoy alone (no service)
-    provider: str | None = None  # whose verified payload CONSUMER reads (None: anonymous only)
+    provider: str | None = None  # whose verified payload the key and exemptions read (None: no token)
+    # Callers not counted: any of these roles or scopes (verified), or a client in these ranges.
+    exempt_roles: tuple[str, ...] = ()
+    exempt_scopes: tuple[str, ...] = ()
+    exempt_clients: tuple[str, ...] = ()
+
+    @property
+    def exemption(self) -> Exemption | None:
+        """Who is not counted (None: everyone is): requests with equal exemptions share one check."""
+        if not (self.exempt_roles or self.exempt_scopes or self.exempt_clients):
+            return None
+        provider = self.provider if self.exempt_roles or self.exempt_scopes else None
+        return provider, self.exempt_roles, self.exempt_scopes, self.exempt_clients
 
 
 WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400}

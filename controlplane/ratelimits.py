@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import ir
+from .auth import check_cidrs
 from .errors import Diagnostics
 from .model.policy import duration_ms
 
@@ -73,7 +74,9 @@ def limit_name(spec: Mapping[str, Any]) -> str:
     return str(spec.get("name") or "+".join(_keys(spec)))
 
 
-def merge(current: tuple[Declared, ...], items: Iterable[Any], scope: str, src: ir.Source) -> tuple[Declared, ...]:
+def merge(
+    current: tuple[Declared, ...], items: Iterable[Any], scope: str, src: ir.Source, diags: Diagnostics
+) -> tuple[Declared, ...]:
     """``current`` with ``items`` (one level's ``rateLimits``) added; a name already there is replaced."""
     out = {d.name: d for d in current}
     for i, spec in enumerate(items):
@@ -81,8 +84,18 @@ def merge(current: tuple[Declared, ...], items: Iterable[Any], scope: str, src: 
         if spec.get("disabled"):
             out.pop(name, None)
         else:
-            out[name] = Declared(spec, scope, ir.Source(src.file, f"{src.pointer}/rateLimits/{i}"))
+            where = ir.Source(src.file, f"{src.pointer}/rateLimits/{i}")
+            out[name] = Declared(_checked(spec, where, diags), scope, where)
     return tuple(out.values())
+
+
+def _checked(spec: Mapping[str, Any], where: ir.Source, diags: Diagnostics) -> Mapping[str, Any]:
+    """``spec`` with its exempt client ranges normalized (``10.0.0.1`` → ``10.0.0.1/32``); a bad one is an error."""
+    clients = (spec.get("exempt") or {}).get("clients")
+    if not clients:
+        return spec
+    ranges = check_cidrs(clients, where.file, where.pointer + "/exempt/clients", diags)
+    return {**spec, "exempt": {**spec["exempt"], "clients": list(ranges)}}
 
 
 def read_section(section: Mapping[str, Any], file: str, diags: Diagnostics) -> list[GatewayLimit]:
@@ -99,9 +112,10 @@ def read_section(section: Mapping[str, Any], file: str, diags: Diagnostics) -> l
             )
             continue
         seen[spec["name"]] = f"{file}#{ptr}"
+        where = ir.Source(file, ptr)
         out.append(
             GatewayLimit(
-                Declared(spec, GATEWAY_SCOPE, ir.Source(file, ptr)),
+                Declared(_checked(spec, where, diags), GATEWAY_SCOPE, where),
                 spec.get("pathPrefix"),
                 frozenset(spec["apis"]) if "apis" in spec else None,
                 frozenset(spec["listeners"]) if "listeners" in spec else None,
@@ -132,6 +146,7 @@ def _limit(declared: Declared, op: ir.Operation) -> ir.RateLimit:
         else:
             by.append((ir.LimitKey(key), ""))
     name = declared.name
+    exempt = spec.get("exempt") or {}
     return ir.RateLimit(
         id=f"{declared.scope}/{name}",
         name=name,
@@ -141,7 +156,10 @@ def _limit(declared: Declared, op: ir.Operation) -> ir.RateLimit:
         shadow=bool(spec.get("shadow", False)),
         fail_closed=spec.get("onStoreFailure", "open") == "closed",
         local=spec.get("enforcement", "global") == "local",
-        provider=op.auth.provider if op.auth is not None and any(k is ir.LimitKey.CONSUMER for k, _ in by) else None,
+        provider=op.auth.provider if op.auth is not None else None,
+        exempt_roles=tuple(exempt.get("roles", ())),
+        exempt_scopes=tuple(exempt.get("scopes", ())),
+        exempt_clients=tuple(exempt.get("clients", ())),
     )
 
 

@@ -363,13 +363,24 @@ def _scalar(fd: Any, value: Any) -> Any:
     return value if kind == _AS_IS else _other(kind or -1, None, value)
 
 
+def _sort_struct(out: Any) -> None:
+    """A Struct's JSON with every object's keys sorted, nested ones too."""
+    if isinstance(out, list):
+        for item in out:
+            _sort_struct(item)
+    elif isinstance(out, dict):
+        ordered = {k: out[k] for k in sorted(out)}
+        out.clear()
+        out.update(ordered)
+        for value in out.values():
+            _sort_struct(value)
+
+
 def _sort_maps(message: Message, out: Any) -> None:
     if not isinstance(out, dict):
         return
     if message.DESCRIPTOR.full_name == "google.protobuf.Struct":
-        ordered = {k: out[k] for k in sorted(out)}
-        out.clear()
-        out.update(ordered)
+        _sort_struct(out)
         return
     if message.DESCRIPTOR.full_name == "google.protobuf.Any":
         type_name = message.type_url.rpartition("/")[2]  # type: ignore[attr-defined]

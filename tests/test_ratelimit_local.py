@@ -53,6 +53,15 @@ paths:
       security: []
       x-gateway: {rateLimits: [{name: consumer, disabled: true}, {by: ip, second: 2, minute: 100, enforcement: local}]}
       responses: {"200": {description: ok}}
+  /monitored:
+    get:
+      operationId: monitored
+      security: [{}, {bearer: []}]
+      x-gateway:
+        rateLimits:
+          - {name: consumer, disabled: true}
+          - {by: ip, minute: 2, enforcement: local, exempt: {clients: [198.51.100.200], roles: [admin]}}
+      responses: {"200": {description: ok}}
   /login:
     post:
       operationId: login
@@ -198,3 +207,23 @@ def test_login_five_per_minute_per_address_replacing_the_consumer_limit(gw: tupl
     # the consumer limit (3) is disabled here: 5 attempts pass, the 6th is refused even with a token
     assert statuses(lambda: g.request("POST", "/shop/login", erin), 5) == [200] * 5
     assert g.request("POST", "/shop/login", erin).status == 429
+
+
+def test_exempt_clients_and_roles_are_not_counted(gw: tuple[Gateway, int]) -> None:
+    g, proxied = gw
+    proxy = Gateway(g.workdir, {}, port=proxied)
+
+    def call(addr: str, role: str | None = None) -> int:
+        headers = {"X-Forwarded-For": addr}
+        if role is not None:
+            headers["Authorization"] = f"Bearer {IDP.mint({'sub': 'm-' + role, 'role': role})}"
+        return proxy.request("GET", "/shop/monitored", headers).status
+
+    assert [call("198.51.100.200") for _ in range(4)] == [200] * 4  # the monitor's address
+    assert [call("198.51.100.201", "admin") for _ in range(4)] == [200] * 4  # an admin, verified
+    # everyone else is counted: a customer from that address too, and a forged role header does nothing
+    assert [call("198.51.100.201", "customer") for _ in range(3)] == [200, 200, 429]
+    forged = {"X-Forwarded-For": "198.51.100.202", "X-User-Role": "admin"}
+    assert proxy.request("GET", "/shop/monitored", forged).status == 200
+    assert call("198.51.100.202") == 200
+    assert call("198.51.100.202") == 429

@@ -18,12 +18,13 @@ class Uses:
     authorizing_providers: tuple[str, ...]  # whose payload RBAC reads
     scoping_providers: tuple[str, ...]  # whose scope claim RBAC reads (normalized to a list)
     token_removal: str  # "all", "some" or "none" of the operations remove the Authorization header
+    limiting_providers: tuple[str, ...] = ()  # whose payload rate limits read (consumer keys, exemptions)
 
 
 @per_listener
 def uses(listener: ir.Listener) -> Uses:
     """What the listener's operations use, in one pass over them."""
-    ip, providers, authorizing, scoping = False, set(), set(), set()
+    ip, providers, authorizing, scoping, limiting = False, set(), set(), set(), set()
     removing = total = 0
     for pr in listener.paths:
         for op in pr.operations:
@@ -36,9 +37,22 @@ def uses(listener: ir.Listener) -> Uses:
                     authorizing.add(op.auth.provider)
                 if op.auth.scope_sets:
                     scoping.add(op.auth.provider)
+            for rl in op.rate_limits:
+                if rl.provider is not None and (
+                    rl.exempt_roles or rl.exempt_scopes or any(k is ir.LimitKey.CONSUMER for k, _ in rl.by)
+                ):
+                    limiting.add(rl.provider)
+                    if rl.exempt_scopes:
+                        scoping.add(rl.provider)
     removal = "all" if removing == total else "some" if removing else "none"
     return Uses(
-        ip, tuple(sorted(providers)), bool(authorizing), tuple(sorted(authorizing)), tuple(sorted(scoping)), removal
+        ip,
+        tuple(sorted(providers)),
+        bool(authorizing),
+        tuple(sorted(authorizing)),
+        tuple(sorted(scoping)),
+        removal,
+        tuple(sorted(limiting)),
     )
 
 

@@ -45,26 +45,25 @@ def _claim(provider: ir.JwtProvider, claim: str, value: str, in_list: bool) -> r
     return metadata_principal([payload_key(provider), claim], matcher)
 
 
+def role_principal(provider: ir.JwtProvider, role: str) -> rbac_pb2.Principal:
+    """A verified token with this role (its role claim may hold one string or a list)."""
+    claim = provider.roles_claim
+    return rbac_pb2.Principal(
+        or_ids=rbac_pb2.Principal.Set(ids=[_claim(provider, claim, role, False), _claim(provider, claim, role, True)])
+    )
+
+
+def scope_principal(provider: ir.JwtProvider, scopes: tuple[str, ...]) -> rbac_pb2.Principal:
+    """A verified token with all these scopes (the scope claim is normalized to a list)."""
+    return rbac_pb2.Principal(
+        and_ids=rbac_pb2.Principal.Set(ids=[_claim(provider, provider.scopes_claim, s, True) for s in scopes])
+    )
+
+
 def authorization_route_config(op: ir.Operation, provider: ir.JwtProvider) -> rbac_filter_pb2.RBACPerRoute:
     assert op.auth is not None
-    principals = []
-    for role in op.auth.roles:  # a role claim may hold one string or a list
-        principals.append(
-            rbac_pb2.Principal(
-                or_ids=rbac_pb2.Principal.Set(
-                    ids=[
-                        _claim(provider, provider.roles_claim, role, False),
-                        _claim(provider, provider.roles_claim, role, True),
-                    ]
-                )
-            )
-        )
-    for scopes in op.auth.scope_sets:  # the scope claim is normalized to a list
-        principals.append(
-            rbac_pb2.Principal(
-                and_ids=rbac_pb2.Principal.Set(ids=[_claim(provider, provider.scopes_claim, s, True) for s in scopes])
-            )
-        )
+    principals = [role_principal(provider, role) for role in op.auth.roles]
+    principals.extend(scope_principal(provider, scopes) for scopes in op.auth.scope_sets)
     policies = {}
     if principals:  # no principal: no policy, and an ALLOW list with no policy denies everyone
         policies["allowed"] = rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=principals)

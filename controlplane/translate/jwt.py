@@ -33,11 +33,14 @@ def jwt_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | No
         return None
     providers = {p.name: p for p in gw.providers}
     authorizing, scoping = uses(listener).authorizing_providers, uses(listener).scoping_providers
+    limiting = uses(listener).limiting_providers
     config = jwt_pb2.JwtAuthentication()
     for name in used:
         p = providers[name]
-        # copying the payload into each request's metadata costs: only when RBAC or the claim check reads it
-        config.providers[name].CopyFrom(_provider(p, name in scoping, name in authorizing or bool(p.claim_headers)))
+        # copying the payload into each request's metadata costs: only when RBAC, the claim check or a
+        # rate limit reads it
+        payload = name in authorizing or name in limiting or bool(p.claim_headers)
+        config.providers[name].CopyFrom(_provider(p, name in scoping, payload))
         config.requirement_map[name].CopyFrom(jwt_pb2.JwtRequirement(provider_name=name))
         config.requirement_map[name + "?"].CopyFrom(
             jwt_pb2.JwtRequirement(

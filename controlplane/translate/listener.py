@@ -59,7 +59,9 @@ def _router(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter:
 
 
 # The order of HTTP filters, in one place. Each entry says why it stands where it does.
-HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter | None], str]] = [
+HTTP_FILTERS: list[
+    tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter | list[hcm_pb2.HttpFilter] | None], str]
+] = [
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
     (allowlist.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
     (tokens.one_token_filter, "before authentication: tokens in two places would give the backend two identities"),
@@ -67,6 +69,7 @@ HTTP_FILTERS: list[tuple[Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter 
     (jwt.token_algorithm_filter, "after the token: its verified header names the algorithm (keys Envoy fetches)"),
     (claims.claim_values_filter, "after the token: claim headers that are lists or unclean are rewritten or refused"),
     (auth.authorization_filter, "after the token: roles and scopes come from its verified payload"),
+    (ratelimit.exemption_filters, "after the token: exemptions by role or scope read its verified payload"),
     (
         ratelimit.local_filter(ratelimit.STAGE_LOCAL),
         "after authorization: a refused caller spends no one's budget; local buckets cost no round trip",
@@ -147,7 +150,9 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
         _scoped(hcm, listener)
     for build, _why in HTTP_FILTERS:
         f = build(gw, listener)
-        if f is not None:
+        if isinstance(f, list):
+            hcm.http_filters.extend(f)
+        elif f is not None:
             hcm.http_filters.append(f)
     if gw.access_log:
         hcm.access_log.append(access_log())

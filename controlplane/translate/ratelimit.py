@@ -33,13 +33,16 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from envoy.config.core.v3 import address_pb2 as core_address_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.ratelimit.v3 import rls_pb2
+from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as local_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.rate_limit_descriptors.expr.v3 import expr_pb2
 from envoy.type.metadata.v3 import metadata_pb2 as metadata_key_pb2
@@ -51,6 +54,7 @@ from .. import ir
 from ..ratelimits import used
 from ..resources import Resources
 from ._pb import duration, packed, per_listener, uint32
+from .auth import role_principal, scope_principal
 from .jwt import JWT_FILTER, payload_key
 
 STAGE_OPEN, STAGE_CLOSED, STAGE_LOCAL, STAGE_BACKSTOP, STAGE_LOCAL_SHADOW = 0, 1, 2, 3, 4
@@ -144,11 +148,15 @@ def _absent(key: str, headers: list[rc.HeaderMatcher]) -> tuple[rc.RateLimit.Act
 
 
 def _descriptors(
-    rl: ir.RateLimit, op: ir.Operation, providers: dict[str, ir.JwtProvider]
+    rl: ir.RateLimit, op: ir.Operation, providers: dict[str, ir.JwtProvider], listener: ir.Listener
 ) -> Iterator[tuple[str, list[rc.RateLimit.Action], list[Entry]]]:
     """(window, actions, entries) of every descriptor ``rl`` makes for ``op``."""
     provider = providers.get(rl.provider) if rl.provider else None
     parts = [_key_variants(key, detail, provider, op) for key, detail in rl.by]
+    exemption = rl.exemption
+    if exemption is not None:
+        # made only for a caller its exemption check did not pass (see ``exemption_filters``)
+        parts.append([[(_counted(_exemptions(listener)[exemption]), (COUNTED, COUNTED))]])
     for unit, _requests in rl.windows:
         head = [(_generic("limit", rl.id), ("limit", rl.id)), (_generic("window", unit), ("window", unit))]
         for combo in itertools.product(*parts):
@@ -164,22 +172,96 @@ def _stages(rl: ir.RateLimit) -> tuple[int, ...]:
     return (STAGE_OPEN,) if rl.shadow else (STAGE_OPEN, STAGE_BACKSTOP)
 
 
-def action_key(op: ir.Operation, providers: dict[str, ir.JwtProvider]) -> tuple[object, ...] | None:
+def action_key(
+    op: ir.Operation, providers: dict[str, ir.JwtProvider], listener: ir.Listener | None
+) -> tuple[object, ...] | None:
     """What ``route_rate_limits`` reads of ``op``, for sharing route actions (None: no limits)."""
     if not op.rate_limits:
         return None
     used_providers = tuple(providers.get(rl.provider) for rl in op.rate_limits if rl.provider)
-    return (op.name, op.rate_limits, op.auth.optional if op.auth else None, used_providers)
+    checks = _exemptions(listener) if listener is not None else {}
+    exemptions = tuple(checks.get(rl.exemption) for rl in op.rate_limits if rl.exemption is not None)
+    return (op.name, op.rate_limits, op.auth.optional if op.auth else None, used_providers, exemptions)
 
 
-def route_rate_limits(op: ir.Operation, providers: dict[str, ir.JwtProvider]) -> list[rc.RateLimit]:
+def route_rate_limits(
+    op: ir.Operation, providers: dict[str, ir.JwtProvider], listener: ir.Listener
+) -> list[rc.RateLimit]:
     """The descriptors of ``op``'s limits, for its route action."""
     out = []
     for rl in op.rate_limits:
         stages = _stages(rl)
-        for _unit, actions, _entries in _descriptors(rl, op, providers):
+        for _unit, actions, _entries in _descriptors(rl, op, providers, listener):
             for stage in stages:
                 out.append(rc.RateLimit(stage=uint32(stage), actions=actions))
+    return out
+
+
+# -- exemptions -------------------------------------------------------------------------------
+# Each distinct exemption of a listener's limits is one RBAC filter in shadow mode (it never
+# refuses): its one DENY policy, ``counted``, matches callers who are NOT exempt, so the policy
+# id lands in the request's metadata for them alone; a limit's descriptors require that id
+# (a ``metadata`` action), so an exempt caller makes none of them and is not counted.
+
+EXEMPT_FILTER = "ratelimit-exempt"
+RBAC_FILTER = "envoy.filters.http.rbac"  # (the namespace of every RBAC filter's metadata, whatever its name)
+COUNTED = "counted"
+
+
+@per_listener
+def _exemptions(
+    listener: ir.Listener,
+) -> dict[tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...]], int]:
+    found: dict[tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...]], int] = {}
+    for pr in listener.paths:
+        for op in pr.operations:
+            for rl in op.rate_limits:
+                key = rl.exemption
+                if key is not None and key not in found:
+                    found[key] = len(found)
+    return found
+
+
+def _prefix(index: int) -> str:
+    return f"ratelimit_exempt_{index}_"
+
+
+def _counted(index: int) -> rc.RateLimit.Action:
+    return rc.RateLimit.Action(
+        metadata=rc.RateLimit.Action.MetaData(
+            descriptor_key=COUNTED,
+            metadata_key=metadata_key_pb2.MetadataKey(
+                key=RBAC_FILTER,
+                path=[metadata_key_pb2.MetadataKey.PathSegment(key=_prefix(index) + "shadow_effective_policy_id")],
+            ),
+            source=rc.RateLimit.Action.MetaData.DYNAMIC,
+        )
+    )
+
+
+def exemption_filters(gw: ir.Gateway, listener: ir.Listener) -> list[hcm_pb2.HttpFilter]:
+    providers = {p.name: p for p in gw.providers}
+    out = []
+    for (provider_name, roles, scopes, clients), index in _exemptions(listener).items():
+        exempt: list[rbac_pb2.Principal] = [
+            rbac_pb2.Principal(remote_ip=core_address_pb2.CidrRange(address_prefix=a, prefix_len=uint32(int(n))))
+            for a, n in (c.split("/") for c in clients)
+        ]
+        provider = providers.get(provider_name) if provider_name else None
+        if provider is not None:
+            exempt.extend(role_principal(provider, role) for role in roles)
+            exempt.extend(scope_principal(provider, (scope,)) for scope in scopes)
+        counted = rbac_pb2.Policy(
+            permissions=[rbac_pb2.Permission(any=True)],
+            principals=[rbac_pb2.Principal(not_id=rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=exempt)))]
+            if exempt
+            else [rbac_pb2.Principal(any=True)],
+        )
+        config = rbac_filter_pb2.RBAC(
+            shadow_rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY, policies={COUNTED: counted}),
+            shadow_rules_stat_prefix=_prefix(index),
+        )
+        out.append(hcm_pb2.HttpFilter(name=f"{EXEMPT_FILTER}-{index}", typed_config=packed(config)))
     return out
 
 
@@ -249,7 +331,7 @@ def local_filter(stage: int):  # type: ignore[no-untyped-def]
                     if rl.id not in chosen:
                         continue
                     windows = dict(rl.windows)
-                    for unit, _actions, entries in _descriptors(rl, op, providers):
+                    for unit, _actions, entries in _descriptors(rl, op, providers, listener):
                         shape = tuple(entries)
                         if shape in seen:
                             continue
