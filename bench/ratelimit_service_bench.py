@@ -17,7 +17,8 @@ Part 2, the service end to end: real service processes (1, then 2, sharing one R
 limits from a fake control plane over ADS, ShouldRateLimit calls from load-generator
 processes (two descriptors per call: minute + hour for one of 1,000 consumers). It reports
 decisions per second, CPU per decision of the service, Redis and the load generators, and the
-latency of one call at a time (p50, p99).
+latency of one call at a time (p50, p99). The floor, measured in each round the same way, is
+a bare grpc.aio server answering OK at once: what gRPC in Python costs before any counting.
 
     python bench/ratelimit_service_bench.py [--seconds 3] [--rounds 3]
 """
@@ -213,17 +214,56 @@ def _run_loadgens(
     return outputs, cpu
 
 
+async def _floor_server(port: int) -> None:
+    """A grpc.aio RateLimitService that answers OK at once: what gRPC in Python costs alone."""
+    import grpc
+    from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+    answer = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.Code.OK)
+
+    class Constant(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+        async def ShouldRateLimit(self, request: Any, context: Any) -> Any:
+            return answer
+
+    server = grpc.aio.server()
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(Constant(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def _start_floor(port: int) -> subprocess.Popen[bytes]:
+    import socket
+
+    proc = subprocess.Popen([sys.executable, __file__, "--floor-server", str(port)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the floor server did not start")
+
+
 def _service_round(workdir: Path, redis: Any, ads: Any, processes: int, seconds: float) -> dict[str, float]:
-    from tests.redis_harness import RateLimitService
+    """``processes`` service processes (0: the bare gRPC floor) under load."""
+    from tests.redis_harness import RateLimitService, free_port
 
     services = [
         RateLimitService(workdir, ads.address, ["--redis", redis.url], test_clock=False) for _ in range(processes)
     ]
+    floor: subprocess.Popen[bytes] | None = None
     try:
-        for s in services:
-            s.start()
-        targets = [s.address for s in services]
-        pids = [s.proc.pid for s in services if s.proc is not None]
+        if processes:
+            for s in services:
+                s.start()
+            targets = [s.address for s in services]
+            pids = [s.proc.pid for s in services if s.proc is not None]
+        else:
+            port = free_port()
+            floor = _start_floor(port)
+            targets, pids = [f"127.0.0.1:{port}"], [floor.pid]
         # Throughput: two load generators, 32 calls in flight each, spread over the processes.
         before = [cpu_seconds(p) for p in pids], cpu_seconds(redis.proc.pid)
         children_before = os.times().children_user + os.times().children_system
@@ -247,15 +287,22 @@ def _service_round(workdir: Path, redis: Any, ads: Any, processes: int, seconds:
     finally:
         for s in services:
             s.stop()
+        if floor is not None:
+            floor.terminate()
+            floor.wait(10)
 
 
 def main() -> int:
     if "--loadgen" in sys.argv:
         loadgen_main([a for a in sys.argv[1:] if a != "--loadgen"])
         return 0
+    if sys.argv[1:2] == ["--floor-server"]:
+        asyncio.run(_floor_server(int(sys.argv[2])))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, in alternating orders (default %(default)s)")
+    p.add_argument("--floor-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     from tests.redis_harness import FakeAds, RedisServer, domain_resource
@@ -268,11 +315,11 @@ def main() -> int:
         ads.push([domain_resource("gateway", {"per-consumer": {"windows": {"minute": 10**9, "hour": 10**9}}})], "v1")
         try:
             strategy_rounds: list[dict[str, dict[str, float]]] = []
-            service_rounds: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+            service_rounds: dict[int, list[dict[str, float]]] = {0: [], 1: [], 2: []}
             for r in range(args.rounds):
                 assert redis.proc is not None
                 strategy_rounds.append(asyncio.run(_strategies(redis.url, redis.proc.pid, args.seconds)))
-                for processes in (1, 2) if r % 2 == 0 else (2, 1):
+                for processes in (0, 1, 2) if r % 2 == 0 else (2, 1, 0):
                     service_rounds[processes].append(_service_round(workdir, redis, ads, processes, args.seconds))
         finally:
             ads.close()
@@ -295,16 +342,19 @@ def main() -> int:
     )
     print("\n## The service (ShouldRateLimit, minute + hour descriptors, 1,000 consumers)\n")
     rows = []
+    floor_cpu = [x["service_cpu_us"] for x in service_rounds[0]]
     for processes, results in service_rounds.items():
 
         def col(key: str, rs: list[dict[str, float]] = results) -> list[float]:
             return [x[key] for x in rs]
 
+        name = f"{processes} process{'es' if processes > 1 else ''}" if processes else "floor: bare gRPC, constant OK"
         rows.append(
             [
-                f"{processes} process{'es' if processes > 1 else ''}",
+                name,
                 spread(col("per_second")),
                 spread(col("service_cpu_us")),
+                spread([c / f for c, f in zip(col("service_cpu_us"), floor_cpu, strict=True)]),
                 spread(col("redis_cpu_us")),
                 spread(col("loadgen_cpu_us")),
                 spread(col("p50_us")),
@@ -318,6 +368,7 @@ def main() -> int:
                 "service",
                 "decisions/s",
                 "service CPU µs/decision",
+                "x floor (same round)",
                 "Redis CPU µs",
                 "load gen CPU µs",
                 "p50 µs (1 in flight)",
