@@ -189,21 +189,14 @@ class _Batcher:
 
     async def _send(self, batch: list[tuple[list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            if len(batch) == 1:
-                replies: list[Any] = [await _evalsha(self.client, batch[0][0])]
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for arguments, _ in batch:
-                    pipe.evalsha(COUNT_SCRIPT_SHA, *arguments)
-                replies = await pipe.execute(raise_on_error=False)
-                if any(isinstance(r, redis_errors.NoScriptError) for r in replies):
-                    await self.client.script_load(COUNT_SCRIPT)
-                    replies = [
-                        await self.client.evalsha(COUNT_SCRIPT_SHA, *a)
-                        if isinstance(r, redis_errors.NoScriptError)
-                        else r
-                        for r, (a, _) in zip(replies, batch, strict=True)
-                    ]
+            replies = await self._pipeline([a for a, _ in batch])
+            missing = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
+            if missing:
+                # A fresh, restarted or newly promoted Redis has no script cache: load, and send those again.
+                await self.client.script_load(COUNT_SCRIPT)
+                again = await self._pipeline([batch[i][0] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -218,6 +211,12 @@ class _Batcher:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _pipeline(self, calls: list[list[Any]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for arguments in calls:
+            pipe.evalsha(COUNT_SCRIPT_SHA, *arguments)
+        return list(await pipe.execute(raise_on_error=False))
 
 
 _IN_FLIGHT: set[asyncio.Future[Any]] = set()  # pipelines sent and not yet answered (kept from the GC)
