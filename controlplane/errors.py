@@ -4,7 +4,8 @@
 
     ControlPlaneError                 base of everything we raise on purpose
     ├── InputError                    bad specs or policies; carries every Diagnostic found
-    └── EnvoyRejectedError            Envoy refused a generated configuration
+    ├── EnvoyRejectedError            Envoy refused a generated configuration
+    └── CounterUnavailableError       Redis did not count (ratelimit/store.py: redis errors mapped there)
 
 Third-party exceptions (PyYAML, json, jsonschema, protobuf) are caught at the boundary
 where they arise and turned into a :class:`Diagnostic` with a location, so that a user
