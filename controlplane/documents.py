@@ -95,8 +95,8 @@ class Document:
         if self._nodes is None:
             try:
                 self._nodes = yaml.compose(self.raw, Loader=_Loader)
-            except yaml.YAMLError:  # JSON that YAML does not read (some escapes): only the whole is known
-                return 1 if not ptr else None
+            except yaml.YAMLError:  # what PyYAML does not read (some JSON escapes, odd tags): only the whole is known
+                return 1
         node = self._nodes
         if node is None:
             return 1  # an empty document: the whole file

@@ -90,7 +90,15 @@ def merge(
 
 
 def _checked(spec: Mapping[str, Any], where: ir.Source, diags: Diagnostics) -> Mapping[str, Any]:
-    """``spec`` with its exempt client ranges normalized (``10.0.0.1`` → ``10.0.0.1/32``); a bad one is an error."""
+    """``spec`` with its exempt client ranges normalized (``10.0.0.1`` → ``10.0.0.1/32``); a bad one,
+    or no window, is an error."""
+    if not any(unit in spec for unit in UNITS):
+        diags.error(
+            "a rate limit needs at least one window: second, minute, hour or day (requests allowed in it)",
+            where.file,
+            where.pointer,
+            "ratelimit",
+        )
     clients = (spec.get("exempt") or {}).get("clients")
     if not clients:
         return spec
@@ -103,6 +111,8 @@ def read_section(section: Mapping[str, Any], file: str, diags: Diagnostics) -> l
     seen: dict[str, str] = {}
     for i, spec in enumerate(section.get("limits", [])):
         ptr = f"/rateLimits/limits/{i}"
+        if spec is None or "name" not in spec or "by" not in spec:  # wrong, and reported
+            continue
         if spec["name"] in seen:
             diags.error(
                 f"rate limit {spec['name']!r} is defined twice (also at {seen[spec['name']]})",
@@ -128,6 +138,8 @@ def check_names(section: Mapping[str, Any], file: str, apis: set[str], listeners
     """Gateway-wide limits naming an API or listener that does not exist are errors: a typo
     would leave the intended calls unlimited."""
     for i, spec in enumerate(section.get("limits", [])):
+        if spec is None:
+            continue
         for kind, known in (("apis", apis), ("listeners", listeners)):
             for j, name in enumerate(spec.get(kind, [])):
                 if name not in known:

@@ -167,8 +167,8 @@ _WHERE_SERVED = ("listeners", "pathPrefix", "upstreamPathPrefix")
 def usable_policy(data: dict[str, Any]) -> dict[str, Any]:
     """The usable parts of a policy that :func:`check` rejected (see :func:`usable`).
 
-    Items of ``listeners``, ``upstreams``, ``apis``, ``auth.providers`` and ``ipAllowlists``
-    keep their index; one with nothing usable left is None. An api whose paths or listeners
+    Items of ``listeners``, ``upstreams``, ``apis``, ``auth.providers``, ``ipAllowlists`` and
+    ``rateLimits.limits`` keep their index; one with nothing usable left is None. An api whose paths or listeners
     are wrong is checked but served on no listener: its routes would be guesses, and their
     conflicts noise.
     """
@@ -190,6 +190,10 @@ def usable_policy(data: dict[str, Any]) -> dict[str, Any]:
             out[key] = {"providers": [usable(item, "jwtProvider") for item in value["providers"]]}
         elif key == "ipAllowlists" and isinstance(value, list):
             out[key] = [usable(item, "ipAllowlist") for item in value]
+        elif key == "rateLimits" and isinstance(value, dict) and isinstance(value.get("limits"), list):
+            # each limit on its own, so that its names are still checked (the service's place is
+            # not needed to report errors)
+            out[key] = {"limits": [usable(item, "gatewayRateLimit") for item in value["limits"]]}
     return out
 
 
