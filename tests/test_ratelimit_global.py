@@ -331,3 +331,11 @@ def test_a_changed_limit_applies_live_and_keeps_unrelated_counters(rig: Rig, ech
     assert [rig.request("GET", "/shop/orders", kim).status for _ in range(3)] == [200, 200, 429]
     # the login counter (another limit) was not reset either: 2 left of 5
     assert [rig.request("POST", "/shop/login", login).status for _ in range(3)] == [200, 200, 429]
+
+
+def test_status_shows_the_services_in_sync_beside_the_envoys(rig: Rig) -> None:
+    nodes = rig.plane.status()["nodes"]
+    services = [n for n in nodes if n["node"].startswith("ratelimit-")]
+    assert len(services) == 2, nodes
+    for node in services:
+        assert node["types"]["ratelimits"]["state"] == "SYNCED", node

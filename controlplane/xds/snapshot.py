@@ -34,7 +34,15 @@ def decode_details(texts: dict[str, str]) -> dict[str, list[tuple[str, Source]]]
 
 
 # ADS order: clusters before their endpoints, listeners before their routes ("make before break").
-TYPE_ORDER = (Resources.CLUSTER, Resources.ENDPOINT, Resources.LISTENER, Resources.SCOPED_ROUTE, Resources.ROUTE)
+# The rate-limit service's configuration (the only type it asks for) last.
+TYPE_ORDER = (
+    Resources.CLUSTER,
+    Resources.ENDPOINT,
+    Resources.LISTENER,
+    Resources.SCOPED_ROUTE,
+    Resources.ROUTE,
+    Resources.RATELIMIT,
+)
 # Types whose wildcard subscription is the full state: a response must never be partial.
 # Envoy subscribes to scoped route configurations as a wildcard too.
 FULL_STATE_TYPES = frozenset({Resources.LISTENER, Resources.CLUSTER, Resources.SCOPED_ROUTE})
