@@ -11,17 +11,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
+import functools
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..xds.admin import AdminServer, Handler, json_answer
 from .clock import Clock, TestClock
 from .config import Config
 from .metrics import Metrics
@@ -29,11 +28,7 @@ from .metrics import Metrics
 log = logging.getLogger("controlplane.ratelimit.admin")
 
 Answer = tuple[int, str, bytes]
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
-
-
-def _json(status: int, data: Any) -> Answer:
-    return status, "application/json", (json.dumps(data, indent=2) + "\n").encode()
+_json = json_answer
 
 
 def config_view(config: Config | None) -> dict[str, Any] | None:
@@ -60,16 +55,18 @@ class Admin:
         self.clock = clock
         self.healthy = healthy
         self.config = config
-        self.server: asyncio.Server | None = None
+        paths = ("/healthz", "/ready", "/metrics", "/config", "/clock")
+        get: dict[str, Handler] = {path: functools.partial(self._get, path) for path in paths}
+        self.server = AdminServer(get, post={"/clock": functools.partial(self._clock, "POST")})
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._serve, host, port)
-        return int(self.server.sockets[0].getsockname()[1])
+        return await self.server.start(host, port)
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        await self.server.close()
+
+    def _get(self, path: str, query: dict[str, list[str]]) -> Answer:
+        return self.answer("GET", path, query)
 
     def answer(self, method: str, path: str, query: dict[str, list[str]]) -> Answer:
         if path in ("/healthz", "/ready"):
@@ -108,29 +105,3 @@ class Admin:
             return _json(400, {"error": str(exc)})
         log.info("test clock now %.3f", now)
         return _json(200, {"now": now})
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 10)
-            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = line.decode("latin-1").split()
-            if len(parts) < 2:
-                return
-            method, url = parts[0], urlsplit(parts[1])
-            if method not in ("GET", "HEAD", "POST"):
-                status, ctype, body = _json(405, {"error": "GET, HEAD or POST"})
-            else:
-                try:
-                    status, ctype, body = self.answer(method, url.path, parse_qs(url.query))
-                except Exception as exc:  # an endpoint failing must not take the admin port down
-                    log.exception("admin endpoint %s failed", url.path)
-                    status, ctype, body = _json(500, {"error": str(exc)})
-            reason = _REASONS.get(status, "Service Unavailable" if status == 503 else "Error")
-            head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n"
-            writer.write((head + "connection: close\r\n\r\n").encode() + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()

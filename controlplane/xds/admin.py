@@ -29,13 +29,27 @@ Answer = tuple[int, str, bytes]
 Handler = Callable[[dict[str, list[str]]], Answer | Awaitable[Answer]]
 
 
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
 def json_answer(status: int, data: Any) -> tuple[int, str, bytes]:
     return status, "application/json", (json.dumps(data, indent=2) + "\n").encode()
 
 
 class AdminServer:
-    def __init__(self, routes: dict[str, Handler]):
+    """A small HTTP/1.1 server for admin endpoints: ``routes`` answer GET (and HEAD), ``post``
+    routes answer POST. The control plane's and the rate-limit service's admin ports."""
+
+    def __init__(self, routes: dict[str, Handler], post: dict[str, Handler] | None = None):
         self.routes = routes
+        self.post = post or {}
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -57,11 +71,12 @@ class AdminServer:
                 return
             method, target = parts[0], parts[1]
             url = urlsplit(target)
-            handler = self.routes.get(url.path)
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = json_answer(405, {"error": "only GET"})
+            handler = (self.post if method == "POST" else self.routes).get(url.path)
+            if method not in ("GET", "HEAD", "POST") or (method == "POST" and not self.post):
+                status, ctype, body = json_answer(405, {"error": "GET or HEAD" + (", POST" if self.post else "")})
             elif handler is None:
-                status, ctype, body = json_answer(404, {"error": f"no such endpoint; try {sorted(self.routes)}"})
+                endpoints = sorted(self.routes) + [f"POST {p}" for p in sorted(self.post)]
+                status, ctype, body = json_answer(404, {"error": f"no such endpoint; try {endpoints}"})
             else:
                 try:
                     answer = handler(parse_qs(url.query))
@@ -71,11 +86,9 @@ class AdminServer:
                 except Exception as exc:  # an endpoint failing must not kill the admin server
                     log.exception("admin endpoint %s failed", url.path)
                     status, ctype, body = json_answer(500, {"error": str(exc)})
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}.get(
-                status, "Error"
-            )
+            reason = _REASONS.get(status, "Error")
             head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n"
-            writer.write((head + "connection: close\r\n\r\n").encode() + (body if method == "GET" else b""))
+            writer.write((head + "connection: close\r\n\r\n").encode() + (b"" if method == "HEAD" else body))
             await writer.drain()
         except (TimeoutError, ConnectionError):
             pass
