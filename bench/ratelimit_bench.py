@@ -39,7 +39,7 @@ minute: exactly L allowed, through 1 and 2 service processes).
 Goals (issue 9): a local limit costs <= 5% of plain capacity; a global limit keeps >= 0.6x
 plain with the service's and Redis's CPU counted; service decision p99 < 2 ms; exact counts.
 
-    python bench/ratelimit_bench.py            # about 3.5 minutes
+    python bench/ratelimit_bench.py            # about 2.5 minutes
     python bench/ratelimit_bench.py --quick    # under a minute: a smoke run
 """
 
@@ -343,6 +343,8 @@ class Rig:
         }
         result["rps"] = count / out["wall"]
         result["total_us"] = result["envoy_us"] + result["service_us"] + result["redis_us"]
+        # How much of the machine the four took: near the core count, the run was CPU-bound.
+        result["cores"] = (result["total_us"] + result["client_us"]) * result["rps"] / 1e6
         if metrics_before:
             metrics_after = [scrape(s) for s in self.services]
             per_service = [calls(a) - calls(b) for b, a in zip(metrics_before, metrics_after, strict=True)]
@@ -495,7 +497,8 @@ def report(
     print(
         f"\nOne Envoy --concurrency 1, {args.connections} keep-alive connections (one request in flight each), "
         f"runs of about {args.seconds:g} s, {args.rounds} rounds in shuffled orders; median (min-max). "
-        "CPU per request from /proc; total = Envoy + rate-limit services + Redis (the client's is apart). "
+        "CPU per request from /proc; total = Envoy + rate-limit services + Redis (the client's is apart); "
+        "cores busy: all of them and the client together, CPU seconds per second. "
         "Ratios per round, against plain in the same round."
     )
     rows = []
@@ -511,6 +514,7 @@ def report(
                 spread(col(case, "rps")),
                 spread(throughput(case)),
                 spread(col(case, "client_us")),
+                spread(col(case, "cores")),
             ]
         )
     print(
@@ -525,6 +529,7 @@ def report(
                 "requests/s",
                 "requests/s vs plain",
                 "client µs/req",
+                "cores busy",
             ],
             rows,
         )
