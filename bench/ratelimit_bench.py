@@ -39,7 +39,7 @@ minute: exactly L allowed, through 1 and 2 service processes).
 Goals (issue 9): a local limit costs <= 5% of plain capacity; a global limit keeps >= 0.6x
 plain with the service's and Redis's CPU counted; service decision p99 < 2 ms; exact counts.
 
-    python bench/ratelimit_bench.py            # about 2.5 minutes
+    python bench/ratelimit_bench.py            # about 3 minutes
     python bench/ratelimit_bench.py --quick    # under a minute: a smoke run
 """
 
