@@ -13,15 +13,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
-from envoy.service.ratelimit.v3 import rls_pb2_grpc
-
 from . import store
 from .admin import Admin
 from .clock import Clock, TestClock
 from .config import Config
+from .h2 import GrpcH2Server
 from .metrics import Metrics
-from .service import Decider, RateLimitServicer
+from .service import Decider, ShouldRateLimit
 from .xds_client import ConfigSubscriber, XdsOptions
 
 log = logging.getLogger("controlplane.ratelimit")
@@ -191,11 +189,11 @@ class Service:
             await asyncio.sleep(PING_INTERVAL)
 
     async def run(self, stop: asyncio.Event) -> None:
-        server = grpc.aio.server(options=[("grpc.keepalive_permit_without_calls", 1)])
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitServicer(self.decider), server)
+        server = GrpcH2Server(ShouldRateLimit.METHOD, ShouldRateLimit(self.decider))
+        host, _, port = self.opts.listen.rpartition(":")
         try:
-            server.add_insecure_port(self.opts.listen)
-        except RuntimeError as exc:
+            await server.start(host.strip("[]") or "0.0.0.0", int(port))
+        except (OSError, ValueError) as exc:
             raise SystemExit(f"ratelimit: cannot listen on {self.opts.listen}: {exc}") from exc
         try:
             admin_port = await self.admin.start(self.opts.admin_address, self.opts.admin_port)
@@ -203,7 +201,6 @@ class Service:
             raise SystemExit(
                 f"ratelimit: cannot open the admin port {self.opts.admin_address}:{self.opts.admin_port}: {exc}"
             ) from exc
-        await server.start()
         tasks = [asyncio.create_task(self.subscriber.run()), asyncio.create_task(self._keep_pinging())]
         log.info(
             "rate-limit service on %s (admin http://%s:%d, node %s, xDS %s, %s)",

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf.message import DecodeError
 
+from . import h2
 from .clock import Clock
 from .config import UNITS, WINDOWS, Config, Limit
 from .metrics import Metrics
@@ -216,18 +217,28 @@ def _metadata(refusals: list[_Over], shadows: list[str]) -> struct_pb2.Struct:
     return metadata
 
 
-class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+class ShouldRateLimit:
+    """The method, apart from its transport (``h2.GrpcH2Server``): request bytes in, (gRPC status,
+    message, response bytes) out. UNAVAILABLE until the first config and whenever Redis did not
+    count: Envoy then applies each limit's fail-open or fail-closed choice."""
+
+    METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+
     def __init__(self, decider: Decider):
         self.decider = decider
         self.metrics = decider.metrics
         self.unavailable_log = LogThrottle()
 
-    async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def __call__(self, message: bytes) -> tuple[int, str, bytes]:
         started = time.perf_counter()
         metrics = self.metrics
         if self.decider.config is None:
             metrics.requests.labels(answer="unavailable").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no rate-limit configuration received yet")
+            return h2.UNAVAILABLE, "no rate-limit configuration received yet", b""
+        try:
+            request = rls_pb2.RateLimitRequest.FromString(message)
+        except DecodeError:
+            return h2.INTERNAL, "the request is not a RateLimitRequest", b""
         try:
             response = await self.decider.decide(request)
         except CounterUnavailableError as exc:
@@ -236,7 +247,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             held = self.unavailable_log.allow(exc.kind)
             if held is not None:
                 log.warning("answering UNAVAILABLE: %s%s", exc, f" ({held} more since the last line)" if held else "")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            return h2.UNAVAILABLE, str(exc), b""
         metrics.requests.labels(answer="over_limit" if response.overall_code == OVER_LIMIT else "ok").inc()
         metrics.decision_seconds.observe(time.perf_counter() - started)
-        return response
+        return h2.OK, "", response.SerializeToString()

@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -42,6 +43,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from ..errors import ControlPlaneError
+from .resp import RespClient
 
 log = logging.getLogger("controlplane.ratelimit.store")
 
@@ -213,6 +215,8 @@ class _Batcher:
                 future.set_result(reply)
 
     async def _pipeline(self, calls: list[list[Any]]) -> list[Any]:
+        if isinstance(self.client, RespClient):
+            return await self.client.execute([["EVALSHA", COUNT_SCRIPT_SHA, *arguments] for arguments in calls])
         pipe = self.client.pipeline(transaction=False)
         for arguments in calls:
             pipe.evalsha(COUNT_SCRIPT_SHA, *arguments)
@@ -307,9 +311,15 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def single(url: str, timeout: float) -> Counter:
-    client = aioredis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_no_retry(), health_check_interval=0
-    )
+    """A single Redis: redis:// URLs through the service's own client (``resp.py``), others
+    (rediss://, unix://) through redis-py."""
+    client: Any
+    if urlsplit(url).scheme == "redis":
+        client = RespClient(url, timeout)
+    else:
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_no_retry(), health_check_interval=0
+        )
     return Counter(client, timeout, f"Redis at {url}")
 
 
