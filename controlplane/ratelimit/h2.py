@@ -372,7 +372,8 @@ class GrpcH2Server:
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._protocol, host, port)
+        # several processes may listen on one port: the kernel spreads connections over them
+        self.server = await loop.create_server(self._protocol, host, port, reuse_port=True)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self, grace: float = 1.0) -> None:
