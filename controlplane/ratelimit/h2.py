@@ -11,9 +11,10 @@ HTTP/2 and gRPC it needs is small:
   (static-table and literal fields only, so the peer's decoder state never depends on ours);
 - flow control: the service opens its receive windows wide at the start and tops them up as
   data arrives; what it sends is a few hundred bytes per call, held back only if the peer's
-  window is ever smaller;
+  window is ever smaller (then sent as the window opens, in frames no larger than the peer's
+  SETTINGS_MAX_FRAME_SIZE);
 - each request stream's body is one length-prefixed gRPC message (uncompressed); its answer
-  is HEADERS, one DATA frame, and trailers with ``grpc-status``;
+  is HEADERS, DATA (one frame unless flow control splits it), and trailers with ``grpc-status``;
 - PING is answered, SETTINGS acknowledged, RST_STREAM cancels the stream's decision, GOAWAY
   ends the connection once its streams are answered. Anything else is a protocol error:
   GOAWAY and close.
@@ -40,10 +41,12 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
-PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0x1, 0x3, 0x6
+PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0x1, 0x3, 0x6, 0xB
 DEFAULT_WINDOW = 65_535
 OPEN_WINDOW = (1 << 31) - 1
 MAX_MESSAGE = 4 << 20  # a request larger than this is refused (RESOURCE_EXHAUSTED)
+MAX_FRAME = 16_384  # the largest frame taken in: the default, as no SETTINGS_MAX_FRAME_SIZE is sent
+MAX_HEADER_BLOCK = 64 << 10  # a longer header block (HEADERS + CONTINUATION) ends the connection
 
 OK, UNIMPLEMENTED, RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE = 0, 12, 8, 13, 14
 
@@ -101,8 +104,9 @@ class GrpcH2Protocol(asyncio.Protocol):
         self.peer_window = DEFAULT_WINDOW  # connection-level send window
         self.peer_initial = DEFAULT_WINDOW  # each new stream's send window
         self.stream_windows: dict[int, int] = {}
-        self.pending: list[tuple[int, bytes, bytes]] = []  # (stream, DATA payload, trailers) held by flow control
-        self.max_frame = 16_384
+        self.pending: dict[int, tuple[bytes, bytes]] = {}  # stream: (DATA left to send, trailers) held by flow control
+        self.max_frame = 16_384  # the largest frame the peer takes
+        self.failed = False  # a protocol error: nothing more is read
         self.received = 0  # bytes of DATA taken in since the last connection WINDOW_UPDATE
         self.closing = False
         # Answers made in one turn of the event loop leave in one write (one system call for
@@ -128,19 +132,21 @@ class GrpcH2Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if not self.preface:
-            if len(self.buffer) < len(PREFACE):
-                return
-            if bytes(self.buffer[: len(PREFACE)]) != PREFACE:
+            head = bytes(self.buffer[: len(PREFACE)])
+            if not PREFACE.startswith(head):
                 self._fail(PROTOCOL_ERROR, "not an HTTP/2 client (no connection preface)")
+                return
+            if len(head) < len(PREFACE):
                 return
             del self.buffer[: len(PREFACE)]
             self.preface = True
         buf = self.buffer
         offset = 0
         size = len(buf)
-        while size - offset >= 9 and not self.closing:
+        # (a closing connection still reads: its streams' data, WINDOW_UPDATEs and RST_STREAMs)
+        while size - offset >= 9 and not self.failed:
             length = int.from_bytes(buf[offset : offset + 3], "big")
-            if length > self.max_frame and length > 16_384:
+            if length > MAX_FRAME:
                 self._fail(FRAME_SIZE_ERROR, f"frame of {length} bytes")
                 return
             end = offset + 9 + length
@@ -168,7 +174,7 @@ class GrpcH2Protocol(asyncio.Protocol):
 
     def _fail(self, code: int, why: str) -> None:
         log.info("closing an HTTP/2 connection: %s", why)
-        self.closing = True
+        self.closing = self.failed = True
         if self.transport is not None:
             self.transport.write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, code) + why.encode()[:100]))
             self.transport.close()
@@ -186,6 +192,9 @@ class GrpcH2Protocol(asyncio.Protocol):
                 self._fail(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
                 return
             stream.headers += payload
+            if len(stream.headers) > MAX_HEADER_BLOCK:
+                self._fail(ENHANCE_YOUR_CALM, f"a header block over {MAX_HEADER_BLOCK} bytes")
+                return
             if flags & END_HEADERS:
                 self.continuing = None
                 self._header_block(stream)
@@ -209,12 +218,13 @@ class GrpcH2Protocol(asyncio.Protocol):
         elif kind == RST_STREAM:
             stream = self.streams.pop(stream_id, None)
             self.stream_windows.pop(stream_id, None)
+            self.pending.pop(stream_id, None)
             if stream is not None and stream.task is not None:
                 stream.task.cancel()
+            self._maybe_close()
         elif kind == GOAWAY:
             self.closing = True
-            if not self.streams and self.transport is not None:
-                self.transport.close()
+            self._maybe_close()
         elif kind == PUSH_PROMISE:
             self._fail(PROTOCOL_ERROR, "a client may not push")
         # PRIORITY and unknown types are ignored, as RFC 9113 says
@@ -228,6 +238,9 @@ class GrpcH2Protocol(asyncio.Protocol):
                 for sid in self.stream_windows:
                     self.stream_windows[sid] += delta
             elif ident == SETTINGS_MAX_FRAME_SIZE:
+                if not 16_384 <= value < 1 << 24:
+                    self._fail(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
+                    return
                 self.max_frame = value
         if self.transport is not None:
             self.transport.write(frame(SETTINGS, ACK, 0))
@@ -240,6 +253,9 @@ class GrpcH2Protocol(asyncio.Protocol):
         start = 0
         end = len(payload)
         if flags & PADDED:
+            if not payload:
+                self._fail(PROTOCOL_ERROR, "PADDED HEADERS without a pad length")
+                return
             start, end = 1, end - payload[0]
         if flags & PRIORITY_FLAG:
             start += 5
@@ -323,11 +339,12 @@ class GrpcH2Protocol(asyncio.Protocol):
             return
         payload = b"\x00" + _HEAD.pack(len(response)) + response
         window = self.stream_windows.get(stream_id, self.peer_initial)
-        if len(payload) > min(self.peer_window, window) or self.pending:
-            self.pending.append((stream_id, payload, end))
-            self._write(frame(HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS))
+        if len(payload) <= min(self.peer_window, window, self.max_frame):
+            self._send(stream_id, payload, end, headers=True)
             return
-        self._send(stream_id, payload, end, headers=True)
+        self._write(frame(HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS))
+        self.pending[stream_id] = (payload, end)
+        self._flush_pending()
 
     def _send_trailers_only(self, stream_id: int, end: bytes) -> None:
         assert self.transport is not None
@@ -343,13 +360,23 @@ class GrpcH2Protocol(asyncio.Protocol):
         self._write(out)
 
     def _flush_pending(self) -> None:
-        while self.pending and self.transport is not None:
-            stream_id, payload, end = self.pending[0]
-            window = self.stream_windows.get(stream_id, self.peer_initial)
-            if len(payload) > min(self.peer_window, window):
-                return
-            self.pending.pop(0)
-            self._send(stream_id, payload, end, headers=False)
+        """Sends what the windows allow of each held answer (one stream's closed window holds no other)."""
+        for stream_id, (payload, end) in list(self.pending.items()):
+            window = min(self.peer_window, self.stream_windows.get(stream_id, self.peer_initial))
+            if window <= 0:
+                continue
+            now, rest = payload[:window], payload[window:]
+            self.peer_window -= len(now)
+            self.stream_windows[stream_id] = self.stream_windows.get(stream_id, self.peer_initial) - len(now)
+            step = self.max_frame
+            out = b"".join(frame(DATA, 0, stream_id, now[i : i + step]) for i in range(0, len(now), step))
+            if rest:
+                self.pending[stream_id] = (rest, end)
+            else:
+                del self.pending[stream_id]
+                self.stream_windows.pop(stream_id, None)
+                out += frame(HEADERS, END_HEADERS | END_STREAM, stream_id, end)
+            self._write(out)
 
     def _maybe_close(self) -> None:
         if self.closing and not self.streams and not self.pending and not self.out and self.transport is not None:
