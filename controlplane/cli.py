@@ -20,6 +20,7 @@ from .compiler import CompileResult, compile
 from .envoybin import envoy_validate
 from .errors import Severity, grouped
 from .output import write
+from .ratelimit.options import parser as ratelimit_parser
 from .resources import Resources, to_dict, write_message
 
 
@@ -384,13 +385,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--delta", action="store_true", help="Envoy uses delta xDS")
     r.set_defaults(func=cmd_run)
 
+    # (main() hands everything after `ratelimit` to the service's own parser; listed here for --help)
     rl = sub.add_parser(
         "ratelimit",
+        parents=[ratelimit_parser(add_help=False)],
         help="the rate-limit service (gRPC, counts in Redis; its limits come from the control plane over xDS)",
-        add_help=False,  # its own options, --help included: python -m controlplane ratelimit --help
     )
-    rl.add_argument("args", nargs=argparse.REMAINDER)
-    rl.set_defaults(func=cmd_ratelimit)
+    rl.set_defaults(func=lambda args: cmd_ratelimit(argparse.Namespace(args=sys.argv[2:])))
     return p
 
 

@@ -120,7 +120,9 @@ def describe_value(value: Any, limit: int = 60) -> str:
     if len(text) <= limit:
         return text
     if isinstance(value, dict):
-        keys = ", ".join(map(str, list(value)[:4])) + (", …" if len(value) > 4 else "")
+        # (a key with a line break or other control character is shown as repr shows it: one line)
+        shown = [k if isinstance(k, str) and k.isprintable() else repr(k) for k in list(value)[:4]]
+        keys = ", ".join(shown) + (", …" if len(value) > 4 else "")
         return f"an object with {len(value)} key(s) ({keys})"
     if isinstance(value, list):
         return f"a list of {len(value)} item(s)"

@@ -1299,3 +1299,12 @@ def test_property_inputs_are_valid_before_damage() -> None:
     """The mutations start from examples that compile, so what breaks is the mutation."""
     result = compile([str(SPECS)])
     assert result.ok, "\n".join(map(str, result.errors))
+
+
+def test_a_key_with_a_line_break_is_described_on_one_line() -> None:
+    """Found by the damaged-examples property: a policy key ending in a newline made a
+    two-line message, which breaks every ``file:line: message`` reader."""
+    from controlplane.errors import describe_value
+
+    text = describe_value({"0000000000000000000000000:0": 1, "000000000000\n": 2}, 20)
+    assert "\n" not in text and "'000000000000\\n'" in text

@@ -173,13 +173,13 @@ def _stages(rl: ir.RateLimit) -> tuple[int, ...]:
 
 
 def action_key(
-    op: ir.Operation, providers: dict[str, ir.JwtProvider], listener: ir.Listener | None
+    op: ir.Operation, providers: dict[str, ir.JwtProvider], listener: ir.Listener
 ) -> tuple[object, ...] | None:
     """What ``route_rate_limits`` reads of ``op``, for sharing route actions (None: no limits)."""
     if not op.rate_limits:
         return None
     used_providers = tuple(providers.get(rl.provider) for rl in op.rate_limits if rl.provider)
-    checks = _exemptions(listener) if listener is not None else {}
+    checks = _exemptions(listener)
     exemptions = tuple(checks.get(rl.exemption) for rl in op.rate_limits if rl.exemption is not None)
     return (op.name, op.rate_limits, op.auth.optional if op.auth else None, used_providers, exemptions)
 

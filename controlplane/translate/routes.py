@@ -140,7 +140,8 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
 def _action_key(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx: RouteContext) -> tuple[Any, ...]:
     # (build.py shares equal policies: mostly the same object, and then no dataclass __eq__)
     retry = _VHOST_RETRY if op.retry is default_retry or op.retry == default_retry else op.retry
-    limits = ratelimit.action_key(op, _providers(ctx), ctx[1] if ctx else None) if op.rate_limits else None
+    # (without a context, as without per-route auth configs: the routes alone, no rate limits)
+    limits = ratelimit.action_key(op, _providers(ctx), ctx[1]) if op.rate_limits and ctx is not None else None
     return (op.upstream, op.timeout_ms, op.host_rewrite, retry, op.rewrite_prefix, limits)
 
 
@@ -268,8 +269,7 @@ def _route_action(op: ir.Operation, retry: Any, ctx: RouteContext) -> rc.RouteAc
                 substitution=upstream_prefix.replace("\\", "\\\\"),
             )
         )
-    if op.rate_limits:
-        assert ctx is not None, "rate limits need their listener"
+    if op.rate_limits and ctx is not None:
         action.rate_limits.extend(ratelimit.route_rate_limits(op, _providers(ctx), ctx[1]))
     return action
 
