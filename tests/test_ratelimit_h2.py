@@ -672,3 +672,39 @@ def test_sigterm_answers_calls_in_flight_then_exits(tmp_path: Path, ads: FakeAds
     finally:
         peer.close()
         service.stop()
+
+
+def test_streams_past_the_advertised_maximum_are_refused_and_the_connection_goes_on(peer: Peer) -> None:
+    settings = peer.wait(lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags)
+    assert peer.frames[settings].settings.get(SettingsFrame.MAX_CONCURRENT_STREAMS) == 1000
+    # 1000 streams opened and left waiting for their bodies, then one more
+    opened = [1 + 2 * i for i in range(1000)]
+    peer.send(*(HeadersFrame(s, peer.block(), flags=["END_HEADERS"]) for s in opened))
+    extra = 1 + 2 * 1000
+    peer.send(HeadersFrame(extra, peer.block(), flags=["END_HEADERS"]))
+    at = peer.wait(lambda f: isinstance(f, RstStreamFrame) and f.stream_id == extra)
+    assert peer.frames[at].error_code == 0x7  # REFUSED_STREAM: the client may retry it
+    assert not any(isinstance(f, RstStreamFrame) and f.stream_id in opened for f in peer.frames)
+    # an open stream still completes, and once it has, a new stream is taken again
+    peer.send(DataFrame(opened[0], grpc_body(ask("under-the-cap")), flags=["END_STREAM"]))
+    assert peer.answer(opened[0]).status == GRPC_OK
+    peer.request(extra + 2, grpc_body(ask("after-the-cap", hits=3)))
+    assert peer.answer(extra + 2).remaining() == LIMIT - 3
+
+
+def test_request_bytes_held_per_connection_are_bounded(service: RateLimitService, peer: Peer) -> None:
+    assert service.proc is not None
+    before = rss(service.proc.pid)
+    chunk = b"\0" * 16_384
+    # streams each holding just under 4 MiB of an unfinished message: the fifth passes 16 MiB
+    for stream in (1, 3, 5, 7, 9):
+        peer.send(HeadersFrame(stream, peer.block(), flags=["END_HEADERS"]), DataFrame(stream, b"\0\x00\x40\x00\x00"))
+        peer.send(*(DataFrame(stream, chunk) for _ in range(255)))
+    refused = peer.answer(9)
+    assert refused.status == RESOURCE_EXHAUSTED and "in flight" in refused.trailers.get("grpc-message", "")
+    grown = rss(service.proc.pid) - before
+    assert grown < 40 << 20, f"the service grew by {grown >> 20} MiB"
+    # resetting the held streams frees their bytes: a new request is served
+    peer.send(*(RstStreamFrame(s, error_code=0x8) for s in (1, 3, 5, 7)))
+    peer.request(11, grpc_body(ask("after-the-hoard", hits=2)))
+    assert peer.answer(11).remaining() == LIMIT - 2

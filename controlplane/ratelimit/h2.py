@@ -45,6 +45,11 @@ PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0x1, 0
 DEFAULT_WINDOW = 65_535
 OPEN_WINDOW = (1 << 31) - 1
 MAX_MESSAGE = 4 << 20  # a request larger than this is refused (RESOURCE_EXHAUSTED)
+# Per connection: streams open at once (advertised; more are refused with REFUSED_STREAM), and
+# request bytes held for them (past it, the stream that would add more gets RESOURCE_EXHAUSTED).
+MAX_STREAMS = 1000
+MAX_BUFFERED = 16 << 20
+SETTINGS_MAX_CONCURRENT_STREAMS, REFUSED_STREAM = 0x3, 0x7
 MAX_FRAME = 16_384  # the largest frame taken in: the default, as no SETTINGS_MAX_FRAME_SIZE is sent
 MAX_HEADER_BLOCK = 64 << 10  # a longer header block (HEADERS + CONTINUATION) ends the connection
 
@@ -83,6 +88,7 @@ class _Stream:
     headers: bytearray = field(default_factory=bytearray)
     headers_done: bool = False
     ended: bool = False  # the client has sent END_STREAM
+    refused: bool = False  # past MAX_STREAMS: answered with RST_STREAM once its headers are read
     path: str = ""
     body: bytearray = field(default_factory=bytearray)
     task: asyncio.Task[None] | None = None
@@ -109,6 +115,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         self.failed = False  # a protocol error: nothing more is read
         self.received = 0  # bytes of DATA taken in since the last connection WINDOW_UPDATE
         self.closing = False
+        self.buffered = 0  # request body bytes held, all streams together
         # Answers made in one turn of the event loop leave in one write (one system call for
         # the dozens of calls a busy Envoy has in flight).
         self.out: list[bytes] = []
@@ -117,7 +124,9 @@ class GrpcH2Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        settings = struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, OPEN_WINDOW)
+        settings = struct.pack(
+            ">HIHI", SETTINGS_INITIAL_WINDOW_SIZE, OPEN_WINDOW, SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS
+        )
         transport.write(
             frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, _HEAD.pack(OPEN_WINDOW - DEFAULT_WINDOW))
         )
@@ -198,7 +207,9 @@ class GrpcH2Protocol(asyncio.Protocol):
             if flags & END_HEADERS:
                 self.continuing = None
                 self._header_block(stream)
-                if stream.ended:
+                if stream.refused:
+                    self._refuse(stream_id)
+                elif stream.ended:
                     self._complete(stream_id, stream)
         elif kind == DATA:
             self._data(flags, stream_id, payload)
@@ -216,7 +227,7 @@ class GrpcH2Protocol(asyncio.Protocol):
                 self.stream_windows[stream_id] += increment
             self._flush_pending()
         elif kind == RST_STREAM:
-            stream = self.streams.pop(stream_id, None)
+            stream = self._drop(stream_id)
             self.stream_windows.pop(stream_id, None)
             self.pending.pop(stream_id, None)
             if stream is not None and stream.task is not None:
@@ -264,7 +275,7 @@ class GrpcH2Protocol(asyncio.Protocol):
             return
         stream = self.streams.get(stream_id)
         if stream is None:
-            stream = self.streams[stream_id] = _Stream()
+            stream = self.streams[stream_id] = _Stream(refused=len(self.streams) >= MAX_STREAMS)
             self.stream_windows[stream_id] = self.peer_initial
         stream.headers = bytearray(payload[start:end])
         stream.ended = bool(flags & END_STREAM)
@@ -272,8 +283,21 @@ class GrpcH2Protocol(asyncio.Protocol):
             self.continuing = stream_id
             return
         self._header_block(stream)
-        if stream.ended:
+        if stream.refused:
+            self._refuse(stream_id)
+        elif stream.ended:
             self._complete(stream_id, stream)
+
+    def _refuse(self, stream_id: int) -> None:
+        """A stream past MAX_STREAMS (its header block decoded all the same: HPACK state)."""
+        self._drop(stream_id)
+        self._write(frame(RST_STREAM, 0, stream_id, _HEAD.pack(REFUSED_STREAM)))
+
+    def _drop(self, stream_id: int) -> _Stream | None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            self.buffered -= len(stream.body)
+        return stream
 
     def _header_block(self, stream: _Stream) -> None:
         """Every block is decoded (the decoder's table must follow the client's); the first
@@ -299,6 +323,10 @@ class GrpcH2Protocol(asyncio.Protocol):
         if len(stream.body) + len(body) > MAX_MESSAGE + 5:
             self._answer(stream_id, RESOURCE_EXHAUSTED, "request too large", b"")
             return
+        if self.buffered + len(body) > MAX_BUFFERED:
+            self._answer(stream_id, RESOURCE_EXHAUSTED, "too many request bytes in flight on this connection", b"")
+            return
+        self.buffered += len(body)
         stream.body += body  # (each stream may take OPEN_WINDOW bytes: no stream window update needed)
         if flags & END_STREAM:
             stream.ended = True
@@ -312,6 +340,8 @@ class GrpcH2Protocol(asyncio.Protocol):
             self._answer(stream_id, UNIMPLEMENTED, f"unknown method {stream.path}", b"")
             return
         body = bytes(stream.body)
+        self.buffered -= len(stream.body)
+        stream.body = bytearray()
         if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             status = UNIMPLEMENTED if body[:1] == b"\x01" else INTERNAL
             self._answer(stream_id, status, "one uncompressed message expected", b"")
@@ -330,7 +360,7 @@ class GrpcH2Protocol(asyncio.Protocol):
             self._answer(stream_id, status, text, response)
 
     def _answer(self, stream_id: int, status: int, text: str, response: bytes) -> None:
-        self.streams.pop(stream_id, None)
+        self._drop(stream_id)
         if self.transport is None or self.transport.is_closing():
             return
         end = TRAILERS_OK if status == OK else trailers(status, text)
