@@ -708,3 +708,24 @@ def test_request_bytes_held_per_connection_are_bounded(service: RateLimitService
     peer.send(*(RstStreamFrame(s, error_code=0x8) for s in (1, 3, 5, 7)))
     peer.request(11, grpc_body(ask("after-the-hoard", hits=2)))
     assert peer.answer(11).remaining() == LIMIT - 2
+
+
+def test_repeated_indexed_header_blocks_are_reread_after_the_table_changes(peer: Peer) -> None:
+    """The service remembers the method of a block made of indexed fields only; a block that adds
+    to the table shifts every index, and the same bytes then mean other fields."""
+    peer.request(1, grpc_body(ask("first")))  # literals: the fields enter both tables
+    assert peer.answer(1).status == GRPC_OK
+    repeated = peer.block()  # the same fields again: indexed only
+    assert all(byte & 0x80 for byte in repeated), repeated
+    peer.send(
+        HeadersFrame(3, repeated, flags=["END_HEADERS"]), DataFrame(3, grpc_body(ask("second")), flags=["END_STREAM"])
+    )
+    assert peer.answer(3).status == GRPC_OK
+    # another path enters the tables: every dynamic index moves by one
+    peer.request(5, grpc_body(ask("third")), path="/other.Service/Method")
+    assert peer.answer(5).status == UNIMPLEMENTED
+    # the old bytes now name other fields: not the method any more
+    peer.send(
+        HeadersFrame(7, repeated, flags=["END_HEADERS"]), DataFrame(7, grpc_body(ask("fourth")), flags=["END_STREAM"])
+    )
+    assert peer.answer(7).status == UNIMPLEMENTED
