@@ -209,10 +209,9 @@ COUNTED = "counted"
 
 
 @per_listener
-def _exemptions(
-    listener: ir.Listener,
-) -> dict[tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...]], int]:
-    found: dict[tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...]], int] = {}
+def _exemptions(listener: ir.Listener) -> dict[ir.Exemption, int]:
+    """Each distinct exemption of the listener's limits, numbered in order of first use."""
+    found: dict[ir.Exemption, int] = {}
     for pr in listener.paths:
         for op in pr.operations:
             for rl in op.rate_limits:
