@@ -386,19 +386,18 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     # (main() hands everything after `ratelimit` to the service's own parser; listed here for --help)
-    rl = sub.add_parser(
+    sub.add_parser(
         "ratelimit",
         parents=[ratelimit_parser(add_help=False)],
         help="the rate-limit service (gRPC, counts in Redis; its limits come from the control plane over xDS)",
     )
-    rl.set_defaults(func=lambda args: cmd_ratelimit(argparse.Namespace(args=sys.argv[2:])))
     return p
 
 
-def cmd_ratelimit(args: argparse.Namespace) -> int:
+def cmd_ratelimit(argv: list[str]) -> int:
     from .ratelimit import main as service_main
 
-    return service_main(args.args)
+    return service_main(argv)
 
 
 def _port(text: str) -> int:
@@ -419,7 +418,7 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["ratelimit"]:  # every option after it is the service's own (argparse would take --help)
-        return cmd_ratelimit(argparse.Namespace(args=given[1:]))
+        return cmd_ratelimit(given[1:])
     args = parser().parse_args(given)
     try:
         code: int = args.func(args)
