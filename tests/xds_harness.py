@@ -17,7 +17,7 @@ from typing import Any
 from controlplane.bootstrap import AdminOptions, XdsOptions, dynamic_bootstrap
 from controlplane.certs import CertificateAuthority, Issued
 from controlplane.resources import to_dict
-from tests.harness import EnvoyProcess, free_port, raw_request
+from tests.harness import EnvoyProcess, free_port, raw_request, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,12 +125,7 @@ class ControlPlaneProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 
