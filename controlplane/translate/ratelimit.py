@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2 as core_address_pb2
@@ -75,7 +75,7 @@ Entry = tuple[str, str | None]  # (descriptor key, fixed value or None: the requ
 
 
 def _key_variants(
-    key: ir.LimitKey, detail: str, provider: ir.JwtProvider | None, op: ir.Operation
+    key: ir.LimitKey, detail: str, provider: str | None, op: ir.Operation
 ) -> list[list[tuple[rc.RateLimit.Action, Entry]]]:
     """The ways one key part can be filled: each a list of (action, entry) — a request makes
     exactly one of them."""
@@ -96,7 +96,7 @@ def _key_variants(
     # consumer
     if provider is None or op.auth is None:
         return [[_absent_marker(), address]]
-    entry_key = f"consumer:{provider.name}:{detail}"
+    entry_key = f"consumer:{provider}:{detail}"
     consumer = rc.RateLimit.Action(
         metadata=rc.RateLimit.Action.MetaData(
             descriptor_key=entry_key,
@@ -148,11 +148,10 @@ def _absent(key: str, headers: list[rc.HeaderMatcher]) -> tuple[rc.RateLimit.Act
 
 
 def _descriptors(
-    rl: ir.RateLimit, op: ir.Operation, providers: dict[str, ir.JwtProvider], listener: ir.Listener
+    rl: ir.RateLimit, op: ir.Operation, listener: ir.Listener
 ) -> Iterator[tuple[str, list[rc.RateLimit.Action], list[Entry]]]:
     """(window, actions, entries) of every descriptor ``rl`` makes for ``op``."""
-    provider = providers.get(rl.provider) if rl.provider else None
-    parts = [_key_variants(key, detail, provider, op) for key, detail in rl.by]
+    parts = [_key_variants(key, detail, rl.provider, op) for key, detail in rl.by]
     exemption = rl.exemption
     if exemption is not None:
         # made only for a caller its exemption check did not pass (see ``exemption_filters``)
@@ -172,26 +171,21 @@ def _stages(rl: ir.RateLimit) -> tuple[int, ...]:
     return (STAGE_OPEN,) if rl.shadow else (STAGE_OPEN, STAGE_BACKSTOP)
 
 
-def action_key(
-    op: ir.Operation, providers: dict[str, ir.JwtProvider], listener: ir.Listener
-) -> tuple[object, ...] | None:
+def action_key(op: ir.Operation, listener: ir.Listener) -> tuple[object, ...] | None:
     """What ``route_rate_limits`` reads of ``op``, for sharing route actions (None: no limits)."""
     if not op.rate_limits:
         return None
-    used_providers = tuple(providers.get(rl.provider) for rl in op.rate_limits if rl.provider)
     checks = _exemptions(listener)
     exemptions = tuple(checks.get(rl.exemption) for rl in op.rate_limits if rl.exemption is not None)
-    return (op.name, op.rate_limits, op.auth.optional if op.auth else None, used_providers, exemptions)
+    return (op.name, op.rate_limits, op.auth.optional if op.auth else None, exemptions)
 
 
-def route_rate_limits(
-    op: ir.Operation, providers: dict[str, ir.JwtProvider], listener: ir.Listener
-) -> list[rc.RateLimit]:
+def route_rate_limits(op: ir.Operation, listener: ir.Listener) -> list[rc.RateLimit]:
     """The descriptors of ``op``'s limits, for its route action."""
     out = []
     for rl in op.rate_limits:
         stages = _stages(rl)
-        for _unit, actions, _entries in _descriptors(rl, op, providers, listener):
+        for _unit, actions, _entries in _descriptors(rl, op, listener):
             for stage in stages:
                 out.append(rc.RateLimit(stage=uint32(stage), actions=actions))
     return out
@@ -272,7 +266,7 @@ def _limits(listener: ir.Listener) -> dict[str, ir.RateLimit]:
     return used(listener)
 
 
-def service_filter(stage: int):  # type: ignore[no-untyped-def]
+def service_filter(stage: int) -> Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter | None]:
     def build(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
         if not any(stage in _stages(rl) for rl in _limits(listener).values()):
             return None
@@ -306,45 +300,53 @@ def _bucket(requests: int, unit: str) -> token_bucket_pb2.TokenBucket:
     )
 
 
-def local_filter(stage: int):  # type: ignore[no-untyped-def]
+@per_listener
+def _local_descriptors(listener: ir.Listener) -> dict[int, list[common_pb2.LocalRateLimitDescriptor]]:
+    """By stage, a bucket for every shape of descriptor the listener's operations make for the
+    limits Envoy counts itself (one pass for the three local stages)."""
+    out: dict[int, list[common_pb2.LocalRateLimitDescriptor]] = {}
+    seen: set[tuple[int, tuple[Entry, ...]]] = set()
+    for pr in listener.paths:
+        for op in pr.operations:
+            for rl in op.rate_limits:
+                stages = [stage for stage in _stages(rl) if stage in _LOCAL_PREFIXES]
+                if not stages:
+                    continue
+                windows = dict(rl.windows)
+                for unit, _actions, entries in _descriptors(rl, op, listener):
+                    for stage in stages:
+                        if (stage, shape := tuple(entries)) in seen:
+                            continue
+                        seen.add((stage, shape))
+                        factor = BACKSTOP_FACTOR if stage == STAGE_BACKSTOP else 1
+                        out.setdefault(stage, []).append(
+                            common_pb2.LocalRateLimitDescriptor(
+                                entries=[common_pb2.RateLimitDescriptor.Entry(key=k, value=v or "") for k, v in shape],
+                                token_bucket=_bucket(windows[unit] * factor, unit),
+                            )
+                        )
+    return out
+
+
+_LOCAL_PREFIXES = {STAGE_LOCAL: "local", STAGE_BACKSTOP: "backstop", STAGE_LOCAL_SHADOW: "local_shadow"}
+
+
+def local_filter(stage: int) -> Callable[[ir.Gateway, ir.Listener], hcm_pb2.HttpFilter | None]:
     def build(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
-        chosen = {rl_id: rl for rl_id, rl in _limits(listener).items() if stage in _stages(rl)}
-        if not chosen:
+        descriptors = _local_descriptors(listener).get(stage)
+        if not descriptors:
             return None
-        providers = {p.name: p for p in gw.providers}
-        factor = BACKSTOP_FACTOR if stage == STAGE_BACKSTOP else 1
-        seen: set[tuple[Entry, ...]] = set()
         config = local_pb2.LocalRateLimit(
-            stat_prefix={STAGE_LOCAL: "local", STAGE_BACKSTOP: "backstop", STAGE_LOCAL_SHADOW: "local_shadow"}[stage],
+            stat_prefix=_LOCAL_PREFIXES[stage],
             stage=stage,
             max_dynamic_descriptors=uint32(MAX_DYNAMIC_DESCRIPTORS),
             filter_enabled=_percent(100),
             filter_enforced=_percent(0 if stage == STAGE_LOCAL_SHADOW else 100),
+            descriptors=descriptors,
         )
         if stage == STAGE_LOCAL:
             config.enable_x_ratelimit_headers = common_pb2.DRAFT_VERSION_03
-        # every shape of descriptor the listener's operations make for these limits
-        for pr in listener.paths:
-            for op in pr.operations:
-                for rl in op.rate_limits:
-                    if rl.id not in chosen:
-                        continue
-                    windows = dict(rl.windows)
-                    for unit, _actions, entries in _descriptors(rl, op, providers, listener):
-                        shape = tuple(entries)
-                        if shape in seen:
-                            continue
-                        seen.add(shape)
-                        config.descriptors.append(
-                            common_pb2.LocalRateLimitDescriptor(
-                                entries=[
-                                    common_pb2.RateLimitDescriptor.Entry(key=k, value=v or "") for k, v in entries
-                                ],
-                                token_bucket=_bucket(windows[unit] * factor, unit),
-                            )
-                        )
-        name = f"{LOCAL_FILTER}.{config.stat_prefix}"
-        return hcm_pb2.HttpFilter(name=name, typed_config=packed(config))
+        return hcm_pb2.HttpFilter(name=f"{LOCAL_FILTER}.{config.stat_prefix}", typed_config=packed(config))
 
     return build
 

@@ -141,12 +141,8 @@ def _action_key(op: ir.Operation, default_retry: ir.RetryPolicy | None, ctx: Rou
     # (build.py shares equal policies: mostly the same object, and then no dataclass __eq__)
     retry = _VHOST_RETRY if op.retry is default_retry or op.retry == default_retry else op.retry
     # (without a context, as without per-route auth configs: the routes alone, no rate limits)
-    limits = ratelimit.action_key(op, _providers(ctx), ctx[1]) if op.rate_limits and ctx is not None else None
+    limits = ratelimit.action_key(op, ctx[1]) if op.rate_limits and ctx is not None else None
     return (op.upstream, op.timeout_ms, op.host_rewrite, retry, op.rewrite_prefix, limits)
-
-
-def _providers(ctx: RouteContext) -> dict[str, ir.JwtProvider]:
-    return {p.name: p for p in ctx[0].providers} if ctx is not None else {}
 
 
 def _query_matcher(name: str, value: str) -> rc.QueryParameterMatcher:
@@ -270,7 +266,7 @@ def _route_action(op: ir.Operation, retry: Any, ctx: RouteContext) -> rc.RouteAc
             )
         )
     if op.rate_limits and ctx is not None:
-        action.rate_limits.extend(ratelimit.route_rate_limits(op, _providers(ctx), ctx[1]))
+        action.rate_limits.extend(ratelimit.route_rate_limits(op, ctx[1]))
     return action
 
 
