@@ -14,13 +14,14 @@ from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
 from envoy.extensions.resource_monitors.fixed_heap.v3 import fixed_heap_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from . import ir
 from .resources import Resources
+from .translate import tls
 from .translate._pb import duration, packed
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -125,9 +126,16 @@ def _inline_routes(
 
 
 def static_bootstrap(
-    gw: ir.Gateway, resources: Resources, admin: AdminOptions = AdminOptions(), node_id: str = "gateway"
+    gw: ir.Gateway,
+    resources: Resources,
+    admin: AdminOptions = AdminOptions(),
+    node_id: str = "gateway",
+    show_secrets: bool = False,
 ) -> bootstrap_pb2.Bootstrap:
-    """Everything inline: what ``dump --bootstrap`` prints and ``envoy -c`` serves."""
+    """Everything inline: what ``dump --bootstrap`` prints and ``envoy -c`` serves.
+
+    Certificates are static secrets; their private keys are read by Envoy from the files the
+    policy names, so the printed configuration holds no key (``show_secrets`` inlines them)."""
     boot = bootstrap_pb2.Bootstrap(
         node=base_pb2.Node(id=node_id, cluster="gateway"),
         admin=_admin(admin),
@@ -139,6 +147,12 @@ def static_bootstrap(
         lst = boot.static_resources.listeners.add()
         lst.CopyFrom(msg)
         _inline_routes(lst, routes, resources.of(Resources.SCOPED_ROUTE))
+        for chain in lst.filter_chains:
+            tls.static_references(chain.transport_socket)
+    key_files = {c.name: c.key_file for c in gw.certificates()}
+    for secret in resources.of(Resources.SECRET).values():
+        assert isinstance(secret, secret_pb2.Secret)
+        boot.static_resources.secrets.append(tls.static_secret(secret, key_files, show_secrets))
     endpoints = resources.of(Resources.ENDPOINT)
     for msg in resources.of(Resources.CLUSTER).values():
         c = boot.static_resources.clusters.add()
@@ -149,6 +163,7 @@ def static_bootstrap(
             cla = endpoints[c.name]
             assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
             c.load_assignment.CopyFrom(cla)
+        tls.static_references(c.transport_socket)
     return boot
 
 

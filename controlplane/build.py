@@ -26,7 +26,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import auth, edge, incremental, ir, ratelimits, upstreams
+from . import auth, edge, incremental, ir, ratelimits, tls, upstreams
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -548,19 +548,40 @@ class _Builder:
             self._operations_cached(api, [n for n in chosen if n in self.listeners], routes)
         listeners = []
         ports: dict[tuple[str, int], str] = {}
+        docs = {doc.name: doc for doc in self.bundle.policies}
+        g = self.gateway
+        reader = tls.TlsReader(
+            self.bundle.store, self.diags, g.get("certificateExpiryWarningDays", tls.DEFAULT_EXPIRY_WARNING_DAYS)
+        )
         for name, (spec, src) in self.listeners.items():
-            lst = edge.listener_ir(name, spec, src, self._path_routes(routes[name]))
-            key = (lst.address, lst.port)
-            if key in ports:
-                self.diags.error(
-                    f"listener {name!r} uses {lst.address}:{lst.port} like listener {ports[key]!r}",
-                    src.file,
-                    src.pointer + "/port",
-                    "port-conflict",
+            listener_tls = None
+            if "tls" in spec:
+                listener_tls = tls.listener_tls(
+                    name, spec["tls"], spec.get("hostnames", ["*"]), docs[src.file], src.pointer + "/tls", reader
                 )
-            ports[key] = name
+            lst = edge.listener_ir(name, spec, src, self._path_routes(routes[name]), listener_tls)
+            bound = [(lst.port, "/port")]
+            if "tls" in spec and "httpRedirectPort" in spec["tls"]:
+                bound.append((spec["tls"]["httpRedirectPort"], "/tls/httpRedirectPort"))
+            for port, where in bound:
+                key = (lst.address, port)
+                if key in ports:
+                    self.diags.error(
+                        f"listener {name!r} uses {lst.address}:{port} like listener {ports[key]!r}",
+                        src.file,
+                        src.pointer + where,
+                        "port-conflict",
+                    )
+                ports[key] = name
             listeners.append(lst)
-        built = [upstreams.from_policy(n, s, src, self.diags) for n, (s, src) in self.upstreams.items()]
+        built = []
+        for n, (s, src) in self.upstreams.items():
+            upstream = upstreams.from_policy(n, s, src, self.diags)
+            if isinstance(s.get("tls"), dict):
+                fields = tls.upstream_tls(n, s["tls"], docs[src.file], src.pointer + "/tls", reader)
+                if fields is not None:
+                    upstream = dataclasses.replace(upstream, **fields)
+            built.append(upstream)
         for name, (_s, src) in self.upstreams.items():
             if name not in self.used_upstreams:
                 self.diags.warning(
@@ -573,10 +594,10 @@ class _Builder:
         service = None
         if any(not rl.local for lst in listeners for rl in ratelimits.used(lst).values()):
             service = ratelimits.service(self.rateLimits, self.rate_limits_file, self.diags)
+        tls.check_plaintext(listeners, built, g.get("requireUpstreamTls", "none"), self.diags)
         if self.diags.has_errors():
             return None
         headers = edge.header_policy(self.headers, self.providers.values())
-        g = self.gateway
         return ir.Gateway(
             listeners=tuple(listeners),
             upstreams=tuple(sorted(built, key=lambda u: u.name)),
@@ -586,6 +607,7 @@ class _Builder:
             max_heap_bytes=g.get("maxHeapBytes", 1 << 30),
             providers=tuple(sorted(self.providers.values(), key=lambda p: p.name)),
             ratelimit_service=service,
+            secret_groups=tuple(g.get("secretNodeGroups", ("gateway",))),
         )
 
 

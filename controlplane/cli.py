@@ -117,15 +117,24 @@ def cmd_dump(args: argparse.Namespace) -> int:
     if args.ir:
         data = ir.to_dict(result.gateway)
     elif args.bootstrap:  # the message itself: its YAML is written without a dict of it
-        bootstrap = static_bootstrap(result.gateway, result.resources, AdminOptions(port=args.admin_port))
+        bootstrap = static_bootstrap(
+            result.gateway, result.resources, AdminOptions(port=args.admin_port), show_secrets=args.show_secrets
+        )
         write_message(bootstrap, args.output, sys.stdout)
         return 0
-    elif args.type:
-        data = [to_dict(m) for m in result.resources.of(Resources.TYPES[args.type]).values()]
     else:
-        data = {
-            short: [to_dict(m) for m in result.resources.of(url).values()] for short, url in Resources.TYPES.items()
-        }
+        from .translate.tls import redacted
+
+        def shown(url: str) -> list[Any]:
+            messages: list[Any] = list(result.resources.of(url).values())  # type: ignore[union-attr]
+            if url == Resources.SECRET and not args.show_secrets:
+                messages = [redacted(m) for m in messages]
+            return [to_dict(m) for m in messages]
+
+        if args.type:
+            data = shown(Resources.TYPES[args.type])
+        else:
+            data = {short: shown(url) for short, url in Resources.TYPES.items()}
     write(data, args.output, sys.stdout)
     return 0
 
@@ -301,6 +310,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--type", choices=list(Resources.TYPES), help="only resources of this type")
     output(d)
     d.add_argument("--bootstrap", action="store_true", help="a complete static Envoy config (envoy -c)")
+    d.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print private keys (redacted by default; a --bootstrap names the key files instead)",
+    )
     d.add_argument("--ir", action="store_true", help="the intermediate representation instead of Envoy resources")
     d.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1 (with --bootstrap)")
     d.add_argument("--full-validation", action="store_true", help="also run the full OpenAPI validator (cached)")

@@ -378,6 +378,29 @@ class DocumentStore:
     def __iter__(self) -> Iterator[Document]:
         return (d for d in self._docs.values() if d is not None)
 
+    def load_text(self, path: Path, referrer: tuple[Document, str]) -> Document | None:
+        """A file read as it is, not parsed (PEM certificates and keys): ``data`` is its text.
+        Like every document, it is watched and its content hash is part of the compile."""
+        try:
+            path = path.resolve()
+        except (OSError, ValueError, RuntimeError):
+            path = path.absolute()
+        if self.tracking is not None:
+            self.tracking.add(path)
+        if path in self._docs:
+            return self._docs[path]
+        name = display_name(path)
+        doc: Document | None = None
+        try:
+            raw = path.read_bytes()
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self.diagnostics.error(f"cannot read {name}: {reason}", referrer[0].name, referrer[1], "unreadable-file")
+        else:
+            doc = Document(path, name, raw, raw.decode("latin-1"))
+        self._docs[path] = doc
+        return doc
+
     def load(
         self, path: Path, referrer: tuple[Document, str] | None = None, diags: Diagnostics | None = None
     ) -> Document | None:

@@ -46,6 +46,9 @@ class _Handler(BaseHTTPRequestHandler):
             "header_list": [[k.lower(), v] for k, v in self.headers.items()],
             "body": body.decode("utf-8", "replace"),
         }
+        if isinstance(self.connection, ssl.SSLSocket):  # who connected (mTLS): the peer's subject
+            peer = self.connection.getpeercert() or {}
+            seen["peer_subject"] = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
         self.server.received.append(seen)
         status = 200
         if self._steered():
@@ -91,7 +94,9 @@ class EchoServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: tuple[str, str] | None = None):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: tuple[str, str] | None = None, client_ca: str | None = None
+    ):
         super().__init__((host, port), _Handler)
         self.received: list[dict[str, Any]] = []
         self.server_names: list[str | None] = []  # SNI of each TLS handshake
@@ -101,6 +106,9 @@ class EchoServer(ThreadingHTTPServer):
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
+            if client_ca is not None:  # mTLS: only clients with a certificate this CA signed
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(client_ca)
             context.sni_callback = self._record_sni
             # the handshake runs in the request's thread, not in accept()
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)

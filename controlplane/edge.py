@@ -13,6 +13,9 @@ DEFAULT_LISTENER = {"name": "default", "address": "0.0.0.0", "port": 8080}
 # Headers only the gateway may set. Later features (JWT claims…) add the ones they fill.
 BUILTIN_IDENTITY_HEADERS = ("x-user-id", "x-user-role", "x-user-email", "x-user-scopes", "x-real-ip", "forwarded")
 BUILTIN_IDENTITY_PREFIXES = ("x-user-",)
+# The verified client certificate's subject, SANs and fingerprint (listeners with client
+# certificates): always the gateway's, whatever ``identityHeaderPrefixes`` says.
+CLIENT_CERT_PREFIX = "x-client-cert-"
 # Headers many frameworks honour to change the method, path or host they see: behind the
 # gateway's back they would turn an allowed request into another one. Removed like identity
 # headers unless ``headers.allowOverrideHeaders`` names them.
@@ -37,7 +40,9 @@ BUILTIN_REMOVED_RESPONSE_HEADERS = (
 DEFAULT_HSTS = "max-age=31536000; includeSubDomains"
 
 
-def listener_ir(name: str, spec: dict[str, Any], src: ir.Source, paths: tuple[ir.PathRoute, ...]) -> ir.Listener:
+def listener_ir(
+    name: str, spec: dict[str, Any], src: ir.Source, paths: tuple[ir.PathRoute, ...], tls: ir.ListenerTls | None = None
+) -> ir.Listener:
     timeouts = spec.get("timeouts", {})
     defaults = ir.ListenerTimeouts()
     return ir.Listener(
@@ -52,6 +57,7 @@ def listener_ir(name: str, spec: dict[str, Any], src: ir.Source, paths: tuple[ir
         trust_client_request_id=spec.get("trustClientRequestId", False),
         max_request_headers_kb=spec.get("maxRequestHeadersKb", 60),
         route_scopes=spec.get("routeScopes", "auto"),
+        tls=tls,
         timeouts=ir.ListenerTimeouts(
             request_headers_ms=_ms(timeouts.get("requestHeaders"), defaults.request_headers_ms),
             stream_idle_ms=_ms(timeouts.get("streamIdle"), defaults.stream_idle_ms),
@@ -73,7 +79,9 @@ def header_policy(h: dict[str, Any], providers: Iterable[ir.JwtProvider]) -> ir.
             # headers set from verified claims are identity headers whatever their names
             sorted({header for p in providers for _claim, header in p.claim_headers}),
         ),
-        strip_request_header_prefixes=_lower_unique(h.get("identityHeaderPrefixes", BUILTIN_IDENTITY_PREFIXES)),
+        strip_request_header_prefixes=_lower_unique(
+            h.get("identityHeaderPrefixes", BUILTIN_IDENTITY_PREFIXES), [CLIENT_CERT_PREFIX]
+        ),
         remove_response_headers=_lower_unique(BUILTIN_REMOVED_RESPONSE_HEADERS, h.get("removeResponseHeaders", [])),
         strict_transport_security=hsts or None,
     )

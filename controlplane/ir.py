@@ -81,6 +81,38 @@ class Protocol(enum.Enum):
     HTTP2 = "http2"
 
 
+# Field metadata of values that must never be printed (private keys): dumps show a placeholder.
+SECRET = {"secret": True}
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A certificate chain and its private key, delivered to Envoys as one SDS secret.
+
+    The PEM texts are read at compile time (the files are watched like specs), so a renewed
+    file becomes a new secret version under the same name: new handshakes use it, nothing
+    that references it (a listener, a cluster) changes."""
+
+    name: str  # the secret's name: stable while the files change
+    cert_file: str  # absolute paths, for messages and for static configurations
+    key_file: str
+    cert_pem: str
+    key_pem: str = dataclasses.field(metadata=SECRET)
+    source: Source = Source("")
+    hostnames: tuple[str, ...] = ()  # SNI names it answers (listener certificates); () the default
+    not_after: str = ""  # ISO 8601 expiry of the leaf (status, metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustBundle:
+    """CA certificates that verify peers (client certificates, upstream servers), as an SDS secret."""
+
+    name: str
+    file: str
+    pem: str
+    source: Source = Source("")
+
+
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """A backend service: a set of endpoints with connection behaviour."""
@@ -91,6 +123,11 @@ class Upstream:
     tls: bool = False
     sni: str | None = None
     ca_file: str | None = None  # verifies the upstream's certificate; None: the system CAs
+    ca: TrustBundle | None = None  # a CA bundle from the policy (over SDS); None: ca_file
+    # SANs the upstream's certificate must present (Envoy's SAN matchers); () and an SNI: the SNI
+    subject_alt_names: tuple[str, ...] = ()
+    client_certificate: Certificate | None = None  # mTLS: what the gateway presents
+    min_tls_version: str = "1.2"
     protocol: Protocol = Protocol.HTTP1
     connect_timeout_ms: int = 2000
     health_check: HealthCheck | None = None
@@ -331,6 +368,31 @@ class HeaderPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCertificates:
+    """Client-certificate authentication on a listener (partners, machines)."""
+
+    ca: TrustBundle
+    required: bool = True
+    # SANs a client certificate must have one of ("spiffe://…", "*.partner.example", an address);
+    # () any certificate the CA signed
+    subject_alt_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """HTTPS on a listener. Each certificate group with hostnames gets its own filter chain
+    (chosen by SNI); certificates without hostnames (RSA and ECDSA side by side) are the default."""
+
+    certificates: tuple[Certificate, ...]
+    min_version: str = "1.2"
+    max_version: str = "1.3"
+    cipher_suites: tuple[str, ...] = ()  # TLS 1.2 suites; TLS 1.3's are fixed by BoringSSL
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+    redirect_port: int | None = None  # a plain-HTTP listener on this port that only redirects here
+    client: ClientCertificates | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: str
@@ -346,6 +408,7 @@ class Listener:
     # One route configuration per first path segment ("scopes"), so an edit re-sends only its
     # scope: "auto" (large listeners), "always" or "never".
     route_scopes: str = "auto"
+    tls: ListenerTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +423,15 @@ class Gateway:
     max_connections: int = 50_000
     max_heap_bytes: int = 1 << 30
     ratelimit_service: RateLimitService | None = None  # set when some limit is counted globally
+    # Node groups (the organizational unit of an Envoy's xDS client certificate) that may
+    # receive the gateway's certificates and keys over SDS.
+    secret_groups: tuple[str, ...] = ("gateway",)
+
+    def certificates(self) -> list[Certificate]:
+        """Every certificate with a private key the gateway's Envoys are given."""
+        out = [c for lst in self.listeners if lst.tls for c in lst.tls.certificates]
+        out.extend(u.client_certificate for u in self.upstreams if u.client_certificate)
+        return out
 
 
 def _quick(cls: type[T]) -> type[T]:
@@ -423,10 +495,16 @@ def _from_plain(tp: Any, data: Any) -> Any:
     return data
 
 
+REDACTED = "<redacted>"
+
+
 def to_dict(value: Any) -> Any:
     """Plain data for YAML: dataclasses become mappings, enums their values, tuples lists."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: REDACTED if f.metadata.get("secret") else to_dict(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+        }
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (tuple, list)):

@@ -28,6 +28,7 @@ class Resources:
     ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
     # Short names used by the CLI, in the order Envoy wants them over ADS.
     RATELIMIT = _PREFIX + "xds.type.v3.TypedStruct"  # the rate-limit service's configuration, by domain
+    SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
     TYPES = {
         "clusters": CLUSTER,
         "endpoints": ENDPOINT,
@@ -35,6 +36,7 @@ class Resources:
         "scopes": SCOPED_ROUTE,
         "routes": ROUTE,
         "ratelimits": RATELIMIT,
+        "secrets": SECRET,
     }
 
     by_type: dict[str, dict[str, Message]] = field(default_factory=dict)

@@ -249,6 +249,7 @@ class ControlPlane:
                 result.sources,
                 DetailTexts(result.details),
                 previous=self.cache.get(DEFAULT_GROUP),
+                secret_groups=result.secret_groups,
             )
         except InconsistentSnapshot as exc:
             report.errors = [Diagnostic(str(exc), "")]

@@ -49,6 +49,8 @@ class CompiledConfig(WithDiagnostics):
     seconds: float = 0.0
     listeners: list[tuple[str, str, int]] = field(default_factory=list)  # (name, address, port)
     jwks_to_fetch: list[ir.JwtProvider] = field(default_factory=list)  # providers with jwks.fetch: controlplane
+    secret_groups: tuple[str, ...] = ()  # node groups that may receive the secrets
+    certificates: list[tuple[str, str, str]] = field(default_factory=list)  # (secret, file, expiry ISO 8601)
     # From the worker process, a result can be relative to the one before (``base``): then
     # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
     # gone (details under "#details"). ``Compiler.compile`` makes it whole again.
@@ -156,8 +158,15 @@ def _compile_serialized(
         digests,
         ops,
         time.perf_counter() - started,
-        [(lst.name, lst.address, lst.port) for lst in result.gateway.listeners],
+        [(lst.name, lst.address, lst.port) for lst in result.gateway.listeners]
+        + [
+            (f"{lst.name}-http-redirect", lst.address, lst.tls.redirect_port)
+            for lst in result.gateway.listeners
+            if lst.tls is not None and lst.tls.redirect_port is not None
+        ],
         [p for p in result.gateway.providers if p.jwks_fetch == "controlplane"],
+        result.gateway.secret_groups,
+        [(c.name, c.cert_file, c.not_after) for c in result.gateway.certificates()],
     )
 
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from .. import ir
 from ..resources import Resources
-from . import clusters, jwt, listener, ratelimit, routes
+from . import clusters, jwt, listener, ratelimit, routes, tls
 
 
 def translate(gw: ir.Gateway) -> Resources:
     out = Resources()
     for lst in gw.listeners:
         out.add(Resources.LISTENER, listener.listener(gw, lst), lst.source)
+        if lst.tls is not None and lst.tls.redirect_port is not None:
+            out.add(Resources.LISTENER, listener.redirect_listener(gw, lst), lst.source)
         for config, paths in routes.route_configurations(gw, lst):
             out.add(Resources.ROUTE, config, lst.source)
             out.path_groups[config.name] = paths
         for scope in routes.scope_configurations(lst):
             out.add(Resources.SCOPED_ROUTE, scope, lst.source)
+    for secret, source in tls.secrets(gw):
+        out.add(Resources.SECRET, secret, source)
     config = ratelimit.service_config(gw)
     if config is not None:
         out.add(ratelimit.RESOURCE_TYPE, config, gw.ratelimit_service.source, name=gw.ratelimit_service.domain)  # type: ignore[union-attr]

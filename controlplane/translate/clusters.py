@@ -8,14 +8,13 @@ addresses, not names.
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
-from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import range_pb2
 
 from .. import ir
+from . import tls
 from ._pb import ads, duration, packed, uint32
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -38,25 +37,6 @@ def load_assignment(upstream: ir.Upstream) -> endpoint_pb2.ClusterLoadAssignment
     return cla
 
 
-def _tls(upstream: ir.Upstream) -> base_pb2.TransportSocket:
-    validation = common_pb2.CertificateValidationContext(
-        trusted_ca=base_pb2.DataSource(filename=upstream.ca_file or SYSTEM_CA_BUNDLE),
-    )
-    if upstream.sni:
-        validation.match_typed_subject_alt_names.append(
-            common_pb2.SubjectAltNameMatcher(
-                san_type=common_pb2.SubjectAltNameMatcher.DNS, matcher=string_pb2.StringMatcher(exact=upstream.sni)
-            )
-        )
-    context = tls_pb2.UpstreamTlsContext(
-        common_tls_context=tls_pb2.CommonTlsContext(validation_context=validation),
-        sni=upstream.sni or "",
-    )
-    if upstream.protocol is ir.Protocol.HTTP2:
-        context.common_tls_context.alpn_protocols.append("h2")
-    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=packed(context))
-
-
 def cluster(upstream: ir.Upstream) -> cluster_pb2.Cluster:
     c = cluster_pb2.Cluster(
         name=upstream.name,
@@ -72,7 +52,7 @@ def cluster(upstream: ir.Upstream) -> cluster_pb2.Cluster:
         c.type = cluster_pb2.Cluster.EDS
         c.eds_cluster_config.eds_config.CopyFrom(ads())
     if upstream.tls:
-        c.transport_socket.CopyFrom(_tls(upstream))
+        c.transport_socket.CopyFrom(tls.upstream_socket(upstream, SYSTEM_CA_BUNDLE))
     if upstream.protocol is ir.Protocol.HTTP2:
         options = upstream_http.HttpProtocolOptions(
             explicit_http_config=upstream_http.HttpProtocolOptions.ExplicitHttpConfig(

@@ -53,10 +53,11 @@ def strip_identity_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.Http
     return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=packed(config))
 
 
-def security_headers(policy: ir.HeaderPolicy) -> list[tuple[str, str]]:
-    """Response headers every reply carries, the gateway's own included."""
+def security_headers(policy: ir.HeaderPolicy, https: bool) -> list[tuple[str, str]]:
+    """Response headers every reply carries, the gateway's own included. Strict-Transport-Security
+    only over HTTPS (RFC 6797 §7.2: a browser ignores it over plain HTTP)."""
     out = [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")]
-    if policy.strict_transport_security:
+    if policy.strict_transport_security and https:
         out.insert(0, ("strict-transport-security", policy.strict_transport_security))
     return out
 
@@ -91,7 +92,7 @@ LIMITS_UNAVAILABLE = "rate limits cannot be checked now; try again shortly"
 RETRY_SOON = header("retry-after", "1")
 
 
-def local_reply_config(policy: ir.HeaderPolicy, realm: str) -> hcm_pb2.LocalReplyConfig:
+def local_reply_config(policy: ir.HeaderPolicy, realm: str, https: bool) -> hcm_pb2.LocalReplyConfig:
     """Every reply the gateway makes itself, as small JSON with the request id.
 
     This covers direct responses (405), requests no route matches (404), and Envoy's own
@@ -105,7 +106,7 @@ def local_reply_config(policy: ir.HeaderPolicy, realm: str) -> hcm_pb2.LocalRepl
     """
     fmt = struct_pb2.Struct()
     fmt.update({"status": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "request_id": "%REQ(X-REQUEST-ID)%"})
-    added = [header(k, v) for k, v in security_headers(policy)]
+    added = [header(k, v) for k, v in security_headers(policy, https)]
     challenge = [*added, header("www-authenticate", f'Bearer realm="{realm}"')]
     invalid = [*added, header("www-authenticate", f'Bearer realm="{realm}", error="invalid_token"')]
     every_reply = hcm_pb2.ResponseMapper(

@@ -15,15 +15,17 @@ from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2, substitution_format_string_pb2
 from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2 as early_mutation_pb2
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import allowlist, auth, claims, headers, jwt, ratelimit, routes, tokens
+from . import allowlist, auth, claims, headers, jwt, ratelimit, routes, tls, tokens
 from ._pb import ads, duration, header, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -142,8 +144,15 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
             initial_stream_window_size=uint32(64 * 1024),
             initial_connection_window_size=uint32(1024 * 1024),
         ),
-        local_reply_config=headers.local_reply_config(gw.headers, listener.name),
+        local_reply_config=headers.local_reply_config(gw.headers, listener.name, https=listener.tls is not None),
     )
+    if listener.tls is not None and listener.tls.client is not None:
+        # Envoy's own record of the verified client certificate, for backends that read it;
+        # a client-sent X-Forwarded-Client-Cert is dropped (SANITIZE, the default, on every listener).
+        hcm.forward_client_cert_details = HCM.SANITIZE_SET
+        hcm.set_current_client_cert_details.CopyFrom(
+            HCM.SetCurrentClientCertDetails(subject=packed_bool(True), uri=True, dns=True)
+        )
     if routes.scopes(listener) is None:
         hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=ads(), route_config_name=listener.name))
     else:
@@ -203,30 +212,87 @@ def packed_bool(value: bool):  # type: ignore[no-untyped-def]
 
 
 def listener(gw: ir.Gateway, lst: ir.Listener) -> listener_pb2.Listener:
-    return listener_pb2.Listener(
-        name=lst.name,
-        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=lst.address, port_value=lst.port)),
-        per_connection_buffer_limit_bytes=uint32(BUFFER_LIMIT_BYTES),
-        # Envoy starts the request-headers timer at a connection's first byte: a connection that
-        # sends nothing would be held for the idle timeout (1 h) and count against
-        # maxConnections. A listener filter that waits for the first bytes, bounded by the
-        # request-headers timeout, closes it instead.
-        listener_filters=[
-            listener_components_pb2.ListenerFilter(
-                name="envoy.filters.listener.http_inspector",
-                typed_config=packed(http_inspector_pb2.HttpInspector()),
-            )
-        ],
-        listener_filters_timeout=duration(lst.timeouts.request_headers_ms),
-        continue_on_listener_filters_timeout=False,
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.http_connection_manager",
-                        typed_config=packed(connection_manager(gw, lst)),
-                    )
-                ]
-            )
-        ],
+    filters = [
+        listener_components_pb2.Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=packed(connection_manager(gw, lst))
+        )
+    ]
+    out = _bound(lst.name, lst.address, lst.port, lst.timeouts.request_headers_ms, lst.tls is not None)
+    if lst.tls is None:
+        out.filter_chains.add(filters=filters)
+    else:
+        # SNI-named chains first; the catch-all chain (no server_names) takes the rest
+        named, default = tls.filter_chains(lst.tls, filters)
+        out.filter_chains.extend([*named, default])
+    return out
+
+
+def _bound(name: str, address: str, port: int, first_bytes_ms: int, https: bool) -> listener_pb2.Listener:
+    # Envoy starts the request-headers timer at a connection's first byte: a connection that
+    # sends nothing would be held for the idle timeout (1 h) and count against
+    # maxConnections. A listener filter that waits for the first bytes, bounded by the
+    # request-headers timeout, closes it instead: the TLS inspector (which also reads the SNI
+    # the filter chains match) or the HTTP inspector.
+    inspector = (
+        listener_components_pb2.ListenerFilter(
+            name="envoy.filters.listener.tls_inspector", typed_config=packed(tls_inspector_pb2.TlsInspector())
+        )
+        if https
+        else listener_components_pb2.ListenerFilter(
+            name="envoy.filters.listener.http_inspector", typed_config=packed(http_inspector_pb2.HttpInspector())
+        )
     )
+    return listener_pb2.Listener(
+        name=name,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port)),
+        per_connection_buffer_limit_bytes=uint32(BUFFER_LIMIT_BYTES),
+        listener_filters=[inspector],
+        listener_filters_timeout=duration(first_bytes_ms),
+        continue_on_listener_filters_timeout=False,
+    )
+
+
+def redirect_listener(gw: ir.Gateway, lst: ir.Listener) -> listener_pb2.Listener:
+    """``tls.httpRedirectPort``: plain HTTP that only answers with a redirect to the HTTPS
+    listener (301; no route, filter or upstream is reached), for the listener's hostnames only."""
+    assert lst.tls is not None and lst.tls.redirect_port is not None
+    name = f"{lst.name}-http-redirect"
+    config = route_pb2.RouteConfiguration(name=name)
+    redirect = route_components_pb2.RedirectAction(https_redirect=True)
+    if lst.port != 443:
+        redirect.port_redirect = lst.port
+    host = config.virtual_hosts.add(name=name, domains=list(lst.hostnames))
+    host.routes.add(match=route_components_pb2.RouteMatch(prefix="/"), redirect=redirect)
+    if "*" not in lst.hostnames:
+        config.virtual_hosts.add(name="unknown-host", domains=["*"], routes=[routes.not_found_route()])
+    config.response_headers_to_add.extend(header(k, v) for k, v in headers.security_headers(gw.headers, False))
+    t = lst.timeouts
+    hcm = HCM(
+        stat_prefix=name,
+        codec_type=HCM.AUTO,
+        use_remote_address=packed_bool(True),
+        normalize_path=packed_bool(True),
+        merge_slashes=True,
+        path_with_escaped_slashes_action=HCM.REJECT_REQUEST,
+        server_header_transformation=HCM.PASS_THROUGH,
+        request_headers_timeout=duration(t.request_headers_ms),
+        stream_idle_timeout=duration(t.stream_idle_ms),
+        request_timeout=duration(t.request_ms),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=duration(t.connection_idle_ms),
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+        ),
+        http_protocol_options=protocol_pb2.Http1ProtocolOptions(accept_http_10=False, allow_chunked_length=False),
+        local_reply_config=headers.local_reply_config(gw.headers, name, https=False),
+        route_config=config,
+        http_filters=[_router(gw, lst)],
+    )
+    out = _bound(name, lst.address, lst.tls.redirect_port, t.request_headers_ms, False)
+    out.filter_chains.add(
+        filters=[
+            listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager", typed_config=packed(hcm)
+            )
+        ]
+    )
+    return out

@@ -33,7 +33,7 @@ from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited, varint
-from . import auth, ratelimit, tokens
+from . import auth, ratelimit, tls, tokens
 from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
 
@@ -591,6 +591,7 @@ def _scope_configuration(
                 gw.headers,
                 gw.providers,
                 tokens.token_removal(listener),
+                listener.tls,
             )
         ),
     )
@@ -644,6 +645,8 @@ def _route_configuration(
     config.request_headers_to_add.append(header("x-forwarded-for", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"))
     if tokens.token_removal(listener) == "all":
         config.request_headers_to_remove.append(tokens.AUTHORIZATION)
-    config.response_headers_to_add.extend(header(k, v) for k, v in security_headers(headers))
+    if listener.tls is not None and listener.tls.client is not None:
+        config.request_headers_to_add.extend(header(k, v) for k, v in tls.CLIENT_CERT_HEADERS)
+    config.response_headers_to_add.extend(header(k, v) for k, v in security_headers(headers, listener.tls is not None))
     config.response_headers_to_remove.extend(headers.remove_response_headers)
     return config

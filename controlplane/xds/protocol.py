@@ -25,14 +25,18 @@ resources are sent and removed ones named in ``removed_resources``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..resources import Resources
 from .cache import SnapshotCache
 from .registry import Connection, Nack, Registry, TypeState, nack_sources
 from .snapshot import FULL_STATE_TYPES, TYPE_ORDER, Snapshot
+
+log = logging.getLogger("controlplane.xds")
 
 
 class Stream(Protocol):
@@ -108,6 +112,24 @@ class _Loop:
                 task.cancel()
 
 
+# What a node that may not have the gateway's secrets sees of them: nothing (a named
+# subscription is never answered over SotW; delta says the names do not exist).
+_NO_SECRETS = Snapshot(resources={})
+
+
+def _secrets_for(conn: Connection, snapshot: Snapshot) -> Snapshot:
+    """Certificates and keys go only to nodes whose client certificate proved them members of
+    a group allowed to have them (``gateway.secretNodeGroups``): never over plaintext, never
+    to a group named only in the node's own request."""
+    if conn.identity == "certificate" and conn.group in snapshot.secret_groups:
+        return snapshot
+    if not conn.secrets_refused:
+        conn.secrets_refused = True
+        why = "its channel is not mTLS" if conn.identity != "certificate" else f"its group {conn.group!r} may not"
+        log.warning("node %r asked for certificates and keys: refused (%s)", conn.node_id, why)
+    return _NO_SECRETS
+
+
 def _ordered(types: list[str]) -> list[str]:
     rank = {t: i for i, t in enumerate(TYPE_ORDER)}
     return sorted(types, key=lambda t: rank.get(t, len(rank)))
@@ -151,7 +173,8 @@ async def _serve(
             snapshot = ctx.cache.get(conn.group) if identified else None
             if snapshot is not None:
                 for type_url in _ordered(list(states)):
-                    await respond(stream, ctx, conn, states[type_url], type_url, snapshot)
+                    visible = snapshot if type_url != Resources.SECRET else _secrets_for(conn, snapshot)
+                    await respond(stream, ctx, conn, states[type_url], type_url, visible)
             got_request, request = await loop.next(event)
             if not got_request:
                 continue

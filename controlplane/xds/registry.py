@@ -53,6 +53,7 @@ class Connection:
     group: str = ""
     identity: str = "node"  # where node_id comes from: "node" (self-declared) or "certificate"
     envoy_version: str = ""
+    secrets_refused: bool = False  # it asked for certificates it may not have (logged once)
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeState] = field(default_factory=dict)
 

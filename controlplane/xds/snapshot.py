@@ -34,13 +34,15 @@ def decode_details(texts: dict[str, str]) -> dict[str, list[tuple[str, Source]]]
 
 
 # ADS order: clusters before their endpoints, listeners before their routes ("make before break").
-# The rate-limit service's configuration (the only type it asks for) last.
+# Secrets are asked for by the listeners and clusters that name them. The rate-limit
+# service's configuration (the only type it asks for) last.
 TYPE_ORDER = (
     Resources.CLUSTER,
     Resources.ENDPOINT,
     Resources.LISTENER,
     Resources.SCOPED_ROUTE,
     Resources.ROUTE,
+    Resources.SECRET,
     Resources.RATELIMIT,
 )
 # Types whose wildcard subscription is the full state: a response must never be partial.
@@ -104,6 +106,8 @@ class Snapshot:
     references: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Names inside resources (route names, regexes) → the spec place that produced them.
     details_source: Any = None  # mapping, or DetailTexts decoded on first use
+    # Node groups that may receive the secrets (``ir.Gateway.secret_groups``).
+    secret_groups: frozenset[str] = frozenset()
     _details: dict[str, tuple[tuple[str, Source], ...]] | None = field(default=None, repr=False, compare=False)
     _versions: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict, repr=False, compare=False)
     _bodies: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict, repr=False, compare=False)
@@ -191,6 +195,7 @@ def build_snapshot(
     sources: Mapping[tuple[str, str], Source] | None = None,
     details: Mapping[str, Iterable[tuple[str, Source]]] | Mapping[str, str] | None = None,
     previous: Snapshot | None = None,
+    secret_groups: Iterable[str] = (),
 ) -> Snapshot:
     """A checked snapshot from serialized resources (deterministic serialization expected).
 
@@ -212,6 +217,7 @@ def build_snapshot(
         dict(sources or {}),
         {t: frozenset(names) for t, names in (references or {}).items()},
         details,
+        frozenset(secret_groups),
     )
     snap.check()
     return snap
@@ -230,6 +236,8 @@ def references_of(resources: Resources) -> dict[str, set[str]]:
     from envoy.config.cluster.v3 import cluster_pb2
     from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
+    from ..translate.tls import referenced_secrets
+
     routes: set[str] = set()
     for listener in resources.of(Resources.LISTENER).values():
         for chain in listener.filter_chains:  # type: ignore[attr-defined]
@@ -246,7 +254,11 @@ def references_of(resources: Resources) -> dict[str, set[str]]:
         for name, c in resources.of(Resources.CLUSTER).items()
         if c.type == cluster_pb2.Cluster.EDS  # type: ignore[attr-defined]
     }
-    return {Resources.ROUTE: routes, Resources.ENDPOINT: endpoints}
+    listeners: list[Any] = list(resources.of(Resources.LISTENER).values())
+    clusters: list[Any] = list(resources.of(Resources.CLUSTER).values())
+    sockets = [chain.transport_socket for lst in listeners for chain in lst.filter_chains]
+    sockets.extend(c.transport_socket for c in clusters)
+    return {Resources.ROUTE: routes, Resources.ENDPOINT: endpoints, Resources.SECRET: referenced_secrets(sockets)}
 
 
 _nonces = itertools.count(1)

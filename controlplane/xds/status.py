@@ -79,7 +79,7 @@ def _decode(type_url: str, value: bytes) -> Any:
 
 
 def sent_resources(conn: Connection, snapshot: Snapshot | None) -> dict[str, list[tuple[str, bytes]]]:
-    """What this node was last sent, by type: (name, serialized resource)."""
+    """What this node was last sent, by type: (name, serialized resource), private keys redacted."""
     out: dict[str, list[tuple[str, bytes]]] = {}
     if snapshot is None:
         return out
@@ -90,6 +90,13 @@ def sent_resources(conn: Connection, snapshot: Snapshot | None) -> dict[str, lis
         entries = snapshot.of(type_url)
         names = sorted(entries) if state.subscribed is None else sorted(n for n in state.subscribed if n in entries)
         out[type_url] = [(n, entries[n].value) for n in names]
+    if Resources.SECRET in out:  # views of what was sent never show a private key
+        from ..translate.tls import redacted
+
+        out[Resources.SECRET] = [
+            (n, redacted(_decode(Resources.SECRET, v)).SerializeToString(deterministic=True))
+            for n, v in out[Resources.SECRET]
+        ]
     return out
 
 
