@@ -343,17 +343,18 @@ def check_certificate(
     cert_path: str | None = None,
     key_path: str | None = None,
     key_pointer: str | None = None,
-    purpose: Literal["server", "client"] | None = "server",
+    purpose: Literal["server", "client"] | None = None,
     extra_roots: Sequence[x509.Certificate] = (),
 ) -> CertificateInfo | None:
     """Check a certificate file (leaf first, then its chain) and its key; report every
     finding to ``diags`` at ``file``/``pointer`` (the policy's place; ``key_pointer`` for
     findings about the key alone, default ``pointer``). ``cert_path``/``key_path`` name the
     files in messages. ``hostnames`` are those the certificate serves ("*" and other
-    wildcards a certificate cannot cover are skipped). ``purpose`` is the role the
-    extendedKeyUsage must allow, None for no check. ``extra_roots`` count as trusted roots
-    for the chain check (a private CA the caller knows). None when no certificate can be
-    read; otherwise the leaf's description, even with errors reported.
+    wildcards a certificate cannot cover are skipped). ``purpose``, when given, is the
+    role the extendedKeyUsage must allow (a client certificate as a listener's is refused).
+    ``extra_roots`` count as trusted roots for the chain check (a private CA the caller
+    knows). None when no certificate can be read; otherwise the leaf's description, even
+    with errors reported.
     """
     now = now or datetime.datetime.now(datetime.UTC)
     if now.tzinfo is None:

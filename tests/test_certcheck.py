@@ -294,10 +294,12 @@ def test_common_name_is_not_a_hostname(pki: Pki) -> None:
 
 def test_client_certificate_as_server_certificate_is_an_error(pki: Pki) -> None:
     client = pki.root.issue("gateway-1", client=True, days=YEAR)
-    _, diags = check(client.cert, client.key)
+    _, diags = check(client.cert, client.key, purpose="server")
     assert "not for server authentication" in only(diags, "certificate-usage").message
     assert check(client.cert, client.key, purpose="client")[1].items == []
-    assert check(client.cert, client.key, purpose=None)[1].items == []
+    assert check(client.cert, client.key)[1].items == []  # no purpose, no check
+    server = pki.root.issue("server-1", days=YEAR)
+    assert codes(check(server.cert, server.key, purpose="client")[1]) == ["certificate-usage"]
 
 
 # --- chains --------------------------------------------------------------------------------------------
@@ -397,7 +399,7 @@ def test_self_signed_certificate_is_a_complete_chain(pki: Pki) -> None:
     key = own.key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    info, diags = check(own.path, key, purpose=None)
+    info, diags = check(own.path, key)
     assert diags.items == [] and info is not None and info.issuer == info.subject
 
 
@@ -457,6 +459,7 @@ def test_every_finding_is_reported_at_once(pki: Pki) -> None:
         stranger.key,
         hostnames=["www.example.com"],
         code_prefix="upstream-certificate",
+        purpose="server",
     )
     assert sorted(codes(diags)) == sorted(
         f"upstream-certificate-{c}" for c in ("key-mismatch", "weak-key", "expired", "hostname", "usage", "chain")
