@@ -47,7 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
             "body": body.decode("utf-8", "replace"),
         }
         if isinstance(self.connection, ssl.SSLSocket):  # who connected (mTLS): the peer's subject
-            peer = self.connection.getpeercert() or {}
+            peer: Any = self.connection.getpeercert() or {}
             seen["peer_subject"] = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
         self.server.received.append(seen)
         status = 200

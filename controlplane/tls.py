@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import certcheck, ir
 from .documents import Document, DocumentStore
@@ -43,23 +43,35 @@ class TlsReader:
         return str(loaded.path), str(loaded.data)
 
     def certificate(
-        self, secret: str, spec: dict[str, Any], doc: Document, ptr: str, hostnames: Sequence[str] = ()
+        self,
+        secret: str,
+        spec: dict[str, Any],
+        doc: Document,
+        ptr: str,
+        hostnames: Sequence[str] = (),
+        purpose: Literal["server", "client"] = "server",
     ) -> ir.Certificate | None:
         """``{certFile, keyFile}`` at ``ptr``; None (reported) when unreadable or unusable."""
         cert = self._text(doc, ptr + "/certFile", spec["certFile"])
         key = self._text(doc, ptr + "/keyFile", spec["keyFile"])
         if cert is None or key is None:
             return None
+        found = Diagnostics()
         info = certcheck.check_certificate(
             cert[1].encode("latin-1"),
             key[1].encode("latin-1"),
-            self.diags,
+            found,
             doc.name,
             ptr + "/certFile",
             hostnames=[h for h in hostnames if h != "*"],
             warn_days=self.warn_days,
+            cert_path=cert[0],
+            key_path=key[0],
+            key_pointer=ptr + "/keyFile",
+            purpose=purpose,
         )
-        if info is None:
+        self.diags.extend(found)
+        if info is None or found.has_errors():
             return None
         return ir.Certificate(
             name=secret,
@@ -77,12 +89,9 @@ class TlsReader:
         if text is None:
             return None
         try:
-            found = certcheck.read_certificates(text[1].encode("latin-1"))
+            certcheck.read_certificates(text[1].encode("latin-1"))
         except ValueError as exc:
             self.diags.error(f"{Path(text[0]).name}: {exc}", doc.name, ptr, "tls-ca")
-            return None
-        if not found:
-            self.diags.error(f"{Path(text[0]).name} holds no certificate", doc.name, ptr, "tls-ca")
             return None
         return ir.TrustBundle(secret, text[0], text[1], ir.Source(doc.name, ptr))
 
@@ -168,7 +177,7 @@ def upstream_tls(name: str, spec: Any, doc: Document, ptr: str, reader: TlsReade
         ok = out["ca"] is not None
     if "clientCertificate" in spec:
         out["client_certificate"] = reader.certificate(
-            f"upstream/{name}/client", spec["clientCertificate"], doc, ptr + "/clientCertificate"
+            f"upstream/{name}/client", spec["clientCertificate"], doc, ptr + "/clientCertificate", purpose="client"
         )
         ok = ok and out["client_certificate"] is not None
     return out if ok else None

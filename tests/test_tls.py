@@ -134,7 +134,11 @@ def served(port: int, ctx: ssl.SSLContext, sni: str | None = "api.example.com") 
 
 
 def https_get(
-    port: int, ctx: ssl.SSLContext, path: str = "/x/list", host: str = "api.example.com", headers: dict[str, str] | None = None
+    port: int,
+    ctx: ssl.SSLContext,
+    path: str = "/x/list",
+    host: str = "api.example.com",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=5)
     conn.sock = handshake(port, ctx, host)  # connect to 127.0.0.1 with the SNI and Host of ``host``
@@ -160,6 +164,43 @@ def test_https_reaches_the_backend_with_hsts(secure: tuple[Gateway, int], pki: d
     assert status == 200, body
     assert json.loads(body)["path"] == "/x/list"
     assert headers["strict-transport-security"] == "max-age=600"
+
+
+def https_raw(port: int, ctx: ssl.SSLContext, request: bytes, sni: str = "api.example.com") -> bytes:
+    with handshake(port, ctx, sni) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("request_head", "expected"),
+    [
+        ("GET /x/list HTTP/1.1\r\nHost: api.example.com", 200),
+        ("GET /x/nothing HTTP/1.1\r\nHost: api.example.com", 404),
+        ("POST /x/list HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 0", 405),
+        ("GET /x/list HTTP/1.1\r\nHost: api.example.com\r\nX_Under: 1", 400),
+        ("GET /x/list HTTP/1.1\r\nHost: other.test", 404),
+        # a backend's own header never replaces the gateway's
+        (
+            "GET /x/list HTTP/1.1\r\nHost: api.example.com\r\n"
+            "X-Echo-Response-Header: Strict-Transport-Security: max-age=0",
+            200,
+        ),
+    ],
+)
+def test_hsts_on_every_https_reply(
+    secure: tuple[Gateway, int], pki: dict[str, Any], request_head: str, expected: int
+) -> None:
+    gw, _ = secure
+    data = https_raw(gw.port, context(pki), request_head.encode() + b"\r\nConnection: close\r\n\r\n")
+    head = data.split(b"\r\n\r\n", 1)[0].decode().lower().split("\r\n")
+    assert head[0].split()[1] == str(expected)
+    assert [line for line in head if line.startswith("strict-transport-security:")] == [
+        "strict-transport-security: max-age=600"
+    ]
 
 
 def test_sni_chooses_the_certificate(secure: tuple[Gateway, int], pki: dict[str, Any]) -> None:
@@ -247,7 +288,7 @@ def refused(port: int, ctx: ssl.SSLContext) -> bool:
     """The handshake or the first request fails (TLS 1.3 reports a refused client certificate
     on the first read)."""
     try:
-        status, _h, _b = https_get(port, ctx)
+        https_get(port, ctx)
     except (ssl.SSLError, OSError, http.client.HTTPException):
         return True
     return False
@@ -267,7 +308,7 @@ def test_required_client_certificate(gateway_factory: Callable[..., Gateway], pk
     assert seen["x-client-cert-subject"] == "CN=acme"
     assert seen["x-client-cert-uri-san"] == "spiffe://partners/acme"
     assert seen["x-client-cert-sha256"] == fingerprint(pki["acme"]).hex()
-    assert 'URI=spiffe://partners/acme' in seen["x-forwarded-client-cert"]
+    assert "URI=spiffe://partners/acme" in seen["x-forwarded-client-cert"]
 
 
 def test_client_certificate_sans_are_enforced(gateway_factory: Callable[..., Gateway], pki: dict[str, Any]) -> None:
@@ -289,7 +330,7 @@ def test_optional_client_certificate_strips_forged_headers(
     forged = {
         "X-Client-Cert-Subject": "CN=acme",
         "X-Client-Cert-Sha256": "00" * 32,
-        "X-Forwarded-Client-Cert": "By=x;Hash=00;Subject=\"CN=acme\";URI=spiffe://partners/acme",
+        "X-Forwarded-Client-Cert": 'By=x;Hash=00;Subject="CN=acme";URI=spiffe://partners/acme',
     }
     status, _h, body = https_get(gw.port, context(pki), headers=forged)
     assert status == 200, body
@@ -382,7 +423,9 @@ def test_upstream_mtls_refusals(
         parts.append(f"clientCertificate: {{certFile: {client.cert}, keyFile: {client.key}}}")
     if case == "wrong-san":
         parts.append("subjectAltNames: [payments.internal]")
-    gw = gateway_factory({"spec.yaml": SPEC, "policy.yaml": upstream_policy(server, issued, "{" + ", ".join(parts) + "}")})
+    gw = gateway_factory(
+        {"spec.yaml": SPEC, "policy.yaml": upstream_policy(server, issued, "{" + ", ".join(parts) + "}")}
+    )
     before = len(server.received)
     resp = gw.request("GET", "/x/list")
     assert resp.status == 503, resp.body

@@ -79,20 +79,24 @@ def tls_context(web: CertificateAuthority) -> ssl.SSLContext:
 
 
 def served_serial(port: int, ctx: ssl.SSLContext) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="api.example.com") as s:
-            der = s.getpeercert(binary_form=True)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="api.example.com") as s,
+    ):
+        der = s.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
 
 
 def https_status(port: int, ctx: ssl.SSLContext) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="api.example.com") as s:
-            s.sendall(b"GET /x/list HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="api.example.com") as s,
+    ):
+        s.sendall(b"GET /x/list HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
     return int(data.split(b" ", 2)[1])
 
 
@@ -102,9 +106,10 @@ def test_certificates_arrive_over_sds(setup: dict[str, Any], delta: bool) -> Non
     setup["envoys"].append(envoy)
     ctx = tls_context(setup["web"])
     wait_for(lambda: https_status(setup["port"], ctx) == 200, 20, "HTTPS through the gateway")
-    assert served_serial(setup["port"], ctx) == x509.load_pem_x509_certificate(
-        setup["first"].cert.read_bytes()
-    ).serial_number
+    assert (
+        served_serial(setup["port"], ctx)
+        == x509.load_pem_x509_certificate(setup["first"].cert.read_bytes()).serial_number
+    )
     # the listener carries only a reference: the key never travels inside it
     _status, dump = envoy.admin("/config_dump?resource=dynamic_active_secrets")
     assert SECRET in dump
@@ -138,7 +143,13 @@ class HttpsTraffic(threading.Thread):
                             raise ConnectionError("the kept-alive connection was closed")
                         buf += chunk
                     head, _, rest = buf.partition(b"\r\n\r\n")
-                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                    length = int(
+                        next(
+                            line.split(b":")[1]
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        )
+                    )
                     while len(rest) < length:
                         rest += conn.recv(65536)
                     buf = rest[length:]

@@ -262,7 +262,7 @@ def test_security_response_headers(echo: EchoServer, gw: Gateway) -> None:
     ]:
         resp = gw.request(method, path, headers=headers)
         assert resp.status == expected
-        assert resp.header("strict-transport-security") == "max-age=31536000; includeSubDomains"
+        assert resp.header("strict-transport-security") is None  # a plain-HTTP listener (RFC 6797 §7.2)
         assert resp.header("x-content-type-options") == "nosniff"
         assert resp.header("x-frame-options") == "DENY"
         leaked = resp.header_names() & {"server", "x-powered-by", "x-envoy-upstream-service-time"}
