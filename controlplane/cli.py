@@ -217,6 +217,15 @@ def status_table(data: dict[str, Any], compiled: dict[str, Any]) -> str:
     )
     lines.extend(f"  {e}" for e in compiled.get("errors", []))
     lines.extend(notes)
+    holders: dict[str, list[str]] = {}
+    for n in data["nodes"]:
+        for held in n.get("certificates", ()):
+            holders.setdefault(held["secret"], []).append(n["node"])
+    for cert in data.get("certificates", ()):
+        days = cert["days_left"]
+        when = f"EXPIRED {-days:.0f} days ago" if days < 0 else f"{days:.0f} days left"
+        nodes = ", ".join(holders.get(cert["secret"], [])) or "no node yet"
+        lines.append(f"certificate {cert['secret']} ({cert['file']}): expires {cert['not_after']}, {when}; on {nodes}")
     return "\n".join(lines)
 
 

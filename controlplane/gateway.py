@@ -87,7 +87,7 @@ async def _run(args: argparse.Namespace, envoy: str, tmp: Path) -> int:
     _check_free("127.0.0.1", args.envoy_admin_port, "Envoy's admin server", "--envoy-admin-port")
     ca = CertificateAuthority(tmp, "run-ca")
     server_cert = ca.issue("localhost", ["localhost", "127.0.0.1"])
-    envoy_cert = ca.issue("gateway-1", client=True)
+    envoy_cert = ca.issue("gateway-1", client=True, unit="gateway")  # the group that may have the certificates
     plane = ControlPlane(
         ServeOptions(
             paths=args.paths,

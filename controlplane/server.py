@@ -129,12 +129,14 @@ class ControlPlane:
                 "/healthz": lambda q: json_answer(200, {"live": True}),
                 "/readyz": lambda q: json_answer(200 if self.cache.ready else 503, {"ready": self.cache.ready}),
                 "/metrics": metrics_handler(self.metrics.prometheus),
-                "/status": lambda q: json_answer(200, status(self.ctx.registry, self.cache)),
+                "/status": lambda q: json_answer(200, status(self.ctx.registry, self.cache, self.certificates)),
                 "/config_dump": self._config_dump,
                 "/compile": lambda q: json_answer(200, self.report.as_json()),
                 "/refresh_jwks": self._refresh_jwks_now,
             }
         )
+        self.certificates: dict[str, tuple[str, str]] = {}  # served secret → (file, expiry), for status and metrics
+        self.metrics.certificates = self.certificates
         self.jwks: dict[str, str] = {}  # provider → keys the control plane fetched
         self.jwks_state: dict[str, dict[str, Any]] = {}
         self._fetchers: dict[str, tuple[ir.JwtProvider, asyncio.Task[Any]]] = {}
@@ -257,6 +259,8 @@ class ControlPlane:
             self._rejected(report, "the compiled configuration is inconsistent")
             return False
         changed = self.cache.set(snapshot, DEFAULT_GROUP, changed_at)
+        self.certificates.clear()
+        self.certificates.update((name, (file, not_after)) for name, file, not_after in result.certificates)
         report.version = snapshot.version
         self.report = report
         self.metrics.compiles.labels("ok").inc()

@@ -98,7 +98,7 @@ class Sidecars:
             )
         )
         self.names.append("redis-server")
-        cert = ca.issue("ratelimit-1", client=True)
+        cert = ca.issue("ratelimit-1", client=True, unit="ratelimit")  # never given the gateway's certificates
         self.service_admin = _free_port()
         self.procs.append(
             subprocess.Popen(

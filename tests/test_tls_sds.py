@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from controlplane.certs import CertificateAuthority, Issued
 from controlplane.echo import EchoServer
 from controlplane.resources import Resources
 from tests.harness import EnvoyProcess, free_port
-from tests.xds_harness import ControlPlaneProcess, Pki, start_envoy, wait_for
+from tests.xds_harness import ControlPlaneProcess, Pki, http_get, start_envoy, wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -115,6 +117,22 @@ def test_certificates_arrive_over_sds(setup: dict[str, Any], delta: bool) -> Non
     assert SECRET in dump
     _status, listeners = envoy.admin("/config_dump?resource=dynamic_listeners")
     assert "PRIVATE KEY" not in listeners
+    # status: which node holds which certificate until when; metrics: days to expiry
+    plane: ControlPlaneProcess = setup["plane"]
+    expiry = x509.load_pem_x509_certificate(setup["first"].cert.read_bytes()).not_valid_after_utc
+    node = wait_for(lambda: (n := plane.node("gateway-1")) and n["certificates"] and n, 10, "the node's certificates")
+    assert node["certificates"] == [{"secret": SECRET, "not_after": expiry.isoformat()}]
+    (row,) = plane.status()["certificates"]
+    assert row["file"].endswith("server.crt") and 0 < row["days_left"] <= 1
+    _code, metrics = http_get(plane.admin_port, "/metrics")
+    line = next(x for x in metrics.decode().splitlines() if x.startswith("controlplane_certificate_expiry_days{"))
+    assert f'secret="{SECRET}"' in line and 0 < float(line.rsplit(" ", 1)[1]) <= 1
+    shown = subprocess.run(
+        [sys.executable, "-m", "controlplane", "status", "--server", f"127.0.0.1:{plane.admin_port}"],
+        capture_output=True,
+        text=True,
+    )
+    assert f"certificate {SECRET} (" in shown.stdout and "on gateway-1" in shown.stdout, shown.stdout
 
 
 class HttpsTraffic(threading.Thread):

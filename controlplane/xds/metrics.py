@@ -52,6 +52,8 @@ class Metrics:
         )
         self.registry = registry
         self.cache = cache
+        self.certificates: dict[str, tuple[str, str]] = {}  # secret → (file, expiry): set by the server
+        r.register(_CertificateCollector(self))
         self.rollouts: dict[str, _Rollout] = {}  # group → rollout in progress
         self.last_convergence: float | None = None
         registry.observers.append(self._on_event)
@@ -99,3 +101,28 @@ class Metrics:
             self._check(conn)
         elif event == "nack":
             self.nacks.labels(_short(type_url)).inc()
+
+
+class _CertificateCollector:
+    """Days until each served certificate expires, computed when scraped (an alert on
+    ``controlplane_certificate_expiry_days < 14`` needs no other clock)."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from .status import certificate_rows
+
+        days = GaugeMetricFamily(
+            "controlplane_certificate_expiry_days",
+            "Days until a served certificate expires (negative: expired)",
+            labels=["secret", "file"],
+        )
+        for row in certificate_rows(self.metrics.certificates):
+            days.add_metric([row["secret"], row["file"]], row["days_left"])
+        yield days

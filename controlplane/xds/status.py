@@ -50,7 +50,21 @@ def overall(types: dict[str, dict[str, Any]]) -> str:
     return Sync.SYNCED if states else Sync.NOT_SENT
 
 
-def status(registry: Registry, cache: SnapshotCache) -> dict[str, Any]:
+def held_secrets(conn: Connection, snapshot: Snapshot | None) -> list[str]:
+    """The secrets this node was sent and acknowledged (none when it may not have them)."""
+    state = conn.types.get(Resources.SECRET)
+    if snapshot is None or state is None or not state.acked_version or conn.secrets_refused:
+        return []
+    names = snapshot.of(Resources.SECRET)
+    return sorted(n for n in (state.subscribed or names) if n in names)
+
+
+def status(
+    registry: Registry, cache: SnapshotCache, certificates: dict[str, tuple[str, str]] | None = None
+) -> dict[str, Any]:
+    """Every node's sync state; with ``certificates`` (secret → (file, expiry)), the
+    certificates each node holds and their expiry."""
+    certificates = certificates or {}
     nodes = []
     for conn in sorted(registry.connections.values(), key=lambda c: (c.node_id, c.stream_id)):
         if not conn.node_id:
@@ -68,9 +82,26 @@ def status(registry: Registry, cache: SnapshotCache) -> dict[str, Any]:
                 "connected_seconds": round(time.time() - conn.connected_at, 1),
                 "state": overall(types),
                 "types": types,
+                "certificates": [
+                    {"secret": n, "not_after": certificates[n][1]}
+                    for n in held_secrets(conn, snapshot)
+                    if n in certificates
+                ],
             }
         )
-    return {"nodes": nodes}
+    return {"nodes": nodes, "certificates": certificate_rows(certificates)}
+
+
+def certificate_rows(certificates: dict[str, tuple[str, str]], now: float | None = None) -> list[dict[str, Any]]:
+    """Served certificates with their expiry and days left (negative: expired)."""
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(now if now is not None else time.time(), datetime.UTC)
+    rows = []
+    for name, (file, not_after) in sorted(certificates.items()):
+        left = (datetime.datetime.fromisoformat(not_after) - moment).total_seconds() / 86_400
+        rows.append({"secret": name, "file": file, "not_after": not_after, "days_left": round(left, 2)})
+    return rows
 
 
 def _decode(type_url: str, value: bytes) -> Any:
