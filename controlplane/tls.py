@@ -107,8 +107,11 @@ def listener_tls(
     diags = reader.diags
     certs: list[ir.Certificate] = []
     ok = True
+    # a default certificate answers the hostnames no SNI-specific certificate names
+    named = {h for item in spec["certificates"] for h in item.get("hostnames", ())}
+    unnamed = [h for h in hostnames if h not in named]
     for i, item in enumerate(spec["certificates"]):
-        names = item.get("hostnames") or hostnames
+        names = item.get("hostnames") or unnamed
         cert = reader.certificate(f"{listener}/cert-{i}", item, doc, f"{ptr}/certificates/{i}", names)
         ok = ok and cert is not None
         if cert is not None:
