@@ -153,6 +153,15 @@ def static_bootstrap(
     for secret in resources.of(Resources.SECRET).values():
         assert isinstance(secret, secret_pb2.Secret)
         boot.static_resources.secrets.append(tls.static_secret(secret, key_files, show_secrets))
+    if gw.mesh is not None:
+        # Workload certificates are issued by the serving control plane; a static configuration
+        # gets ones of a CA made for it alone (mesh.ca's when given), keys shown only on request.
+        from .workloads import WorkloadIdentities
+
+        issued, _sidecars = WorkloadIdentities().secrets(gw.mesh, gw.secret_groups[0])
+        for data in issued.values():
+            secret = secret_pb2.Secret.FromString(data)
+            boot.static_resources.secrets.append(secret if show_secrets else tls.redacted(secret))
     endpoints = resources.of(Resources.ENDPOINT)
     for msg in resources.of(Resources.CLUSTER).values():
         c = boot.static_resources.clusters.add()

@@ -26,7 +26,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import auth, edge, incremental, ir, ratelimits, tls, upstreams
+from . import auth, edge, incremental, ir, mesh, ratelimits, tls, upstreams
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -73,6 +73,8 @@ class _Builder:
         self.gateway: dict[str, Any] = {}
         self.headers: dict[str, Any] = {}
         self.rateLimits: dict[str, Any] = {}  # the policy section (its name, for the singleton check)
+        self.mesh: dict[str, Any] = {}
+        self.singleton_docs: dict[str, Document] = {}  # section → the policy that set it
         self.rate_limits_file = ""
         self.gateway_limits: list[ratelimits.GatewayLimit] = []
         self.global_limits = False  # some operation's limit is counted by the rate-limit service
@@ -119,7 +121,7 @@ class _Builder:
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
             self._read_auth(doc, data)
-            for key in ("gateway", "headers", "rateLimits"):
+            for key in ("gateway", "headers", "rateLimits", "mesh"):
                 if key in data:
                     if key in singletons:
                         self.diags.error(
@@ -131,6 +133,7 @@ class _Builder:
                     else:
                         singletons[key] = doc.name
                         setattr(self, key, data[key])
+                        self.singleton_docs[key] = doc
                         if key == "rateLimits":
                             self.rate_limits_file = doc.name
                             self.gateway_limits = ratelimits.read_section(data[key], doc.name, self.diags)
@@ -594,6 +597,10 @@ class _Builder:
         service = None
         if any(not rl.local for lst in listeners for rl in ratelimits.used(lst).values()):
             service = ratelimits.service(self.rateLimits, self.rate_limits_file, self.diags)
+        mesh_ir = None
+        if self.mesh:
+            mesh_ir = mesh.mesh_ir(self.mesh, self.singleton_docs["mesh"], self.upstreams, reader, self.diags)
+            built = mesh.with_backends(built, mesh_ir)
         tls.check_plaintext(listeners, built, g.get("requireUpstreamTls", "none"), self.diags)
         if self.diags.has_errors():
             return None
@@ -608,6 +615,7 @@ class _Builder:
             providers=tuple(sorted(self.providers.values(), key=lambda p: p.name)),
             ratelimit_service=service,
             secret_groups=tuple(g.get("secretNodeGroups", ("gateway",))),
+            mesh=mesh_ir,
         )
 
 

@@ -61,7 +61,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     assert result.gateway is not None and result.resources is not None
     if args.envoy:
-        accepted, output = envoy_validate(to_dict(static_bootstrap(result.gateway, result.resources)))
+        accepted, output = envoy_validate(
+            to_dict(static_bootstrap(result.gateway, result.resources, show_secrets=True))
+        )
         if not accepted:
             print(f"envoy rejected the generated configuration:\n{output}", file=sys.stderr)
             return 1
@@ -160,7 +162,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         node_id=args.node_id,
         host=host,
         port=port,
-        cluster=args.cluster,
+        cluster=f"backend.{args.sidecar}" if args.sidecar else args.cluster,
         delta=args.delta,
         insecure=args.insecure,
         cert_file=args.tls_cert,
@@ -334,6 +336,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--cluster", default="gateway", help="node cluster: the group of Envoys sharing a config")
     b.add_argument(
         "--xds-address", required=True, type=_host_port, metavar="HOST:PORT", help="the control plane's xDS address"
+    )
+    b.add_argument(
+        "--sidecar",
+        metavar="BACKEND",
+        help="the sidecar of mesh backend BACKEND (node group backend.BACKEND: its xDS client certificate "
+        "must carry that organizational unit)",
     )
     b.add_argument("--delta", action="store_true", help="use incremental (delta) xDS")
     b.add_argument("--insecure", action="store_true", help="plaintext channel to the xDS server")

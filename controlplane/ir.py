@@ -128,6 +128,8 @@ class Upstream:
     subject_alt_names: tuple[str, ...] = ()
     client_certificate: Certificate | None = None  # mTLS: what the gateway presents
     min_tls_version: str = "1.2"
+    # The mesh backend whose sidecar this upstream reaches (mTLS with workload certificates).
+    mesh_backend: str | None = None
     protocol: Protocol = Protocol.HTTP1
     connect_timeout_ms: int = 2000
     health_check: HealthCheck | None = None
@@ -426,12 +428,56 @@ class Gateway:
     # Node groups (the organizational unit of an Envoy's xDS client certificate) that may
     # receive the gateway's certificates and keys over SDS.
     secret_groups: tuple[str, ...] = ("gateway",)
+    mesh: Mesh | None = None
 
     def certificates(self) -> list[Certificate]:
         """Every certificate with a private key the gateway's Envoys are given."""
         out = [c for lst in self.listeners if lst.tls for c in lst.tls.certificates]
         out.extend(u.client_certificate for u in self.upstreams if u.client_certificate)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class MeshBackend:
+    """A backend behind a sidecar Envoy that only answers the gateway's identity."""
+
+    name: str
+    upstream: str  # the gateway's upstream whose endpoints are this sidecar's inbound listener
+    address: str  # the sidecar's inbound listener
+    port: int
+    app: Endpoint  # where the sidecar forwards (the application, on localhost)
+    source: Source
+
+    @property
+    def group(self) -> str:
+        """The node group of its sidecars (the OU of their xDS client certificates)."""
+        return f"backend.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    """Workload identities: short-lived certificates with SPIFFE URIs, issued by the control
+    plane (its built-in CA, or ``ca``) and rotated over SDS."""
+
+    trust_domain: str
+    ttl_s: int
+    backends: tuple[MeshBackend, ...]
+    source: Source
+    ca: Certificate | None = None  # an existing CA's certificate and key; None: the built-in CA
+
+    def gateway_uri(self, group: str) -> str:
+        return f"spiffe://{self.trust_domain}/gateway/{group}"
+
+    def backend_uri(self, name: str) -> str:
+        return f"spiffe://{self.trust_domain}/backend/{name}"
+
+
+MESH_CA_SECRET = "mesh/ca"  # the trust bundle every mesh member verifies peers with
+MESH_GATEWAY_SECRET = "mesh/gateway"  # the gateway's workload certificate
+
+
+def mesh_backend_secret(name: str) -> str:
+    return f"mesh/backend/{name}"
 
 
 def _quick(cls: type[T]) -> type[T]:

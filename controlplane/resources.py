@@ -44,6 +44,8 @@ class Resources:
     # The paths of each route configuration: their operations' route names, path regexes
     # and templates appear in Envoy's errors about routes (``details``).
     path_groups: dict[str, tuple[PathRoute, ...]] = field(default_factory=dict)  # by route configuration
+    # Other node groups' own resources (a mesh backend's sidecars), by group.
+    groups: dict[str, Resources] = field(default_factory=dict)
 
     def add(self, type_url: str, message: Message, source: Source, name: str = "") -> None:
         name = name or getattr(message, "name", "") or getattr(message, "cluster_name", "")

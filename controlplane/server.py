@@ -32,14 +32,16 @@ from typing import Any
 
 from . import ir
 from .errors import Diagnostic
+from .resources import Resources
 from .sources import stamps
 from .worker import CompiledConfig, Compiler
+from .workloads import WorkloadIdentities
 from .xds.admin import AdminServer, json_answer, metrics_handler
-from .xds.cache import DEFAULT_GROUP, SnapshotCache
+from .xds.cache import DEFAULT_GROUP, OWN_GROUP_PREFIXES, SnapshotCache
 from .xds.grpc_server import TlsFiles, build_server
 from .xds.metrics import Metrics
 from .xds.protocol import XdsContext
-from .xds.snapshot import DetailTexts, InconsistentSnapshot, build_snapshot
+from .xds.snapshot import DetailTexts, InconsistentSnapshot, Snapshot, build_snapshot
 from .xds.status import config_dump, status
 
 log = logging.getLogger("controlplane")
@@ -136,6 +138,8 @@ class ControlPlane:
             }
         )
         self.certificates: dict[str, tuple[str, str]] = {}  # served secret → (file, expiry), for status and metrics
+        self.identities = WorkloadIdentities()
+        self.last_result: CompiledConfig | None = None  # the configuration served (renewals rebuild it)
         self.metrics.certificates = self.certificates
         self.jwks: dict[str, str] = {}  # provider → keys the control plane fetched
         self.jwks_state: dict[str, dict[str, Any]] = {}
@@ -167,6 +171,7 @@ class ControlPlane:
         await self.recompile(time.monotonic())
         self._tasks.append(asyncio.ensure_future(self._watch()))
         self._tasks.append(asyncio.ensure_future(self._collect_when_idle()))
+        self._tasks.append(asyncio.ensure_future(self._renew_workloads()))
 
     async def _collect_when_idle(self, quiet: float = 1.0, full_every: float = 600.0) -> None:
         """Keep full garbage collections out of pushes.
@@ -245,22 +250,13 @@ class ControlPlane:
             self._rejected(report, "the inputs have errors")
             return False
         try:
-            snapshot = build_snapshot(
-                result.serialized,
-                result.references,
-                result.sources,
-                DetailTexts(result.details),
-                previous=self.cache.get(DEFAULT_GROUP),
-                secret_groups=result.secret_groups,
-            )
+            snapshot, sidecars = self._snapshots(result)
         except InconsistentSnapshot as exc:
             report.errors = [Diagnostic(str(exc), "")]
             report.ok = False
             self._rejected(report, "the compiled configuration is inconsistent")
             return False
-        changed = self.cache.set(snapshot, DEFAULT_GROUP, changed_at)
-        self.certificates.clear()
-        self.certificates.update((name, (file, not_after)) for name, file, not_after in result.certificates)
+        changed = self._publish(result, snapshot, sidecars, changed_at)
         report.version = snapshot.version
         self.report = report
         self.metrics.compiles.labels("ok").inc()
@@ -282,6 +278,63 @@ class ControlPlane:
             self._start_validation()
         self._sync_fetchers(result.jwks_to_fetch)
         return True
+
+    # -- snapshots, and workload certificates ----------------------------------------------
+    def _snapshots(self, result: CompiledConfig) -> tuple[Snapshot, dict[str, Snapshot]]:
+        """The gateway's snapshot and each mesh sidecar group's, with the workload
+        certificates due (issued, or renewed when half their lifetime is gone)."""
+        serialized = result.serialized
+        sidecars: dict[str, Snapshot] = {}
+        if result.mesh is not None:
+            gateway_secrets, backend_secrets = self.identities.secrets(result.mesh, result.secret_groups[0])
+            serialized = {**serialized, Resources.SECRET: {**serialized.get(Resources.SECRET, {}), **gateway_secrets}}
+            for group, (own, references) in result.groups.items():
+                sidecars[group] = build_snapshot(
+                    {**own, Resources.SECRET: backend_secrets[group]},
+                    references,
+                    previous=self.cache.get(group),
+                    secret_groups=[group],
+                )
+        snapshot = build_snapshot(
+            serialized,
+            result.references,
+            result.sources,
+            DetailTexts(result.details),
+            previous=self.cache.get(DEFAULT_GROUP),
+            secret_groups=result.secret_groups,
+        )
+        return snapshot, sidecars
+
+    def _publish(
+        self, result: CompiledConfig, snapshot: Snapshot, sidecars: dict[str, Snapshot], changed_at: float
+    ) -> bool:
+        for group, own in sidecars.items():
+            if self.cache.set(own, group, changed_at):
+                self.metrics.published(group, own.version, changed_at)
+        for group in self.cache.groups():
+            if group.startswith(OWN_GROUP_PREFIXES) and group not in sidecars:
+                self.cache.remove(group)
+        changed = self.cache.set(snapshot, DEFAULT_GROUP, changed_at)
+        self.last_result = result
+        self.certificates.clear()
+        self.certificates.update((name, (file, not_after)) for name, file, not_after in result.certificates)
+        if result.mesh is not None:
+            self.certificates.update(self.identities.expiries())
+        return changed
+
+    async def _renew_workloads(self) -> None:
+        """Republish with renewed workload certificates when the first is due."""
+        while True:
+            due = self.identities.next_renewal()
+            await asyncio.sleep(60.0 if due is None else min(max(due - time.time(), 0.05), 60.0))
+            due = self.identities.next_renewal()
+            if due is None or due > time.time() or self.last_result is None:
+                continue
+            async with self._compile_lock:
+                result = self.last_result
+                snapshot, sidecars = self._snapshots(result)
+                self._publish(result, snapshot, sidecars, time.monotonic())
+            log.info("workload certificates renewed: %s", ", ".join(sorted(self.identities.issued)))
 
     # -- keys fetched by the control plane ------------------------------------------------
     def _sync_fetchers(self, providers: list[ir.JwtProvider]) -> None:

@@ -49,7 +49,7 @@ class TlsReader:
         doc: Document,
         ptr: str,
         hostnames: Sequence[str] = (),
-        purpose: Literal["server", "client"] = "server",
+        purpose: Literal["server", "client"] | None = "server",
     ) -> ir.Certificate | None:
         """``{certFile, keyFile}`` at ``ptr``; None (reported) when unreadable or unusable."""
         cert = self._text(doc, ptr + "/certFile", spec["certFile"])

@@ -29,7 +29,7 @@ from . import ir
 from .documents import gc_paused
 from .errors import Diagnostic, WithDiagnostics
 from .ir import Source
-from .resources import operation_details
+from .resources import Resources, operation_details
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class CompiledConfig(WithDiagnostics):
     jwks_to_fetch: list[ir.JwtProvider] = field(default_factory=list)  # providers with jwks.fetch: controlplane
     secret_groups: tuple[str, ...] = ()  # node groups that may receive the secrets
     certificates: list[tuple[str, str, str]] = field(default_factory=list)  # (secret, file, expiry ISO 8601)
+    mesh: ir.Mesh | None = None  # workload certificates the server issues
+    # Other node groups (mesh sidecars): group → (serialized resources, references).
+    groups: dict[str, tuple[dict[str, dict[str, bytes]], dict[str, set[str]]]] = field(default_factory=dict)
     # From the worker process, a result can be relative to the one before (``base``): then
     # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
     # gone (details under "#details"). ``Compiler.compile`` makes it whole again.
@@ -142,10 +145,7 @@ def _compile_serialized(
         return CompiledConfig(
             False, result.diagnostics, files=files, digests=digests, seconds=time.perf_counter() - started
         )
-    serialized = {
-        type_url: {name: msg.SerializeToString(deterministic=True) for name, msg in by_name.items()}
-        for type_url, by_name in result.resources.by_type.items()
-    }
+    serialized = serialize(result.resources)
     ops = sum(len(p.operations) for lst in result.gateway.listeners for p in lst.paths)
     return CompiledConfig(
         True,
@@ -167,7 +167,16 @@ def _compile_serialized(
         [p for p in result.gateway.providers if p.jwks_fetch == "controlplane"],
         result.gateway.secret_groups,
         [(c.name, c.cert_file, c.not_after) for c in result.gateway.certificates()],
+        result.gateway.mesh,
+        {group: (serialize(r), references_of(r)) for group, r in result.resources.groups.items()},
     )
+
+
+def serialize(resources: Resources) -> dict[str, dict[str, bytes]]:
+    return {
+        type_url: {name: msg.SerializeToString(deterministic=True) for name, msg in by_name.items()}
+        for type_url, by_name in resources.by_type.items()
+    }
 
 
 _IN_WORKER = False

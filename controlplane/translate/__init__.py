@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..resources import Resources
-from . import clusters, jwt, listener, ratelimit, routes, tls
+from . import clusters, jwt, listener, mesh, ratelimit, routes, tls
 
 
 def translate(gw: ir.Gateway) -> Resources:
@@ -27,6 +27,9 @@ def translate(gw: ir.Gateway) -> Resources:
         out.add(Resources.CLUSTER, clusters.cluster(upstream), upstream.source)
         if not upstream.uses_dns:
             out.add(Resources.ENDPOINT, clusters.load_assignment(upstream), upstream.source)
+    if gw.mesh is not None:
+        for backend in gw.mesh.backends:
+            out.groups[backend.group] = mesh.sidecar_resources(gw.mesh, backend)
     return out
 
 

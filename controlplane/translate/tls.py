@@ -94,7 +94,7 @@ def san_matchers(names: tuple[str, ...]) -> list[common_pb2.SubjectAltNameMatche
     return out
 
 
-def _validation(
+def peer_validation(
     common: tls_pb2.CommonTlsContext, bundle: str | None, sans: tuple[str, ...], system_ca: str | None = None
 ) -> None:
     """Peers verified by ``bundle`` (an SDS secret) or the system CAs, with SAN matchers inline."""
@@ -111,7 +111,7 @@ def _validation(
     )
 
 
-def _params(low: str, high: str, ciphers: tuple[str, ...] = ()) -> common_pb2.TlsParameters:
+def tls_params(low: str, high: str, ciphers: tuple[str, ...] = ()) -> common_pb2.TlsParameters:
     return common_pb2.TlsParameters(
         tls_minimum_protocol_version=_VERSIONS[low], tls_maximum_protocol_version=_VERSIONS[high], cipher_suites=ciphers
     )
@@ -119,13 +119,13 @@ def _params(low: str, high: str, ciphers: tuple[str, ...] = ()) -> common_pb2.Tl
 
 def downstream_context(tls: ir.ListenerTls, certificates: list[ir.Certificate]) -> tls_pb2.DownstreamTlsContext:
     common = tls_pb2.CommonTlsContext(
-        tls_params=_params(tls.min_version, tls.max_version, tls.cipher_suites),
+        tls_params=tls_params(tls.min_version, tls.max_version, tls.cipher_suites),
         tls_certificate_sds_secret_configs=[sds(c.name) for c in certificates],
         alpn_protocols=list(tls.alpn),
     )
     context = tls_pb2.DownstreamTlsContext(common_tls_context=common)  # a copy of ``common``
     if tls.client is not None:
-        _validation(context.common_tls_context, tls.client.ca.name, tls.client.subject_alt_names)
+        peer_validation(context.common_tls_context, tls.client.ca.name, tls.client.subject_alt_names)
         context.require_client_certificate.CopyFrom(wrappers_pb2.BoolValue(value=tls.client.required))
     return context
 
@@ -161,12 +161,16 @@ def filter_chains(
 
 
 def upstream_socket(upstream: ir.Upstream, system_ca: str) -> base_pb2.TransportSocket:
-    common = tls_pb2.CommonTlsContext(tls_params=_params(upstream.min_tls_version, "1.3"))
+    common = tls_pb2.CommonTlsContext(tls_params=tls_params(upstream.min_tls_version, "1.3"))
     sans = upstream.subject_alt_names or ((upstream.sni,) if upstream.sni else ())
-    if upstream.ca is not None:
-        _validation(common, upstream.ca.name, sans)
+    if upstream.mesh_backend is not None:
+        # a sidecar: the gateway's workload certificate, and the backend's SPIFFE identity
+        peer_validation(common, ir.MESH_CA_SECRET, sans)
+        common.tls_certificate_sds_secret_configs.append(sds(ir.MESH_GATEWAY_SECRET))
+    elif upstream.ca is not None:
+        peer_validation(common, upstream.ca.name, sans)
     else:
-        _validation(common, None, sans, upstream.ca_file or system_ca)
+        peer_validation(common, None, sans, upstream.ca_file or system_ca)
     if upstream.client_certificate is not None:
         common.tls_certificate_sds_secret_configs.append(sds(upstream.client_certificate.name))
     if upstream.protocol is ir.Protocol.HTTP2:

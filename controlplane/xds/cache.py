@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from .snapshot import Snapshot
 
 DEFAULT_GROUP = "*"
+# Groups with configurations of their own only (mesh sidecars are "backend.<name>").
+OWN_GROUP_PREFIXES = ("backend.",)
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,25 @@ class SnapshotCache:
         return True
 
     def get(self, group: str) -> Snapshot | None:
-        published = self._by_group.get(group) or self._by_group.get(DEFAULT_GROUP)
+        published = self.published(group)
         return published.snapshot if published else None
 
     def published(self, group: str) -> Published | None:
-        return self._by_group.get(group) or self._by_group.get(DEFAULT_GROUP)
+        own = self._by_group.get(group)
+        if own is not None or group.startswith(OWN_GROUP_PREFIXES):
+            return own  # a sidecar never gets the gateway's configuration
+        return self._by_group.get(DEFAULT_GROUP)
+
+    def remove(self, group: str) -> None:
+        """A group whose configuration is gone (a backend removed from the mesh): its nodes
+        get no configuration at all, never the default group's."""
+        if self._by_group.pop(group, None) is not None:
+            self.generation += 1
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    def groups(self) -> list[str]:
+        return list(self._by_group)
 
     @property
     def ready(self) -> bool:
