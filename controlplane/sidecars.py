@@ -1,6 +1,7 @@
 """The services a local gateway (``run``) needs beside Envoy, started when the policy needs them.
 
-Today: Redis and the rate-limit service, for limits counted globally. The service gets its
+Redis and the rate-limit service, for limits counted globally; a sidecar Envoy for each mesh
+backend whose application runs here (the sample backend). The service gets its
 limits from the control plane over the same mTLS xDS channel as Envoy (a client certificate
 from the run's throwaway CA); Redis is a private one in the run's temporary folder, on a free
 loopback port, with nothing written to disk. ``redis-server`` comes from PATH (Debian's
@@ -10,6 +11,7 @@ loopback port, with nothing written to disk. ``redis-server`` comes from PATH (D
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import shutil
 import socket
@@ -120,6 +122,46 @@ class Sidecars:
             endpoint.port,
             self.service_admin,
         )
+
+    def start_mesh(self, mesh: ir.Mesh, ca: CertificateAuthority, xds_port: int, envoy: str) -> None:
+        """A sidecar Envoy for each mesh backend whose application is on this machine."""
+        from .bootstrap import AdminOptions, XdsOptions, dynamic_bootstrap
+        from .resources import to_dict
+
+        for backend in mesh.backends:
+            if backend.app.host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning(
+                    "mesh: backend %s's application is not on this machine; run starts no sidecar", backend.name
+                )
+                continue
+            node = f"{backend.name}-sidecar-1"
+            cert = ca.issue(node, client=True, unit=backend.group)  # its group: the backend's configuration only
+            options = XdsOptions(
+                node_id=node,
+                host="127.0.0.1",
+                port=xds_port,
+                cluster=backend.group,
+                cert_file=str(cert.cert),
+                key_file=str(cert.key),
+                ca_file=str(ca.path),
+                server_name="localhost",
+            )
+            config = self.tmp / f"sidecar-{backend.name}.json"
+            config.write_text(json.dumps(to_dict(dynamic_bootstrap(options, AdminOptions(port=_free_port())))))
+            self.procs.append(
+                subprocess.Popen(
+                    [envoy, "-c", str(config), "-l", "warning", "--disable-hot-restart"]
+                )
+            )
+            self.names.append(f"the sidecar of backend {backend.name}")
+            log.info(
+                "mesh: sidecar of %s on %s:%d (mTLS from the gateway only) forwarding to %s:%d",
+                backend.name,
+                backend.address,
+                backend.port,
+                backend.app.host,
+                backend.app.port,
+            )
 
     def wait_ready(self) -> None:
         """Until the rate-limit service has its limits and Redis answers it."""

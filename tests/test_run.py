@@ -150,6 +150,45 @@ apis: [{{name: orders, spec: {REPO}/specs/orders.openapi.yaml, upstream: sample}
             http_get(port, "/")
 
 
+def test_run_starts_a_sidecar_for_the_sample_backend_of_a_mesh(tmp_path: Path) -> None:
+    """With mesh.backends whose application is the sample backend, run starts its sidecar: the
+    gateway reaches the backend only through it, over mTLS with workload certificates."""
+    ports = Ports.free()
+    sidecar = free_port()
+    (tmp_path / "policy.yaml").write_text(
+        f"""apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+listeners: [{{name: public, address: 127.0.0.1, port: {ports.listener}}}]
+upstreams: [{{name: sample, endpoints: ["127.0.0.1:{sidecar}"]}}]
+apis: [{{name: orders, spec: {REPO}/specs/orders.openapi.yaml, upstream: sample}}]
+mesh:
+  trustDomain: run.local
+  backends: [{{name: sample, upstream: sample, address: 127.0.0.1, port: {sidecar}, app: "127.0.0.1:{ports.backend}"}}]
+"""
+    )
+    run = Run.start(str(tmp_path), *ports.args(), cwd=tmp_path)
+    try:
+        run.wait_for_line("gateway ready")
+        assert "mesh: sidecar of sample" in run.output
+        resp = wait_for(
+            lambda: (
+                (r := raw_request(ports.listener, b"GET /api/orders/42 HTTP/1.1\r\nHost: t\r\n\r\n")).status == 200
+                and r
+            ),
+            20,
+            "a request through the sidecar",
+        )
+        assert b"URI=spiffe://run.local/gateway/gateway" in resp.body  # the sidecar says who called
+        # straight to the sidecar without the gateway's certificate: no answer
+        with pytest.raises((OSError, ValueError)):
+            raw_request(sidecar, b"GET /api/orders/42 HTTP/1.1\r\nHost: t\r\n\r\n")
+    finally:
+        code = run.ctrl_c()
+    assert code == 0, run.output
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", sidecar), timeout=2)
+
+
 # -- the README's session and the printed hints, executed --------------------------------------
 
 
