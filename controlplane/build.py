@@ -311,6 +311,7 @@ class _Builder:
         psrc = (lambda p: ir.Source(pdoc.name, api.ptr + p)) if pdoc else (lambda p: None)
         doc_server = spec.server
         prefix = entry.get("pathPrefix", doc_server.base_path if doc_server else "").rstrip("/")
+        client_cert = tls.api_client_certificates(entry)
         policy_upstream = entry.get("upstream")
         if policy_upstream is not None:
             if policy_upstream not in self.upstreams:
@@ -460,6 +461,8 @@ class _Builder:
                 auth_ctx.remove_token,
                 host_rewrite,
             )
+            if client_cert is not None:
+                operation = dataclasses.replace(operation, client_cert=client_cert)
             produced = []
             # (no allowlist can apply without the operation's own or a path-prefix list)
             any_ip = bool(self.ip_prefix_lists) or bool(settings.get("ipAllow"))
@@ -549,6 +552,14 @@ class _Builder:
                     "unknown-listener",
                 )
             self._operations_cached(api, [n for n in chosen if n in self.listeners], routes)
+            tls.check_api_client_certificates(
+                api.entry,
+                [n for n in chosen if n in self.listeners],
+                self.listeners,
+                api.policy.name if api.policy else "",
+                api.ptr,
+                self.diags,
+            )
         listeners = []
         ports: dict[tuple[str, int], str] = {}
         docs = {doc.name: doc for doc in self.bundle.policies}

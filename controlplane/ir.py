@@ -328,6 +328,9 @@ class Operation:
     host_rewrite: str | None = None
     # Limits counted for each call (after authentication and authorization).
     rate_limits: tuple[RateLimit, ...] = ()
+    # A verified client certificate is required, with one of these names (its URI SAN, else
+    # DNS SAN, else subject); () any certificate the listener's CA signed; None: not required.
+    client_cert: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

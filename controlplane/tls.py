@@ -208,3 +208,34 @@ def check_plaintext(
                         op.source.pointer,
                         "plaintext-upstream",
                     )
+
+
+def api_client_certificates(entry: dict[str, Any]) -> tuple[str, ...] | None:
+    """``apis[].clientCertificate``: every operation of the API needs a verified client
+    certificate (with one of these names, when given)."""
+    if "clientCertificate" not in entry:
+        return None
+    return tuple(entry["clientCertificate"].get("subjectAltNames", ()))
+
+
+def check_api_client_certificates(
+    entry: dict[str, Any],
+    listeners: Sequence[str],
+    specs: dict[str, tuple[dict[str, Any], ir.Source]],
+    file: str,
+    ptr: str,
+    diags: Diagnostics,
+) -> None:
+    """Only a listener with ``tls.clientCertificate`` can ask its clients for a certificate."""
+    if "clientCertificate" not in entry:
+        return
+    for name in listeners:
+        spec = specs.get(name, ({}, None))[0]
+        if "clientCertificate" not in spec.get("tls", {}):
+            diags.error(
+                f"listener {name!r} asks for no client certificate (tls.clientCertificate): "
+                "its clients could never present one",
+                file,
+                ptr + "/clientCertificate",
+                "client-certificate",
+            )

@@ -460,3 +460,41 @@ def test_dumps_never_print_a_private_key(tmp_path: Path, pki: dict[str, Any]) ->
     assert str(pki["ec"].key) in dump("--bootstrap")  # Envoy reads the key from the policy's file
     shown = dump("--type", "secrets", "--show-secrets", "-o", "json")
     assert encoded in shown
+
+
+def test_an_api_for_certificate_holders_on_a_shared_listener(
+    gateway_factory: Callable[..., Gateway], pki: dict[str, Any]
+) -> None:
+    """Partners present certificates on the same listener as everyone else: only their API
+    requires one (and the right one), the public API does not."""
+    policy = client_policy(pki, "optional").replace(
+        "apis: [{name: x, spec: spec.yaml, upstream: backend, pathPrefix: /x}]",
+        """apis:
+  - {name: x, spec: spec.yaml, upstream: backend, pathPrefix: /x}
+  - {name: p, spec: spec.yaml, upstream: backend, pathPrefix: /p,
+     clientCertificate: {subjectAltNames: ["spiffe://partners/acme"]}}""",
+    )
+    gw = gateway_factory({"spec.yaml": SPEC, "policy.yaml": policy})
+    assert https_get(gw.port, context(pki), "/x/list")[0] == 200
+    status, _h, body = https_get(gw.port, context(pki), "/p/list")
+    assert status == 403 and json.loads(body)["message"] == "forbidden"
+    assert https_get(gw.port, context(pki, cert=pki["other"]), "/p/list")[0] == 403  # the CA's, not acme
+    status, _h, body = https_get(gw.port, context(pki, cert=pki["acme"]), "/p/list")
+    assert status == 200, body
+    assert json.loads(body)["headers"]["x-client-cert-uri-san"] == "spiffe://partners/acme"
+
+
+def test_an_api_cannot_ask_for_certificates_a_listener_never_requests(tmp_path: Path, pki: dict[str, Any]) -> None:
+    from controlplane import compile
+
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    (tmp_path / "policy.yaml").write_text(
+        tls_policy(pki)
+        .replace("{{PORT}}", "8443")
+        .replace("{{BACKEND}}", "127.0.0.1:9")
+        .replace("pathPrefix: /x}", "pathPrefix: /x, clientCertificate: {}}")
+    )
+    result = compile([tmp_path])
+    errors = [d for d in result.diagnostics if d.code == "client-certificate"]
+    assert len(errors) == 1 and errors[0].pointer == "/apis/0/clientCertificate", result.diagnostics
+    assert "listener 'secure' asks for no client certificate" in errors[0].message

@@ -19,16 +19,18 @@ class Uses:
     scoping_providers: tuple[str, ...]  # whose scope claim RBAC reads (normalized to a list)
     token_removal: str  # "all", "some" or "none" of the operations remove the Authorization header
     limiting_providers: tuple[str, ...] = ()  # whose payload rate limits read (consumer keys, exemptions)
+    client_certificates: bool = False  # some operation requires a verified client certificate
 
 
 @per_listener
 def uses(listener: ir.Listener) -> Uses:
     """What the listener's operations use, in one pass over them."""
-    ip, providers, authorizing, scoping, limiting = False, set(), set(), set(), set()
+    ip, certs, providers, authorizing, scoping, limiting = False, False, set(), set(), set(), set()
     removing = total = 0
     for pr in listener.paths:
         for op in pr.operations:
             ip = ip or bool(op.ip_allow)
+            certs = certs or op.client_cert is not None
             removing += op.remove_token
             total += 1
             if op.auth is not None:
@@ -53,6 +55,7 @@ def uses(listener: ir.Listener) -> Uses:
         tuple(sorted(scoping)),
         removal,
         tuple(sorted(limiting)),
+        certs,
     )
 
 

@@ -17,6 +17,7 @@ from envoy.type.matcher.v3 import value_pb2
 from google.protobuf.message import Message
 
 from .. import ir
+from . import tls
 from ._authfacts import envoy_fetches, uses
 from ._pb import packed
 from .allowlist import IP_FILTER, ip_allowlist_route_config
@@ -78,6 +79,8 @@ def authorization_route_config(op: ir.Operation, provider: ir.JwtProvider) -> rb
 def route_filter_configs(op: ir.Operation, listener: ir.Listener, gw: ir.Gateway) -> dict[str, Message]:
     """The per-route configs an operation's route carries, by filter name."""
     out: dict[str, Message] = {}
+    if op.client_cert is not None:
+        out[tls.CLIENT_CERT_FILTER] = tls.client_certificate_route_config(op)
     if op.ip_allow:
         out[IP_FILTER] = ip_allowlist_route_config(op, listener)
     if op.auth is not None:

@@ -66,6 +66,7 @@ HTTP_FILTERS: list[
 ] = [
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
     (allowlist.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
+    (tls.client_certificate_filter, "before authentication: an API for certificate holders refuses others first"),
     (tokens.one_token_filter, "before authentication: tokens in two places would give the backend two identities"),
     (jwt.jwt_filter, "verifies the token, sets identity headers from its claims, leaves its payload for RBAC"),
     (jwt.token_algorithm_filter, "after the token: its verified header names the algorithm (keys Envoy fetches)"),

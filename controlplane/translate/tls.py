@@ -13,11 +13,15 @@ import ipaddress
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 
 from .. import ir
+from ._authfacts import uses
 from ._pb import ads, packed
 
 TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -240,3 +244,38 @@ def redacted(secret: secret_pb2.Secret) -> secret_pb2.Secret:
     out.CopyFrom(secret)
     out.tls_certificate.private_key.CopyFrom(base_pb2.DataSource(inline_string=REDACTED))
     return out
+
+
+CLIENT_CERT_FILTER = "client-certificate"
+
+
+def client_certificate_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    """``apis[].clientCertificate``: no rules here; the operations that need a certificate
+    carry them (per-route RBAC on the connection's verified certificate)."""
+    if not uses(listener).client_certificates:
+        return None
+    return hcm_pb2.HttpFilter(name=CLIENT_CERT_FILTER, typed_config=packed(rbac_filter_pb2.RBAC()))
+
+
+def _name_matcher(name: str) -> string_pb2.StringMatcher:
+    if name.endswith("*"):
+        return string_pb2.StringMatcher(prefix=name[:-1])
+    if name.startswith("*."):
+        return string_pb2.StringMatcher(suffix=name[1:])
+    return string_pb2.StringMatcher(exact=name)
+
+
+def client_certificate_route_config(op: ir.Operation) -> rbac_filter_pb2.RBACPerRoute:
+    Principal = rbac_pb2.Principal
+    names = op.client_cert or ()
+    if names:
+        principal = Principal(
+            or_ids=Principal.Set(
+                ids=[Principal(authenticated=Principal.Authenticated(principal_name=_name_matcher(n))) for n in names]
+            )
+        )
+    else:
+        principal = Principal(authenticated=Principal.Authenticated())
+    policy = rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=[principal])
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"client-certificate": policy})
+    return rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(rules=rules))
