@@ -122,6 +122,12 @@ def cmd_dump(args: argparse.Namespace) -> int:
         bootstrap = static_bootstrap(
             result.gateway, result.resources, AdminOptions(port=args.admin_port), show_secrets=args.show_secrets
         )
+        if result.gateway.mesh is not None and not args.show_secrets:
+            print(
+                "dump: the mesh's workload certificates come from the serving control plane; this static "
+                "configuration has ones of a CA made for it, keys redacted (--show-secrets prints them)",
+                file=sys.stderr,
+            )
         write_message(bootstrap, args.output, sys.stdout)
         return 0
     else:

@@ -3,6 +3,7 @@ who may have them, and rotation under traffic with no restart and no dropped req
 
 from __future__ import annotations
 
+import base64
 import shutil
 import socket
 import ssl
@@ -133,6 +134,23 @@ def test_certificates_arrive_over_sds(setup: dict[str, Any], delta: bool) -> Non
         text=True,
     )
     assert f"certificate {SECRET} (" in shown.stdout and "on gateway-1" in shown.stdout, shown.stdout
+    live = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "controlplane",
+            "dump",
+            "--server",
+            f"127.0.0.1:{plane.admin_port}",
+            "--node",
+            "gateway-1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert live.returncode == 0 and SECRET in live.stdout, live.stderr
+    key_b64 = base64.b64encode(setup["first"].key.read_bytes()).decode()[:40]
+    assert key_b64 not in live.stdout and "redacted" in live.stdout  # what was sent, never the key
 
 
 class HttpsTraffic(threading.Thread):
