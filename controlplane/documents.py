@@ -363,6 +363,24 @@ def _split_ref(ref: str) -> tuple[str, str, tuple[str, ...]]:
     return split
 
 
+# Certificates, keys and CA bundles are a few KB; a system CA bundle is ~200 KB.
+TEXT_FILE_LIMIT = 4 << 20
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """A regular file's bytes: a device (/dev/zero) or a FIFO would never end or never answer."""
+    import os
+    import stat
+
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"larger than {limit >> 20} MiB: not a certificate or key file")
+    return raw
+
+
 class DocumentStore:
     """Loads each file once and resolves references between them.
 
@@ -392,7 +410,7 @@ class DocumentStore:
         name = display_name(path)
         doc: Document | None = None
         try:
-            raw = path.read_bytes()
+            raw = _read_regular(path, TEXT_FILE_LIMIT)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             self.diagnostics.error(f"cannot read {name}: {reason}", referrer[0].name, referrer[1], "unreadable-file")

@@ -42,7 +42,7 @@ def from_policy(name: str, spec: dict[str, Any], src: ir.Source, diags: Diagnost
                 "upstream",
             )
         endpoints: tuple[ir.Endpoint, ...] = (ir.Endpoint(host, port),)
-        tls = spec.get("tls", https)
+        tls = spec["tls"] is not False if "tls" in spec else https  # an object: TLS with those settings
     else:
         eps = []
         for i, text in enumerate(spec["endpoints"]):
@@ -52,7 +52,7 @@ def from_policy(name: str, spec: dict[str, Any], src: ir.Source, diags: Diagnost
                 diags.error(f"port {port} is out of range", src.file, f"{src.pointer}/endpoints/{i}", "upstream")
             eps.append(ir.Endpoint(host, port))
         endpoints = tuple(eps)
-        tls = spec.get("tls", False)
+        tls = spec.get("tls", False) is not False
     hc = spec.get("healthCheck")
     cb = spec.get("circuitBreaker")
     od = spec.get("outlierDetection")
@@ -105,11 +105,11 @@ def policy_host(spec: dict[str, Any]) -> str | None:
     try:
         if "url" in spec:
             parts = urlsplit(spec["url"])
-            tls = spec.get("tls", parts.scheme == "https")
+            tls = spec["tls"] is not False if "tls" in spec else parts.scheme == "https"
             if not parts.hostname:
                 return None
             return host_header(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), tls)
         host, _, port = str(spec["endpoints"][0]).rpartition(":")
-        return host_header(host.strip("[]"), int(port), bool(spec.get("tls", False)))
+        return host_header(host.strip("[]"), int(port), spec.get("tls", False) is not False)
     except (ValueError, LookupError):  # reported where the upstream itself is read
         return None

@@ -591,11 +591,6 @@ def test_require_upstream_tls_sees_operations_the_spec_marks_sensitive(tmp_path:
     assert [d.code for d in result.errors] == ["plaintext-upstream"], result.errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect reported to the lead: the error is placed at the spec's operation, not at the policy's "
-    "upstreams[] entry that must change",
-)
 def test_plaintext_upstream_error_points_at_the_policy_upstream(tmp_path: Path) -> None:
     path = inputs(tmp_path, upstream_policy("sensitive", PLAIN, SENSITIVE_API % "plain"))
     result = compile([tmp_path])
