@@ -476,11 +476,6 @@ def _limited() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect reported to the lead: DocumentStore.load_text reads any file whole; "
-    "/dev/zero ends in MemoryError (a traceback), a FIFO blocks the compile forever",
-)
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
 def test_a_special_file_as_certificate_is_an_error_not_a_hang(tmp_path: Path, pki: Files, special: str) -> None:
     name = special
@@ -599,11 +594,6 @@ def test_plaintext_upstream_error_points_at_the_policy_upstream(tmp_path: Path) 
     assert d.line == line_of(path, "name: plain")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect reported to the lead: upstreams.from_policy takes bool(tls), so the object form "
-    "`tls: {}` (TLS with every default) is plain HTTP",
-)
 def test_empty_tls_object_means_tls(tmp_path: Path) -> None:
     inputs(
         tmp_path,
