@@ -109,9 +109,34 @@ def access_log() -> accesslog_pb2.AccessLog:
 
 
 def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpConnectionManager:
+    hcm = _hardened(gw, listener, listener.name, https=listener.tls is not None)
+    if listener.tls is not None and listener.tls.client is not None:
+        # Envoy's own record of the verified client certificate, for backends that read it;
+        # a client-sent X-Forwarded-Client-Cert is dropped (SANITIZE, the default, on every listener).
+        hcm.forward_client_cert_details = HCM.SANITIZE_SET
+        hcm.set_current_client_cert_details.CopyFrom(
+            HCM.SetCurrentClientCertDetails(subject=packed_bool(True), uri=True, dns=True)
+        )
+    if routes.scopes(listener) is None:
+        hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=ads(), route_config_name=listener.name))
+    else:
+        _scoped(hcm, listener)
+    for build, _why in HTTP_FILTERS:
+        f = build(gw, listener)
+        if isinstance(f, list):
+            hcm.http_filters.extend(f)
+        elif f is not None:
+            hcm.http_filters.append(f)
+    if gw.access_log:
+        hcm.access_log.append(access_log())
+    return hcm
+
+
+def _hardened(gw: ir.Gateway, listener: ir.Listener, stat_prefix: str, https: bool) -> hcm_pb2.HttpConnectionManager:
+    """The connection manager's edge hardening, without routes or filters."""
     t = listener.timeouts
-    hcm = HCM(
-        stat_prefix=listener.name,
+    return HCM(
+        stat_prefix=stat_prefix,
         codec_type=HCM.AUTO,
         use_remote_address=packed_bool(True),
         xff_num_trusted_hops=listener.xff_num_trusted_hops,
@@ -145,28 +170,8 @@ def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpCon
             initial_stream_window_size=uint32(64 * 1024),
             initial_connection_window_size=uint32(1024 * 1024),
         ),
-        local_reply_config=headers.local_reply_config(gw.headers, listener.name, https=listener.tls is not None),
+        local_reply_config=headers.local_reply_config(gw.headers, stat_prefix, https=https),
     )
-    if listener.tls is not None and listener.tls.client is not None:
-        # Envoy's own record of the verified client certificate, for backends that read it;
-        # a client-sent X-Forwarded-Client-Cert is dropped (SANITIZE, the default, on every listener).
-        hcm.forward_client_cert_details = HCM.SANITIZE_SET
-        hcm.set_current_client_cert_details.CopyFrom(
-            HCM.SetCurrentClientCertDetails(subject=packed_bool(True), uri=True, dns=True)
-        )
-    if routes.scopes(listener) is None:
-        hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=ads(), route_config_name=listener.name))
-    else:
-        _scoped(hcm, listener)
-    for build, _why in HTTP_FILTERS:
-        f = build(gw, listener)
-        if isinstance(f, list):
-            hcm.http_filters.extend(f)
-        elif f is not None:
-            hcm.http_filters.append(f)
-    if gw.access_log:
-        hcm.access_log.append(access_log())
-    return hcm
 
 
 def _scoped(hcm: hcm_pb2.HttpConnectionManager, listener: ir.Listener) -> None:
@@ -267,28 +272,12 @@ def redirect_listener(gw: ir.Gateway, lst: ir.Listener) -> listener_pb2.Listener
     if "*" not in lst.hostnames:
         config.virtual_hosts.add(name="unknown-host", domains=["*"], routes=[routes.not_found_route()])
     config.response_headers_to_add.extend(header(k, v) for k, v in headers.security_headers(gw.headers, False))
-    t = lst.timeouts
-    hcm = HCM(
-        stat_prefix=name,
-        codec_type=HCM.AUTO,
-        use_remote_address=packed_bool(True),
-        normalize_path=packed_bool(True),
-        merge_slashes=True,
-        path_with_escaped_slashes_action=HCM.REJECT_REQUEST,
-        server_header_transformation=HCM.PASS_THROUGH,
-        request_headers_timeout=duration(t.request_headers_ms),
-        stream_idle_timeout=duration(t.stream_idle_ms),
-        request_timeout=duration(t.request_ms),
-        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
-            idle_timeout=duration(t.connection_idle_ms),
-            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
-        ),
-        http_protocol_options=protocol_pb2.Http1ProtocolOptions(accept_http_10=False, allow_chunked_length=False),
-        local_reply_config=headers.local_reply_config(gw.headers, name, https=False),
-        route_config=config,
-        http_filters=[_router(gw, lst)],
-    )
-    out = _bound(name, lst.address, lst.tls.redirect_port, t.request_headers_ms, False)
+    hcm = _hardened(gw, lst, name, https=False)
+    hcm.route_config.CopyFrom(config)
+    hcm.http_filters.append(_router(gw, lst))
+    if gw.access_log:
+        hcm.access_log.append(access_log())
+    out = _bound(name, lst.address, lst.tls.redirect_port, lst.timeouts.request_headers_ms, False)
     out.filter_chains.add(
         filters=[
             listener_components_pb2.Filter(
