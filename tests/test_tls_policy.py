@@ -102,9 +102,12 @@ def line_of(path: Path, needle: str) -> int:
 
 
 def run_validate(*args: str, cwd: Path = REPO, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    # (this checkout's controlplane, whatever the working directory and whichever is installed)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
         [sys.executable, "-m", "controlplane", "validate", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=kwargs.pop("timeout", 120),
