@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 
 from controlplane.certs import CertificateAuthority, Issued
 from controlplane.echo import EchoServer
-from tests.harness import Gateway, parse_response
+from tests.harness import Gateway, free_port, parse_response
 
 pytestmark = pytest.mark.envoy
 
@@ -80,7 +80,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-def policy(pki: Pki, client: str = "") -> str:
+def policy(pki: Pki, client: str = "", redirect: int | None = None) -> str:
+    redirect_line = f"      httpRedirectPort: {redirect}\n" if redirect else ""
     return f"""
 apiVersion: controlplane.dev/v1
 kind: GatewayPolicy
@@ -91,7 +92,7 @@ listeners:
     hostnames: [{API}, {ADMIN}, localhost]
     timeouts: {{requestHeaders: 1s}}
     tls:
-      certificates:
+{redirect_line}      certificates:
         - {{certFile: {pki.api.cert}, keyFile: {pki.api.key}}}
         - {{certFile: {pki.admin.cert}, keyFile: {pki.admin.key}, hostnames: [{ADMIN}]}}
 {client}
@@ -101,14 +102,20 @@ apis: [{{name: x, spec: spec.yaml, upstream: backend, pathPrefix: /x}}]
 
 
 @pytest.fixture(scope="module")
-def gateways(gateway_factory: Callable[..., Gateway], pki: Pki) -> dict[str, Gateway]:
+def redirect_port() -> int:
+    """The plain-HTTP listener of ``gateways["tls"]`` that redirects to HTTPS."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def gateways(gateway_factory: Callable[..., Gateway], pki: Pki, redirect_port: int) -> dict[str, Gateway]:
     """One listener without client certificates, one where they are optional, one where required."""
 
     def client(mode: str) -> str:
         return f"      clientCertificate: {{caFile: {pki.partners.path}, mode: {mode}}}\n"
 
     return {
-        "tls": gateway_factory({"spec.yaml": SPEC, "policy.yaml": policy(pki)}),
+        "tls": gateway_factory({"spec.yaml": SPEC, "policy.yaml": policy(pki, redirect=redirect_port)}),
         "optional": gateway_factory({"spec.yaml": SPEC, "policy.yaml": policy(pki, client("optional"))}),
         "required": gateway_factory({"spec.yaml": SPEC, "policy.yaml": policy(pki, client("required"))}),
     }
@@ -157,10 +164,11 @@ def alert(port: int, ctx: ssl.SSLContext) -> str:
     raise AssertionError(f"no alert: the connection gave {data!r}")
 
 
-def stat(gw: Gateway, name: str) -> int:
-    """A counter of the gateway's HTTPS listener (``listener.127.0.0.1_PORT.<name>``)."""
+def stat(gw: Gateway, name: str, port: int | None = None) -> int:
+    """A counter of one of the gateway's listeners (``listener.127.0.0.1_PORT.<name>``; the
+    HTTPS listener unless ``port`` says another)."""
     assert gw.envoy is not None
-    full = f"listener.127.0.0.1_{gw.port}.{name}"
+    full = f"listener.127.0.0.1_{port or gw.port}.{name}"
     _status, body = gw.envoy.admin(f"/stats?filter=^{re.escape(full)}$")
     for line in body.splitlines():
         key, _, value = line.partition(": ")
@@ -200,15 +208,25 @@ def test_host_covered_by_the_presented_certificate_is_served(
     reason="defect reported to the lead: every filter chain shares one route table, so a Host the "
     "SNI-chosen certificate does not cover is routed (domain fronting) instead of 421",
 )
-@pytest.mark.parametrize(("sni", "host"), [(ADMIN, API), (API, ADMIN)])
+@pytest.mark.parametrize(
+    ("sni", "host", "h2"), [(ADMIN, API, False), (API, ADMIN, False), (ADMIN, API, True)], ids=["1", "2", "h2"]
+)
 def test_host_outside_the_presented_certificate_is_misdirected(
-    gateways: dict[str, Gateway], pki: Pki, echo: EchoServer, sni: str, host: str
+    gateways: dict[str, Gateway], pki: Pki, echo: EchoServer, sni: str, host: str, h2: bool
 ) -> None:
     """The client verified a certificate for ``sni`` only; a request for another host on that
-    connection is answered 421 (RFC 9110 §15.5.20) and never reaches the backend."""
+    connection (a browser coalescing h2 connections does this too) is answered 421
+    (RFC 9110 §15.5.20) and never reaches the backend."""
     before = len(echo.received)
-    answer, _cert = exchange(gateways["tls"].port, context(pki), f"GET /x/list HTTP/1.1\r\nHost: {host}", sni)
-    assert parse_response(answer).status == 421, answer[:300]
+    port = gateways["tls"].port
+    if h2:
+        with connect(port, context(pki, alpn=["h2"]), sni) as s:
+            request = [(":method", "GET"), (":scheme", "https"), (":authority", host), (":path", "/x/list")]
+            headers, body = h2_get(s, request)
+        assert headers[":status"] == "421", body
+    else:
+        answer, _cert = exchange(port, context(pki), f"GET /x/list HTTP/1.1\r\nHost: {host}", sni)
+        assert parse_response(answer).status == 421, answer[:300]
     assert len(echo.received) == before
 
 
@@ -499,26 +517,27 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes:
 
 @pytest.mark.parametrize(
     "sent",
-    ["nothing", "record-header", "half-client-hello", "client-hello-but-its-last-byte"],
+    ["nothing", "record-header", "half-client-hello", "client-hello-but-its-last-byte", "nothing-to-the-redirect-port"],
 )
 def test_a_stalled_client_hello_is_closed_by_the_listener_filter_timeout(
-    gateways: dict[str, Gateway], pki: Pki, sent: str
+    gateways: dict[str, Gateway], pki: Pki, redirect_port: int, sent: str
 ) -> None:
-    """requestHeaders (1 s here) bounds the wait for a ClientHello: the TLS inspector gives up
-    and Envoy closes the connection (downstream_pre_cx_timeout)."""
+    """requestHeaders (1 s here) bounds the wait for a ClientHello (or, on the plain-HTTP
+    redirect port, for the first bytes of a request): the inspector gives up and Envoy closes
+    the connection (downstream_pre_cx_timeout)."""
     gw = gateways["tls"]
     hello = client_hello(pki)
     prefix = {
-        "nothing": b"",
         "record-header": hello[:5],
         "half-client-hello": hello[: len(hello) // 2],
         "client-hello-but-its-last-byte": hello[:-1],
-    }[sent]
-    timeouts = stat(gw, "downstream_pre_cx_timeout")
-    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+    }.get(sent, b"")
+    port = redirect_port if "redirect" in sent else gw.port
+    timeouts = stat(gw, "downstream_pre_cx_timeout", port)
+    with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(prefix)
         assert closed_within(s, 10) == b""
-    assert stat(gw, "downstream_pre_cx_timeout") == timeouts + 1
+    assert stat(gw, "downstream_pre_cx_timeout", port) == timeouts + 1
 
 
 @pytest.mark.xfail(
