@@ -665,7 +665,7 @@ class CpuRig:
             counts[name.rsplit(".", 1)[1]] += float(value)
         return counts["handshake"], counts["session_reused"]
 
-    def run(self, case: Case, seconds: float) -> dict[str, float]:
+    def run(self, case: Case, seconds: float, warm: bool = False) -> dict[str, float]:
         gw = self.gw
         assert gw.envoy is not None and gw.backend is not None and gw.plane.proc is not None
         tls = None
@@ -688,6 +688,12 @@ class CpuRig:
         n = sum(out["statuses"].values())
         if out["failed"] or set(out["statuses"]) != {"200"} or n == 0:
             raise RuntimeError(f"{case.name}: {out}")
+        # what each case claims to measure: no connection setup in a kept-alive run, exactly one
+        # full handshake per request in a handshaking one
+        if case.mode == "keep" and out["opened"] and not warm:
+            raise RuntimeError(f"{case.name}: {out['opened']} connections opened during a kept-alive run")
+        if case.mode == "new" and out["handshakes"] != (n if case.version else 0):
+            raise RuntimeError(f"{case.name}: {out['handshakes']} handshakes for {n} requests")
         us = 1e6 / n
         return {
             "envoy_us": cpu_between(envoy0, envoy1) * us,
@@ -714,7 +720,7 @@ def cpu_part(
     results: dict[str, list[dict[str, float]]] = {c.name: [] for c in cases}
     try:
         for case in cases:  # warm: keep-alive connections opened, Envoy's paths taken once
-            rig.run(case, min(seconds, 0.3))
+            rig.run(case, min(seconds, 0.3), warm=True)
         for r in range(rounds):
             order = cases[:]
             random.Random(r).shuffle(order)
