@@ -381,6 +381,27 @@ class ControlPlane:
         self.metrics.compiles.labels("error").inc()
         self.metrics.last_compile_ok.set(0)
         kept = f"; still serving version {report.version}" if report.version else "; nothing served yet"
+        if report.version and all(d.code in HALF_RENEWED for d in report.errors):
+            # A renewal writes the key and the certificate one after the other: between the two
+            # the pair does not match. Said calmly, and as an error only if it stays so.
+            log.warning(
+                "a certificate and its key do not match (yet?)%s; a renewal writing one file after the other "
+                "looks like this: waiting for the other file",
+                kept,
+            )
+            task = asyncio.ensure_future(self._still_rejected(report, why, kept))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+            return
+        self._log_rejected(report, why, kept)
+
+    async def _still_rejected(self, report: CompileReport, why: str, kept: str) -> None:
+        await asyncio.sleep(self.options.max_delay + 2 * self.options.quiet_period + 1.0)
+        if self.report is report:  # nothing compiled since: not a renewal in progress
+            self._log_rejected(report, why, kept)
+
+    @staticmethod
+    def _log_rejected(report: CompileReport, why: str, kept: str) -> None:
         log.error("change rejected: %s (%d error(s))%s", why, len(report.errors), kept)
         for d in report.errors:
             log.error("%s", d)
@@ -439,6 +460,9 @@ class ControlPlane:
                 pending_since = last_change = time.monotonic()  # written to while compiling
             seen = compiled = after
 
+
+# Errors a certificate renewal in progress shows (key written, certificate not yet).
+HALF_RENEWED = frozenset({"certificate-key-mismatch"})
 
 # A large tree of inputs is looked at less often: polling takes at most 1/10 of the time.
 POLL_COST_FACTOR = 10

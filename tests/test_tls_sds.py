@@ -298,3 +298,28 @@ def test_plaintext_nodes_get_nothing(tmp_path: Path, setup: dict[str, Any]) -> N
         wait_for(lambda: "its channel is not mTLS" in plane.logs(), 5, "the refusal in the log")
     finally:
         plane.stop()
+
+
+def test_a_renewal_written_key_first_is_not_an_error_unless_it_stays_half_done(setup: dict[str, Any]) -> None:
+    envoy = start_envoy(setup["config"].parent, setup["plane"], client=gateway_cert(setup["pki"]))
+    setup["envoys"].append(envoy)
+    plane: ControlPlaneProcess = setup["plane"]
+    ctx = tls_context(setup["web"])
+    port = setup["port"]
+    wait_for(lambda: https_status(port, ctx) == 200, 20, "HTTPS through the gateway")
+    config: Path = setup["config"]
+    renewed = setup["web"].issue("api.example.com", ["api.example.com"], stem="renewed-key-first")
+    shutil.copy(renewed.key, config / "server.key.new")
+    (config / "server.key.new").replace(config / "server.key")
+    wait_for(lambda: "do not match (yet?)" in plane.logs(), 10, "the calm warning")
+    shutil.copy(renewed.cert, config / "server.crt.new")
+    (config / "server.crt.new").replace(config / "server.crt")
+    new_serial = x509.load_pem_x509_certificate(renewed.cert.read_bytes()).serial_number
+    wait_for(lambda: served_serial(port, ctx) == new_serial, 15, "the renewed certificate")
+    # a mismatch that stays is an error (after the quiet period and the longest burst)
+    other = setup["web"].issue("api.example.com", ["api.example.com"], stem="stray-key")
+    assert "change rejected" not in plane.logs()
+    shutil.copy(other.key, config / "server.key.new")
+    (config / "server.key.new").replace(config / "server.key")
+    wait_for(lambda: "change rejected" in plane.logs(), 15, "the error once the pair stays mismatched")
+    assert served_serial(port, ctx) == new_serial  # the last good certificate still serves
