@@ -203,11 +203,6 @@ def test_host_covered_by_the_presented_certificate_is_served(
     assert parse_response(answer).status == 200, answer[:300]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect reported to the lead: every filter chain shares one route table, so a Host the "
-    "SNI-chosen certificate does not cover is routed (domain fronting) instead of 421",
-)
 @pytest.mark.parametrize(
     ("sni", "host", "h2"), [(ADMIN, API, False), (API, ADMIN, False), (ADMIN, API, True)], ids=["1", "2", "h2"]
 )
@@ -288,11 +283,6 @@ def test_forged_client_certificate_headers_never_reach_the_backend(
     check_certificate_headers(backend_saw(answer), pki, with_cert)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect reported to the lead: x-forwarded-client-cert is removed by Envoy's SANITIZE "
-    "by its exact name only; punctuation variants (X-Forwarded-Client.Cert) reach the backend",
-)
 @pytest.mark.parametrize(("listener", "with_cert"), LISTENERS, ids=LISTENER_IDS)
 def test_punctuated_forwarded_client_cert_never_reaches_the_backend(
     gateways: dict[str, Gateway], pki: Pki, listener: str, with_cert: bool
@@ -540,11 +530,6 @@ def test_a_stalled_client_hello_is_closed_by_the_listener_filter_timeout(
     assert stat(gw, "downstream_pre_cx_timeout", port) == timeouts + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect reported to the lead: after a complete ClientHello nothing bounds the handshake "
-    "(no transport_socket_connect_timeout on the filter chains): held until the 1 h idle timeout",
-)
 def test_a_handshake_stalled_after_the_client_hello_is_closed(gateways: dict[str, Gateway], pki: Pki) -> None:
     gw = gateways["tls"]
     with socket.create_connection(("127.0.0.1", gw.port)) as s:

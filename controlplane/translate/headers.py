@@ -37,7 +37,7 @@ def strip_identity_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.Http
         _any_separator(p.rstrip("-")) + "[^a-z0-9].*" if p.endswith("-") else _any_separator(p) + ".*"
         for p in gw.headers.strip_request_header_prefixes
     ]
-    regex = "|".join([*names, *prefixes])
+    regex = "|".join([*names, *prefixes, _XFCC_VARIANTS])
     mutations = (
         [
             mr.HeaderMutation(
@@ -51,6 +51,19 @@ def strip_identity_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.Http
     )
     config = hm.HeaderMutation(mutations=hm.Mutations(request_mutations=mutations))
     return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=packed(config))
+
+
+# Envoy sets X-Forwarded-Client-Cert itself (client-sent copies dropped by SANITIZE, by that
+# exact name, before any filter); spellings with other punctuation (X-Forwarded-Client.Cert,
+# which CGI reads as HTTP_X_FORWARDED_CLIENT_CERT) are removed here, Envoy's own is kept: at
+# least one separator is not '-'.
+_XFCC_VARIANTS = "|".join(
+    "x"
+    + "".join(
+        ("[^a-z0-9-]" if i == odd else "[^a-z0-9]") + word for i, word in enumerate(("forwarded", "client", "cert"))
+    )
+    for odd in range(3)
+)
 
 
 def security_headers(policy: ir.HeaderPolicy, https: bool) -> list[tuple[str, str]]:
@@ -87,6 +100,7 @@ def _status(status: int) -> accesslog_pb2.AccessLogFilter:
 
 
 AUTHENTICATION_REQUIRED = "authentication required"
+MISDIRECTED = "misdirected request: this connection's certificate is not for this host"
 TOO_MANY_REQUESTS = "too many requests"
 LIMITS_UNAVAILABLE = "rate limits cannot be checked now; try again shortly"
 RETRY_SOON = header("retry-after", "1")
@@ -156,6 +170,13 @@ def local_reply_config(policy: ir.HeaderPolicy, realm: str, https: bool) -> hcm_
             challenge,
         ),
         mapper(_status(401), AUTHENTICATION_REQUIRED, invalid),
+        # a Host the connection's certificate (chosen by SNI) is not for: RFC 9110 §15.5.20
+        mapper(
+            _cel("response.code_details == 'rbac_access_denied_matched_policy[misdirected]'"),
+            MISDIRECTED,
+            added,
+            421,
+        ),
         mapper(_status(403), "forbidden", added),
         mapper(_status(405), METHOD_NOT_ALLOWED, added),
         # Envoy's own "no route" 404 (a path under a known prefix, a value that does not fit a

@@ -66,6 +66,8 @@ HTTP_FILTERS: list[
 ] = [
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
     (allowlist.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
+    # (tls.misdirected_filter, inserted second in each SNI chain of a listener with several
+    # certificates: a Host its certificate is not for gets 421 before anything reads the request)
     (tls.client_certificate_filter, "before authentication: an API for certificate holders refuses others first"),
     (tokens.one_token_filter, "before authentication: tokens in two places would give the backend two identities"),
     (jwt.jwt_filter, "verifies the token, sets identity headers from its claims, leaves its payload for RBAC"),
@@ -218,18 +220,19 @@ def packed_bool(value: bool):  # type: ignore[no-untyped-def]
 
 
 def listener(gw: ir.Gateway, lst: ir.Listener) -> listener_pb2.Listener:
-    filters = [
-        listener_components_pb2.Filter(
-            name="envoy.filters.network.http_connection_manager", typed_config=packed(connection_manager(gw, lst))
-        )
-    ]
+    hcm = connection_manager(gw, lst)
     out = _bound(lst.name, lst.address, lst.port, lst.timeouts.request_headers_ms, lst.tls is not None)
     if lst.tls is None:
-        out.filter_chains.add(filters=filters)
+        out.filter_chains.add(
+            filters=[
+                listener_components_pb2.Filter(
+                    name="envoy.filters.network.http_connection_manager", typed_config=packed(hcm)
+                )
+            ]
+        )
     else:
         # SNI-named chains first; the catch-all chain (no server_names) takes the rest
-        named, default = tls.filter_chains(lst.tls, filters)
-        out.filter_chains.extend([*named, default])
+        out.filter_chains.extend(tls.filter_chains(lst.tls, hcm, lst.timeouts.request_headers_ms))
     return out
 
 

@@ -10,19 +10,21 @@ bootstrap inlines them instead (``bootstrap.static_bootstrap``).
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
 from .. import ir
 from ._authfacts import uses
-from ._pb import ads, packed
+from ._pb import ads, duration, packed
 
 TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 _VERSIONS = {"1.2": common_pb2.TlsParameters.TLSv1_2, "1.3": common_pb2.TlsParameters.TLSv1_3}
@@ -135,33 +137,82 @@ def downstream_context(tls: ir.ListenerTls, certificates: list[ir.Certificate]) 
 
 
 def filter_chains(
-    tls: ir.ListenerTls, filters: list[listener_components_pb2.Filter]
-) -> tuple[list[listener_components_pb2.FilterChain], listener_components_pb2.FilterChain]:
-    """(chains chosen by SNI, the default chain). Certificates without hostnames serve the
-    default chain (RSA and ECDSA side by side: Envoy picks what the client supports); when
-    every certificate names hosts, the first group is also the default, so a client that
-    sends no SNI (or an unknown name) still gets a certificate rather than a closed connection."""
+    tls: ir.ListenerTls,
+    hcm: hcm_pb2.HttpConnectionManager,
+    handshake_timeout_ms: int,
+) -> list[listener_components_pb2.FilterChain]:
+    """Chains chosen by SNI, then the catch-all chain. Certificates without hostnames serve the
+    catch-all chain (RSA and ECDSA side by side: Envoy picks what the client supports); when
+    every certificate names hosts, the first group is also the catch-all's, so a client that
+    sends no SNI (or an unknown name) still gets a certificate rather than a closed connection.
+
+    With several chains, each answers only the hosts its certificate is for: a request on a
+    connection whose SNI chose another certificate (domain fronting; a browser coalescing
+    HTTP/2 connections) gets 421, so that the SNI a client verified and the Host the gateway
+    routes by always agree."""
     groups: dict[tuple[str, ...], list[ir.Certificate]] = {}
     for cert in tls.certificates:
         groups.setdefault(cert.hostnames, []).append(cert)
+    default_names = () if () in groups else next(iter(groups))
+    others = tuple(h for names in groups if names != default_names for h in names)
 
     def chain(
         name: str, certs: list[ir.Certificate], hostnames: tuple[str, ...] = ()
     ) -> listener_components_pb2.FilterChain:
+        manager = hcm
+        if len(groups) > 1:
+            manager = hcm_pb2.HttpConnectionManager()
+            manager.CopyFrom(hcm)
+            # after the identity strip (first), before anything reads the request
+            manager.http_filters.insert(1, misdirected_filter(hostnames, others if not hostnames else ()))
         out = listener_components_pb2.FilterChain(
             name=name,
-            filters=filters,
+            filters=[
+                listener_components_pb2.Filter(
+                    name="envoy.filters.network.http_connection_manager", typed_config=packed(manager)
+                )
+            ],
             transport_socket=base_pb2.TransportSocket(
                 name=TRANSPORT_SOCKET, typed_config=packed(downstream_context(tls, certs))
             ),
+            # a client that stops inside the handshake (after its ClientHello) is closed
+            transport_socket_connect_timeout=duration(handshake_timeout_ms),
         )
         if hostnames:
             out.filter_chain_match.server_names.extend(hostnames)
         return out
 
     named = [chain("sni:" + ",".join(h), certs, h) for h, certs in groups.items() if h]
-    default_certs = groups.get(()) or next(iter(groups.values()))
-    return named, chain("default", default_certs)
+    return [*named, chain("default", groups[default_names])]
+
+
+MISDIRECTED_FILTER = "misdirected-host"
+MISDIRECTED_POLICY = "misdirected"
+
+
+def _hosts_regex(hostnames: tuple[str, ...]) -> str:
+    parts = ["[^.]+" + re.escape(h[1:]) if h.startswith("*.") else re.escape(h) for h in hostnames]
+    return "(?i)(?:" + "|".join(parts) + ")"
+
+
+def misdirected_filter(own: tuple[str, ...], others: tuple[str, ...]) -> hcm_pb2.HttpFilter:
+    """Refuse (421, see ``headers.local_reply_config``) a Host outside ``own`` (an SNI chain),
+    or inside ``others`` (the catch-all chain: those hosts have certificates of their own)."""
+
+    def host_is(hostnames: tuple[str, ...]) -> rbac_pb2.Permission:
+        return rbac_pb2.Permission(
+            header=route_components_pb2.HeaderMatcher(
+                name=":authority",
+                string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=_hosts_regex(hostnames))),
+            )
+        )
+
+    permission = rbac_pb2.Permission(not_rule=host_is(own)) if own else host_is(others)
+    if not own and not others:
+        permission = rbac_pb2.Permission(not_rule=rbac_pb2.Permission(any=True))
+    policy = rbac_pb2.Policy(permissions=[permission], principals=[rbac_pb2.Principal(any=True)])
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY, policies={MISDIRECTED_POLICY: policy})
+    return hcm_pb2.HttpFilter(name=MISDIRECTED_FILTER, typed_config=packed(rbac_filter_pb2.RBAC(rules=rules)))
 
 
 def upstream_socket(upstream: ir.Upstream, system_ca: str) -> base_pb2.TransportSocket:
