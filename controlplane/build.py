@@ -580,8 +580,9 @@ class _Builder:
             for port, where in bound:
                 key = (lst.address, port)
                 if key in ports:
+                    other = "its port too" if ports[key] == name else f"listener {ports[key]!r}"
                     self.diags.error(
-                        f"listener {name!r} uses {lst.address}:{port} like listener {ports[key]!r}",
+                        f"listener {name!r} uses {lst.address}:{port} like {other}",
                         src.file,
                         src.pointer + where,
                         "port-conflict",

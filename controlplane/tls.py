@@ -201,12 +201,13 @@ def check_plaintext(
                 if op.upstream in plain and (mode == "all" or op.sensitive) and (op.api, op.upstream) not in seen:
                     seen.add((op.api, op.upstream))
                     what = "sensitive operations of API" if mode == "sensitive" else "API"
+                    verb = "reach" if mode == "sensitive" else "reaches"
                     # the place to change: the policy's upstreams[] entry (a spec's server URL otherwise)
                     where = plain[op.upstream].source
                     if not where.pointer.startswith("/upstreams/"):
                         where = op.source
                     diags.error(
-                        f"{what} {op.api!r} reach upstream {op.upstream!r} over plain HTTP "
+                        f"{what} {op.api!r} {verb} upstream {op.upstream!r} over plain HTTP "
                         f"(gateway.requireUpstreamTls: {mode}); give the upstream tls",
                         where.file,
                         where.pointer,
