@@ -572,7 +572,6 @@ def h2_get(sock: ssl.SSLSocket, headers: list[tuple[str, str]]) -> tuple[dict[st
 
 @pytest.mark.parametrize(("listener", "with_cert"), [("tls", False), ("required", True)], ids=["tls", "mtls"])
 def test_h2_over_tls_via_alpn(gateways: dict[str, Gateway], pki: Pki, listener: str, with_cert: bool) -> None:
-    pytest.importorskip("h2", reason="the h2 package is not installed in this environment")
     ctx = context(pki, pki.acme if with_cert else None, alpn=["h2", "http/1.1"])
     with connect(gateways[listener].port, ctx) as s:
         assert s.selected_alpn_protocol() == "h2"
