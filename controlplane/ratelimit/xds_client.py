@@ -1,168 +1,37 @@
-"""The service's ADS stream to the control plane: where its limits come from.
+"""The rate-limit service's ADS stream to the control plane: where its limits come from
+(the stream itself: :mod:`controlplane.xds.subscriber`).
 
-State of the world over ``AggregatedDiscoveryService.StreamAggregatedResources``, subscribed
-to :data:`~.config.RESOURCE_TYPE` by name (the domains served). A response is ACKed when
-every resource in it decodes, else NACKed with what is wrong, and the last good config keeps
-serving. Resources a response leaves out are kept (the protocol lets a server send only the
-named resources that changed). The stream is reopened with backoff whenever it drops; the
-reconnect request carries the version held, so an unchanged control plane need not resend.
+Subscribed to :data:`~.config.RESOURCE_TYPE` by name (the domains served). A response is
+ACKed when every resource in it decodes, else NACKed with what is wrong, and the last good
+config keeps serving.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
-from google.rpc import code_pb2, status_pb2
-
 from ..errors import Diagnostic, InputError
-from .config import RESOURCE_TYPE, Config, decode_resources, describe
-from .metrics import Metrics
+from ..xds.subscriber import ADS_METHOD, Subscriber, XdsOptions, channel
+from .config import RESOURCE_TYPE, Config, decode_resources
+
+__all__ = ["ADS_METHOD", "ConfigSubscriber", "XdsOptions", "channel"]
 
 log = logging.getLogger("controlplane.ratelimit.xds")
 
-ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
-USER_AGENT = "controlplane-ratelimit"
 
+class ConfigSubscriber(Subscriber[Config]):
+    """The rate-limit service's limits, by domain (the resource names subscribed to).
+    Resources a response leaves out are kept (the protocol lets a server send only the named
+    resources that changed)."""
 
-@dataclass(frozen=True)
-class XdsOptions:
-    target: str  # HOST:PORT of the control plane's xDS server
-    node_id: str
-    node_cluster: str = "ratelimit"
-    domains: tuple[str, ...] = ("gateway",)
-    insecure: bool = False
-    ca: str | None = None  # CA that signed the control plane's certificate
-    cert: str | None = None  # this service's client certificate and key (mTLS)
-    key: str | None = None
-    server_name: str | None = None  # name expected in the server's certificate, if not its host
-    initial_backoff: float = 0.1
-    max_backoff: float = 5.0
+    RESOURCE_TYPE = RESOURCE_TYPE
+    USER_AGENT = "controlplane-ratelimit"
+    WHAT = "rate-limit config"
 
-
-def channel(options: XdsOptions) -> grpc.aio.Channel:
-    settings: list[tuple[str, Any]] = [
-        # A silent control plane (host gone, partition) is noticed and the stream reopened.
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ]
-    if options.insecure:
-        return grpc.aio.insecure_channel(options.target, options=settings)
-    assert options.ca and options.cert and options.key
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=Path(options.ca).read_bytes(),
-        private_key=Path(options.key).read_bytes(),
-        certificate_chain=Path(options.cert).read_bytes(),
-    )
-    if options.server_name:
-        settings.append(("grpc.ssl_target_name_override", options.server_name))
-    return grpc.aio.secure_channel(options.target, credentials, options=settings)
-
-
-class ConfigSubscriber:
-    """Keeps :attr:`config` up to date from the control plane; ``on_config`` hears every accepted one."""
-
-    def __init__(self, options: XdsOptions, on_config: Callable[[Config], None], metrics: Metrics):
-        self.options = options
-        self.on_config = on_config
-        self.metrics = metrics
-        self.config: Config | None = None
-        self.last_rejection: str | None = None
-        self._node = base_pb2.Node(id=options.node_id, cluster=options.node_cluster, user_agent_name=USER_AGENT)
-
-    async def run(self) -> None:
-        """Forever: open the stream, follow it, and reopen it with backoff when it ends."""
-        backoff = self.options.initial_backoff
-        chan = channel(self.options)
-        try:
-            while True:
-                answered = False
-                try:
-                    answered = await self._follow(chan)
-                    reason = "the control plane closed the stream"
-                except grpc.aio.AioRpcError as exc:
-                    reason = f"{exc.code().name}: {exc.details()}"
-                finally:
-                    self.metrics.xds_connected.set(0)
-                if answered:
-                    backoff = self.options.initial_backoff
-                # Jitter: replicas that lost the same control plane do not all return at once.
-                delay = backoff * random.uniform(0.5, 1.0)
-                log.warning(
-                    "xDS stream to %s ended (%s); serving %s; retrying in %.2fs",
-                    self.options.target,
-                    reason,
-                    f"config version {self.config.version}" if self.config else "no config yet",
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                backoff = min(self.options.max_backoff, backoff * 2)
-        finally:
-            await chan.close()
-
-    async def _follow(self, chan: grpc.aio.Channel) -> bool:
-        """One stream until it ends; True if the control plane sent anything on it."""
-        call = chan.stream_stream(
-            ADS_METHOD,
-            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )()
-        answered = False
-        try:
-            await call.write(self._request(version=self.config.version if self.config else ""))
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    return answered
-                if not answered:
-                    log.info("xDS stream to %s open", self.options.target)
-                    self.metrics.xds_connected.set(1)
-                answered = True
-                await call.write(self._answer(response))
-        finally:
-            call.cancel()
-
-    def _request(self, version: str, nonce: str = "", error: str | None = None) -> discovery_pb2.DiscoveryRequest:
-        request = discovery_pb2.DiscoveryRequest(
-            version_info=version,
-            node=self._node,
-            resource_names=list(self.options.domains),
-            type_url=RESOURCE_TYPE,
-            response_nonce=nonce,
-        )
-        if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=error))
-        return request
-
-    def _answer(self, response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
-        """Apply ``response`` if it is good, and the ACK or NACK that says so."""
-        held = self.config.version if self.config else ""
-        try:
-            config = self.apply(response.type_url, response.version_info, response.resources)
-        except InputError as exc:
-            message = describe(exc)
-            self.last_rejection = f"version {response.version_info}: {message}"
-            self.metrics.config_updates.labels(result="rejected").inc()
-            log.error(
-                "rejected rate-limit config version %s (NACK; still serving %s): %s",
-                response.version_info,
-                held or "nothing",
-                message,
-            )
-            return self._request(held, response.nonce, message)
-        self.metrics.config_updates.labels(result="accepted").inc()
-        self.config = config
-        self.on_config(config)
-        return self._request(config.version, response.nonce)
+    def version(self) -> str:
+        return self.config.version if self.config is not None else ""
 
     def apply(self, type_url: str, version: str, resources: Sequence[Any]) -> Config:
         """The config after a response, or :class:`InputError` naming what is wrong with it."""
