@@ -26,7 +26,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import auth, edge, incremental, ir, mesh, ratelimits, tls, upstreams
+from . import auth, edge, incremental, inspection, ir, mesh, ratelimits, tls, upstreams
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -74,6 +74,8 @@ class _Builder:
         self.headers: dict[str, Any] = {}
         self.rateLimits: dict[str, Any] = {}  # the policy section (its name, for the singleton check)
         self.mesh: dict[str, Any] = {}
+        self.waf: dict[str, Any] = {}
+        self.waf_section: inspection.Section | None = None
         self.singleton_docs: dict[str, Document] = {}  # section → the policy that set it
         self.rate_limits_file = ""
         self.gateway_limits: list[ratelimits.GatewayLimit] = []
@@ -121,7 +123,7 @@ class _Builder:
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
             self._read_auth(doc, data)
-            for key in ("gateway", "headers", "rateLimits", "mesh"):
+            for key in ("gateway", "headers", "rateLimits", "mesh", "waf"):
                 if key in data:
                     if key in singletons:
                         self.diags.error(
@@ -187,6 +189,7 @@ class _Builder:
             tuple(sorted(self.providers.items())),
             tuple((p, c, tuple(sorted(ls)) if ls is not None else None) for p, c, ls in self.ip_prefix_lists),
             [self.rate_limits_file, self.rateLimits.get("limits", [])],
+            [self.waf.get("mode"), self.waf.get("onServiceFailure")],
         )
         record = incremental.cached_api(key, api.spec)
         if record is None:
@@ -297,6 +300,13 @@ class _Builder:
             if where is not None and "rateLimits" in value:
                 limits = ratelimits.merge(merged.get("rateLimits", ()), value["rateLimits"], scope, where, self.diags)
                 value = {**value, "rateLimits": limits}
+            if "waf" in value and not self.waf and where is not None:
+                self.diags.warning(
+                    "waf settings, but no policy has a waf section: nothing is inspected",
+                    where.file,
+                    where.pointer + "/waf",
+                    "waf-unused",
+                )
             if src is not None and "ipAllow" in value:  # '198.51.100.10' → '198.51.100.10/32'; a bad one is an error
                 value = {
                     **value,
@@ -463,6 +473,9 @@ class _Builder:
             )
             if client_cert is not None:
                 operation = dataclasses.replace(operation, client_cert=client_cert)
+            waf = inspection.operation_waf(self.waf_section, settings)
+            if waf is not None:
+                operation = dataclasses.replace(operation, waf=waf)
             produced = []
             # (no allowlist can apply without the operation's own or a path-prefix list)
             any_ip = bool(self.ip_prefix_lists) or bool(settings.get("ipAllow"))
@@ -535,6 +548,10 @@ class _Builder:
     # -- everything -------------------------------------------------------------------------
     def build(self) -> ir.Gateway | None:
         policies = self._read_policies()
+        if self.waf:
+            self.waf_section = inspection.read_section(
+                self.waf, self.singleton_docs["waf"], self.bundle.store, self.diags
+            )
         apis = self._collect_apis(policies)
         if not self.listeners:
             self.listeners["default"] = (edge.DEFAULT_LISTENER, ir.Source("<built-in>", ""))
@@ -628,6 +645,10 @@ class _Builder:
             ratelimit_service=service,
             secret_groups=tuple(g.get("secretNodeGroups", ("gateway",))),
             mesh=mesh_ir,
+            waf_service=self.waf_section.service
+            if self.waf_section is not None
+            and any(op.waf for lst in listeners for pr in lst.paths for op in pr.operations)
+            else None,
         )
 
 

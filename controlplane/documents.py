@@ -496,9 +496,7 @@ class DocumentStore:
             line = raw[: exc.position].count(b"\n") + 1
             column = exc.position - raw.rfind(b"\n", 0, exc.position)
             diags.add(
-                Diagnostic(
-                    f"invalid YAML: {str(exc).splitlines()[0]}", name, "", line, code="yaml", column=column
-                )
+                Diagnostic(f"invalid YAML: {str(exc).splitlines()[0]}", name, "", line, code="yaml", column=column)
             )
             return _MISSING
         except yaml.YAMLError as exc:

@@ -300,6 +300,31 @@ class RateLimitService:
 
 
 @dataclass(frozen=True, slots=True)
+class Waf:
+    """How the WAF inspects an operation's requests."""
+
+    prevent: bool  # refuse (403) what it finds; else log it and let the request through
+    fail_open: bool  # the service cannot answer: let requests through (else 503)
+    exclude_locations: tuple[str, ...] = ()  # "body:/content", "query:q": not inspected
+    exclude_families: tuple[str, ...] = ()  # "xss": not looked for
+
+
+@dataclass(frozen=True, slots=True)
+class WafService:
+    """Where Envoys reach the WAF service, and what it is given."""
+
+    endpoints: tuple[Endpoint, ...]
+    timeout_ms: int
+    max_body_bytes: int  # larger bodies are refused (413): a body is inspected whole or not at all
+    rules: str  # the rule set pushed to the service (JSON): the default one with the policy's changes
+    source: Source
+
+    @property
+    def cluster(self) -> str:
+        return "waf-service"
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One method on one path: a route to an upstream."""
 
@@ -331,6 +356,7 @@ class Operation:
     # A verified client certificate is required, with one of these names (its URI SAN, else
     # DNS SAN, else subject); () any certificate the listener's CA signed; None: not required.
     client_cert: tuple[str, ...] | None = None
+    waf: Waf | None = None  # None: not inspected
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +458,7 @@ class Gateway:
     # receive the gateway's certificates and keys over SDS.
     secret_groups: tuple[str, ...] = ("gateway",)
     mesh: Mesh | None = None
+    waf_service: WafService | None = None  # set when some operation is inspected
 
     def certificates(self) -> list[Certificate]:
         """Every certificate with a private key the gateway's Envoys are given."""

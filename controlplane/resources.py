@@ -27,7 +27,9 @@ class Resources:
     CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
     ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
     # Short names used by the CLI, in the order Envoy wants them over ADS.
-    RATELIMIT = _PREFIX + "xds.type.v3.TypedStruct"  # the rate-limit service's configuration, by domain
+    # The configuration of the services beside Envoy: the rate-limit service's by domain, the
+    # WAF service's (named "waf").
+    RATELIMIT = SERVICES = _PREFIX + "xds.type.v3.TypedStruct"
     SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
     TYPES = {
         "clusters": CLUSTER,
@@ -35,7 +37,7 @@ class Resources:
         "listeners": LISTENER,
         "scopes": SCOPED_ROUTE,
         "routes": ROUTE,
-        "ratelimits": RATELIMIT,
+        "services": SERVICES,
         "secrets": SECRET,
     }
 

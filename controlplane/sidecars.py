@@ -148,11 +148,7 @@ class Sidecars:
             )
             config = self.tmp / f"sidecar-{backend.name}.json"
             config.write_text(json.dumps(to_dict(dynamic_bootstrap(options, AdminOptions(port=_free_port())))))
-            self.procs.append(
-                subprocess.Popen(
-                    [envoy, "-c", str(config), "-l", "warning", "--disable-hot-restart"]
-                )
-            )
+            self.procs.append(subprocess.Popen([envoy, "-c", str(config), "-l", "warning", "--disable-hot-restart"]))
             self.names.append(f"the sidecar of backend {backend.name}")
             log.info(
                 "mesh: sidecar of %s on %s:%d (mTLS from the gateway only) forwarding to %s:%d",

@@ -338,4 +338,4 @@ def test_status_shows_the_services_in_sync_beside_the_envoys(rig: Rig) -> None:
     services = [n for n in nodes if n["node"].startswith("ratelimit-")]
     assert len(services) == 2, nodes
     for node in services:
-        assert node["types"]["ratelimits"]["state"] == "SYNCED", node
+        assert node["types"]["services"]["state"] == "SYNCED", node

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..resources import Resources
-from . import clusters, jwt, listener, mesh, ratelimit, routes, tls
+from . import clusters, jwt, listener, mesh, ratelimit, routes, tls, waf
 
 
 def translate(gw: ir.Gateway) -> Resources:
@@ -23,7 +23,15 @@ def translate(gw: ir.Gateway) -> Resources:
     config = ratelimit.service_config(gw)
     if config is not None:
         out.add(ratelimit.RESOURCE_TYPE, config, gw.ratelimit_service.source, name=gw.ratelimit_service.domain)  # type: ignore[union-attr]
-    for upstream in (*gw.upstreams, *jwt.jwks_upstreams(gw), *ratelimit.service_upstreams(gw)):
+    waf_config = waf.service_config(gw)
+    if waf_config is not None:
+        out.add(Resources.SERVICES, waf_config, gw.waf_service.source, name=waf.CONFIG_NAME)  # type: ignore[union-attr]
+    for upstream in (
+        *gw.upstreams,
+        *jwt.jwks_upstreams(gw),
+        *ratelimit.service_upstreams(gw),
+        *waf.service_upstreams(gw),
+    ):
         out.add(Resources.CLUSTER, clusters.cluster(upstream), upstream.source)
         if not upstream.uses_dns:
             out.add(Resources.ENDPOINT, clusters.load_assignment(upstream), upstream.source)

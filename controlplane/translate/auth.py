@@ -17,7 +17,7 @@ from envoy.type.matcher.v3 import value_pb2
 from google.protobuf.message import Message
 
 from .. import ir
-from . import tls
+from . import tls, waf
 from ._authfacts import envoy_fetches, uses
 from ._pb import packed
 from .allowlist import IP_FILTER, ip_allowlist_route_config
@@ -81,6 +81,9 @@ def route_filter_configs(op: ir.Operation, listener: ir.Listener, gw: ir.Gateway
     out: dict[str, Message] = {}
     if op.client_cert is not None:
         out[tls.CLIENT_CERT_FILTER] = tls.client_certificate_route_config(op)
+    inspected = waf.route_config(op)
+    if inspected is not None:
+        out[inspected[0]] = inspected[1]
     if op.ip_allow:
         out[IP_FILTER] = ip_allowlist_route_config(op, listener)
     if op.auth is not None:

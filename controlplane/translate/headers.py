@@ -100,6 +100,8 @@ def _status(status: int) -> accesslog_pb2.AccessLogFilter:
 
 
 AUTHENTICATION_REQUIRED = "authentication required"
+WAF_REFUSED = "refused: the request looks like an attack (the gateway's logs say why, by request id)"
+WAF_UNAVAILABLE = "the request cannot be inspected now; try again shortly"
 MISDIRECTED = "misdirected request: this connection's certificate is not for this host"
 TOO_MANY_REQUESTS = "too many requests"
 LIMITS_UNAVAILABLE = "rate limits cannot be checked now; try again shortly"
@@ -177,7 +179,12 @@ def local_reply_config(policy: ir.HeaderPolicy, realm: str, https: bool) -> hcm_
             added,
             421,
         ),
+        # the WAF refused it: what it found is in the gateway's logs under the request id
+        mapper(_cel("response.code_details == 'ext_authz_denied'"), WAF_REFUSED, added, 403),
+        # the WAF service cannot answer and the operation fails closed
+        mapper(_cel("response.code_details == 'ext_authz_error'"), WAF_UNAVAILABLE, [*added, RETRY_SOON], 503),
         mapper(_status(403), "forbidden", added),
+        mapper(_status(413), "request body too large", added),
         mapper(_status(405), METHOD_NOT_ALLOWED, added),
         # Envoy's own "no route" 404 (a path under a known prefix, a value that does not fit a
         # typed parameter) has no text of its own

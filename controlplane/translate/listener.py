@@ -25,7 +25,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import allowlist, auth, claims, headers, jwt, ratelimit, routes, tls, tokens
+from . import allowlist, auth, claims, headers, jwt, ratelimit, routes, tls, tokens, waf
 from ._pb import ads, duration, header, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -88,6 +88,10 @@ HTTP_FILTERS: list[
     (
         ratelimit.local_filter(ratelimit.STAGE_BACKSTOP),
         "after the service: bounds each Envoy while the service cannot answer (fail-open limits)",
+    ),
+    (
+        waf.waf_filters,
+        "after authorization and limits: refused and throttled callers cost no inspection; bodies whole",
     ),
     (
         tokens.token_strip_filter,

@@ -1,0 +1,90 @@
+"""Model → IR for the WAF: the policy's ``waf`` section (the service, the default mode, the
+rules pushed to the service) and each operation's inspection settings (route settings ``waf``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import ir
+from .documents import Document, DocumentStore
+from .errors import Diagnostics
+from .model import policy as pol
+
+DEFAULT_ENDPOINT = "127.0.0.1:8082"
+DEFAULT_MAX_BODY = 1 << 20
+DEFAULT_TIMEOUT = "500ms"
+
+
+@dataclass(frozen=True)
+class Section:
+    """The policy's ``waf``, read once per compile."""
+
+    mode: str
+    fail: str | None  # "open", "closed", or None: by mode
+    service: ir.WafService | None  # None when the rules are unusable (reported)
+
+
+def read_section(spec: dict[str, Any], doc: Document, store: DocumentStore, diags: Diagnostics) -> Section:
+    service_spec = spec.get("service", {})
+    endpoints = []
+    for i, text in enumerate(service_spec.get("endpoints", [DEFAULT_ENDPOINT])):
+        host, _, port = text.rpartition(":")
+        if not 0 < int(port) < 65536:
+            diags.error(f"port {port} is out of range", doc.name, f"/waf/service/endpoints/{i}", "waf")
+        endpoints.append(ir.Endpoint(host.strip("[]"), int(port)))
+    rules = _rules(spec, doc, store, diags)
+    service = None
+    if rules is not None:
+        service = ir.WafService(
+            endpoints=tuple(endpoints),
+            timeout_ms=pol.duration_ms(service_spec.get("timeout", DEFAULT_TIMEOUT)),
+            max_body_bytes=spec.get("maxBodyBytes", DEFAULT_MAX_BODY),
+            rules=rules,
+            source=ir.Source(doc.name, "/waf"),
+        )
+    return Section(spec.get("mode", "prevent"), spec.get("onServiceFailure"), service)
+
+
+def _rules(spec: dict[str, Any], doc: Document, store: DocumentStore, diags: Diagnostics) -> str | None:
+    """The rule set the service is given, as canonical JSON; None (reported) when unusable."""
+    from .waf.rules import RuleSet, default_rules_data
+
+    if "rulesFile" in spec:
+        loaded = store.load(doc.path.parent / spec["rulesFile"], (doc, "/waf/rulesFile"))
+        if loaded is None:
+            return None
+        data, where = loaded.data, "/waf/rulesFile"
+    else:
+        data, where = default_rules_data(), "/waf"
+    disabled = spec.get("disabledRules", [])
+    try:
+        rules = RuleSet.from_data(data)
+        unknown = sorted(set(disabled) - set(rules.ids()))
+        if unknown:
+            diags.error(f"no rule with the id(s) {', '.join(unknown)}", doc.name, "/waf/disabledRules", "waf-rules")
+            return None
+    except ValueError as exc:
+        diags.error(f"the rules are not usable: {exc}", doc.name, where, "waf-rules")
+        return None
+    return json.dumps({"rules": data, "disabled": sorted(disabled)}, sort_keys=True, separators=(",", ":"))
+
+
+def operation_waf(section: Section | None, settings: dict[str, Any]) -> ir.Waf | None:
+    """An operation's inspection: the section's mode unless its route settings say otherwise."""
+    if section is None:
+        return None
+    own = settings.get("waf") or {}
+    mode = own.get("mode", section.mode)
+    if mode == "off":
+        return None
+    prevent = mode == "prevent"
+    fail = own.get("onServiceFailure", section.fail)
+    exclude = own.get("exclude", {})
+    return ir.Waf(
+        prevent=prevent,
+        fail_open=(fail == "open") if fail is not None else not prevent,
+        exclude_locations=tuple(exclude.get("locations", ())),
+        exclude_families=tuple(exclude.get("families", ())),
+    )

@@ -1,0 +1,108 @@
+"""The WAF in Envoy: two ext_authz filters (failing closed, failing open) that ask the WAF
+service about each inspected request, its whole body included, and the configuration the
+service is given over xDS.
+
+Both filters are disabled by default; an inspected operation's route turns on the one of its
+failure mode and tells the service, in context extensions, which operation it is, whether to
+refuse or only report, and what not to inspect. Routes that are not inspected (and the
+gateway's own 404/405 routes) carry nothing and cost nothing.
+
+Bodies are buffered whole up to ``waf.maxBodyBytes`` and never sent in part
+(``allow_partial_message: false``): a larger body is refused with 413, since a body padded
+past the buffer would otherwise carry its attack past the inspection.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import grpc_service_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from xds.type.v3 import typed_struct_pb2
+
+from .. import ir
+from ._pb import duration, packed, per_listener
+
+FILTER_CLOSED = "waf"
+FILTER_OPEN = "waf-fail-open"
+CONFIG_TYPE = "controlplane.dev/waf.v1.Config"
+CONFIG_NAME = "waf"
+
+
+@per_listener
+def _inspected(listener: ir.Listener) -> tuple[bool, bool]:
+    """(some operation fails closed, some fails open)."""
+    closed = opened = False
+    for pr in listener.paths:
+        for op in pr.operations:
+            if op.waf is not None:
+                closed = closed or not op.waf.fail_open
+                opened = opened or op.waf.fail_open
+    return closed, opened
+
+
+def _filter(gw: ir.Gateway, name: str, fail_open: bool) -> hcm_pb2.HttpFilter:
+    svc = gw.waf_service
+    assert svc is not None
+    config = ext_authz_pb2.ExtAuthz(
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=svc.cluster),
+            timeout=duration(svc.timeout_ms),
+        ),
+        transport_api_version=2,  # V3
+        failure_mode_allow=fail_open,
+        with_request_body=ext_authz_pb2.BufferSettings(
+            max_request_bytes=svc.max_body_bytes, allow_partial_message=False, pack_as_bytes=True
+        ),
+        status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
+        stat_prefix=name,
+    )
+    return hcm_pb2.HttpFilter(name=name, typed_config=packed(config), disabled=True)
+
+
+def waf_filters(gw: ir.Gateway, listener: ir.Listener) -> list[hcm_pb2.HttpFilter] | None:
+    if gw.waf_service is None:
+        return None
+    closed, opened = _inspected(listener)
+    out = []
+    if closed:
+        out.append(_filter(gw, FILTER_CLOSED, False))
+    if opened:
+        out.append(_filter(gw, FILTER_OPEN, True))
+    return out or None
+
+
+def route_config(op: ir.Operation) -> tuple[str, route_components_pb2.FilterConfig] | None:
+    """The filter an inspected operation turns on, with what the service must know."""
+    waf = op.waf
+    if waf is None:
+        return None
+    extensions = {"operation": op.name, "mode": "prevent" if waf.prevent else "detect"}
+    if waf.exclude_locations:
+        extensions["exclude"] = "\n".join(waf.exclude_locations)
+    if waf.exclude_families:
+        extensions["families"] = ",".join(waf.exclude_families)
+    per_route = ext_authz_pb2.ExtAuthzPerRoute(
+        check_settings=ext_authz_pb2.CheckSettings(context_extensions=extensions)
+    )
+    name = FILTER_OPEN if waf.fail_open else FILTER_CLOSED
+    return name, route_components_pb2.FilterConfig(config=packed(per_route), disabled=False)
+
+
+def service_upstreams(gw: ir.Gateway) -> list[ir.Upstream]:
+    svc = gw.waf_service
+    if svc is None:
+        return []
+    return [ir.Upstream(svc.cluster, svc.endpoints, svc.source, protocol=ir.Protocol.HTTP2, connect_timeout_ms=1000)]
+
+
+def service_config(gw: ir.Gateway) -> typed_struct_pb2.TypedStruct | None:
+    """What the WAF service is given: the rules (JSON, exactly as compiled) and the body limit."""
+    svc = gw.waf_service
+    if svc is None:
+        return None
+    value = struct_pb2.Struct()
+    value.update({"rules": svc.rules, "maxBodyBytes": svc.max_body_bytes, "source": svc.source.file})
+    return typed_struct_pb2.TypedStruct(type_url=CONFIG_TYPE, value=value)
