@@ -22,6 +22,7 @@ from .errors import Severity, grouped
 from .output import write
 from .ratelimit.options import parser as ratelimit_parser
 from .resources import Resources, to_dict, write_message
+from .waf.options import parser as waf_parser
 
 
 def _report(result: CompileResult, err: TextIO, every: bool = False) -> None:
@@ -428,6 +429,11 @@ def parser() -> argparse.ArgumentParser:
         parents=[ratelimit_parser(add_help=False)],
         help="the rate-limit service (gRPC, counts in Redis; its limits come from the control plane over xDS)",
     )
+    sub.add_parser(
+        "waf",
+        parents=[waf_parser(add_help=False)],
+        help="the WAF service (ext_authz gRPC; its rules come from the control plane over xDS)",
+    )
     return p
 
 
@@ -456,6 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["ratelimit"]:  # every option after it is the service's own (argparse would take --help)
         return cmd_ratelimit(given[1:])
+    if given[:1] == ["waf"]:
+        from .waf.app import main as waf_main
+
+        return waf_main(given[1:])
     args = parser().parse_args(given)
     try:
         code: int = args.func(args)

@@ -119,6 +119,8 @@ async def _run(args: argparse.Namespace, envoy: str, tmp: Path) -> int:
                 "rateLimits.service.endpoints in the policy",
             )
             sidecars.start_rate_limits(service, ca, plane.xds_port)
+        if plane.last_result is not None and plane.last_result.waf_service is not None:
+            sidecars.start_waf(plane.last_result.waf_service, ca, plane.xds_port)
         if plane.last_result is not None and plane.last_result.mesh is not None:
             sidecars.start_mesh(plane.last_result.mesh, ca, plane.xds_port, envoy)
         backend = EchoServer(port=args.backend_port).start() if args.backend_port else None

@@ -123,6 +123,28 @@ class Sidecars:
             self.service_admin,
         )
 
+    def start_waf(self, service: ir.WafService, ca: CertificateAuthority, xds_port: int) -> None:
+        endpoint = service.endpoints[0]
+        if endpoint.host not in ("127.0.0.1", "localhost"):
+            log.warning(
+                "waf: the policy's service %s:%d is not on this machine; run starts none", endpoint.host, endpoint.port
+            )
+            return
+        cert = ca.issue("waf-1", client=True, unit="waf")  # never given the gateway's certificates
+        admin = _free_port()
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "controlplane", "waf"),
+                    *("--listen", f"{endpoint.host}:{endpoint.port}", "--xds", f"127.0.0.1:{xds_port}"),
+                    *("--xds-ca", str(ca.path), "--xds-cert", str(cert.cert), "--xds-key", str(cert.key)),
+                    *("--xds-server-name", "localhost", "--admin-port", str(admin), "--log-level", "warning"),
+                ],
+            )
+        )
+        self.names.append("the WAF service")
+        log.info("waf: the WAF service on %s:%d (metrics: 127.0.0.1:%d/metrics)", endpoint.host, endpoint.port, admin)
+
     def start_mesh(self, mesh: ir.Mesh, ca: CertificateAuthority, xds_port: int, envoy: str) -> None:
         """A sidecar Envoy for each mesh backend whose application is on this machine."""
         from .bootstrap import AdminOptions, XdsOptions, dynamic_bootstrap

@@ -52,6 +52,7 @@ class CompiledConfig(WithDiagnostics):
     secret_groups: tuple[str, ...] = ()  # node groups that may receive the secrets
     certificates: list[tuple[str, str, str]] = field(default_factory=list)  # (secret, file, expiry ISO 8601)
     mesh: ir.Mesh | None = None  # workload certificates the server issues
+    waf_service: ir.WafService | None = None  # where the WAF service listens (run starts it)
     # Other node groups (mesh sidecars): group → (serialized resources, references).
     groups: dict[str, tuple[dict[str, dict[str, bytes]], dict[str, set[str]]]] = field(default_factory=dict)
     # From the worker process, a result can be relative to the one before (``base``): then
@@ -169,6 +170,7 @@ def _compile_serialized(
         [(c.name, c.cert_file, c.not_after) for c in result.gateway.certificates()],
         result.gateway.mesh,
         {group: (serialize(r), references_of(r)) for group, r in result.resources.groups.items()},
+        result.gateway.waf_service,
     )
 
 

@@ -1,0 +1,152 @@
+"""``python -m controlplane waf``: options, and the process that ties the parts together."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..xds.admin import AdminServer, json_answer
+from ..xds.subscriber import XdsOptions
+from .config import Config
+from .metrics import Metrics
+from .options import parser
+from .service import METHOD, Checker, NoRules
+from .xds_client import RulesSubscriber
+
+log = logging.getLogger("controlplane.waf")
+
+
+@dataclass
+class Options:
+    listen: str
+    xds: XdsOptions
+    admin_address: str
+    admin_port: int
+
+
+def options(argv: Sequence[str]) -> Options:
+    p = parser()
+    args = p.parse_args(list(argv))
+    if not args.insecure and not all((args.xds_ca, args.xds_cert, args.xds_key)):
+        p.error(
+            "give --xds-ca, --xds-cert and --xds-key for an mTLS channel to the control plane, "
+            "or --insecure for plaintext (loopback development only)"
+        )
+    xds = XdsOptions(
+        target=args.xds,
+        node_id=args.node_id or f"waf-{socket.gethostname()}-{os.getpid()}",
+        node_cluster="waf",
+        domains=("waf",),
+        insecure=args.insecure,
+        ca=args.xds_ca,
+        cert=args.xds_cert,
+        key=args.xds_key,
+        server_name=args.xds_server_name,
+    )
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return Options(args.listen, xds, args.admin_address, args.admin_port)
+
+
+class Service:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.metrics = Metrics()
+        self.checker = Checker(self.metrics)
+        self.subscriber = RulesSubscriber(opts.xds, self._config, self.metrics)
+        get = {p: functools.partial(self._admin, p) for p in ("/healthz", "/ready", "/metrics", "/config")}
+        self.admin = AdminServer(get)
+
+    def _config(self, config: Config) -> None:
+        self.checker.use(config)
+        self.metrics.rules_version.clear()
+        self.metrics.rules_version.labels(config.rules.version).set(1)
+        log.info(
+            "serving WAF config version %s (rules %s from %s)", config.version, config.rules.version, config.source
+        )
+
+    def _admin(self, path: str, _query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+        config = self.checker.config
+        if path == "/config":
+            return json_answer(
+                200,
+                {
+                    "version": config.version if config else None,
+                    "rules": config.rules.version if config else None,
+                    "max_body_bytes": config.max_body_bytes if config else None,
+                    "last_rejection": self.subscriber.last_rejection,
+                },
+            )
+        ready = config is not None
+        return json_answer(200 if ready else 503, {"ready": ready, "version": config.version if config else None})
+
+    async def _check(self, request: external_auth_pb2.CheckRequest, context: Any) -> external_auth_pb2.CheckResponse:
+        try:
+            return self.checker.check(request)
+        except NoRules:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no rules from the control plane yet")
+            raise  # not reached: abort raises
+
+    async def run(self, stop: asyncio.Event) -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._check,
+            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+        )
+        service, method = METHOD.strip("/").split("/")
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: handler})])
+        try:
+            server.add_insecure_port(self.opts.listen)
+        except RuntimeError as exc:
+            raise SystemExit(f"waf: cannot listen on {self.opts.listen}: {exc}") from exc
+        await server.start()
+        try:
+            admin_port = await self.admin.start(self.opts.admin_address, self.opts.admin_port)
+        except OSError as exc:
+            raise SystemExit(f"waf: cannot open the admin port {self.opts.admin_port}: {exc}") from exc
+        task = asyncio.create_task(self.subscriber.run())
+        log.info(
+            "WAF service on %s (admin http://%s:%d, node %s, xDS %s)",
+            self.opts.listen,
+            self.opts.admin_address,
+            admin_port,
+            self.opts.xds.node_id,
+            self.opts.xds.target,
+        )
+        try:
+            await stop.wait()
+        finally:
+            task.cancel()
+            await server.stop(grace=1)
+            await self.admin.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the WAF service until SIGTERM or SIGINT; the exit status."""
+    opts = options(sys.argv[1:] if argv is None else argv)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await Service(opts).run(stop)
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,58 @@
+"""What the control plane gives the WAF service over xDS: the rules, and the body limit.
+
+One resource named ``waf``: a ``google.protobuf.Any`` holding an ``xds.type.v3.TypedStruct``
+whose ``type_url`` is :data:`CONFIG_TYPE` and whose ``value`` reads
+``{"rules": "<the rule set, JSON>", "maxBodyBytes": 1048576, "source": "<policy file>"}``.
+A resource that does not read so, or whose rules do not compile, is refused (NACK) and the
+last good rules keep serving.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from xds.type.v3 import typed_struct_pb2
+
+from ..errors import Diagnostic, InputError
+from .rules import RuleSet
+
+RESOURCE_TYPE = "type.googleapis.com/xds.type.v3.TypedStruct"
+CONFIG_TYPE = "controlplane.dev/waf.v1.Config"
+NAME = "waf"
+
+
+@dataclass(frozen=True)
+class Config:
+    version: str
+    rules: RuleSet
+    max_body_bytes: int
+    source: str
+
+
+def decode(version: str, resources: Sequence[Any]) -> Config:
+    """The config in a response, or :class:`InputError` saying what is wrong with it."""
+    for resource in resources:
+        typed = typed_struct_pb2.TypedStruct()
+        try:
+            if not resource.Unpack(typed):
+                raise DecodeError(f"not a TypedStruct: {resource.type_url}")
+        except DecodeError as exc:
+            raise InputError([Diagnostic(f"cannot decode: {exc}", "waf")]) from exc
+        if typed.type_url != CONFIG_TYPE:
+            continue
+        value = json_format.MessageToDict(typed.value)
+        try:
+            data = json.loads(value["rules"])
+            rules = RuleSet.from_data(data["rules"])
+            for rule_id in data.get("disabled", ()):
+                rules = rules.without(rule_id)
+            max_body = int(value.get("maxBodyBytes", 1 << 20))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError([Diagnostic(f"unusable WAF config: {exc}", str(value.get("source", "waf")))]) from exc
+        return Config(version, rules, max_body, str(value.get("source", "")))
+    raise InputError([Diagnostic(f"no {CONFIG_TYPE} resource named {NAME!r} in the response", "waf")])

@@ -1,0 +1,104 @@
+"""``envoy.service.auth.v3.Authorization/Check``: one request in, a verdict out.
+
+Envoy sends the request's method, path (with its query), headers and whole body, and the
+route's context extensions: the operation, the mode (``prevent`` or ``detect``) and what not
+to inspect. In prevent mode a finding is a 403 (Envoy answers with the gateway's JSON body);
+in detect mode the request goes on. Either way each finding is logged as one JSON line
+(family, rule, location, a short redacted snippet; never the payload) and counted, and the
+verdict reaches Envoy's access log through dynamic metadata (``waf``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from .config import Config
+from .inspect import Exclusions, Finding, Inspector, Request
+from .metrics import Metrics
+
+log = logging.getLogger("controlplane.waf")
+findings_log = logging.getLogger("controlplane.waf.findings")
+
+METHOD = "/envoy.service.auth.v3.Authorization/Check"
+
+
+class Checker:
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.config: Config | None = None
+        self.inspector: Inspector | None = None
+
+    def use(self, config: Config) -> None:
+        self.inspector = Inspector(config.rules)
+        self.config = config
+
+    def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+        attributes = request.attributes
+        http = attributes.request.http
+        context = attributes.context_extensions
+        operation = context.get("operation", "")
+        prevent = context.get("mode", "prevent") == "prevent"
+        if self.inspector is None:
+            raise NoRules
+        started = time.perf_counter()
+        findings = self.inspector.inspect(
+            Request(
+                method=http.method,
+                path=http.path,
+                headers=tuple((k, v) for k, v in http.headers.items()),
+                body=http.raw_body or http.body.encode("utf-8", "surrogateescape"),
+            ),
+            Exclusions(
+                locations=tuple(x for x in context.get("exclude", "").split("\n") if x),
+                families=tuple(x for x in context.get("families", "").split(",") if x),
+            ),
+        )
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        if not findings:
+            self.metrics.requests.labels("pass").inc()
+            return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+        verdict = "refused" if prevent else "detected"
+        self.metrics.requests.labels(verdict).inc()
+        for f in findings:
+            self.metrics.findings.labels(f.family, f.rule, operation).inc()
+        _log(findings, verdict, operation, http.headers.get("x-request-id", ""))
+        metadata = struct_pb2.Struct()
+        metadata.update({"waf": f"{verdict}: " + ", ".join(sorted({f"{f.family}/{f.rule}" for f in findings}))})
+        if not prevent:
+            return external_auth_pb2.CheckResponse(
+                status=status_pb2.Status(code=code_pb2.OK), dynamic_metadata=metadata
+            )
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
+            denied_response=external_auth_pb2.DeniedHttpResponse(
+                status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden)
+            ),
+            dynamic_metadata=metadata,
+        )
+
+
+class NoRules(Exception):
+    """No rules from the control plane yet: answered as a failure, so that Envoy applies the
+    operation's failure mode (refuse or let through), never as a verdict."""
+
+
+def _log(findings: list[Finding], verdict: str, operation: str, request_id: str) -> None:
+    for f in findings:
+        entry: dict[str, Any] = {
+            "verdict": verdict,
+            "request_id": request_id,
+            "operation": operation,
+            "family": f.family,
+            "rule": f.rule,
+            "location": f.location,
+            "snippet": f.snippet,
+        }
+        findings_log.warning("%s", json.dumps(entry, sort_keys=True))

