@@ -52,9 +52,9 @@ class CompiledConfig(WithDiagnostics):
     secret_groups: tuple[str, ...] = ()  # node groups that may receive the secrets
     certificates: list[tuple[str, str, str]] = field(default_factory=list)  # (secret, file, expiry ISO 8601)
     mesh: ir.Mesh | None = None  # workload certificates the server issues
-    waf_service: ir.WafService | None = None  # where the WAF service listens (run starts it)
     # Other node groups (mesh sidecars): group → (serialized resources, references).
     groups: dict[str, tuple[dict[str, dict[str, bytes]], dict[str, set[str]]]] = field(default_factory=dict)
+    waf_service: ir.WafService | None = None  # where the WAF service listens (run starts it)
     # From the worker process, a result can be relative to the one before (``base``): then
     # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
     # gone (details under "#details"). ``Compiler.compile`` makes it whole again.

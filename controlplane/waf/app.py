@@ -17,7 +17,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..xds.admin import AdminServer, json_answer
+from ..xds.admin import AdminServer, Handler, json_answer
 from ..xds.subscriber import XdsOptions
 from .config import Config
 from .metrics import Metrics
@@ -67,7 +67,9 @@ class Service:
         self.metrics = Metrics()
         self.checker = Checker(self.metrics)
         self.subscriber = RulesSubscriber(opts.xds, self._config, self.metrics)
-        get = {p: functools.partial(self._admin, p) for p in ("/healthz", "/ready", "/metrics", "/config")}
+        get: dict[str, Handler] = {
+            p: functools.partial(self._admin, p) for p in ("/healthz", "/ready", "/metrics", "/config")
+        }
         self.admin = AdminServer(get)
 
     def _config(self, config: Config) -> None:
