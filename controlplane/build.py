@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import auth, edge, incremental, inspection, ir, mesh, ratelimits, tls, upstreams
+from . import auth, edge, incremental, inspection, ir, mesh, ratelimits, request_model, tls, upstreams
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -545,6 +546,24 @@ class _Builder:
         out.sort(key=itemgetter(0))
         return tuple(pr for _key, pr in out)
 
+    def _waf_service(self, apis: list[_Api], listeners: list[ir.Listener]) -> ir.WafService | None:
+        """The WAF service with the positive model of every inspected operation; None when
+        no operation is inspected."""
+        if self.waf_section is None or self.waf_section.service is None:
+            return None
+        inspected = {op.name for lst in listeners for pr in lst.paths for op in pr.operations if op.waf is not None}
+        if not inspected:
+            return None
+        models = {}
+        for api in apis:
+            for op in api.spec.operations:
+                name = f"{api.name}.{op.key}"
+                if name in inspected:
+                    model = request_model.operation_model(self.bundle.store, api.spec, op)
+                    if model is not None:
+                        models[name] = model
+        return dataclasses.replace(self.waf_section.service, models=_json(models))
+
     # -- everything -------------------------------------------------------------------------
     def build(self) -> ir.Gateway | None:
         policies = self._read_policies()
@@ -645,11 +664,12 @@ class _Builder:
             ratelimit_service=service,
             secret_groups=tuple(g.get("secretNodeGroups", ("gateway",))),
             mesh=mesh_ir,
-            waf_service=self.waf_section.service
-            if self.waf_section is not None
-            and any(op.waf for lst in listeners for pr in lst.paths for op in pr.operations)
-            else None,
+            waf_service=self._waf_service(apis, listeners),
         )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _retry_and_timeout(settings: dict[str, Any]) -> tuple[ir.RetryPolicy | None, int]:

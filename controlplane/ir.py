@@ -318,6 +318,9 @@ class WafService:
     max_body_bytes: int  # larger bodies are refused (413): a body is inspected whole or not at all
     rules: str  # the rule set pushed to the service (JSON): the default one with the policy's changes
     source: Source
+    # Each inspected operation's positive model from its OpenAPI description (JSON, by name):
+    # parameters, body media types and schema, locations the schema makes safe.
+    models: str = "{}"
 
     @property
     def cluster(self) -> str:

@@ -27,17 +27,52 @@ info: {title: shop, version: "1"}
 servers: [{url: /shop}]
 paths:
   /search:
-    get: {operationId: search, responses: {"200": {description: ok}}}
+    get:
+      operationId: search
+      parameters:
+        - {name: q, in: query, schema: {type: string, maxLength: 200}}
+        - {name: file, in: query, schema: {type: string}}
+        - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 100}}
+        - {name: sort, in: query, schema: {type: string, enum: [name, price]}}
+      responses: {"200": {description: ok}}
   /items:
-    post: {operationId: createItem, responses: {"200": {description: ok}}}
+    post:
+      operationId: createItem
+      requestBody:
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Item"}
+          application/x-www-form-urlencoded:
+            schema: {type: object}
+      responses: {"200": {description: ok}}
   /pages:
-    post: {operationId: updatePage, responses: {"200": {description: ok}}}
+    post:
+      operationId: updatePage
+      requestBody: {content: {application/json: {schema: {type: object}}}}
+      responses: {"200": {description: ok}}
   /import:
-    post: {operationId: importXml, responses: {"200": {description: ok}}}
+    post:
+      operationId: importXml
+      requestBody: {content: {application/xml: {schema: {type: string}}}}
+      responses: {"200": {description: ok}}
   /notes:
-    post: {operationId: addNote, responses: {"200": {description: ok}}}
+    post:
+      operationId: addNote
+      requestBody: {content: {application/json: {schema: {type: object}}}}
+      responses: {"200": {description: ok}}
   /health:
     get: {operationId: health, responses: {"200": {description: ok}}}
+components:
+  schemas:
+    Item:
+      type: object
+      required: [name]
+      properties:
+        name: {type: string}
+        notes: {type: string}
+        price: {type: number, minimum: 0}
+        tags: {type: array, items: {type: string}}
+        filter: {type: string, enum: ["' OR 1=1 --", "none"]}
 """
 
 
@@ -156,6 +191,13 @@ ATTACKS = [
     ("sqli-double-encoded", "GET", "/shop/search?q=" + q(q("' UNION SELECT password FROM users--")), b"", {}),
     ("xss-json", "POST", "/shop/items", b'{"name": "<script>alert(1)</script>"}', {"Content-Type": "application/json"}),
     (
+        "xss-json-array",
+        "POST",
+        "/shop/items",
+        b'{"name": "x", "tags": ["ok", "<svg onload=alert(1)>"]}',
+        {"Content-Type": "application/json"},
+    ),
+    (
         "xss-json-escaped",
         "POST",
         "/shop/items",
@@ -265,3 +307,47 @@ def test_failure_modes(setup: Setup) -> None:
         setup.waf.proc = None
         setup.waf.start()
     wait_for(lambda: setup.send("GET", "/shop/search?q=shoes").status == 200, 10, "the service back")
+
+
+# -- the positive model: what the OpenAPI description allows -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "headers", "status", "message"),
+    [
+        ("/shop/search?limit=abc", b"", {}, 400, "the query parameter 'limit' must be an integer"),
+        ("/shop/search?limit=1000", b"", {}, 400, "the query parameter 'limit' must be at most 100"),
+        ("/shop/search?sort=cost", b"", {}, 400, "the query parameter 'sort' must be one of name, price"),
+        ("/shop/items", b'{"name": "x", "price": -1}', {"Content-Type": "application/json"}, 400, "body at /price:"),
+        ("/shop/items", b'{"price": 3}', {"Content-Type": "application/json"}, 400, "'name' is a required property"),
+        (
+            "/shop/items",
+            b"<item/>",
+            {"Content-Type": "application/xml"},
+            415,
+            "Content-Type 'application/xml' is not accepted",
+        ),
+        ("/shop/search?q=x", b"x=1", {"Content-Type": "text/plain"}, 415, "this operation takes no request body"),
+    ],
+    ids=["integer", "maximum", "enum", "schema-minimum", "schema-required", "media-type", "no-body"],
+)
+def test_requests_outside_the_description_are_refused_naming_why(
+    setup: Setup, target: str, body: bytes, headers: dict[str, str], status: int, message: str
+) -> None:
+    before = len(setup.echo.received)
+    method = "GET" if target.startswith("/shop/search") else "POST"
+    resp = setup.send(method, target, body, headers)
+    assert resp.status == status, (resp.status, resp.body[:300])
+    assert message in resp.json()["message"], resp.json()
+    assert len(setup.echo.received) == before
+
+
+def test_a_value_the_schema_constrains_is_not_inspected(setup: Setup) -> None:
+    """The description allows exactly this value (an enum member that looks like SQL): the
+    detectors skip it; the same text in a free-text field is refused."""
+    ok = setup.send(
+        "POST", "/shop/items", b'{"name": "x", "filter": "\' OR 1=1 --"}', {"Content-Type": "application/json"}
+    )
+    assert ok.status == 200, ok.body
+    refused = setup.send("POST", "/shop/items", b'{"name": "\' OR 1=1 --"}', {"Content-Type": "application/json"})
+    assert refused.status == 403

@@ -180,7 +180,7 @@ def local_reply_config(policy: ir.HeaderPolicy, realm: str, https: bool) -> hcm_
             421,
         ),
         # the WAF refused it: what it found is in the gateway's logs under the request id
-        mapper(_cel("response.code_details == 'ext_authz_denied'"), WAF_REFUSED, added, 403),
+        mapper(_cel("response.code == 403 && response.code_details == 'ext_authz_denied'"), WAF_REFUSED, added, 403),
         # the WAF service cannot answer and the operation fails closed
         mapper(_cel("response.code_details == 'ext_authz_error'"), WAF_UNAVAILABLE, [*added, RETRY_SOON], 503),
         mapper(_status(403), "forbidden", added),

@@ -104,5 +104,7 @@ def service_config(gw: ir.Gateway) -> typed_struct_pb2.TypedStruct | None:
     if svc is None:
         return None
     value = struct_pb2.Struct()
-    value.update({"rules": svc.rules, "maxBodyBytes": svc.max_body_bytes, "source": svc.source.file})
+    value.update(
+        {"rules": svc.rules, "models": svc.models, "maxBodyBytes": svc.max_body_bytes, "source": svc.source.file}
+    )
     return typed_struct_pb2.TypedStruct(type_url=CONFIG_TYPE, value=value)

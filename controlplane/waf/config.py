@@ -2,7 +2,8 @@
 
 One resource named ``waf``: a ``google.protobuf.Any`` holding an ``xds.type.v3.TypedStruct``
 whose ``type_url`` is :data:`CONFIG_TYPE` and whose ``value`` reads
-``{"rules": "<the rule set, JSON>", "maxBodyBytes": 1048576, "source": "<policy file>"}``.
+``{"rules": "<the rule set, JSON>", "models": "<each operation's positive model, JSON>",
+"maxBodyBytes": 1048576, "source": "<policy file>"}``.
 A resource that does not read so, or whose rules do not compile, is refused (NACK) and the
 last good rules keep serving.
 """
@@ -11,14 +12,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from xds.type.v3 import typed_struct_pb2
 
 from ..errors import Diagnostic, InputError
+from .model import OperationModel, load_models
 from .rules import RuleSet
 
 RESOURCE_TYPE = "type.googleapis.com/xds.type.v3.TypedStruct"
@@ -32,6 +35,7 @@ class Config:
     rules: RuleSet
     max_body_bytes: int
     source: str
+    models: dict[str, OperationModel] = field(default_factory=dict)  # by operation name
 
 
 def decode(version: str, resources: Sequence[Any]) -> Config:
@@ -52,7 +56,8 @@ def decode(version: str, resources: Sequence[Any]) -> Config:
             for rule_id in data.get("disabled", ()):
                 rules = rules.without(rule_id)
             max_body = int(value.get("maxBodyBytes", 1 << 20))
-        except (KeyError, TypeError, ValueError) as exc:
+            models = load_models(str(value.get("models", "{}")))
+        except (KeyError, TypeError, ValueError, jsonschema.SchemaError) as exc:
             raise InputError([Diagnostic(f"unusable WAF config: {exc}", str(value.get("source", "waf")))]) from exc
-        return Config(version, rules, max_body, str(value.get("source", "")))
+        return Config(version, rules, max_body, str(value.get("source", "")), models)
     raise InputError([Diagnostic(f"no {CONFIG_TYPE} resource named {NAME!r} in the response", "waf")])

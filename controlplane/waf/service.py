@@ -23,6 +23,7 @@ from google.rpc import code_pb2, status_pb2
 from .config import Config
 from .inspect import Exclusions, Finding, Inspector, Request
 from .metrics import Metrics
+from .model import Violation
 
 log = logging.getLogger("controlplane.waf")
 findings_log = logging.getLogger("controlplane.waf.findings")
@@ -49,17 +50,28 @@ class Checker:
         if self.inspector is None:
             raise NoRules
         started = time.perf_counter()
+        headers = dict(http.headers.items())
+        body = http.raw_body or http.body.encode("utf-8", "surrogateescape")
+        model = self.config.models.get(operation) if self.config is not None else None
+        safe: frozenset[str] = frozenset()
+        if model is not None:
+            violation = model.check(http.path, headers, body)
+            if violation is not None:
+                self.metrics.seconds.observe(time.perf_counter() - started)
+                return self._violation(violation, prevent, operation, headers.get("x-request-id", ""))
+            safe = model.safe  # the description constrains these values, and they fit it
         findings = self.inspector.inspect(
             Request(
                 method=http.method,
                 path=http.path,
-                headers=tuple((k, v) for k, v in http.headers.items()),
-                body=http.raw_body or http.body.encode("utf-8", "surrogateescape"),
+                headers=tuple(headers.items()),
+                body=body,
             ),
             Exclusions(
                 locations=tuple(x for x in context.get("exclude", "").split("\n") if x),
                 families=tuple(x for x in context.get("families", "").split(",") if x),
             ),
+            safe_locations=safe,
         )
         self.metrics.seconds.observe(time.perf_counter() - started)
         if not findings:
@@ -80,6 +92,31 @@ class Checker:
             status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
             denied_response=external_auth_pb2.DeniedHttpResponse(
                 status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden)
+            ),
+            dynamic_metadata=metadata,
+        )
+
+    def _violation(
+        self, violation: Violation, prevent: bool, operation: str, request_id: str
+    ) -> external_auth_pb2.CheckResponse:
+        """A request its operation's description does not allow: 400/415 naming what, in
+        prevent mode; logged (family ``protocol``) and let through in detect mode."""
+        verdict = "refused" if prevent else "detected"
+        self.metrics.requests.labels(verdict).inc()
+        self.metrics.findings.labels("protocol", "openapi", operation).inc()
+        _log(
+            [Finding("protocol", "openapi", violation.location, violation.message[:64])], verdict, operation, request_id
+        )
+        metadata = struct_pb2.Struct()
+        metadata.update({"waf": f"{verdict}: protocol/openapi {violation.location}"})
+        if not prevent:
+            return external_auth_pb2.CheckResponse(
+                status=status_pb2.Status(code=code_pb2.OK), dynamic_metadata=metadata
+            )
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT),
+            denied_response=external_auth_pb2.DeniedHttpResponse(
+                status=http_status_pb2.HttpStatus(code=violation.status), body=violation.message
             ),
             dynamic_metadata=metadata,
         )

@@ -24,5 +24,7 @@ class RulesSubscriber(Subscriber[Config]):
                 [Diagnostic(f"a response of type {type_url!r}; subscribed to {RESOURCE_TYPE}", "response")]
             )
         if not resources and self.config is not None:
-            return Config(version, self.config.rules, self.config.max_body_bytes, self.config.source)
+            return Config(
+                version, self.config.rules, self.config.max_body_bytes, self.config.source, self.config.models
+            )
         return decode(version, resources)

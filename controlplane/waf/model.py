@@ -1,0 +1,154 @@
+"""The positive model: does a request fit its operation's OpenAPI description?
+
+Built by the control plane (``controlplane/request_model.py``) and pushed with the rules.
+A request that does not fit is refused before any detector runs (prevent mode): 415 for a
+``Content-Type`` the operation does not accept, 400 for a missing or ill-typed parameter or a
+JSON body against its schema, the message naming the parameter or the JSON pointer. When it
+fits, the locations the schema constrains (integers, enums, formats…) are safe: the detectors
+skip them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import jsonschema
+import re2
+
+MAX_ERRORS = 1  # the first problem is named; fixing it shows the next
+
+
+@dataclass(frozen=True)
+class Violation:
+    status: int  # 400 or 415
+    location: str  # "query:limit", "header:x-trace", "body:/items/0/price", "content-type"
+    message: str
+
+
+class OperationModel:
+    def __init__(self, data: dict[str, Any]):
+        self.params: list[dict[str, Any]] = data.get("params", [])
+        self.media: list[str] | None = data.get("media")
+        self.body_required = bool(data.get("body_required"))
+        self.safe = frozenset(data.get("safe", ()))
+        schema = data.get("schema")
+        self.validator: Any = None
+        if isinstance(schema, dict):
+            schema = _openapi30(schema) if data.get("openapi") != "3.1" else schema
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+            self.validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        self._patterns: dict[str, Any] = {}
+
+    def check(self, path: str, headers: dict[str, str], body: bytes) -> Violation | None:
+        query: dict[str, list[str]] = {}
+        for name, value in parse_qsl(urlsplit(path).query, keep_blank_values=True):
+            query.setdefault(name, []).append(value)
+        for p in self.params:
+            values = query.get(p["name"]) if p["in"] == "query" else _header(headers, p["name"])
+            where = f"{p['in']}:{p['name']}"
+            if not values:
+                if p.get("required"):
+                    return Violation(400, where, f"the {p['in']} parameter {p['name']!r} is required")
+                continue
+            schema = p.get("schema") or {}
+            for value in values:
+                problem = self._value(value, schema)
+                if problem:
+                    return Violation(400, where, f"the {p['in']} parameter {p['name']!r} {problem}")
+        media = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if self.media is not None and (body or media):
+            if not any(_media_matches(m, media) for m in self.media):
+                accepted = ", ".join(self.media)
+                return Violation(415, "content-type", f"Content-Type {media or '(none)'!r} is not accepted: {accepted}")
+        elif self.media is None and body:
+            return Violation(415, "content-type", "this operation takes no request body")
+        if self.body_required and not body:
+            return Violation(400, "body", "a request body is required")
+        if self.validator is not None and body and (media == "application/json" or media.endswith("+json")):
+            try:
+                document = json.loads(body)
+            except ValueError:
+                return Violation(400, "body", "the body is not JSON")
+            for error in self.validator.iter_errors(document):
+                pointer = "".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in error.absolute_path)
+                return Violation(400, f"body:{pointer or '/'}", f"body at {pointer or '/'}: {_short(error.message)}")
+        return None
+
+    def _value(self, text: str, schema: dict[str, Any]) -> str | None:
+        kind = schema.get("type")
+        value: Any = text
+        if kind == "integer":
+            if not re2.fullmatch(r"[+-]?\d{1,19}", text):
+                return "must be an integer"
+            value = int(text)
+        elif kind == "number":
+            try:
+                value = float(text)
+            except ValueError:
+                return "must be a number"
+        elif kind == "boolean":
+            if text not in ("true", "false"):
+                return "must be true or false"
+            return None
+        if "enum" in schema and value not in schema["enum"] and text not in [str(e) for e in schema["enum"]]:
+            return "must be one of " + ", ".join(map(str, schema["enum"]))
+        if isinstance(value, (int, float)):
+            if "minimum" in schema and value < schema["minimum"]:
+                return f"must be at least {schema['minimum']}"
+            if "maximum" in schema and value > schema["maximum"]:
+                return f"must be at most {schema['maximum']}"
+            return None
+        if "maxLength" in schema and len(text) > schema["maxLength"]:
+            return f"must be at most {schema['maxLength']} characters"
+        if "minLength" in schema and len(text) < schema["minLength"]:
+            return f"must be at least {schema['minLength']} characters"
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str):
+            compiled = self._patterns.get(pattern)
+            if compiled is None:
+                try:
+                    compiled = self._patterns[pattern] = re2.compile(pattern)
+                except re2.error:
+                    return None  # a pattern RE2 cannot run is not enforced (the control plane warns)
+            if not compiled.search(text):
+                return "does not match its pattern"
+        if schema.get("format") in ("int32", "int64") and not re2.fullmatch(r"[+-]?\d{1,19}", text):
+            return "must be an integer"
+        return None
+
+
+def _header(headers: dict[str, str], name: str) -> list[str]:
+    value = headers.get(name)
+    return [value] if value is not None else []
+
+
+def _media_matches(declared: str, media: str) -> bool:
+    declared = declared.split(";", 1)[0].strip().lower()
+    if declared in ("*/*", media):
+        return True
+    if declared.endswith("/*"):
+        return media.startswith(declared[:-1])
+    return False
+
+
+def _short(message: str, limit: int = 160) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def _openapi30(schema: Any) -> Any:
+    """OpenAPI 3.0's schema dialect as JSON Schema: ``nullable`` becomes a null type."""
+    if isinstance(schema, list):
+        return [_openapi30(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _openapi30(v) for k, v in schema.items() if k not in ("nullable", "discriminator", "xml", "readOnly")}
+    if schema.get("nullable") is True and "type" in out:
+        out["type"] = [out["type"], "null"] if isinstance(out["type"], str) else [*out["type"], "null"]
+    return out
+
+
+def load_models(text: str) -> dict[str, OperationModel]:
+    return {name: OperationModel(data) for name, data in json.loads(text or "{}").items()}
