@@ -477,6 +477,11 @@ class _Builder:
             waf = inspection.operation_waf(self.waf_section, settings)
             if waf is not None:
                 operation = dataclasses.replace(operation, waf=waf)
+            if self.waf_section is not None:  # (resolving response schemas costs: only with a WAF)
+                schema_fields = request_model.masked_fields(self.bundle.store, op)
+                mask = inspection.operation_mask(self.waf_section, settings, schema_fields)
+                if mask is not None:
+                    operation = dataclasses.replace(operation, mask=mask)
             produced = []
             # (no allowlist can apply without the operation's own or a path-prefix list)
             any_ip = bool(self.ip_prefix_lists) or bool(settings.get("ipAllow"))
@@ -551,8 +556,9 @@ class _Builder:
         no operation is inspected."""
         if self.waf_section is None or self.waf_section.service is None:
             return None
-        inspected = {op.name for lst in listeners for pr in lst.paths for op in pr.operations if op.waf is not None}
-        if not inspected:
+        ops = [op for lst in listeners for pr in lst.paths for op in pr.operations]
+        inspected = {op.name for op in ops if op.waf is not None}
+        if not inspected and not any(op.mask is not None for op in ops):
             return None
         models = {}
         for api in apis:

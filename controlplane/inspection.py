@@ -88,3 +88,16 @@ def operation_waf(section: Section | None, settings: dict[str, Any]) -> ir.Waf |
         exclude_locations=tuple(exclude.get("locations", ())),
         exclude_families=tuple(exclude.get("families", ())),
     )
+
+
+def operation_mask(
+    section: Section | None, settings: dict[str, Any], schema_fields: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    """What the WAF service masks in the operation's responses: card numbers when it is
+    sensitive, and the fields the policy names or its response schema marks ``x-gateway-mask``."""
+    if section is None or section.service is None:
+        return None
+    fields = tuple(sorted({*settings.get("maskFields", ()), *schema_fields}))
+    if not fields and not settings.get("sensitive"):
+        return None
+    return fields

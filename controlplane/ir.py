@@ -360,6 +360,8 @@ class Operation:
     # DNS SAN, else subject); () any certificate the listener's CA signed; None: not required.
     client_cert: tuple[str, ...] | None = None
     waf: Waf | None = None  # None: not inspected
+    # Responses masked by the WAF service: card numbers, and these fields' values (None: not masked).
+    mask: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,3 +141,34 @@ def _safe_pointers(schema: Any, prefix: str, depth: int = 0) -> list[str]:
     if isinstance(items, dict):
         out.extend(_safe_pointers(items, f"{prefix}/*", depth + 1))
     return out
+
+
+def masked_fields(store: DocumentStore, op: OperationSpec) -> tuple[str, ...]:
+    """Names of the response schemas' properties marked ``x-gateway-mask: true``."""
+    doc = next((d for d in store if d.name == op.source.file), None)
+    if doc is None:
+        return ()
+    _item, raw = _schema_ops(doc, op.source.pointer)
+    if raw is None or not isinstance(raw.get("responses"), dict):
+        return ()
+    resolver = _Resolver(store, doc)
+    schema = resolver.schema(doc, op.source.pointer + "/responses", raw["responses"])
+    out: set[str] = set()
+
+    def walk(value: Any, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            return
+        if isinstance(value, dict):
+            props = value.get("properties")
+            if isinstance(props, dict):
+                out.update(
+                    name for name, sub in props.items() if isinstance(sub, dict) and sub.get("x-gateway-mask") is True
+                )
+            for sub in value.values():
+                walk(sub, depth + 1)
+        elif isinstance(value, list):
+            for sub in value:
+                walk(sub, depth + 1)
+
+    walk(schema)
+    return tuple(sorted(out))

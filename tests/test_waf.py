@@ -62,6 +62,19 @@ paths:
       responses: {"200": {description: ok}}
   /health:
     get: {operationId: health, responses: {"200": {description: ok}}}
+  /pay:
+    post:
+      operationId: pay
+      requestBody: {content: {application/json: {schema: {type: object}}}}
+      responses:
+        "200":
+          description: ok
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  method: {type: string, x-gateway-mask: true}
 components:
   schemas:
     Item:
@@ -142,6 +155,7 @@ apis:
       updatePage: {{waf: {{exclude: {{locations: ["body:/html"], families: [xss]}}}}}}
       addNote: {{waf: {{mode: detect}}}}
       health: {{waf: {{mode: "off"}}}}
+      pay: {{sensitive: true, maskFields: [x-account-ssn], waf: {{mode: detect}}}}
 """
 
 
@@ -351,3 +365,48 @@ def test_a_value_the_schema_constrains_is_not_inspected(setup: Setup) -> None:
     assert ok.status == 200, ok.body
     refused = setup.send("POST", "/shop/items", b'{"name": "\' OR 1=1 --"}', {"Content-Type": "application/json"})
     assert refused.status == 403
+
+
+# -- masking responses ---------------------------------------------------------------------------
+
+
+def test_card_numbers_and_named_fields_are_masked_in_responses(setup: Setup) -> None:
+    """The echo backend answers with what it received: card numbers in any spelling (spaced,
+    dashed, bare, Luhn-valid only), a field the policy names and one the response schema marks."""
+    body = json.dumps(
+        {
+            "card": "4111 1111 1111 1111",
+            "other": "5500-0000-0000-0004",
+            "bare": "378282246310005",
+            "not_a_card": "4111 1111 1111 1112",
+            "order": "1234567890123",
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json", "X-Account-Ssn": "123-45-6789", "Accept-Encoding": "gzip"}
+    resp = setup.send("POST", "/shop/pay", body, headers)
+    assert resp.status == 200, resp.body[:300]
+    seen = resp.json()
+    assert "4111 1111 1111 1111" not in resp.body.decode() and "**** **** **** 1111" in seen["body"]
+    assert "****-****-****-0004" in seen["body"] and "***********0005" in seen["body"]
+    assert "4111 1111 1111 1112" in seen["body"]  # fails the Luhn check: not a card number
+    assert "1234567890123" in seen["body"]
+    assert seen["headers"]["x-account-ssn"] == "****"  # the policy's field
+    assert seen["method"] == "****"  # the schema's x-gateway-mask field
+    assert "accept-encoding" not in seen["headers"]  # the backend was asked for an uncompressed answer
+
+
+def test_a_response_that_cannot_be_read_is_not_passed_unmasked(setup: Setup) -> None:
+    """A backend that says gzip but sends something else: refused (502), never passed."""
+    resp = setup.send(
+        "POST",
+        "/shop/pay",
+        b'{"card": "4111111111111111"}',
+        {"Content-Type": "application/json", "X-Echo-Response-Header": "Content-Encoding: gzip"},
+    )
+    assert resp.status == 502, resp.body[:300]
+    assert b"4111111111111111" not in resp.body
+
+
+def test_an_operation_that_is_not_sensitive_is_not_masked(setup: Setup) -> None:
+    resp = setup.send("POST", "/shop/notes", b'{"text": "4111 1111 1111 1111"}', {"Content-Type": "application/json"})
+    assert resp.status == 200 and "4111 1111 1111 1111" in resp.json()["body"]

@@ -84,6 +84,9 @@ def route_filter_configs(op: ir.Operation, listener: ir.Listener, gw: ir.Gateway
     inspected = waf.route_config(op)
     if inspected is not None:
         out[inspected[0]] = inspected[1]
+    masked = waf.mask_route_config(op)
+    if masked is not None:
+        out[waf.FILTER_MASK] = masked
     if op.ip_allow:
         out[IP_FILTER] = ip_allowlist_route_config(op, listener)
     if op.auth is not None:

@@ -134,6 +134,9 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
     if op.sensitive:
         route = route or rc.Route()
         route.response_headers_to_add.append(header("cache-control", "no-store"))
+    if op.mask is not None:  # the WAF service masks what it can read: ask for it uncompressed
+        route = route or rc.Route()
+        route.request_headers_to_remove.append("accept-encoding")
     return route
 
 

@@ -14,9 +14,10 @@ past the buffer would otherwise carry its attack past the inspection.
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import grpc_service_pb2
+from envoy.config.core.v3 import base_pb2, grpc_service_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
@@ -27,20 +28,22 @@ from ._pb import duration, packed, per_listener
 
 FILTER_CLOSED = "waf"
 FILTER_OPEN = "waf-fail-open"
+FILTER_MASK = "waf-mask"
 CONFIG_TYPE = "controlplane.dev/waf.v1.Config"
 CONFIG_NAME = "waf"
 
 
 @per_listener
-def _inspected(listener: ir.Listener) -> tuple[bool, bool]:
-    """(some operation fails closed, some fails open)."""
-    closed = opened = False
+def _inspected(listener: ir.Listener) -> tuple[bool, bool, bool]:
+    """(some operation fails closed, some fails open, some has its responses masked)."""
+    closed = opened = masked = False
     for pr in listener.paths:
         for op in pr.operations:
             if op.waf is not None:
                 closed = closed or not op.waf.fail_open
                 opened = opened or op.waf.fail_open
-    return closed, opened
+            masked = masked or op.mask is not None
+    return closed, opened, masked
 
 
 def _filter(gw: ir.Gateway, name: str, fail_open: bool) -> hcm_pb2.HttpFilter:
@@ -65,13 +68,53 @@ def _filter(gw: ir.Gateway, name: str, fail_open: bool) -> hcm_pb2.HttpFilter:
 def waf_filters(gw: ir.Gateway, listener: ir.Listener) -> list[hcm_pb2.HttpFilter] | None:
     if gw.waf_service is None:
         return None
-    closed, opened = _inspected(listener)
+    closed, opened, masked = _inspected(listener)
     out = []
     if closed:
         out.append(_filter(gw, FILTER_CLOSED, False))
     if opened:
         out.append(_filter(gw, FILTER_OPEN, True))
+    if masked:
+        out.append(_mask_filter(gw))
     return out or None
+
+
+def _mask_filter(gw: ir.Gateway) -> hcm_pb2.HttpFilter:
+    """The whole response of a masked operation goes to the service (buffered: a chunked or
+    streamed one is collected first; one past the buffer is an error, never passed through
+    unmasked), and nothing else of the exchange. If the service cannot answer, the response
+    is not sent (the masking never fails open)."""
+    svc = gw.waf_service
+    assert svc is not None
+    Mode = processing_mode_pb2.ProcessingMode
+    config = ext_proc_pb2.ExternalProcessor(
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=svc.cluster),
+            timeout=duration(svc.timeout_ms),
+        ),
+        failure_mode_allow=False,
+        processing_mode=Mode(
+            request_header_mode=Mode.SKIP,
+            response_header_mode=Mode.SEND,
+            request_body_mode=Mode.NONE,
+            response_body_mode=Mode.BUFFERED,
+            request_trailer_mode=Mode.SKIP,
+            response_trailer_mode=Mode.SKIP,
+        ),
+        message_timeout=duration(svc.timeout_ms),
+        stat_prefix=FILTER_MASK,
+    )
+    return hcm_pb2.HttpFilter(name=FILTER_MASK, typed_config=packed(config), disabled=True)
+
+
+def mask_route_config(op: ir.Operation) -> route_components_pb2.FilterConfig | None:
+    if op.mask is None:
+        return None
+    metadata = [base_pb2.HeaderValue(key="x-waf-operation", value=op.name)]
+    if op.mask:
+        metadata.append(base_pb2.HeaderValue(key="x-waf-mask-fields", value=",".join(op.mask)))
+    per_route = ext_proc_pb2.ExtProcPerRoute(overrides=ext_proc_pb2.ExtProcOverrides(grpc_initial_metadata=metadata))
+    return route_components_pb2.FilterConfig(config=packed(per_route), disabled=False)
 
 
 def route_config(op: ir.Operation) -> tuple[str, route_components_pb2.FilterConfig] | None:

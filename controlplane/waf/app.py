@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..xds.admin import AdminServer, Handler, json_answer
@@ -22,7 +23,7 @@ from ..xds.subscriber import XdsOptions
 from .config import Config
 from .metrics import Metrics
 from .options import parser
-from .service import METHOD, Checker, NoRules
+from .service import MASK_METHOD, METHOD, Checker, NoRules, ResponseMasker
 from .xds_client import RulesSubscriber
 
 log = logging.getLogger("controlplane.waf")
@@ -104,6 +105,14 @@ class Service:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no rules from the control plane yet")
             raise  # not reached: abort raises
 
+    async def _process(self, requests: Any, context: Any) -> Any:
+        metadata = dict(context.invocation_metadata())
+        masker = ResponseMasker(
+            self.metrics, metadata.get("x-waf-operation", ""), metadata.get("x-waf-mask-fields", "").split(",")
+        )
+        async for request in requests:
+            yield masker.answer(request)
+
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
         handler = grpc.unary_unary_rpc_method_handler(
@@ -113,6 +122,13 @@ class Service:
         )
         service, method = METHOD.strip("/").split("/")
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: handler})])
+        masking = grpc.stream_stream_rpc_method_handler(
+            self._process,
+            request_deserializer=external_processor_pb2.ProcessingRequest.FromString,
+            response_serializer=external_processor_pb2.ProcessingResponse.SerializeToString,
+        )
+        service, method = MASK_METHOD.strip("/").split("/")
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: masking})])
         try:
             server.add_insecure_port(self.opts.listen)
         except RuntimeError as exc:

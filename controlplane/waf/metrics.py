@@ -20,5 +20,11 @@ class Metrics:
         self.config_updates = Counter(
             "waf_config_updates_total", "Configs received, by result (accepted, rejected)", ["result"], registry=r
         )
+        self.masked = Counter(
+            "waf_masked_total",
+            "Responses: card numbers and fields masked (masked), responses refused as unreadable (refused)",
+            ["outcome", "operation"],
+            registry=r,
+        )
         self.xds_connected = Gauge("waf_xds_connected", "1 while the ADS stream is open", registry=r)
         self.rules_version = Gauge("waf_rules_info", "The rules served (version label)", ["version"], registry=r)

@@ -16,12 +16,14 @@ import time
 from typing import Any
 
 from envoy.service.auth.v3 import external_auth_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from .config import Config
 from .inspect import Exclusions, Finding, Inspector, Request
+from .mask import Unmaskable, mask_body
 from .metrics import Metrics
 from .model import Violation
 
@@ -29,6 +31,7 @@ log = logging.getLogger("controlplane.waf")
 findings_log = logging.getLogger("controlplane.waf.findings")
 
 METHOD = "/envoy.service.auth.v3.Authorization/Check"
+MASK_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 
 class Checker:
@@ -139,3 +142,49 @@ def _log(findings: list[Finding], verdict: str, operation: str, request_id: str)
             "snippet": f.snippet,
         }
         findings_log.warning("%s", json.dumps(entry, sort_keys=True))
+
+
+class ResponseMasker:
+    """One response of a masked operation (one ext_proc stream): its headers, then its whole
+    body, masked (:mod:`.mask`). A body that cannot be read is refused (502), never passed."""
+
+    def __init__(self, metrics: Metrics, operation: str, fields: list[str]):
+        self.metrics = metrics
+        self.operation = operation
+        self.fields = [f for f in fields if f]
+        self.content_type = ""
+        self.encoding = ""
+
+    def answer(self, request: external_processor_pb2.ProcessingRequest) -> external_processor_pb2.ProcessingResponse:
+        P = external_processor_pb2
+        if request.HasField("response_headers"):
+            for h in request.response_headers.headers.headers:
+                value = h.value or h.raw_value.decode("latin-1")
+                if h.key == "content-type":
+                    self.content_type = value
+                elif h.key == "content-encoding":
+                    self.encoding = value
+            return P.ProcessingResponse(response_headers=P.HeadersResponse())
+        if request.HasField("response_body"):
+            try:
+                masked = mask_body(request.response_body.body, self.content_type, self.encoding, self.fields)
+            except Unmaskable as exc:
+                log.error("refused a response of %s: %s", self.operation, exc)
+                self.metrics.masked.labels("refused", self.operation).inc()
+                return P.ProcessingResponse(
+                    immediate_response=P.ImmediateResponse(
+                        status=http_status_pb2.HttpStatus(code=http_status_pb2.BadGateway),
+                        body=b"the response cannot be checked for card numbers",
+                    )
+                )
+            if masked.cards or masked.fields or masked.decompressed:
+                self.metrics.masked.labels("masked", self.operation).inc(masked.cards + masked.fields)
+                common = P.CommonResponse(
+                    body_mutation=P.BodyMutation(body=masked.body),
+                    header_mutation=P.HeaderMutation(
+                        remove_headers=["content-length", *(["content-encoding"] if masked.decompressed else [])]
+                    ),
+                )
+                return P.ProcessingResponse(response_body=P.BodyResponse(response=common))
+            return P.ProcessingResponse(response_body=P.BodyResponse())
+        return P.ProcessingResponse()
