@@ -196,7 +196,7 @@ def _strip_block_comments(text: str) -> str:
 
 
 def sql_view(low: str) -> str:
-    """The lower-cased value as a SQL tokenizer sees it: comments, ``+`` and every kind of
+    """The value as a SQL tokenizer sees it: comments, ``+`` and every kind of
     whitespace (tab, VT, FF, NBSP, newline) collapse to one space; MySQL's versioned comments
     ``/*!50000union*/`` keep their content."""
     if "/*" in low:
@@ -207,14 +207,14 @@ def sql_view(low: str) -> str:
     return " ".join(low.replace("+", " ").split())
 
 
-_SHELL_IFS = re2.compile(r"\$\{ifs[^}]{0,16}\}|\$ifs\b|\$ifs")
-_SHELL_EMPTY = re2.compile(r"\$[@*#0-9]|\$\{[a-z_]{0,2}\}|\$\(\s*\)|``")
+_SHELL_IFS = re2.compile(r"(?i)\$\{ifs[^}]{0,16}\}|\$ifs")
+_SHELL_EMPTY = re2.compile(r"(?i)\$[@*#0-9]|\$\{[a-z_]{0,2}\}|\$\(\s*\)")
 _SHELL_BRACES = re2.compile(r"\{([^{}\s]{0,200},[^{}\s]{0,200})\}")
-_SHELL_VAR = re2.compile(r"\$\{?[a-z_][a-z0-9_]{0,31}\}?")
+_SHELL_VAR = re2.compile(r"(?i)\$\{?[a-z_][a-z0-9_]{0,31}\}?")
 
 
 def shell_view(low: str) -> str:
-    """The lower-cased value as a shell runs it: quotes and backslashes vanish (``c'a't``,
+    """The value as a shell runs it: quotes and backslashes vanish (``c'a't``,
     ``c\\at``), ``${IFS}`` and friends are a space, empty expansions (``$@``, ``$9``) vanish,
     ``{cat,/etc/passwd}`` is ``cat /etc/passwd``, the Windows caret (``w^hoami``) vanishes."""
     if "$" in low:

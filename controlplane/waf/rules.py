@@ -15,8 +15,9 @@ A rule file (``rules.yaml`` beside this module is the default) is a mapping::
         family: sqli
         detector: libinjection-sqli   # … or one of the built-in detectors (DETECTORS)
 
-Views: ``lower`` is the decoded value lower-cased; ``text`` keeps its case; ``sql`` and
-``shell`` are the spellings :mod:`normalize` gives a SQL and a shell tokenizer. Targets name
+Views: ``lower`` is the decoded value, matched case-insensitively (write patterns in lower
+case); ``text`` is the same value matched case-sensitively; ``sql`` and ``shell`` are the
+spellings :mod:`normalize` gives a SQL and a shell tokenizer (case-insensitive too). Targets name
 where a value comes from; ``name`` is any parameter name, JSON key, form or part name.
 
 A policy adds rules (same shape) and disables rules by id with :meth:`RuleSet.with_changes`;
@@ -138,6 +139,11 @@ def _compile(pattern: str) -> Any:
     return re2.compile(pattern, options=_re2_options())
 
 
+def _effective(rule: Rule) -> str:
+    """The pattern as compiled: case-insensitive except in the ``text`` view."""
+    return str(rule.pattern) if rule.view == "text" else f"(?i){rule.pattern}"
+
+
 def _parse_rule(index: int, data: Any, errors: list[str]) -> Rule | None:
     where = f"rules[{index}]"
     if not isinstance(data, Mapping):
@@ -166,7 +172,7 @@ def _parse_rule(index: int, data: Any, errors: list[str]) -> Rule | None:
             errors.append(f"{where}: 'pattern' must be a non-empty string")
         else:
             try:
-                _compile(pattern)
+                _compile(pattern if data.get("view") == "text" else f"(?i){pattern}")
             except re2.error as exc:
                 message = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
                 errors.append(f"{where}: 'pattern' is not a valid RE2 expression: {message}")
@@ -212,9 +218,9 @@ class _ViewSet:
             return None
         matcher = re2.Set.SearchSet(_re2_options())
         for rule in rules:
-            matcher.Add(rule.pattern)
+            matcher.Add(_effective(rule))
         matcher.Compile()
-        return cls(matcher, tuple(rules), tuple(_compile(str(r.pattern)) for r in rules))
+        return cls(matcher, tuple(rules), tuple(_compile(_effective(r)) for r in rules))
 
 
 @dataclass(frozen=True)
@@ -228,10 +234,12 @@ class RuleSet:
     _detectors: dict[str, Rule] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for view in VIEWS:
-            built = _ViewSet.build([r for r in self.rules if r.pattern is not None and r.view == view])
+        # "all" serves the common value whose SQL and shell views equal its text: one scan
+        patterns = [r for r in self.rules if r.pattern is not None]
+        for name, views in (("all", VIEWS), ("base", ("lower", "text")), ("sql", ("sql",)), ("shell", ("shell",))):
+            built = _ViewSet.build([r for r in patterns if r.view in views])
             if built is not None:
-                self._views[view] = built
+                self._views[name] = built
         for rule in self.rules:
             if rule.detector is not None:
                 self._detectors[rule.detector] = rule
@@ -338,8 +346,10 @@ class RuleSet:
 
     # --- what the inspector uses --------------------------------------------------------
 
-    def view_set(self, view: str) -> _ViewSet | None:
-        return self._views.get(view)
+    def view_set(self, name: str) -> _ViewSet | None:
+        """The compiled patterns of ``all`` views, of the ``base`` views (lower and text,
+        both run on the decoded text), of ``sql`` or of ``shell``; None when there are none."""
+        return self._views.get(name)
 
     def detector(self, name: str) -> Rule | None:
         """The rule that enables built-in detector ``name``, or None when it is disabled."""
