@@ -562,7 +562,8 @@ def benign_requests() -> Iterator[tuple[str, Request]]:
         (
             "cookie",
             "_ga=GA1.2.1234567890.1700000000; _gid=GA1.2.987654321.1700000000;"
-            " session=eyJ1aWQiOjQyfQ.ZkXz1A.abc-def_ghi; cart=%7B%22items%22%3A%5B42%2C7%5D%7D; consent=necessary%2Canalytics",
+            " session=eyJ1aWQiOjQyfQ.ZkXz1A.abc-def_ghi; cart=%7B%22items%22%3A%5B42%2C7%5D%7D;"
+            " consent=necessary%2Canalytics",
         ),
         ("x-forwarded-for", "203.0.113.7, 10.0.0.2"),
         ("x-request-id", "3f2b6c1e-8a4d-4f3a-9b1c-2d7e6f5a4b3c"),
