@@ -44,9 +44,10 @@ The load client is Python (its own process, non-blocking sockets on one ``select
 service is not busy with another one; one service process inspects one request at a time, so
 with N in flight each waits for the others, as the scaling part shows at 32), one request in
 flight each, opened before the measured runs, for runs of ``--seconds``; it times every
-request from its send to the end of its response. CPU per process from /proc before and after each run (every thread's schedstat,
-or the process's ticks when a thread came or went): the gateway Envoy, the WAF service, the
-backend Envoy, the client. Also the service's own inspection time (its
+request from its send to the end of its response. CPU per process from /proc before and after
+each run (every thread's schedstat, or the process's ticks when a thread came or went): the
+gateway Envoy, the WAF service, the backend Envoy, the client. Also the service's own
+inspection time (its
 ``waf_inspection_seconds`` histogram's sum over its count: an exact mean). Cases run in
 rounds, shuffled in each; ratios and differences per round against the floor of the same
 round, median (min-max). Goals (issue 11): a route with nothing to inspect costs nothing
@@ -677,9 +678,15 @@ WAF_GET, WAF_POST, WAF_UNTYPED, WAF_BIG = (
 
 
 def cpu_cases() -> list[Case]:
-    get = lambda prefix: request("GET", f"{prefix}/products?{QUERY}")  # noqa: E731
-    post = lambda prefix, path="/orders": request("POST", f"{prefix}{path}", ORDER)  # noqa: E731
-    big = lambda prefix: request("POST", f"{prefix}/products/import", IMPORT)  # noqa: E731
+    def get(prefix: str) -> str:
+        return request("GET", f"{prefix}/products?{QUERY}")
+
+    def post(prefix: str, path: str = "/orders") -> str:
+        return request("POST", f"{prefix}{path}", ORDER)
+
+    def big(prefix: str) -> str:
+        return request("POST", f"{prefix}/products/import", IMPORT)
+
     return [
         Case(PLAIN_GET, "plain", get("/a"), PLAIN_GET),
         Case(PLAIN_POST, "plain", post("/a"), PLAIN_POST),
@@ -813,7 +820,7 @@ class Rig:
         if others or passed != (n if case.inspected else 0):
             raise SystemExit(f"{case.name}: {n} answers, the service passed {passed:g}, refused or detected {others:g}")
         us = 1e6 / n
-        result = {f"{part}_us": sum(map(cpu_between, before[part], after[part])) * us for part in pids}
+        result: dict[str, Any] = {f"{part}_us": sum(map(cpu_between, before[part], after[part])) * us for part in pids}
         result["total_us"] = result["envoy_us"] + result["service_us"]
         result["rps"] = n / out["wall"]
         result["cores"] = (result["total_us"] + result["backend_us"] + result["client_us"]) * result["rps"] / 1e6
@@ -821,7 +828,7 @@ class Rig:
         count = sum(c.get("count", 0.0) for c in calls.values())
         result["inspect_us"] = sum(c.get("sum", 0.0) for c in calls.values()) / count * 1e6 if count else 0.0
         result["upstream_per_req"] = result_upstream
-        result["calls"] = {name: c.get("pass", 0.0) for name, c in calls.items()}  # type: ignore[assignment]
+        result["calls"] = {name: c.get("pass", 0.0) for name, c in calls.items()}
         return result
 
     def stop(self) -> None:
