@@ -33,8 +33,8 @@ def pct(hit: int, total: int) -> str:
     return f"{100 * hit / total:5.1f}%" if total else "    -"
 
 
-def detection(inspector: Inspector, show_misses: bool) -> None:
-    cases = corpus.attacks()
+def detection(inspector: Inspector, show_misses: bool, source: str = "attacks.yaml") -> None:
+    cases = corpus.attacks(source)
     by_family: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     by_evasion: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     by_placement: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -54,7 +54,8 @@ def detection(inspector: Inspector, show_misses: bool) -> None:
         if not caught:
             misses.append((case, findings))
     total = sum(r[0] for r in by_family.values())
-    print(f"## Detection ({total} attack requests)\n")
+    title = "Detection" if source == "attacks.yaml" else f"Detection on {source} (attacks the rules were not tuned on)"
+    print(f"## {title} ({total} attack requests)\n")
     print("| family | requests | detected (its family) | blocked (any finding) |")
     print("|---|---:|---:|---:|")
     for family in ("sqli", "xss", "cmdi", "traversal", "xxe", "exploit"):
@@ -196,6 +197,7 @@ def main() -> None:
     inspector = Inspector(rules)
     print(f"rules {rules.version}, {len(rules.rules)} rules\n")
     detection(inspector, args.show_misses)
+    detection(inspector, args.show_misses, "holdout.yaml")
     false_positives(inspector, args.show_fps, not args.no_real_specs)
     if not args.skip_timing:
         timing(inspector, args.seconds)

@@ -470,9 +470,10 @@ def _load(name: str) -> Any:
     return yaml.safe_load((HERE / name).read_text(encoding="utf-8"))
 
 
-def attacks() -> list[Case]:
+def attacks(source: str = "attacks.yaml") -> list[Case]:
+    """The attack requests of ``source`` (``attacks.yaml``, or ``holdout.yaml``)."""
     cases: list[Case] = []
-    for family, entries in _load("attacks.yaml").items():
+    for family, entries in _load(source).items():
         for number, entry in enumerate(entries):
             payload = entry["payload"]
             if family == "xxe":

