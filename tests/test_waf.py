@@ -333,7 +333,7 @@ def test_failure_modes(setup: Setup) -> None:
         ("/shop/search?limit=1000", b"", {}, 400, "the query parameter 'limit' must be at most 100"),
         ("/shop/search?sort=cost", b"", {}, 400, "the query parameter 'sort' must be one of name, price"),
         ("/shop/items", b'{"name": "x", "price": -1}', {"Content-Type": "application/json"}, 400, "body at /price:"),
-        ("/shop/items", b'{"price": 3}', {"Content-Type": "application/json"}, 400, "'name' is a required property"),
+        ("/shop/items", b'{"price": 3}', {"Content-Type": "application/json"}, 400, "body at /: must contain ['name']"),
         (
             "/shop/items",
             b"<item/>",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import fastjsonschema
 import jsonschema
 import re2
 
@@ -35,11 +36,17 @@ class OperationModel:
         self.body_required = bool(data.get("body_required"))
         self.safe = frozenset(data.get("safe", ()))
         schema = data.get("schema")
-        self.validator: Any = None
+        self.validator: Any = None  # jsonschema's, where fastjsonschema cannot compile the schema
+        self.compiled: Any = None  # fastjsonschema's: 20-30x faster on request bodies
         if isinstance(schema, dict):
             schema = _openapi30(schema) if data.get("openapi") != "3.1" else schema
-            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-            self.validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+            try:
+                if _LATE_DRAFT_KEYWORDS & set(_keywords(schema)):
+                    raise fastjsonschema.JsonSchemaDefinitionException("2019-09/2020-12 keywords")
+                self.compiled = fastjsonschema.compile(schema)
+            except (fastjsonschema.JsonSchemaDefinitionException, ValueError, TypeError, RecursionError):
+                cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+                self.validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
         self._patterns: dict[str, Any] = {}
 
     def check(self, path: str, headers: dict[str, str], body: bytes) -> Violation | None:
@@ -67,13 +74,22 @@ class OperationModel:
             return Violation(415, "content-type", "this operation takes no request body")
         if self.body_required and not body:
             return Violation(400, "body", "a request body is required")
-        if self.validator is not None and body and (media == "application/json" or media.endswith("+json")):
+        has_schema = self.compiled is not None or self.validator is not None
+        if has_schema and body and (media == "application/json" or media.endswith("+json")):
             try:
                 document = json.loads(body)
             except ValueError:
                 return Violation(400, "body", "the body is not JSON")
+            if self.compiled is not None:
+                try:
+                    self.compiled(document)
+                except fastjsonschema.JsonSchemaValueException as failed:
+                    pointer = _pointer(failed.path[1:] if failed.path else [])
+                    message = failed.message.split(" ", 1)[1] if " " in failed.message else failed.message
+                    return Violation(400, f"body:{pointer or '/'}", f"body at {pointer or '/'}: {_short(message)}")
+                return None
             for error in self.validator.iter_errors(document):
-                pointer = "".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in error.absolute_path)
+                pointer = _pointer(error.absolute_path)
                 return Violation(400, f"body:{pointer or '/'}", f"body at {pointer or '/'}: {_short(error.message)}")
         return None
 
@@ -118,6 +134,37 @@ class OperationModel:
         if schema.get("format") in ("int32", "int64") and not re2.fullmatch(r"[+-]?\d{1,19}", text):
             return "must be an integer"
         return None
+
+
+# Keywords fastjsonschema (drafts 4-7) does not know: such schemas use jsonschema.
+_LATE_DRAFT_KEYWORDS = frozenset(
+    {
+        "$defs",
+        "prefixItems",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "dependentSchemas",
+        "dependentRequired",
+        "$dynamicRef",
+    }
+)
+
+
+def _keywords(schema: Any) -> list[str]:
+    out: list[str] = []
+    stack = [schema]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            out.extend(k for k in value if isinstance(k, str))
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return out
+
+
+def _pointer(path: Any) -> str:
+    return "".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in path)
 
 
 def _header(headers: dict[str, str], name: str) -> list[str]:
