@@ -291,14 +291,15 @@ def test_multipart_text_part_name_and_filename(inspector: Inspector) -> None:
     assert "body:part:photo#filename" in at(findings, "traversal")
 
 
-def test_multipart_json_part_and_base64_part(inspector: Inspector) -> None:
+def test_multipart_json_part_and_encoded_parts(inspector: Inspector) -> None:
     encoded = base64.b64encode(b"<script>alert(1)</script>").decode()
     body = multipart(
         ('name="meta"\r\nContent-Type: application/json', '{"title": "<svg onload=alert(1)>"}'),
         ('name="note"\r\nContent-Transfer-Encoding: base64', encoded),
+        ('name="memo"\r\nContent-Transfer-Encoding: quoted-printable', "=3Ciframe src=3D//evil.example=3E"),
     )
     findings = inspector.inspect(post(body, MULTIPART))
-    assert at(findings, "xss") >= {"body:part:meta:/title", "body:part:note"}
+    assert at(findings, "xss") >= {"body:part:meta:/title", "body:part:note", "body:part:memo"}
 
 
 def test_multipart_binary_part_gives_no_false_positive(inspector: Inspector) -> None:

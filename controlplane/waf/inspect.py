@@ -50,7 +50,7 @@ import ctypes
 import json
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -144,6 +144,8 @@ def _label(name: str) -> str:
 
 
 def _pointer_token(token: str) -> str:
+    if len(token) <= _LABEL_CHARS and token.isprintable() and "~" not in token and "/" not in token:
+        return token
     return _label(token.replace("~", "~0").replace("/", "~1"))
 
 
@@ -198,15 +200,24 @@ _BINARY_TYPES = {
 _XML_START = re.compile(rb"^(?:\xef\xbb\xbf)?\s*<(?:\?xml|!doctype|!entity)", re.IGNORECASE)
 _UTF16_XML = (b"\xff\xfe<\x00", b"\xfe\xff\x00<", b"<\x00?\x00", b"\x00<\x00?")
 
+def _whole(pattern: str) -> Callable[[str], bool]:
+    """Does a whole string match ``pattern``? An RE2 set of one: it answers without the
+    match positions the ``re2`` module converts to character offsets on every call."""
+    matcher = re2.Set.FullMatchSet()
+    matcher.Add(pattern)
+    matcher.Compile()
+    return lambda text: matcher.Match(text) is not None
+
+
 # A header value fully matching its grammar here holds no attack in any family (no spaces
 # between words, no quotes, no ``..``): it is skipped, saving most of a browser's headers.
 _MEDIA_RANGE = r"(?:[\w.+*-]+/[\w.+*-]+|[\w.*-]+)(?:\s*;\s*[\w.-]+=(?:[\w.+/-]+|\"[\w .+/=-]*\"))*"
-_MEDIA_LIST = re2.compile(rf"^\s*{_MEDIA_RANGE}(?:\s*,\s*{_MEDIA_RANGE})*\s*$")
-_TOKEN = re2.compile(r"^[\w-]{1,64}$")
-_TOKEN_LIST = re2.compile(r"^\s*[\w-]+(?:\s*,\s*[\w-]+)*\s*$")
+_MEDIA_LIST = _whole(rf"^\s*{_MEDIA_RANGE}(?:\s*,\s*{_MEDIA_RANGE})*\s*$")
+_TOKEN = _whole(r"^[\w-]{1,64}$")
+_TOKEN_LIST = _whole(r"^\s*[\w-]+(?:\s*,\s*[\w-]+)*\s*$")
 _BRAND = r'"[\w .;()-]{0,64}"\s*;\s*v\s*=\s*"[\d.]{0,16}"'
-_PLAIN_HEADERS: dict[str, Any] = {
-    "content-length": re2.compile(r"^\d{1,19}$"),
+_PLAIN_HEADERS: dict[str, Callable[[str], bool]] = {
+    "content-length": _whole(r"^\d{1,19}$"),
     "accept": _MEDIA_LIST,
     "accept-encoding": _MEDIA_LIST,
     "accept-language": _MEDIA_LIST,
@@ -220,17 +231,17 @@ _PLAIN_HEADERS: dict[str, Any] = {
     "sec-fetch-dest": _TOKEN,
     "sec-fetch-mode": _TOKEN,
     "sec-fetch-site": _TOKEN,
-    "sec-fetch-user": re2.compile(r"^\?[01]$"),
-    "sec-ch-ua-mobile": re2.compile(r"^\?[01]$"),
-    "sec-ch-ua-platform": re2.compile(r'^"[\w .-]{0,32}"$'),
-    "sec-ch-ua": re2.compile(rf"^\s*{_BRAND}(?:\s*,\s*{_BRAND})*\s*$"),
-    "x-forwarded-proto": re2.compile(r"^https?$"),
-    "priority": re2.compile(r"^\s*u=\d(?:\s*,\s*i)?\s*$|^\s*i(?:\s*,\s*u=\d)?\s*$"),
+    "sec-fetch-user": _whole(r"^\?[01]$"),
+    "sec-ch-ua-mobile": _whole(r"^\?[01]$"),
+    "sec-ch-ua-platform": _whole(r'^"[\w .-]{0,32}"$'),
+    "sec-ch-ua": _whole(rf"^\s*{_BRAND}(?:\s*,\s*{_BRAND})*\s*$"),
+    "x-forwarded-proto": _whole(r"^https?$"),
+    "priority": _whole(r"^\s*u=\d(?:\s*,\s*i)?\s*$|^\s*i(?:\s*,\s*u=\d)?\s*$"),
 }
 _CREDENTIAL = re2.compile(r"^\s*([A-Za-z][\w-]{0,31})\s+([A-Za-z0-9._~+/-]+=*)\s*$")
 _SKIPPED_PSEUDO = frozenset({":path", ":method", ":scheme"})
-_PLAIN_SEGMENT = re2.compile(r"^[A-Za-z0-9._~-]*$")
-_METHOD = re2.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")
+_PLAIN_SEGMENT = _whole(r"^[A-Za-z0-9._~-]*$")
+_METHOD = _whole(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")
 _LOG4J_INNER = re2.compile(r"\$\{([^${}]{0,256})\}")
 _QUOTES = re.compile(r"['\"`]")
 # libinjection fingerprints made of words (and comments) alone ("I like to drop tables from the
@@ -260,9 +271,10 @@ class Inspector:
     """Reusable and thread-safe: all request state lives in one ``_Scan`` per call.
 
     What the rules find in one value depends on the value and its target only, so short
-    values (JSON keys, header values, enum-like fields) are remembered, up to ``cache_size``
-    of them (the memory is then emptied and refilled): a cache that an attacker can only
-    flush, never poison, since an entry is what a full inspection returned."""
+    values (JSON keys, header values, enum-like fields) are remembered, in two generations of
+    up to ``cache_size`` each (a value used in the last generation moves to the new one; the
+    rest is dropped at the turn): a cache that an attacker can only flush, never poison, since
+    an entry is what a full inspection returned."""
 
     def __init__(self, rules: RuleSet, cache_size: int = 4096) -> None:
         self.rules = rules
@@ -281,7 +293,8 @@ class Inspector:
         self._nul = rules.detector("nul-byte")
         self._overlong = rules.detector("overlong-utf8")
         self._limit = rules.detector("limits")
-        self._cache: dict[tuple[str, str], tuple[_Match, ...]] = {}
+        self._young: dict[tuple[str, str], tuple[_Match, ...]] = {}
+        self._old: dict[tuple[str, str], tuple[_Match, ...]] = {}
         self._cache_size = cache_size
 
     def inspect(
@@ -300,12 +313,15 @@ class Inspector:
         if not self._cache_size or len(raw) > _CACHED_CHARS:
             return self._analyse(raw, target)
         key = (target, raw)
-        found = self._cache.get(key)
+        found = self._young.get(key)
         if found is None:
-            found = self._analyse(raw, target)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            self._cache[key] = found
+            found = self._old.get(key)
+            if found is None:
+                found = self._analyse(raw, target)
+            self._young[key] = found
+            if len(self._young) >= self._cache_size:
+                # two generations: what was used since the last turn survives the next one
+                self._old, self._young = self._young, {}
         return found
 
     def _analyse(self, raw: str, target: str) -> tuple[_Match, ...]:
@@ -319,20 +335,23 @@ class Inspector:
             found.append((self._nul, text, 0, 0))
         if flags & OVERLONG and self._overlong is not None:
             found.append((self._overlong, text, 0, 0))
-        sql, shell = sql_view(text), shell_view(text)
-        if sql == text and shell == text:
-            _scan(self._all, text, target, found)
+        data = text.encode("utf-8")
+        if _VIEW_TRIGGERS.search(text) is None:
+            _scan(self._all, text, data, target, found)
         else:
-            _scan(self._base, text, target, found)
-            _scan(self._sql, sql, target, found)
-            _scan(self._shell, shell, target, found)
+            sql, shell = sql_view(text), shell_view(text)
+            if sql == text and shell == text:
+                _scan(self._all, text, data, target, found)
+            else:
+                _scan(self._base, text, data, target, found)
+                _scan(self._sql, sql, None, target, found)
+                _scan(self._shell, shell, None, target, found)
         if self._sqli is not None and not _ONE_WORD(text):
-            data = text.encode("utf-8")
             at = _sqli_at(data)
             if at is not None:
                 at = len(data[:at].decode("utf-8", "ignore"))
                 found.append((self._sqli, text, at, at + 1))
-        if self._xss is not None and _may_be_html(text) and _LIBINJECTION.xss(text.encode("utf-8")):
+        if self._xss is not None and _may_be_html(text) and _LIBINJECTION.xss(data):
             at = min((i for i in (text.find("<"), text.find('"'), text.find("'")) if i >= 0), default=0)
             found.append((self._xss, text, at, at + 1))
         if self._log4j is not None and "${" in text:
@@ -347,10 +366,16 @@ _CACHED_CHARS = 256
 _ONE_WORD = re.compile(r"[A-Za-z_]*").fullmatch  # a single bareword: no SQL fingerprint to find
 
 
-def _scan(patterns: Any, subject: str, target: str, found: list[_Match]) -> None:
+# Characters without which the SQL and shell views are the text itself (comments, other
+# whitespace than one space, +, quotes, escapes, expansions, braces, carets).
+_VIEW_TRIGGERS = re.compile(r"[^\S ]|  |[-+#/$\\'\"^{`]")
+
+
+def _scan(patterns: Any, subject: str, data: bytes | None, target: str, found: list[_Match]) -> None:
+    """Run one compiled set on ``subject`` (``data`` is its UTF-8, when already encoded)."""
     if patterns is None:
         return
-    hits = patterns.matcher.Match(subject)
+    hits = patterns.matcher.Match(subject if data is None else data)
     if not hits:
         return
     for index in sorted(hits):
@@ -428,7 +453,7 @@ class _Scan:
     # --- the request -----------------------------------------------------------------------
 
     def request(self, request: Request) -> None:
-        if not _METHOD.match(request.method):
+        if not _METHOD(request.method):
             self.report(self.ins._unparsable, "method", request.method[:40])
         target, _, _fragment = request.path.partition("#")
         path, _, query = target.partition("?")
@@ -442,7 +467,7 @@ class _Scan:
     def path(self, path: str) -> None:
         self.value(path, "path", "path")
         for segment in path.split("/"):
-            if segment and not _PLAIN_SEGMENT.match(segment):
+            if segment and not _PLAIN_SEGMENT(segment):
                 self.value(segment, "path", "path")
 
     def params(self, raw: str, target: str, prefix: str) -> None:
@@ -482,7 +507,7 @@ class _Scan:
                 self.credentials(lname, value)
                 continue
             plain = _PLAIN_HEADERS.get(lname)
-            if plain is not None and ".." not in value and plain.match(value):
+            if plain is not None and ".." not in value and plain(value):
                 continue
             self.value(value, "header", "header:host" if lname == ":authority" else f"header:{_label(lname)}")
 
