@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controlplane.waf.inspect import Exclusions, Inspector, Request
+from controlplane.waf.inspect import Inspector, Request
 from controlplane.waf.rules import RuleSet
 from tests.waf_corpus import corpus
 
@@ -191,7 +191,9 @@ def timing(rules: RuleSet, seconds: float) -> None:
     n = 3000
     gets = [small_get(i) for i in range(n)]
     posts = [json_post(i) for i in range(n)]
-    attacks = [Request("GET", f"/search?q=%27%20UNION%20SELECT%20password%20FROM%20users{i}--", HEADERS) for i in range(n)]
+    attacks = [
+        Request("GET", f"/search?q=%27%20UNION%20SELECT%20password%20FROM%20users{i}--", HEADERS) for i in range(n)
+    ]
     strings, keys = _strings(json.loads(posts[0].body))
     print(f"\n## CPU per request (one thread, `time.thread_time`; {n} different requests of each kind)\n")
     print(f"JSON POST body: {len(posts[0].body)} bytes, {strings} strings and {keys} keys.\n")
