@@ -47,6 +47,7 @@ import base64
 import binascii
 import contextlib
 import ctypes
+import functools
 import json
 import re
 import zlib
@@ -143,6 +144,7 @@ def _label(name: str) -> str:
     return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
 
 
+@functools.lru_cache(maxsize=4096)
 def _pointer_token(token: str) -> str:
     if len(token) <= _LABEL_CHARS and token.isprintable() and "~" not in token and "/" not in token:
         return token
@@ -283,6 +285,8 @@ class Inspector:
         self._base = rules.view_set("base")
         self._sql = rules.view_set("sql")
         self._shell = rules.view_set("shell")
+        self._base_sql = rules.view_set("base+sql")
+        self._base_shell = rules.view_set("base+shell")
         self._sqli = rules.detector("libinjection-sqli")
         self._xss = rules.detector("libinjection-xss")
         self._log4j = rules.detector("log4j-lookup")
@@ -342,6 +346,12 @@ class Inspector:
             sql, shell = sql_view(text), shell_view(text)
             if sql == text and shell == text:
                 _scan(self._all, text, data, target, found)
+            elif sql == text:
+                _scan(self._base_sql, text, data, target, found)
+                _scan(self._shell, shell, None, target, found)
+            elif shell == text:
+                _scan(self._base_shell, text, data, target, found)
+                _scan(self._sql, sql, None, target, found)
             else:
                 _scan(self._base, text, data, target, found)
                 _scan(self._sql, sql, None, target, found)
@@ -363,7 +373,7 @@ class Inspector:
 
 
 _CACHED_CHARS = 256
-_ONE_WORD = re.compile(r"[A-Za-z_]*").fullmatch  # a single bareword: no SQL fingerprint to find
+_ONE_WORD = re.compile(r"\w*", re.ASCII).fullmatch  # one bareword or number: no SQL fingerprint to find
 
 
 # Characters without which the SQL and shell views are the text itself (comments, other
@@ -393,6 +403,7 @@ class _Scan:
         self.findings: list[Finding] = []
         self.seen: set[tuple[str, str]] = set()
         self.values = 0
+        self.short = min(_CACHED_CHARS, self.limits.max_value_chars)  # no limit to check below it
         self.skip_families = frozenset(exclusions.families)
         self.skip_rules = frozenset(exclusions.rules)
         skip_locations = _LocationMatcher([*exclusions.locations, *safe])
@@ -432,17 +443,23 @@ class _Scan:
     def value(self, raw: str, target: str, location: str, max_chars: int = 0) -> None:
         """Run every rule on ``raw`` and report what the exclusions leave. ``target`` is
         what rules' ``targets`` name (path, query, header, cookie, body, name)."""
+        if not raw:
+            return
         self.values += 1
         if self.values > self.limits.max_values:
             self.limit("request", f"more than {self.limits.max_values} values to inspect")
             raise _Stop
-        limit = max_chars or self.limits.max_value_chars
-        if len(raw) > limit:
-            self.limit(location, f"value of {len(raw)} characters, limit {limit}")
-            return
-        if not raw:
-            return
-        found = self.ins.analyse(raw, target)
+        if len(raw) <= self.short:
+            # the common case inline: a value the cache's young generation holds
+            found = self.ins._young.get((target, raw))
+            if found is None:
+                found = self.ins.analyse(raw, target)
+        else:
+            limit = max_chars or self.limits.max_value_chars
+            if len(raw) > limit:
+                self.limit(location, f"value of {len(raw)} characters, limit {limit}")
+                return
+            found = self.ins.analyse(raw, target)
         if not found:
             return
         skipped = self.skipped_families(location) if (self.skip_locations or self.skip_at) else frozenset()
@@ -863,7 +880,15 @@ class _LibInjection:
 
 
 _LIBINJECTION = _LibInjection()
-_QUOTE_BYTES = re.compile(rb"['\"`]")
+# A quote to read libinjection again from: not an apostrophe inside a word (it's, O'Brien; an
+# injection written so, x'or'1'='1, has other quotes the patterns see), and followed by what
+# continues a query after a closed string: an operator, a comment, a parenthesis, a keyword.
+_SQL_AFTER_QUOTE = (
+    rb"(?=[\s)]*(?:[-#/;=<>|&+!,)]|(?i:or|and|xor|not|is|in|like|rlike|regexp|between|sounds|div|mod"
+    rb"|union|select|having|group|order|limit|offset|procedure|into|waitfor|where|from|collate|escape"
+    rb"|then|when|else|end|case|as|exec|execute|declare|shutdown|drop|insert|update|delete)\b))"
+)
+_QUOTE_BYTES = re.compile(rb"(?:(?<![A-Za-z])['\"`]|['\"`](?![A-Za-z]))" + _SQL_AFTER_QUOTE)
 
 
 def _sqli_at(data: bytes) -> int | None:
@@ -890,7 +915,8 @@ def _meaningful(fingerprint: str | None) -> bool:
 
 
 def _may_be_html(text: str) -> bool:
-    return "<" in text or '"' in text or "'" in text or "`" in text or "=" in text
+    """libinjection finds a tag (``<``) or an attribute (``=``); nothing else."""
+    return "<" in text or "=" in text
 
 
 def _log4j_at(low: str) -> int | None:

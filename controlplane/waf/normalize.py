@@ -36,7 +36,6 @@ __all__ = [
 _PERCENT_BYTES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 _PERCENT_U = re.compile(r"%[uU]([0-9A-Fa-f]{4})")
 _JS_ESCAPE = re.compile(r"\\(?:u\{([0-9A-Fa-f]{1,6})\}|u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Characters NFKC keeps but that some stack on the way ("best fit" code-page conversion, a
 # database collation) turns into the ASCII character an attack needs.
@@ -60,6 +59,10 @@ _LOOKALIKES = str.maketrans(
 
 NUL = 1  # a decoded NUL was dropped
 OVERLONG = 2  # an overlong UTF-8 sequence was decoded
+
+
+# str.translate looks every character up: find first whether there is anything to translate
+_LOOKALIKE_CHARS = re.compile("[" + re.escape("".join(chr(c) for c in _LOOKALIKES)) + "]")
 
 
 def lenient_utf8(data: bytes) -> tuple[str, bool]:
@@ -106,9 +109,11 @@ def lenient_utf8(data: bytes) -> tuple[str, bool]:
 def _fix_surrogates(text: str) -> str:
     """Pair up UTF-16 surrogates (``%uD83D%uDE00``) and replace the lone ones: a str holding
     a lone surrogate cannot be encoded for RE2 or libinjection."""
-    if not _SURROGATE.search(text):
-        return text
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
 
 
 def _js_char(match: re.Match[str]) -> str:
@@ -145,7 +150,8 @@ def decode_pass(value: str) -> tuple[str, int]:
         value = _fix_surrogates(value)
         if not unicodedata.is_normalized("NFKC", value):
             value = unicodedata.normalize("NFKC", value)
-        value = value.translate(_LOOKALIKES)
+        if _LOOKALIKE_CHARS.search(value):
+            value = value.translate(_LOOKALIKES)
     elif flags & NUL:
         value = value.replace("\x00", "")
     return value, flags

@@ -236,7 +236,14 @@ class RuleSet:
     def __post_init__(self) -> None:
         # "all" serves the common value whose SQL and shell views equal its text: one scan
         patterns = [r for r in self.rules if r.pattern is not None]
-        for name, views in (("all", VIEWS), ("base", ("lower", "text")), ("sql", ("sql",)), ("shell", ("shell",))):
+        for name, views in (
+            ("all", VIEWS),
+            ("base", ("lower", "text")),
+            ("sql", ("sql",)),
+            ("shell", ("shell",)),
+            ("base+sql", ("lower", "text", "sql")),
+            ("base+shell", ("lower", "text", "shell")),
+        ):
             built = _ViewSet.build([r for r in patterns if r.view in views])
             if built is not None:
                 self._views[name] = built
@@ -348,7 +355,8 @@ class RuleSet:
 
     def view_set(self, name: str) -> _ViewSet | None:
         """The compiled patterns of ``all`` views, of the ``base`` views (lower and text,
-        both run on the decoded text), of ``sql`` or of ``shell``; None when there are none."""
+        both run on the decoded text), of ``sql``, of ``shell``, or of the base views with one
+        of those (for a value whose other view is its text); None when there are none."""
         return self._views.get(name)
 
     def detector(self, name: str) -> Rule | None:
