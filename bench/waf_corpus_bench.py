@@ -179,7 +179,7 @@ SENTENCES = (
     "Our best-selling trail shoe, now with a grippier outsole (tested on wet rock) and a roomier toe box.",
     "It's machine-washable at 30°C; don't tumble-dry it, and keep it away from radiators & heaters.",
     "Ships in 2-3 days from our warehouse; returns are free within 30 days, no questions asked.",
-    "Rated 4.7/5 by 1,204 customers: \"fits true to size\" and \"great for long runs\".",
+    'Rated 4.7/5 by 1,204 customers: "fits true to size" and "great for long runs".',
 )
 
 

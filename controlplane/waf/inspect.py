@@ -202,6 +202,7 @@ _BINARY_TYPES = {
 _XML_START = re.compile(rb"^(?:\xef\xbb\xbf)?\s*<(?:\?xml|!doctype|!entity)", re.IGNORECASE)
 _UTF16_XML = (b"\xff\xfe<\x00", b"\xfe\xff\x00<", b"<\x00?\x00", b"\x00<\x00?")
 
+
 def _whole(pattern: str) -> Callable[[str], bool]:
     """Does a whole string match ``pattern``? An RE2 set of one: it answers without the
     match positions the ``re2`` module converts to character offsets on every call."""
