@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..xds.service_options import check_xds_arguments, run_until_signalled
 from . import store
 from .admin import Admin
 from .clock import Clock, TestClock
@@ -42,12 +42,7 @@ class Options:
 def options(argv: Sequence[str]) -> Options:
     p = parser()
     args = p.parse_args(list(argv))
-    tls = (args.xds_ca, args.xds_cert, args.xds_key)
-    if not args.insecure and not all(tls):
-        p.error(
-            "give --xds-ca, --xds-cert and --xds-key for an mTLS channel to the control plane, "
-            "or --insecure for plaintext (loopback development only)"
-        )
+    check_xds_arguments(p, args)
     if args.redis_sentinel and not args.sentinel_master:
         p.error("--redis-sentinel needs --sentinel-master NAME")
     try:
@@ -147,13 +142,4 @@ class Service:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the rate-limit service until SIGTERM or SIGINT; the exit status."""
     opts = options(sys.argv[1:] if argv is None else argv)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await Service(opts).run(stop)
-
-    asyncio.run(run())
-    return 0
+    return run_until_signalled(lambda stop: Service(opts).run(stop))  # made inside the event loop

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _host_port(text: str) -> str:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return text
+from ..xds.service_options import add_xds_arguments, host_port
 
 
 def _milliseconds(text: str) -> float:
@@ -38,16 +33,9 @@ def parser(add_help: bool = True) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "--listen", type=_host_port, default="127.0.0.1:8081", help="gRPC address Envoy calls (default 127.0.0.1:8081)"
+        "--listen", type=host_port, default="127.0.0.1:8081", help="gRPC address Envoy calls (default 127.0.0.1:8081)"
     )
-    x = p.add_argument_group("control plane (xDS)")
-    x.add_argument("--xds", type=_host_port, required=True, metavar="HOST:PORT", help="the control plane's xDS address")
-    x.add_argument("--insecure", action="store_true", help="plaintext channel to the control plane (loopback only)")
-    x.add_argument("--xds-ca", help="CA that signed the control plane's certificate")
-    x.add_argument("--xds-cert", help="client certificate this service presents (its CN is its node id to the server)")
-    x.add_argument("--xds-key", help="key of --xds-cert")
-    x.add_argument("--xds-server-name", help="name expected in the control plane's certificate (default: its host)")
-    x.add_argument("--node-id", help="xDS node id (default ratelimit-<hostname>-<pid>)")
+    x = add_xds_arguments(p, "ratelimit")
     x.add_argument("--node-cluster", default="ratelimit", help="xDS node cluster (default ratelimit)")
     x.add_argument(
         "--domain",

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..xds.admin import AdminServer, Handler, json_answer
+from ..xds.service_options import check_xds_arguments, run_until_signalled
 from ..xds.subscriber import XdsOptions
 from .config import Config
 from .metrics import Metrics
@@ -40,11 +40,7 @@ class Options:
 def options(argv: Sequence[str]) -> Options:
     p = parser()
     args = p.parse_args(list(argv))
-    if not args.insecure and not all((args.xds_ca, args.xds_cert, args.xds_key)):
-        p.error(
-            "give --xds-ca, --xds-cert and --xds-key for an mTLS channel to the control plane, "
-            "or --insecure for plaintext (loopback development only)"
-        )
+    check_xds_arguments(p, args)
     xds = XdsOptions(
         target=args.xds,
         node_id=args.node_id or f"waf-{socket.gethostname()}-{os.getpid()}",
@@ -158,13 +154,4 @@ class Service:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the WAF service until SIGTERM or SIGINT; the exit status."""
     opts = options(sys.argv[1:] if argv is None else argv)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await Service(opts).run(stop)
-
-    asyncio.run(run())
-    return 0
+    return run_until_signalled(lambda stop: Service(opts).run(stop))  # made inside the event loop

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..ratelimit.options import _host_port, _port
+from ..ratelimit.options import _port
+from ..xds.service_options import add_xds_arguments, host_port
 
 
 def parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -17,16 +18,9 @@ def parser(add_help: bool = True) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "--listen", type=_host_port, default="127.0.0.1:8082", help="gRPC address Envoy calls (default 127.0.0.1:8082)"
+        "--listen", type=host_port, default="127.0.0.1:8082", help="gRPC address Envoy calls (default 127.0.0.1:8082)"
     )
-    x = p.add_argument_group("control plane (xDS)")
-    x.add_argument("--xds", type=_host_port, required=True, metavar="HOST:PORT", help="the control plane's xDS address")
-    x.add_argument("--insecure", action="store_true", help="plaintext channel to the control plane (loopback only)")
-    x.add_argument("--xds-ca", help="CA that signed the control plane's certificate")
-    x.add_argument("--xds-cert", help="client certificate this service presents (its CN is its node id to the server)")
-    x.add_argument("--xds-key", help="key of --xds-cert")
-    x.add_argument("--xds-server-name", help="name expected in the control plane's certificate (default: its host)")
-    x.add_argument("--node-id", help="xDS node id (default waf-<hostname>-<pid>)")
+    add_xds_arguments(p, "waf")
     a = p.add_argument_group("admin")
     a.add_argument("--admin-address", default="127.0.0.1", help="admin HTTP address (default 127.0.0.1)")
     a.add_argument(
