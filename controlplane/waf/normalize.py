@@ -216,7 +216,7 @@ def sql_view(low: str) -> str:
 _SHELL_IFS = re2.compile(r"(?i)\$\{ifs[^}]{0,16}\}|\$ifs")
 _SHELL_EMPTY = re2.compile(r"(?i)\$[@*#0-9]|\$\{[a-z_]{0,2}\}|\$\(\s*\)")
 _SHELL_BRACES = re2.compile(r"\{([^{}\s]{0,200},[^{}\s]{0,200})\}")
-_SHELL_VAR = re2.compile(r"(?i)\$\{?[a-z_][a-z0-9_]{0,31}\}?")
+_SHELL_VAR = re2.compile(r"(?i)\$(?:\{[a-z_][a-z0-9_]{0,31}\}|[a-z_][a-z0-9_]{0,31})")
 
 
 def shell_view(low: str) -> str:
