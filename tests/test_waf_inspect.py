@@ -156,6 +156,7 @@ VIEWS = {
     "sql-whitespace": ("sqli.union-select", "1\x0bUNION\x0cSELECT\xa0password\tFROM\nusers"),
     "shell-ifs": ("cmdi.separator-command", ";cat${IFS}/etc/hostname"),
     "shell-unset-variable": ("cmdi.separator-command", ";c$u'a't /etc/hostname"),
+    "shell-variable-in-brace-list": ("cmdi.separator-command", "; {echo,$PATH}"),
     "shell-caret": ("cmdi.bare-command", "& w^h^o^a^m^i"),
 }
 
@@ -579,7 +580,8 @@ def test_corpus_detection_and_false_positive_rates() -> None:
 
     inspector = Inspector(RuleSet.default())
     caught: dict[str, list[int]] = {}
-    for case in corpus.attacks()[::3]:
+    # the development set and the first held-out one (a regression set since its gaps were fixed)
+    for case in (corpus.attacks() + corpus.attacks("holdout.yaml"))[::3]:
         row = caught.setdefault(case.family, [0, 0])
         row[0] += 1
         row[1] += case.family in families(inspector.inspect(case.request))
