@@ -86,7 +86,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from _common import git_state, machine, median, spread, table
+from _common import LoadClient, git_state, machine, median, spread, table
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -338,37 +338,6 @@ def client_main() -> None:
     for line in sys.stdin:
         cmd = json.loads(line)
         print(json.dumps(LoadRun(cmd, pools.setdefault(cmd["case"], [])).run()), flush=True)
-
-
-class LoadClient:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--client"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        json.loads(self.proc.stdout.readline())
-
-    def run(self, **command: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the load client died")
-        return json.loads(line)  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -650,7 +619,7 @@ class CpuRig:
         self.gw = Gateway(work)
         self.connections = connections
         try:
-            self.client = LoadClient()
+            self.client = LoadClient(Path(__file__))
         except BaseException:
             self.gw.stop()
             raise

@@ -92,7 +92,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import git_state, machine, median, spread, table
+from _common import LoadClient, git_state, machine, median, spread, table
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -469,37 +469,6 @@ def client_main() -> None:
         print(json.dumps(load(json.loads(line), pools)), flush=True)
 
 
-class LoadClient:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--client"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        json.loads(self.proc.stdout.readline())
-
-    def run(self, **command: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the load client died")
-        return json.loads(line)  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 # -- processes -----------------------------------------------------------------------------------
 
 
@@ -733,7 +702,7 @@ class Rig:
             self.waf.start_envoy("waf")
             self.endpoints = self.ports(endpoints, services)
             wait_for(lambda: self.waf.waf_hosts() == set(self.endpoints), 30, "the WAF cluster in Envoy")
-            self.client = LoadClient()
+            self.client = LoadClient(Path(__file__))
             self.started.append(self.client)
         except BaseException:
             self.stop()
