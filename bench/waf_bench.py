@@ -480,6 +480,7 @@ class WafProcess:
     xds: str
     port: int
     admin_port: int = field(default_factory=free_port)
+    mask_port: int = field(default_factory=free_port)  # (no masking measured here)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WafProcess:
@@ -487,6 +488,7 @@ class WafProcess:
             self.proc = subprocess.Popen(
                 [
                     *(sys.executable, "-m", "controlplane", "waf", "--listen", f"127.0.0.1:{self.port}"),
+                    *("--mask-listen", f"127.0.0.1:{self.mask_port}"),
                     *("--xds", self.xds, "--insecure", "--admin-port", str(self.admin_port)),
                     *("--log-level", "warning"),
                 ],

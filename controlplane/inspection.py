@@ -34,6 +34,10 @@ def read_section(spec: dict[str, Any], doc: Document, store: DocumentStore, diag
         if not 0 < int(port) < 65536:
             diags.error(f"port {port} is out of range", doc.name, f"/waf/service/endpoints/{i}", "waf")
         endpoints.append(ir.Endpoint(host.strip("[]"), int(port)))
+    masks = [
+        ir.Endpoint(text.rpartition(":")[0].strip("[]"), int(text.rpartition(":")[2]))
+        for text in service_spec.get("maskEndpoints", ())
+    ] or [ir.Endpoint(e.host, e.port + 1) for e in endpoints]
     rules = _rules(spec, doc, store, diags)
     service = None
     if rules is not None:
@@ -43,6 +47,7 @@ def read_section(spec: dict[str, Any], doc: Document, store: DocumentStore, diag
             max_body_bytes=spec.get("maxBodyBytes", DEFAULT_MAX_BODY),
             rules=rules,
             source=ir.Source(doc.name, "/waf"),
+            mask_endpoints=tuple(masks),
         )
     return Section(spec.get("mode", "prevent"), spec.get("onServiceFailure"), service)
 

@@ -321,6 +321,11 @@ class WafService:
     # Each inspected operation's positive model from its OpenAPI description (JSON, by name):
     # parameters, body media types and schema, locations the schema makes safe.
     models: str = "{}"
+    mask_endpoints: tuple[Endpoint, ...] = ()  # where it masks responses (ext_proc; its own port)
+
+    @property
+    def mask_cluster(self) -> str:
+        return "waf-mask-service"
 
     @property
     def cluster(self) -> str:

@@ -137,6 +137,7 @@ class Sidecars:
                 [
                     *(sys.executable, "-m", "controlplane", "waf"),
                     *("--listen", f"{endpoint.host}:{endpoint.port}", "--xds", f"127.0.0.1:{xds_port}"),
+                    *("--mask-listen", f"{service.mask_endpoints[0].host}:{service.mask_endpoints[0].port}"),
                     *("--xds-ca", str(ca.path), "--xds-cert", str(cert.cert), "--xds-key", str(cert.key)),
                     *("--xds-server-name", "localhost", "--admin-port", str(admin), "--log-level", "warning"),
                 ],

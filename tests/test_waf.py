@@ -94,6 +94,7 @@ class WafService:
     workdir: Path
     xds: str
     port: int = field(default_factory=free_port)
+    mask_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -106,6 +107,7 @@ class WafService:
             self.proc = subprocess.Popen(
                 [
                     *(sys.executable, "-m", "controlplane", "waf", "--listen", f"127.0.0.1:{self.port}"),
+                    *("--mask-listen", f"127.0.0.1:{self.mask_port}"),
                     *("--xds", self.xds, "--insecure", "--admin-port", str(self.admin_port)),
                 ],
                 stdout=log,
@@ -137,14 +139,14 @@ class WafService:
         stop_process(self.proc)
 
 
-def policy(gateway: int, backend: int, waf: int) -> str:
+def policy(gateway: int, backend: int, waf: int, mask: int) -> str:
     return f"""
 apiVersion: controlplane.dev/v1
 kind: GatewayPolicy
 listeners: [{{name: public, address: 127.0.0.1, port: {gateway}}}]
 upstreams: [{{name: backend, endpoints: ["127.0.0.1:{backend}"]}}]
 waf:
-  service: {{endpoints: ["127.0.0.1:{waf}"], timeout: 2s}}
+  service: {{endpoints: ["127.0.0.1:{waf}"], maskEndpoints: ["127.0.0.1:{mask}"], timeout: 2s}}
   mode: prevent
   maxBodyBytes: 4096
 apis:
@@ -181,11 +183,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     echo = EchoServer().start()
     config = workdir / "config"
     config.mkdir()
-    gateway_port, waf_port = free_port(), free_port()
+    gateway_port, waf_port, mask_port = free_port(), free_port(), free_port()
     (config / "spec.yaml").write_text(SPEC)
-    (config / "policy.yaml").write_text(policy(gateway_port, echo.port, waf_port))
+    (config / "policy.yaml").write_text(policy(gateway_port, echo.port, waf_port, mask_port))
     plane = ControlPlaneProcess([config], workdir).start()
-    waf = WafService(workdir, f"127.0.0.1:{plane.xds_port}", port=waf_port).start()
+    waf = WafService(workdir, f"127.0.0.1:{plane.xds_port}", port=waf_port, mask_port=mask_port).start()
     envoy = start_envoy(workdir, plane)
     s = Setup(gateway_port, echo, waf, plane, envoy)
     wait_for(lambda: s.send("GET", "/shop/search?q=shoes").status == 200, 20, "the gateway")

@@ -370,7 +370,7 @@ class GrpcH2Protocol(asyncio.Protocol):
         except asyncio.CancelledError:
             return
         except Exception as exc:  # a handler failing answers INTERNAL, the connection stays
-            log.exception("ShouldRateLimit failed")
+            log.exception("%s failed", self.method)
             status, text, response = INTERNAL, str(exc), b""
         if stream_id in self.streams:
             self._answer(stream_id, status, text, response)

@@ -89,7 +89,7 @@ def _mask_filter(gw: ir.Gateway) -> hcm_pb2.HttpFilter:
     Mode = processing_mode_pb2.ProcessingMode
     config = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=svc.cluster),
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=svc.mask_cluster),
             timeout=duration(svc.timeout_ms),
         ),
         failure_mode_allow=False,
@@ -138,7 +138,14 @@ def service_upstreams(gw: ir.Gateway) -> list[ir.Upstream]:
     svc = gw.waf_service
     if svc is None:
         return []
-    return [ir.Upstream(svc.cluster, svc.endpoints, svc.source, protocol=ir.Protocol.HTTP2, connect_timeout_ms=1000)]
+    out = [ir.Upstream(svc.cluster, svc.endpoints, svc.source, protocol=ir.Protocol.HTTP2, connect_timeout_ms=1000)]
+    if any(_inspected(lst)[2] for lst in gw.listeners):
+        out.append(
+            ir.Upstream(
+                svc.mask_cluster, svc.mask_endpoints, svc.source, protocol=ir.Protocol.HTTP2, connect_timeout_ms=1000
+            )
+        )
+    return out
 
 
 def service_config(gw: ir.Gateway) -> typed_struct_pb2.TypedStruct | None:

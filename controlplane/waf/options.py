@@ -20,6 +20,11 @@ def parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--listen", type=host_port, default="127.0.0.1:8082", help="gRPC address Envoy calls (default 127.0.0.1:8082)"
     )
+    p.add_argument(
+        "--mask-listen",
+        type=host_port,
+        help="gRPC address where Envoy has responses masked (ext_proc; default: --listen's port + 1)",
+    )
     add_xds_arguments(p, "waf")
     a = p.add_argument_group("admin")
     a.add_argument("--admin-address", default="127.0.0.1", help="admin HTTP address (default 127.0.0.1)")
