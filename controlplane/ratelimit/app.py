@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..xds.service_options import check_xds_arguments, run_until_signalled
+from ..xds.service_options import check_xds_arguments, configure_logging, run_until_signalled
 from . import store
 from .admin import Admin
 from .clock import Clock, TestClock
@@ -54,21 +52,8 @@ def options(argv: Sequence[str]) -> Options:
             counter = store.sentinel(args.redis_sentinel, args.sentinel_master, args.redis_timeout)
     except ValueError as exc:
         p.error(str(exc))
-    xds = XdsOptions(
-        target=args.xds,
-        node_id=args.node_id or f"ratelimit-{socket.gethostname()}-{os.getpid()}",
-        node_cluster=args.node_cluster,
-        domains=tuple(dict.fromkeys(args.domains or ["gateway"])),
-        insecure=args.insecure,
-        ca=args.xds_ca,
-        cert=args.xds_cert,
-        key=args.xds_key,
-        server_name=args.xds_server_name,
-    )
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    xds = XdsOptions.from_args(args, "ratelimit", args.node_cluster, tuple(dict.fromkeys(args.domains or ["gateway"])))
+    configure_logging(args.log_level)
     return Options(args.listen, xds, counter, args.admin_address, args.admin_port, args.test_clock)
 
 

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import Diagnostic, InputError
 from ..xds.subscriber import ADS_METHOD, Subscriber, XdsOptions, channel
 from .config import RESOURCE_TYPE, Config, decode_resources
 
@@ -30,15 +29,7 @@ class ConfigSubscriber(Subscriber[Config]):
     USER_AGENT = "controlplane-ratelimit"
     WHAT = "rate-limit config"
 
-    def version(self) -> str:
-        return self.config.version if self.config is not None else ""
-
-    def apply(self, type_url: str, version: str, resources: Sequence[Any]) -> Config:
-        """The config after a response, or :class:`InputError` naming what is wrong with it."""
-        if type_url != RESOURCE_TYPE:
-            raise InputError(
-                [Diagnostic(f"a response of type {type_url!r}; subscribed to {RESOURCE_TYPE}", "response")]
-            )
+    def decode(self, version: str, resources: Sequence[Any]) -> Config:
         received = decode_resources(resources)
         wanted = set(self.options.domains)
         for name in sorted(set(received) - wanted):

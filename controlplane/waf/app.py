@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..ratelimit import h2
 from ..xds.admin import AdminServer, Handler, json_answer
-from ..xds.service_options import check_xds_arguments, run_until_signalled
+from ..xds.service_options import check_xds_arguments, configure_logging, run_until_signalled
 from ..xds.subscriber import XdsOptions
 from .config import Config
 from .metrics import Metrics
@@ -44,20 +42,8 @@ def options(argv: Sequence[str]) -> Options:
     p = parser()
     args = p.parse_args(list(argv))
     check_xds_arguments(p, args)
-    xds = XdsOptions(
-        target=args.xds,
-        node_id=args.node_id or f"waf-{socket.gethostname()}-{os.getpid()}",
-        node_cluster="waf",
-        domains=("waf",),
-        insecure=args.insecure,
-        ca=args.xds_ca,
-        cert=args.xds_cert,
-        key=args.xds_key,
-        server_name=args.xds_server_name,
-    )
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    xds = XdsOptions.from_args(args, "waf", "waf", ("waf",))
+    configure_logging(args.log_level)
     host, _, port = args.listen.rpartition(":")
     mask_listen = args.mask_listen or f"{host}:{int(port) + 1}"
     return Options(args.listen, mask_listen, xds, args.admin_address, args.admin_port)

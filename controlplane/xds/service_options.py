@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -36,6 +37,10 @@ def check_xds_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) ->
             "give --xds-ca, --xds-cert and --xds-key for an mTLS channel to the control plane, "
             "or --insecure for plaintext (loopback development only)"
         )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:

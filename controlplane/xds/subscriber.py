@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +25,19 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
-from ..errors import InputError
+from ..errors import Diagnostic, InputError
 
 log = logging.getLogger("controlplane.xds.subscriber")
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
-C = TypeVar("C")
+
+
+class Versioned(Protocol):
+    @property
+    def version(self) -> str: ...
+
+
+C = TypeVar("C", bound=Versioned)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,21 @@ class XdsOptions:
     server_name: str | None = None  # name expected in the server's certificate, if not its host
     initial_backoff: float = 0.1
     max_backoff: float = 5.0
+
+    @classmethod
+    def from_args(cls, args: Any, node: str, cluster: str, names: tuple[str, ...]) -> XdsOptions:
+        """From a service's command line (``service_options.add_xds_arguments``)."""
+        return cls(
+            target=args.xds,
+            node_id=args.node_id or f"{node}-{socket.gethostname()}-{os.getpid()}",
+            node_cluster=cluster,
+            domains=names,
+            insecure=args.insecure,
+            ca=args.xds_ca,
+            cert=args.xds_cert,
+            key=args.xds_key,
+            server_name=args.xds_server_name,
+        )
 
 
 def channel(options: XdsOptions) -> grpc.aio.Channel:
@@ -88,10 +112,18 @@ class Subscriber(Generic[C]):
         self._node = base_pb2.Node(id=options.node_id, cluster=options.node_cluster, user_agent_name=self.USER_AGENT)
 
     def version(self) -> str:
-        raise NotImplementedError
+        return self.config.version if self.config is not None else ""
 
     def apply(self, type_url: str, version: str, resources: Sequence[Any]) -> C:
         """The config after a response, or :class:`InputError` naming what is wrong with it."""
+        if type_url != self.RESOURCE_TYPE:
+            raise InputError(
+                [Diagnostic(f"a response of type {type_url!r}; subscribed to {self.RESOURCE_TYPE}", "response")]
+            )
+        return self.decode(version, resources)
+
+    def decode(self, version: str, resources: Sequence[Any]) -> C:
+        """The config a response of the subscribed type makes (the subclass's part)."""
         raise NotImplementedError
 
     async def run(self) -> None:
