@@ -132,3 +132,19 @@ class LoadClient:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def response_frame(buf: bytes) -> tuple[int, int] | None:
+    """(status, length) of the first complete response in ``buf`` (Content-Length framed), or None."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end].lower()
+    i = head.find(b"content-length:")
+    length = 0
+    if i >= 0:
+        j = head.find(b"\r\n", i)
+        length = int(head[i + 15 : j if j >= 0 else end])
+    if len(buf) < end + 4 + length:
+        return None
+    return int(buf[9:12]), end + 4 + length

@@ -86,7 +86,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from _common import LoadClient, git_state, machine, median, spread, table
+from _common import LoadClient, git_state, machine, median, response_frame, spread, table
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -167,22 +167,6 @@ class _Conn:
 
     def __init__(self, sock: socket.socket, state: int):
         self.sock, self.state, self.buf, self.events = sock, state, b"", 0
-
-
-def _response(buf: bytes) -> tuple[int, int] | None:
-    """(status, length) of the first complete response in ``buf``, or None."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = buf[:end].lower()
-    i = head.find(b"content-length:")
-    length = 0
-    if i >= 0:
-        j = head.find(b"\r\n", i)
-        length = int(head[i + 15 : j if j >= 0 else end])
-    if len(buf) < end + 4 + length:
-        return None
-    return int(buf[9:12]), end + 4 + length
 
 
 class LoadRun:
@@ -280,7 +264,7 @@ class LoadRun:
                     break
                 conn.buf += data
             if conn.state == READ:
-                done = _response(conn.buf)
+                done = response_frame(conn.buf)
                 if done is None:
                     if eof:
                         return self.finish(conn, "closed before a whole response")

@@ -92,7 +92,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import LoadClient, git_state, machine, median, spread, table
+from _common import LoadClient, git_state, machine, median, response_frame, spread, table
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -344,22 +344,6 @@ def request(method: str, path: str, body: bytes = b"") -> str:
 # -- the load client (its own process) ---------------------------------------------------------
 
 
-def _response(buf: bytes) -> tuple[int, int] | None:
-    """(status, length) of the first complete response in ``buf`` (Content-Length framed), or None."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = buf[:end].lower()
-    i = head.find(b"content-length:")
-    length = 0
-    if i >= 0:
-        j = head.find(b"\r\n", i)
-        length = int(head[i + 15 : j if j >= 0 else end])
-    if len(buf) < end + 4 + length:
-        return None
-    return int(buf[9:12]), end + 4 + length
-
-
 def _percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000 if sorted_ns else float("nan")
 
@@ -423,7 +407,7 @@ def load(cmd: dict[str, Any], pools: dict[int, list[socket.socket]]) -> dict[str
                 active -= 1
                 continue
             buf = bufs[i] + data
-            done = _response(buf)
+            done = response_frame(buf)
             if done is None:
                 bufs[i] = buf
                 continue
