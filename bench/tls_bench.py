@@ -347,29 +347,9 @@ def serve_defaults() -> argparse.Namespace:
 class DefaultControlPlane(ControlPlaneProcess):
     """``python -m controlplane serve`` exactly as a user runs it: mTLS, default poll settings."""
 
-    def start(self) -> DefaultControlPlane:
+    def __post_init__(self) -> None:
         assert self.pki is not None
-        cmd = [
-            sys.executable,
-            "-m",
-            "controlplane",
-            "serve",
-            *map(str, self.paths),
-            "--xds-address",
-            f"127.0.0.1:{self.xds_port}",
-            "--admin-address",
-            f"127.0.0.1:{self.admin_port}",
-            "--tls-cert",
-            str(self.pki.server.cert),
-            "--tls-key",
-            str(self.pki.server.key),
-            "--tls-client-ca",
-            str(self.pki.ca.path),
-        ]
-        self.log = (self.workdir / f"cp-{self.admin_port}.log").open("w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        wait_for(lambda: http_get(self.admin_port, "/healthz")[0] == 200, 30, "control plane /healthz")
-        return self
+        self.watch = []
 
     def metrics(self) -> dict[str, float]:
         _status, body = http_get(self.admin_port, "/metrics")

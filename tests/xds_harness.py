@@ -71,6 +71,8 @@ class ControlPlaneProcess:
     admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
     extra: list[str] = field(default_factory=list)
+    # The watcher's settings; tests poll fast. [] is `serve` with its defaults, as users run it.
+    watch: list[str] = field(default_factory=lambda: ["--poll-interval", "0.05", "--quiet-period", "0.1"])
 
     def start(self) -> ControlPlaneProcess:
         cmd = [
@@ -83,10 +85,7 @@ class ControlPlaneProcess:
             f"127.0.0.1:{self.xds_port}",
             "--admin-address",
             f"127.0.0.1:{self.admin_port}",
-            "--poll-interval",
-            "0.05",
-            "--quiet-period",
-            "0.1",
+            *self.watch,
             *self.extra,
         ]
         if self.pki is None:
