@@ -42,6 +42,17 @@ def _schema_ops(doc: Document, ptr: str) -> tuple[dict[str, Any] | None, dict[st
     return (item if isinstance(item, dict) else None), (value if isinstance(value, dict) else None)
 
 
+def _operation(
+    store: DocumentStore, op: OperationSpec
+) -> tuple[Document, dict[str, Any] | None, dict[str, Any]] | None:
+    """(its document, its path item, the operation) as written in the spec."""
+    doc = next((d for d in store if d.name == op.source.file), None)
+    if doc is None:
+        return None
+    item, raw = _schema_ops(doc, op.source.pointer)
+    return None if raw is None else (doc, item, raw)
+
+
 class _Resolver:
     def __init__(self, store: DocumentStore, doc: Document):
         self.store = store
@@ -69,12 +80,10 @@ class _Resolver:
 
 
 def operation_model(store: DocumentStore, spec: ApiSpec, op: OperationSpec) -> dict[str, Any] | None:
-    doc = next((d for d in store if d.name == op.source.file), None)
-    if doc is None:
+    found = _operation(store, op)
+    if found is None:
         return None
-    item, raw = _schema_ops(doc, op.source.pointer)
-    if raw is None:
-        return None
+    doc, item, raw = found
     resolver = _Resolver(store, doc)
     params: dict[tuple[str, str], dict[str, Any]] = {}
     for level, where in ((item, op.source.pointer.rsplit("/", 1)[0]), (raw, op.source.pointer)):
@@ -145,12 +154,10 @@ def _safe_pointers(schema: Any, prefix: str, depth: int = 0) -> list[str]:
 
 def masked_fields(store: DocumentStore, op: OperationSpec) -> tuple[str, ...]:
     """Names of the response schemas' properties marked ``x-gateway-mask: true``."""
-    doc = next((d for d in store if d.name == op.source.file), None)
-    if doc is None:
+    found = _operation(store, op)
+    if found is None or not isinstance(found[2].get("responses"), dict):
         return ()
-    _item, raw = _schema_ops(doc, op.source.pointer)
-    if raw is None or not isinstance(raw.get("responses"), dict):
-        return ()
+    doc, _item, raw = found
     resolver = _Resolver(store, doc)
     schema = resolver.schema(doc, op.source.pointer + "/responses", raw["responses"])
     out: set[str] = set()
