@@ -190,7 +190,7 @@ class _Builder:
             tuple(sorted(self.providers.items())),
             tuple((p, c, tuple(sorted(ls)) if ls is not None else None) for p, c, ls in self.ip_prefix_lists),
             [self.rate_limits_file, self.rateLimits.get("limits", [])],
-            [self.waf.get("mode"), self.waf.get("onServiceFailure")],
+            [self.waf.get("mode"), self.waf.get("onServiceFailure"), self._listener_waf(listeners)],
         )
         record = incremental.cached_api(key, api.spec)
         if record is None:
@@ -281,6 +281,10 @@ class _Builder:
         return name
 
     # -- operations -------------------------------------------------------------------------
+    def _listener_waf(self, listeners: list[str]) -> list[Any]:
+        """The listeners' own WAF settings (a key of what an API's operations depend on)."""
+        return [(n, self.listeners[n][0].get("waf")) for n in listeners if self.listeners[n][0].get("waf")]
+
     def _settings(
         self,
         layers: list[tuple[dict[str, Any] | None, ir.Source | None]],
@@ -499,6 +503,10 @@ class _Builder:
                     if ip_allow or limits
                     else operation
                 )
+                listener_waf = self.listeners[listener][0].get("waf") if self.waf_section is not None else None
+                if listener_waf:
+                    waf = inspection.operation_waf(self.waf_section, settings, listener_waf)
+                    iop = dataclasses.replace(iop, waf=waf)
                 routes[listener][shape].append(iop)
                 produced.append((listener, shape, iop))
             if memo is not None:
@@ -616,6 +624,13 @@ class _Builder:
                     name, spec["tls"], spec.get("hostnames", ["*"]), docs[src.file], src.pointer + "/tls", reader
                 )
             lst = edge.listener_ir(name, spec, src, self._path_routes(routes[name]), listener_tls)
+            if "waf" in spec and not self.waf:
+                self.diags.warning(
+                    "waf settings, but no policy has a waf section: nothing is inspected",
+                    src.file,
+                    src.pointer + "/waf",
+                    "waf-unused",
+                )
             bound = [(lst.port, "/port")]
             if "tls" in spec and "httpRedirectPort" in spec["tls"]:
                 bound.append((spec["tls"]["httpRedirectPort"], "/tls/httpRedirectPort"))

@@ -14,6 +14,7 @@ from .model import policy as pol
 
 DEFAULT_ENDPOINT = "127.0.0.1:8082"
 DEFAULT_MAX_BODY = 1 << 20
+DEFAULT_MAX_RESPONSE = 8 << 20
 DEFAULT_TIMEOUT = "500ms"
 
 
@@ -48,6 +49,7 @@ def read_section(spec: dict[str, Any], doc: Document, store: DocumentStore, diag
             rules=rules,
             source=ir.Source(doc.name, "/waf"),
             mask_endpoints=tuple(masks),
+            max_response_bytes=spec.get("maxResponseBytes", DEFAULT_MAX_RESPONSE),
         )
     return Section(spec.get("mode", "prevent"), spec.get("onServiceFailure"), service)
 
@@ -76,16 +78,22 @@ def _rules(spec: dict[str, Any], doc: Document, store: DocumentStore, diags: Dia
     return json.dumps({"rules": data, "disabled": sorted(disabled)}, sort_keys=True, separators=(",", ":"))
 
 
-def operation_waf(section: Section | None, settings: dict[str, Any]) -> ir.Waf | None:
-    """An operation's inspection: the section's mode unless its route settings say otherwise."""
+def operation_waf(
+    section: Section | None, settings: dict[str, Any], listener: dict[str, Any] | None = None
+) -> ir.Waf | None:
+    """An operation's inspection on one listener: its route settings' mode and failure mode
+    (operation, API, policy defaults), else the listener's (``listeners[].waf``), else the
+    section's: so that an internal listener can run the WAF in detect mode while the public
+    one refuses, and an operation that must never be inspected (or always) says so once."""
     if section is None:
         return None
     own = settings.get("waf") or {}
-    mode = own.get("mode", section.mode)
+    around = listener or {}
+    mode = own.get("mode", around.get("mode", section.mode))
     if mode == "off":
         return None
     prevent = mode == "prevent"
-    fail = own.get("onServiceFailure", section.fail)
+    fail = own.get("onServiceFailure", around.get("onServiceFailure", section.fail))
     exclude = own.get("exclude", {})
     return ir.Waf(
         prevent=prevent,

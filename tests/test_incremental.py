@@ -58,6 +58,24 @@ EDITS: list[tuple[str, Callable[[Path], None]]] = [
     ("broken YAML", lambda d: _replace(d / "petstore.swagger.yaml", "paths:", "paths: [")),
     ("fixed again", lambda d: _replace(d / "petstore.swagger.yaml", "paths: [", "paths:")),
     ("the JWKS file", lambda d: _replace(d / "idp/jwks.json", '"alg": "ES256"', '"alg": "ES384"')),
+    (
+        "a waf section",
+        lambda d: _replace(d / "gateway.policy.yaml", "listeners:\n", "waf: {mode: prevent}\n\nlisteners:\n"),
+    ),
+    (
+        "a listener's waf mode",
+        lambda d: _replace(
+            d / "gateway.policy.yaml",
+            "    escapedSlashes: reject\n",
+            "    escapedSlashes: reject\n    waf: {mode: detect}\n",
+        ),
+    ),
+    (
+        "a listener's failure mode",
+        lambda d: _replace(
+            d / "gateway.policy.yaml", "waf: {mode: detect}", "waf: {mode: detect, onServiceFailure: closed}"
+        ),
+    ),
 ]
 
 
