@@ -11,7 +11,10 @@ Tests steer one request's answer with request headers (the gateway forwards them
 - ``x-echo-hold: NAME`` answers once the test calls ``release(NAME)`` (30 s at most);
 - ``x-echo-attempts: N`` applies the three above only to the first N requests with the same
   ``x-request-id``, so a retried request (Envoy keeps its id) succeeds on attempt N + 1;
-- ``x-echo-response-header: Name: value`` (repeatable) adds that header to the response.
+- ``x-echo-response-header: Name: value`` (repeatable) adds that header to the response;
+- ``x-echo-chunk-bytes: N`` sends the answer chunked (no ``Content-Length``), N bytes per
+  chunk, each written on its own (``x-echo-chunk-delay-ms: M`` apart);
+- ``x-echo-pad-bytes: N`` puts N bytes of padding (``"pad"``) before what was received.
 
 With ``tls=(cert, key)`` it serves HTTPS and records the SNI name of each handshake.
 """
@@ -40,6 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         seen: dict[str, Any] = {
+            "pad": "p" * min(int(self.headers.get("x-echo-pad-bytes") or 0), 64 << 20),
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
@@ -59,18 +63,33 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(min(int(self.headers.get("x-echo-delay-ms") or 0) / 1000, HOLD_LIMIT_S))
         if self.path.rstrip("/").endswith("/healthz"):
             seen = {"status": "ok"}
+        if not seen.get("pad"):
+            seen.pop("pad", None)
         out = json.dumps(seen).encode()
+        chunk = int(self.headers.get("x-echo-chunk-bytes") or 0)
         try:
             self.send_response(status)
             self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(out)))
+            if chunk > 0:
+                self.send_header("transfer-encoding", "chunked")
+            else:
+                self.send_header("content-length", str(len(out)))
             self.send_header("x-powered-by", "EchoBackend")
             for extra in self.headers.get_all("x-echo-response-header") or []:
                 name, _, value = extra.partition(":")
                 self.send_header(name.strip(), value.strip())
             self.end_headers()
-            if self.command != "HEAD":
+            if self.command == "HEAD":
+                return
+            if chunk <= 0:
                 self.wfile.write(out)
+                return
+            for i in range(0, len(out), chunk):
+                part = out[i : i + chunk]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+                time.sleep(min(int(self.headers.get("x-echo-chunk-delay-ms") or 0) / 1000, HOLD_LIMIT_S))
+            self.wfile.write(b"0\r\n\r\n")
         except OSError:
             pass  # the gateway gave up on this attempt (a timeout): nobody reads the answer
 

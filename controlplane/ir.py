@@ -322,6 +322,7 @@ class WafService:
     # parameters, body media types and schema, locations the schema makes safe.
     models: str = "{}"
     mask_endpoints: tuple[Endpoint, ...] = ()  # where it masks responses (ext_proc; its own port)
+    max_response_bytes: int = 8 << 20  # a larger response of a masked operation is not sent (502)
 
     @property
     def mask_cluster(self) -> str:

@@ -139,16 +139,19 @@ class WafService:
         stop_process(self.proc)
 
 
-def policy(gateway: int, backend: int, waf: int, mask: int) -> str:
+def policy(gateway: int, internal: int, backend: int, waf: int, mask: int) -> str:
     return f"""
 apiVersion: controlplane.dev/v1
 kind: GatewayPolicy
-listeners: [{{name: public, address: 127.0.0.1, port: {gateway}}}]
+listeners:
+  - {{name: public, address: 127.0.0.1, port: {gateway}}}
+  - {{name: internal, address: 127.0.0.1, port: {internal}, waf: {{mode: detect}}}}
 upstreams: [{{name: backend, endpoints: ["127.0.0.1:{backend}"]}}]
 waf:
   service: {{endpoints: ["127.0.0.1:{waf}"], maskEndpoints: ["127.0.0.1:{mask}"], timeout: 2s}}
   mode: prevent
   maxBodyBytes: 4096
+  maxResponseBytes: 4194304
 apis:
   - name: shop
     spec: spec.yaml
@@ -157,6 +160,7 @@ apis:
       updatePage: {{waf: {{exclude: {{locations: ["body:/html"], families: [xss]}}}}}}
       addNote: {{waf: {{mode: detect}}}}
       health: {{waf: {{mode: "off"}}}}
+      importXml: {{waf: {{mode: prevent}}}}
       pay: {{sensitive: true, maskFields: [x-account-ssn], waf: {{mode: detect}}}}
 """
 
@@ -164,17 +168,25 @@ apis:
 @dataclass
 class Setup:
     gateway_port: int
+    internal_port: int
     echo: EchoServer
     waf: WafService
     plane: ControlPlaneProcess
     envoy: EnvoyProcess
 
-    def send(self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
+    def send(
+        self,
+        method: str,
+        target: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> Response:
         lines = [f"{method} {target} HTTP/1.1", "Host: shop.test", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if body or method == "POST":
             lines.append(f"Content-Length: {len(body)}")
-        return raw_request(self.gateway_port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return raw_request(port or self.gateway_port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +195,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     echo = EchoServer().start()
     config = workdir / "config"
     config.mkdir()
-    gateway_port, waf_port, mask_port = free_port(), free_port(), free_port()
+    gateway_port, internal_port, waf_port, mask_port = free_port(), free_port(), free_port(), free_port()
     (config / "spec.yaml").write_text(SPEC)
-    (config / "policy.yaml").write_text(policy(gateway_port, echo.port, waf_port, mask_port))
+    (config / "policy.yaml").write_text(policy(gateway_port, internal_port, echo.port, waf_port, mask_port))
     plane = ControlPlaneProcess([config], workdir).start()
     waf = WafService(workdir, f"127.0.0.1:{plane.xds_port}", port=waf_port, mask_port=mask_port).start()
     envoy = start_envoy(workdir, plane)
-    s = Setup(gateway_port, echo, waf, plane, envoy)
+    s = Setup(gateway_port, internal_port, echo, waf, plane, envoy)
     wait_for(lambda: s.send("GET", "/shop/search?q=shoes").status == 200, 20, "the gateway")
     yield s
     envoy.stop()
@@ -279,6 +291,23 @@ def test_detect_mode_logs_and_lets_through(setup: Setup) -> None:
     assert all(len(f["snippet"]) <= 64 for f in found) and text not in json.dumps(found)  # a snippet, not the payload
 
 
+def test_a_listener_sets_the_mode_of_what_it_serves(setup: Setup) -> None:
+    """The internal listener (``listeners[].waf.mode: detect``) logs what the public one
+    refuses; an operation's own mode (importXml: prevent) wins over its listener's."""
+    attack = "/shop/search?q=" + q("1' OR '1'='1' --")
+    assert setup.send("GET", attack).status == 403
+    passed = setup.send("GET", attack, port=setup.internal_port)
+    assert passed.status == 200, passed.body[:300]
+    request_id = passed.header("x-request-id")
+    found = wait_for(
+        lambda: [f for f in setup.waf.findings() if f["request_id"] == request_id], 5, "the detection in the log"
+    )
+    assert {f["verdict"] for f in found} == {"detected"} and {f["family"] for f in found} == {"sqli"}
+    xxe = b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>'
+    refused = setup.send("POST", "/shop/import", xxe, {"Content-Type": "application/xml"}, port=setup.internal_port)
+    assert refused.status == 403, refused.body[:300]
+
+
 def test_exclusions_let_a_rich_text_field_carry_html(setup: Setup) -> None:
     page = {"title": "News", "html": "<p>Hello <script src=/app.js></script></p>"}
     ok = setup.send("POST", "/shop/pages", json.dumps(page).encode(), {"Content-Type": "application/json"})
@@ -319,6 +348,8 @@ def test_failure_modes(setup: Setup) -> None:
         assert closed.json()["message"] == "the request cannot be inspected now; try again shortly"
         opened = setup.send("POST", "/shop/notes", b'{"text": "hi"}', {"Content-Type": "application/json"})
         assert opened.status == 200
+        # the same operation on the internal listener (detect there): open
+        assert setup.send("GET", "/shop/search?q=shoes", port=setup.internal_port).status == 200
     finally:
         setup.waf.proc = None
         setup.waf.start()
@@ -412,3 +443,45 @@ def test_a_response_that_cannot_be_read_is_not_passed_unmasked(setup: Setup) -> 
 def test_an_operation_that_is_not_sensitive_is_not_masked(setup: Setup) -> None:
     resp = setup.send("POST", "/shop/notes", b'{"text": "4111 1111 1111 1111"}', {"Content-Type": "application/json"})
     assert resp.status == 200 and "4111 1111 1111 1111" in resp.json()["body"]
+
+
+def test_a_chunked_response_is_masked_whole(setup: Setup) -> None:
+    """The backend streams its answer in 7-byte chunks (no Content-Length): a card number
+    split across chunks is still found, since the whole response is collected first."""
+    body = json.dumps({"card": "4111 1111 1111 1111", "note": "x" * 300}).encode()
+    headers = {"Content-Type": "application/json", "X-Echo-Chunk-Bytes": "7"}
+    resp = setup.send("POST", "/shop/pay", body, headers)
+    assert resp.status == 200, resp.body[:300]
+    assert "4111 1111 1111 1111" not in resp.body.decode() and "**** **** **** 1111" in resp.json()["body"]
+
+
+def test_a_response_far_past_envoys_buffers_is_masked(setup: Setup) -> None:
+    """3 MB streamed in 4 KB chunks, and 200 KB with a Content-Length: Envoy's connection
+    buffers are 32 KiB, so the service collects the response, not Envoy."""
+    for pad, chunk in ((3_000_000, "4096"), (200_000, "0")):
+        body = json.dumps({"card": "4111 1111 1111 1111"}).encode()
+        headers = {"Content-Type": "application/json", "X-Echo-Chunk-Bytes": chunk, "X-Echo-Pad-Bytes": str(pad)}
+        resp = setup.send("POST", "/shop/pay", body, headers)
+        assert resp.status == 200, (pad, resp.status, resp.body[:300])
+        seen = resp.json()
+        assert len(seen["pad"]) == pad and "**** **** **** 1111" in seen["body"]
+        assert b"4111 1111 1111 1111" not in resp.body
+
+
+def test_a_response_past_its_limit_is_refused_not_sent_in_part(setup: Setup) -> None:
+    """Past ``waf.maxResponseBytes`` (4 MiB here) the client gets 502, and not a byte of it."""
+    body = json.dumps({"card": "4111 1111 1111 1111"}).encode()
+    headers = {"Content-Type": "application/json", "X-Echo-Chunk-Bytes": "65536", "X-Echo-Pad-Bytes": "5000000"}
+    resp = setup.send("POST", "/shop/pay", body, headers)
+    assert resp.status == 502, (resp.status, resp.body[:300])
+    assert b"ppp" not in resp.body and b"4111" not in resp.body
+
+
+def test_a_slowly_streamed_response_is_masked(setup: Setup) -> None:
+    """Chunks 350 ms apart for longer than the service's timeout (2 s): the timeout bounds
+    each answer of the service, not how long the backend takes to send."""
+    body = json.dumps({"card": "4111 1111 1111 1111"}).encode()
+    headers = {"Content-Type": "application/json", "X-Echo-Chunk-Bytes": "100", "X-Echo-Chunk-Delay-Ms": "350"}
+    resp = setup.send("POST", "/shop/pay", body, headers)
+    assert resp.status == 200, resp.body[:300]
+    assert "**** **** **** 1111" in resp.json()["body"]

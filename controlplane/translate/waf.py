@@ -80,10 +80,13 @@ def waf_filters(gw: ir.Gateway, listener: ir.Listener) -> list[hcm_pb2.HttpFilte
 
 
 def _mask_filter(gw: ir.Gateway) -> hcm_pb2.HttpFilter:
-    """The whole response of a masked operation goes to the service (buffered: a chunked or
-    streamed one is collected first; one past the buffer is an error, never passed through
-    unmasked), and nothing else of the exchange. If the service cannot answer, the response
-    is not sent (the masking never fails open)."""
+    """The whole response of a masked operation goes to the service, and nothing else of the
+    exchange. Envoy streams it (full duplex: its headers, each chunk as it arrives, trailers)
+    and holds nothing back; the service collects it all before it answers anything, so the
+    client gets either the masked response or the service's refusal (502), never a part of the
+    original. Envoy's own buffering (``BUFFERED``) would cap masked responses at the 32 KiB
+    connection buffer (500 past it). If the service cannot answer, the response is not sent
+    (the masking never fails open)."""
     svc = gw.waf_service
     assert svc is not None
     Mode = processing_mode_pb2.ProcessingMode
@@ -97,9 +100,9 @@ def _mask_filter(gw: ir.Gateway) -> hcm_pb2.HttpFilter:
             request_header_mode=Mode.SKIP,
             response_header_mode=Mode.SEND,
             request_body_mode=Mode.NONE,
-            response_body_mode=Mode.BUFFERED,
+            response_body_mode=Mode.FULL_DUPLEX_STREAMED,
             request_trailer_mode=Mode.SKIP,
-            response_trailer_mode=Mode.SKIP,
+            response_trailer_mode=Mode.SEND,  # (full duplex needs it: the end of a body with trailers)
         ),
         message_timeout=duration(svc.timeout_ms),
         stat_prefix=FILTER_MASK,
@@ -155,6 +158,12 @@ def service_config(gw: ir.Gateway) -> typed_struct_pb2.TypedStruct | None:
         return None
     value = struct_pb2.Struct()
     value.update(
-        {"rules": svc.rules, "models": svc.models, "maxBodyBytes": svc.max_body_bytes, "source": svc.source.file}
+        {
+            "rules": svc.rules,
+            "models": svc.models,
+            "maxBodyBytes": svc.max_body_bytes,
+            "maxResponseBytes": svc.max_response_bytes,
+            "source": svc.source.file,
+        }
     )
     return typed_struct_pb2.TypedStruct(type_url=CONFIG_TYPE, value=value)

@@ -100,11 +100,16 @@ class Service:
 
     async def _process(self, requests: Any, context: Any) -> Any:
         metadata = dict(context.invocation_metadata())
+        config = self.checker.config
         masker = ResponseMasker(
-            self.metrics, metadata.get("x-waf-operation", ""), metadata.get("x-waf-mask-fields", "").split(",")
+            self.metrics,
+            metadata.get("x-waf-operation", ""),
+            metadata.get("x-waf-mask-fields", "").split(","),
+            config.max_response_bytes if config is not None else 8 << 20,
         )
         async for request in requests:
-            yield masker.answer(request)
+            for response in masker.answer(request):
+                yield response
 
     async def run(self, stop: asyncio.Event) -> None:
         checks = h2.GrpcH2Server(METHOD, self._check)

@@ -3,7 +3,7 @@
 One resource named ``waf``: a ``google.protobuf.Any`` holding an ``xds.type.v3.TypedStruct``
 whose ``type_url`` is :data:`CONFIG_TYPE` and whose ``value`` reads
 ``{"rules": "<the rule set, JSON>", "models": "<each operation's positive model, JSON>",
-"maxBodyBytes": 1048576, "source": "<policy file>"}``.
+"maxBodyBytes": 1048576, "maxResponseBytes": 8388608, "source": "<policy file>"}``.
 A resource that does not read so, or whose rules do not compile, is refused (NACK) and the
 last good rules keep serving.
 """
@@ -36,6 +36,7 @@ class Config:
     max_body_bytes: int
     source: str
     models: dict[str, OperationModel] = field(default_factory=dict)  # by operation name
+    max_response_bytes: int = 8 << 20  # a masked response larger than this is refused (502)
 
 
 def decode(version: str, resources: Sequence[Any]) -> Config:
@@ -56,8 +57,9 @@ def decode(version: str, resources: Sequence[Any]) -> Config:
             for rule_id in data.get("disabled", ()):
                 rules = rules.without(rule_id)
             max_body = int(value.get("maxBodyBytes", 1 << 20))
+            max_response = int(value.get("maxResponseBytes", 8 << 20))
             models = load_models(str(value.get("models", "{}")))
         except (KeyError, TypeError, ValueError, jsonschema.SchemaError) as exc:
             raise InputError([Diagnostic(f"unusable WAF config: {exc}", str(value.get("source", "waf")))]) from exc
-        return Config(version, rules, max_body, str(value.get("source", "")), models)
+        return Config(version, rules, max_body, str(value.get("source", "")), models, max_response)
     raise InputError([Diagnostic(f"no {CONFIG_TYPE} resource named {NAME!r} in the response", "waf")])

@@ -91,19 +91,23 @@ def _walk(value: Any, fields: frozenset[str], counts: list[int]) -> Any:
     return value
 
 
-def mask_body(body: bytes, content_type: str, encoding: str, fields: Iterable[str]) -> Masked:
+def mask_body(body: bytes, content_type: str, encoding: str, fields: Iterable[str], max_bytes: int = 8 << 20) -> Masked:
+    """``body`` with its card numbers and ``fields`` masked; :class:`Unmaskable` when it cannot
+    be read (an unknown or broken encoding, or more than ``max_bytes`` once decompressed)."""
     decompressed = False
     encoding = encoding.strip().lower()
     if encoding and encoding != "identity":
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise Unmaskable(f"a response in {encoding!r} encoding cannot be masked")
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS)
         try:
-            if encoding in ("gzip", "x-gzip"):
-                body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-            elif encoding == "deflate":
-                body = zlib.decompress(body)
-            else:
-                raise Unmaskable(f"a response in {encoding!r} encoding cannot be masked")
+            body = inflater.decompress(body, max_bytes + 1)  # (a bomb stops here, not in memory)
         except zlib.error as exc:
             raise Unmaskable(f"a {encoding} response that does not decompress: {exc}") from exc
+        if len(body) > max_bytes:
+            raise Unmaskable(f"a {encoding} response of more than {max_bytes} bytes once decompressed")
+        if not inflater.eof:
+            raise Unmaskable(f"a {encoding} response that ends before its compressed stream does")
         decompressed = True
     media = content_type.split(";", 1)[0].strip().lower()
     names = frozenset(f.lower() for f in fields if f)

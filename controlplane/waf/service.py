@@ -145,18 +145,30 @@ def _log(findings: list[Finding], verdict: str, operation: str, request_id: str)
 
 
 class ResponseMasker:
-    """One response of a masked operation (one ext_proc stream): its headers, then its whole
-    body, masked (:mod:`.mask`). A body that cannot be read is refused (502), never passed."""
+    """One response of a masked operation (one ext_proc stream, full duplex): Envoy streams its
+    headers, body chunks and trailers as they arrive; nothing is answered until the body has
+    ended, so that the client gets the masked response whole or the refusal (502), never a part
+    of the original. A body that cannot be read, or that grows past ``max_bytes``, is refused."""
 
-    def __init__(self, metrics: Metrics, operation: str, fields: list[str]):
+    CHUNK = 64 << 10  # the largest body chunk sent back (Envoy's recommendation)
+
+    def __init__(self, metrics: Metrics, operation: str, fields: list[str], max_bytes: int = 8 << 20):
         self.metrics = metrics
         self.operation = operation
         self.fields = [f for f in fields if f]
+        self.max_bytes = max_bytes
         self.content_type = ""
         self.encoding = ""
+        self.body = bytearray()
+        self.done = False
 
-    def answer(self, request: external_processor_pb2.ProcessingRequest) -> external_processor_pb2.ProcessingResponse:
+    def answer(
+        self, request: external_processor_pb2.ProcessingRequest
+    ) -> list[external_processor_pb2.ProcessingResponse]:
+        """What to send back for one message from Envoy (nothing until the response is whole)."""
         P = external_processor_pb2
+        if self.done:
+            return []
         if request.HasField("response_headers"):
             for h in request.response_headers.headers.headers:
                 value = h.value or h.raw_value.decode("latin-1")
@@ -164,27 +176,60 @@ class ResponseMasker:
                     self.content_type = value
                 elif h.key == "content-encoding":
                     self.encoding = value
-            return P.ProcessingResponse(response_headers=P.HeadersResponse())
+            if request.response_headers.end_of_stream:  # no body (HEAD, 204, 304)
+                self.done = True
+                return [P.ProcessingResponse(response_headers=P.HeadersResponse())]
+            return []
         if request.HasField("response_body"):
-            try:
-                masked = mask_body(request.response_body.body, self.content_type, self.encoding, self.fields)
-            except Unmaskable as exc:
-                log.error("refused a response of %s: %s", self.operation, exc)
-                self.metrics.masked.labels("refused", self.operation).inc()
-                return P.ProcessingResponse(
-                    immediate_response=P.ImmediateResponse(
-                        status=http_status_pb2.HttpStatus(code=http_status_pb2.BadGateway),
-                        body=b"the response cannot be checked for card numbers",
-                    )
+            chunk = request.response_body
+            self.body += chunk.body
+            if len(self.body) > self.max_bytes:
+                return self._refuse(f"a response of more than {self.max_bytes} bytes")
+            return self._finish(trailers=False) if chunk.end_of_stream else []
+        if request.HasField("response_trailers"):
+            return self._finish(trailers=True)
+        return []
+
+    def _finish(self, trailers: bool) -> list[external_processor_pb2.ProcessingResponse]:
+        P = external_processor_pb2
+        self.done = True
+        try:
+            masked = mask_body(bytes(self.body), self.content_type, self.encoding, self.fields, self.max_bytes)
+        except Unmaskable as exc:
+            return self._refuse(str(exc))
+        self.body = bytearray()
+        if masked.cards or masked.fields:
+            self.metrics.masked.labels("masked", self.operation).inc(masked.cards + masked.fields)
+        remove = ["content-length", *(["content-encoding"] if masked.decompressed else [])]
+        out = [
+            P.ProcessingResponse(
+                response_headers=P.HeadersResponse(
+                    response=P.CommonResponse(header_mutation=P.HeaderMutation(remove_headers=remove))
                 )
-            if masked.cards or masked.fields or masked.decompressed:
-                self.metrics.masked.labels("masked", self.operation).inc(masked.cards + masked.fields)
-                common = P.CommonResponse(
-                    body_mutation=P.BodyMutation(body=masked.body),
-                    header_mutation=P.HeaderMutation(
-                        remove_headers=["content-length", *(["content-encoding"] if masked.decompressed else [])]
-                    ),
+            )
+        ]
+        body = masked.body
+        pieces = [body[i : i + self.CHUNK] for i in range(0, len(body), self.CHUNK)] or [b""]
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1 and not trailers
+            streamed = P.StreamedBodyResponse(body=piece, end_of_stream=last)
+            common = P.CommonResponse(body_mutation=P.BodyMutation(streamed_response=streamed))
+            out.append(P.ProcessingResponse(response_body=P.BodyResponse(response=common)))
+        if trailers:
+            out.append(P.ProcessingResponse(response_trailers=P.TrailersResponse()))
+        return out
+
+    def _refuse(self, why: str) -> list[external_processor_pb2.ProcessingResponse]:
+        P = external_processor_pb2
+        self.done = True
+        self.body = bytearray()
+        log.error("refused a response of %s: %s", self.operation, why)
+        self.metrics.masked.labels("refused", self.operation).inc()
+        return [
+            P.ProcessingResponse(
+                immediate_response=P.ImmediateResponse(
+                    status=http_status_pb2.HttpStatus(code=http_status_pb2.BadGateway),
+                    body=b"the response cannot be checked for card numbers",
                 )
-                return P.ProcessingResponse(response_body=P.BodyResponse(response=common))
-            return P.ProcessingResponse(response_body=P.BodyResponse())
-        return P.ProcessingResponse()
+            )
+        ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,5 @@ class RulesSubscriber(Subscriber[Config]):
 
     def decode(self, version: str, resources: Sequence[Any]) -> Config:
         if not resources and self.config is not None:
-            return Config(
-                version, self.config.rules, self.config.max_body_bytes, self.config.source, self.config.models
-            )
+            return dataclasses.replace(self.config, version=version)
         return decode(version, resources)
