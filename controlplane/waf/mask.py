@@ -1,9 +1,9 @@
 """Masking responses: card numbers (13-19 digits, spaced or dashed, with a valid Luhn check;
 the last four kept) and named fields (the whole value), in JSON and text bodies.
 
-Envoy hands the WAF service a sensitive operation's whole response (ext_proc, buffered: a
-chunked or streamed response is collected first; one past the buffer is an error, never
-passed through). The gateway asks backends for uncompressed responses on these operations;
+The WAF service collects a sensitive operation's whole response (Envoy streams it, ext_proc
+full duplex; see :class:`controlplane.waf.service.ResponseMasker`) before masking it, up to
+``waf.maxResponseBytes``. The gateway asks backends for uncompressed responses on these operations;
 a response compressed anyway is decompressed (gzip, deflate) and sent on uncompressed, and
 one in an encoding the service cannot read is refused (502) rather than passed unmasked.
 """
