@@ -197,7 +197,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_table(data: dict[str, Any], compiled: dict[str, Any]) -> str:
     """One line per connected Envoy, like ``istioctl proxy-status``, then NACK details."""
-    short = {"clusters": "CDS", "endpoints": "EDS", "listeners": "LDS", "scopes": "SRDS", "routes": "RDS"}
+    short = {
+        "clusters": "CDS",
+        "endpoints": "EDS",
+        "listeners": "LDS",
+        "scopes": "SRDS",
+        "routes": "RDS",
+        "services": "SVC",  # what the rate-limit and WAF services are given
+    }
     header = ["NODE", "GROUP", "PROTOCOL", *short.values(), "STATE"]
     rows = [header]
     notes = []
@@ -212,7 +219,7 @@ def status_table(data: dict[str, Any], compiled: dict[str, Any]) -> str:
             if "nack" in t:
                 where = ", ".join(t["nack"]["sources"]) or "unknown source"
                 notes.append(
-                    f"{n['node']} {short[kind]} NACKED version {t['nack']['version']}: {t['nack']['message']}"
+                    f"{n['node']} {short.get(kind, kind)} NACKED version {t['nack']['version']}: {t['nack']['message']}"
                     f"\n    from: {where}"
                 )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
@@ -226,6 +233,16 @@ def status_table(data: dict[str, Any], compiled: dict[str, Any]) -> str:
     )
     lines.extend(f"  {e}" for e in compiled.get("errors", []))
     lines.extend(notes)
+    waf = compiled.get("waf")
+    if waf:
+        r = waf["routes"]
+        on = [n["node"] for n in data["nodes"] if "services" in n["types"] and n["group"] == "waf"]
+        synced = [n["node"] for n in data["nodes"] if n["node"] in on and n["types"]["services"]["state"] == "SYNCED"]
+        lines.append(
+            f"waf: rules {waf['rules']} ({waf['rule_count']} rules), service at {', '.join(waf['endpoints'])}; "
+            f"routes: {r['prevent']} prevent, {r['detect']} detect, {r['off']} off; {r['fail_open']} fail open, "
+            f"{r['masked']} masked; services with these rules: {len(synced)} of {len(on)} connected"
+        )
     holders: dict[str, list[str]] = {}
     for n in data["nodes"]:
         for held in n.get("certificates", ()):

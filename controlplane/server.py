@@ -73,6 +73,7 @@ class CompileReport:
     warnings: list[Diagnostic] = field(default_factory=list)
     validation: list[Diagnostic] = field(default_factory=list)
     listeners: list[tuple[str, str, int]] = field(default_factory=list)
+    waf: dict[str, Any] | None = None  # of the version served (worker.waf_summary)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +85,7 @@ class CompileReport:
             "errors": [str(d) for d in self.errors],
             "warnings": [str(d) for d in self.warnings],
             "validation": [str(d) for d in self.validation],
+            "waf": self.waf,
         }
 
 
@@ -245,6 +247,7 @@ class ControlPlane:
             warnings=result.warnings,
             validation=self.report.validation,
             listeners=result.listeners or self.report.listeners,
+            waf=result.waf,
         )
         if not result.ok:
             self._rejected(report, "the inputs have errors")
@@ -377,6 +380,7 @@ class ControlPlane:
 
     def _rejected(self, report: CompileReport, why: str) -> None:
         report.operations = self.report.operations  # of the version still served
+        report.waf = self.report.waf
         self.report = report
         self.metrics.compiles.labels("error").inc()
         self.metrics.last_compile_ok.set(0)

@@ -55,6 +55,7 @@ class CompiledConfig(WithDiagnostics):
     # Other node groups (mesh sidecars): group → (serialized resources, references).
     groups: dict[str, tuple[dict[str, dict[str, bytes]], dict[str, set[str]]]] = field(default_factory=dict)
     waf_service: ir.WafService | None = None  # where the WAF service listens (run starts it)
+    waf: dict[str, Any] | None = None  # what the WAF does (status): rules, routes by mode, masked
     # From the worker process, a result can be relative to the one before (``base``): then
     # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
     # gone (details under "#details"). ``Compiler.compile`` makes it whole again.
@@ -171,7 +172,33 @@ def _compile_serialized(
         result.gateway.mesh,
         {group: (serialize(r), references_of(r)) for group, r in result.resources.groups.items()},
         result.gateway.waf_service,
+        waf_summary(result.gateway),
     )
+
+
+def waf_summary(gateway: ir.Gateway) -> dict[str, Any] | None:
+    """What ``status`` says of the WAF: its rules, where its service is, and how many routes
+    (an operation on a listener) it inspects in each mode, fail open, and masks."""
+    svc = gateway.waf_service
+    if svc is None:
+        return None
+    rules = json.loads(svc.rules)
+    routes = {"prevent": 0, "detect": 0, "fail_open": 0, "masked": 0, "off": 0}
+    for lst in gateway.listeners:
+        for pr in lst.paths:
+            for op in pr.operations:
+                if op.waf is None:
+                    routes["off"] += 1
+                else:
+                    routes["prevent" if op.waf.prevent else "detect"] += 1
+                    routes["fail_open"] += op.waf.fail_open
+                routes["masked"] += op.mask is not None
+    return {
+        "rules": rules["rules"].get("version", ""),
+        "rule_count": len(rules["rules"].get("rules", ())) - len(rules.get("disabled", ())),
+        "endpoints": [f"{e.host}:{e.port}" for e in svc.endpoints],
+        "routes": routes,
+    }
 
 
 def serialize(resources: Resources) -> dict[str, dict[str, bytes]]:

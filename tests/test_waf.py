@@ -485,3 +485,22 @@ def test_a_slowly_streamed_response_is_masked(setup: Setup) -> None:
     resp = setup.send("POST", "/shop/pay", body, headers)
     assert resp.status == 200, resp.body[:300]
     assert "**** **** **** 1111" in resp.json()["body"]
+
+
+def test_status_shows_what_the_waf_does_and_whether_its_service_has_the_rules(setup: Setup) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "controlplane", "status", "--server", f"127.0.0.1:{setup.plane.admin_port}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+    waf = [line for line in out.stdout.splitlines() if line.startswith("waf: ")]
+    assert len(waf) == 1, out.stdout
+    # 7 operations on 2 listeners: health off on both; addNote and pay detect on both, and
+    # search, createItem and updatePage on the internal one (its mode); importXml prevent on both
+    assert f"service at 127.0.0.1:{setup.waf.port}" in waf[0]
+    assert "routes: 5 prevent, 7 detect, 2 off; 7 fail open, 2 masked" in waf[0], waf[0]
+    assert waf[0].endswith("services with these rules: 1 of 1 connected"), waf[0]
+    header = out.stdout.splitlines()[0].split()
+    assert header[-2:] == ["SVC", "STATE"]
