@@ -504,3 +504,20 @@ def test_status_shows_what_the_waf_does_and_whether_its_service_has_the_rules(se
     assert waf[0].endswith("services with these rules: 1 of 1 connected"), waf[0]
     header = out.stdout.splitlines()[0].split()
     assert header[-2:] == ["SVC", "STATE"]
+
+
+def test_a_client_cannot_pose_as_the_route_or_pass_headers_the_check_never_saw(setup: Setup) -> None:
+    """``x-waf-route`` tells the service the operation and mode, and Envoy sets it on the check
+    from the route: a client's copy claiming detect mode and every family excluded changes
+    nothing, and neither it nor a forged ``x-envoy-auth-partial-body`` (which the check only
+    sees as Envoy's own) reaches the backend uninspected."""
+    forged = {
+        "X-Waf-Route": "shop.health\tdetect\tquery:q\tsqli,xss,cmdi,traversal,xxe,exploit,protocol",
+        "X-Envoy-Auth-Partial-Body": "<script>alert(1)</script>",
+    }
+    refused = setup.send("GET", "/shop/search?q=" + q("1' OR '1'='1' --"), headers=forged)
+    assert refused.status == 403, refused.body[:300]
+    passed = setup.send("GET", "/shop/search?q=shoes", headers=forged)
+    assert passed.status == 200, passed.body[:300]
+    seen = passed.json()["headers"]
+    assert "x-waf-route" not in seen and "x-envoy-auth-partial-body" not in seen, seen

@@ -33,7 +33,7 @@ from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited, varint
-from . import auth, ratelimit, tls, tokens
+from . import auth, ratelimit, tls, tokens, waf
 from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
 
@@ -137,6 +137,13 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
     if op.mask is not None:  # the WAF service masks what it can read: ask for it uncompressed
         route = route or rc.Route()
         route.request_headers_to_remove.append("accept-encoding")
+    inspected = waf.route_metadata(op)
+    if inspected is not None:
+        route = route or rc.Route()
+        route.metadata.filter_metadata[waf.METADATA].CopyFrom(inspected)
+        # Envoy overrides these on the check, so the service never sees a client's copy: the
+        # backend must not either (it would be a header nobody inspected)
+        route.request_headers_to_remove.extend(waf.CHECK_HEADERS)
     return route
 
 

@@ -3,9 +3,14 @@ service about each inspected request, its whole body included, and the configura
 service is given over xDS.
 
 Both filters are disabled by default; an inspected operation's route turns on the one of its
-failure mode and tells the service, in context extensions, which operation it is, whether to
-refuse or only report, and what not to inspect. Routes that are not inspected (and the
-gateway's own 404/405 routes) carry nothing and cost nothing.
+failure mode and tells the service, in its metadata (sent as the ``x-waf-route`` header of the
+check), which operation it is, whether to refuse or only report, and what not to inspect.
+Routes that are not inspected (and the gateway's own 404/405 routes) carry nothing and cost
+nothing.
+
+The check is plain HTTP/1.1 (ext_authz ``http_service``), not gRPC: measured through Envoy with
+the same 1 KB POST, the gRPC call cost the service ~200 µs of CPU in transport and protobuf
+and the HTTP one ~80 µs, and Envoy ~20 µs less (``bench/waf_bench.py``).
 
 Bodies are buffered whole up to ``waf.maxBodyBytes`` and never sent in part
 (``allow_partial_message: false``): a larger body is refused with 413, since a body padded
@@ -14,11 +19,12 @@ past the buffer would otherwise carry its attack past the inspection.
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import base_pb2, grpc_service_pb2
+from envoy.config.core.v3 import base_pb2, grpc_service_pb2, http_uri_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from xds.type.v3 import typed_struct_pb2
@@ -31,6 +37,10 @@ FILTER_OPEN = "waf-fail-open"
 FILTER_MASK = "waf-mask"
 CONFIG_TYPE = "controlplane.dev/waf.v1.Config"
 CONFIG_NAME = "waf"
+METADATA = "controlplane.waf"  # the route metadata the check's x-waf-route header is made from
+ROUTE_HEADER = "x-waf-route"
+VERDICT_HEADER = "x-waf-verdict"
+CHECK_HEADERS = (ROUTE_HEADER, "x-envoy-auth-partial-body")  # what Envoy sets on the check request
 
 
 @per_listener
@@ -49,11 +59,27 @@ def _inspected(listener: ir.Listener) -> tuple[bool, bool, bool]:
 def _filter(gw: ir.Gateway, name: str, fail_open: bool) -> hcm_pb2.HttpFilter:
     svc = gw.waf_service
     assert svc is not None
+    endpoint = svc.endpoints[0]
+    every_header = string_pb2.ListStringMatcher(
+        patterns=[string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*"))]
+    )
     config = ext_authz_pb2.ExtAuthz(
-        grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=svc.cluster),
-            timeout=duration(svc.timeout_ms),
+        http_service=ext_authz_pb2.HttpService(
+            server_uri=http_uri_pb2.HttpUri(
+                uri=f"http://{endpoint.host}:{endpoint.port}", cluster=svc.cluster, timeout=duration(svc.timeout_ms)
+            ),
+            authorization_request=ext_authz_pb2.AuthorizationRequest(
+                headers_to_add=[
+                    base_pb2.HeaderValue(key=ROUTE_HEADER, value=f"%METADATA(ROUTE:{METADATA}:route)%"),
+                ]
+            ),
+            authorization_response=ext_authz_pb2.AuthorizationResponse(
+                dynamic_metadata_from_headers=string_pb2.ListStringMatcher(
+                    patterns=[string_pb2.StringMatcher(exact=VERDICT_HEADER)]
+                )
+            ),
         ),
+        allowed_headers=every_header,  # the client's headers, all of them, are inspected
         transport_api_version=2,  # V3
         failure_mode_allow=fail_open,
         with_request_body=ext_authz_pb2.BufferSettings(
@@ -121,27 +147,32 @@ def mask_route_config(op: ir.Operation) -> route_components_pb2.FilterConfig | N
 
 
 def route_config(op: ir.Operation) -> tuple[str, route_components_pb2.FilterConfig] | None:
-    """The filter an inspected operation turns on, with what the service must know."""
+    """The filter an inspected operation turns on."""
+    if op.waf is None:
+        return None
+    per_route = ext_authz_pb2.ExtAuthzPerRoute(check_settings=ext_authz_pb2.CheckSettings())
+    name = FILTER_OPEN if op.waf.fail_open else FILTER_CLOSED
+    return name, route_components_pb2.FilterConfig(config=packed(per_route), disabled=False)
+
+
+def route_metadata(op: ir.Operation) -> struct_pb2.Struct | None:
+    """What the service must know of an inspected operation's route (its check's
+    ``x-waf-route``): the operation, the mode and what not to inspect, joined by tabs."""
     waf = op.waf
     if waf is None:
         return None
-    extensions = {"operation": op.name, "mode": "prevent" if waf.prevent else "detect"}
-    if waf.exclude_locations:
-        extensions["exclude"] = "\n".join(waf.exclude_locations)
-    if waf.exclude_families:
-        extensions["families"] = ",".join(waf.exclude_families)
-    per_route = ext_authz_pb2.ExtAuthzPerRoute(
-        check_settings=ext_authz_pb2.CheckSettings(context_extensions=extensions)
-    )
-    name = FILTER_OPEN if waf.fail_open else FILTER_CLOSED
-    return name, route_components_pb2.FilterConfig(config=packed(per_route), disabled=False)
+    fields = [op.name, "prevent" if waf.prevent else "detect", "\n".join(waf.exclude_locations)]
+    fields.append(",".join(waf.exclude_families))
+    metadata = struct_pb2.Struct()
+    metadata.update({"route": "\t".join(fields).rstrip("\t")})
+    return metadata
 
 
 def service_upstreams(gw: ir.Gateway) -> list[ir.Upstream]:
     svc = gw.waf_service
     if svc is None:
         return []
-    out = [ir.Upstream(svc.cluster, svc.endpoints, svc.source, protocol=ir.Protocol.HTTP2, connect_timeout_ms=1000)]
+    out = [ir.Upstream(svc.cluster, svc.endpoints, svc.source, protocol=ir.Protocol.HTTP1, connect_timeout_ms=1000)]
     if any(_inspected(lst)[2] for lst in gw.listeners):
         out.append(
             ir.Upstream(

@@ -11,19 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
-from google.protobuf.message import DecodeError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..ratelimit import h2
 from ..xds.admin import AdminServer, Handler, json_answer
 from ..xds.service_options import check_xds_arguments, configure_logging, run_until_signalled
 from ..xds.subscriber import XdsOptions
 from .config import Config
+from .http1 import CheckServer
 from .metrics import Metrics
 from .options import parser
-from .service import MASK_METHOD, METHOD, Checker, NoRules, ResponseMasker
+from .service import MASK_METHOD, Checker, ResponseMasker
 from .xds_client import RulesSubscriber
 
 log = logging.getLogger("controlplane.waf")
@@ -85,19 +83,6 @@ class Service:
         ready = config is not None
         return json_answer(200 if ready else 503, {"ready": ready, "version": config.version if config else None})
 
-    async def _check(self, message: bytes) -> tuple[int, str, bytes]:
-        """One ``Check`` (the HTTP/2 transport of :mod:`controlplane.ratelimit.h2`: grpcio's
-        server cost ~500 µs of the service's ~800 µs per call)."""
-        try:
-            request = external_auth_pb2.CheckRequest.FromString(message)
-        except DecodeError:
-            return h2.INTERNAL, "the request is not a CheckRequest", b""
-        try:
-            response = self.checker.check(request)
-        except NoRules:
-            return h2.UNAVAILABLE, "no rules from the control plane yet", b""
-        return h2.OK, "", response.SerializeToString()
-
     async def _process(self, requests: Any, context: Any) -> Any:
         metadata = dict(context.invocation_metadata())
         config = self.checker.config
@@ -112,7 +97,7 @@ class Service:
                 yield response
 
     async def run(self, stop: asyncio.Event) -> None:
-        checks = h2.GrpcH2Server(METHOD, self._check)
+        checks = CheckServer(self.checker)
         host, _, port = self.opts.listen.rpartition(":")
         try:
             await checks.start(host.strip("[]") or "0.0.0.0", int(port))
@@ -149,7 +134,7 @@ class Service:
             await stop.wait()
         finally:
             task.cancel()
-            await checks.stop(grace=1)
+            await checks.stop()
             await masks.stop(grace=1)
             await self.admin.close()
 

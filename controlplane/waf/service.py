@@ -1,11 +1,12 @@
-"""``envoy.service.auth.v3.Authorization/Check``: one request in, a verdict out.
+"""The verdict on one request, and the masking of one response.
 
-Envoy sends the request's method, path (with its query), headers and whole body, and the
-route's context extensions: the operation, the mode (``prevent`` or ``detect``) and what not
-to inspect. In prevent mode a finding is a 403 (Envoy answers with the gateway's JSON body);
-in detect mode the request goes on. Either way each finding is logged as one JSON line
-(family, rule, location, a short redacted snippet; never the payload) and counted, and the
-verdict reaches Envoy's access log through dynamic metadata (``waf``).
+Envoy sends each inspected request whole (method, target, headers, body: ext_authz over plain
+HTTP/1.1, :mod:`.http1`) with its route's WAF settings: the operation, the mode (``prevent``
+or ``detect``) and what not to inspect. In prevent mode a finding is a 403 (Envoy answers
+with the gateway's JSON body); in detect mode the request goes on. Either way each finding is
+logged as one JSON line (family, rule, location, a short redacted snippet; never the payload)
+and counted, and the verdict reaches Envoy as a header it turns into dynamic metadata
+(``x-waf-verdict``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from envoy.service.auth.v3 import external_auth_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
-from google.rpc import code_pb2, status_pb2
 
 from .config import Config
 from .inspect import Exclusions, Finding, Inspector, Request
@@ -30,8 +29,37 @@ from .model import Violation
 log = logging.getLogger("controlplane.waf")
 findings_log = logging.getLogger("controlplane.waf.findings")
 
-METHOD = "/envoy.service.auth.v3.Authorization/Check"
 MASK_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """What the route tells the service (``x-waf-route``: the fields joined by tabs)."""
+
+    operation: str = ""
+    prevent: bool = True
+    exclude: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> RouteSettings:
+        operation, mode, exclude, families = [*text.split("\t"), "", "", ""][:4]
+        return cls(
+            operation,
+            mode != "detect",
+            tuple(x for x in exclude.split("\n") if x),
+            tuple(x for x in families.split(",") if x),
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: int  # 200: the request goes on; else Envoy answers the client with it
+    message: str = ""  # the reason a client may read (400/415), never a payload
+    metadata: str = ""  # for Envoy's dynamic metadata (x-waf-verdict): "refused: sqli/…"
+
+
+PASS = Verdict(200)
 
 
 class Checker:
@@ -44,64 +72,37 @@ class Checker:
         self.inspector = Inspector(config.rules)
         self.config = config
 
-    def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
-        attributes = request.attributes
-        http = attributes.request.http
-        context = attributes.context_extensions
-        operation = context.get("operation", "")
-        prevent = context.get("mode", "prevent") == "prevent"
-        if self.inspector is None:
+    def check(self, method: str, target: str, headers: dict[str, str], body: bytes, route: RouteSettings) -> Verdict:
+        if self.inspector is None or self.config is None:
             raise NoRules
         started = time.perf_counter()
-        headers = dict(http.headers.items())
-        body = http.raw_body or http.body.encode("utf-8", "surrogateescape")
-        model = self.config.models.get(operation) if self.config is not None else None
+        operation, prevent = route.operation, route.prevent
+        model = self.config.models.get(operation)
         safe: frozenset[str] = frozenset()
         if model is not None:
-            violation = model.check(http.path, headers, body)
+            violation = model.check(target, headers, body)
             if violation is not None:
                 self.metrics.seconds.observe(time.perf_counter() - started)
                 return self._violation(violation, prevent, operation, headers.get("x-request-id", ""))
             safe = model.safe  # the description constrains these values, and they fit it
         findings = self.inspector.inspect(
-            Request(
-                method=http.method,
-                path=http.path,
-                headers=tuple(headers.items()),
-                body=body,
-            ),
-            Exclusions(
-                locations=tuple(x for x in context.get("exclude", "").split("\n") if x),
-                families=tuple(x for x in context.get("families", "").split(",") if x),
-            ),
+            Request(method=method, path=target, headers=tuple(headers.items()), body=body),
+            Exclusions(locations=route.exclude, families=route.families),
             safe_locations=safe,
         )
         self.metrics.seconds.observe(time.perf_counter() - started)
         if not findings:
             self.metrics.requests.labels("pass").inc()
-            return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+            return PASS
         verdict = "refused" if prevent else "detected"
         self.metrics.requests.labels(verdict).inc()
         for f in findings:
             self.metrics.findings.labels(f.family, f.rule, operation).inc()
-        _log(findings, verdict, operation, http.headers.get("x-request-id", ""))
-        metadata = struct_pb2.Struct()
-        metadata.update({"waf": f"{verdict}: " + ", ".join(sorted({f"{f.family}/{f.rule}" for f in findings}))})
-        if not prevent:
-            return external_auth_pb2.CheckResponse(
-                status=status_pb2.Status(code=code_pb2.OK), dynamic_metadata=metadata
-            )
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
-            denied_response=external_auth_pb2.DeniedHttpResponse(
-                status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden)
-            ),
-            dynamic_metadata=metadata,
-        )
+        _log(findings, verdict, operation, headers.get("x-request-id", ""))
+        metadata = f"{verdict}: " + ", ".join(sorted({f"{f.family}/{f.rule}" for f in findings}))
+        return Verdict(403 if prevent else 200, "", metadata)
 
-    def _violation(
-        self, violation: Violation, prevent: bool, operation: str, request_id: str
-    ) -> external_auth_pb2.CheckResponse:
+    def _violation(self, violation: Violation, prevent: bool, operation: str, request_id: str) -> Verdict:
         """A request its operation's description does not allow: 400/415 naming what, in
         prevent mode; logged (family ``protocol``) and let through in detect mode."""
         verdict = "refused" if prevent else "detected"
@@ -110,19 +111,10 @@ class Checker:
         _log(
             [Finding("protocol", "openapi", violation.location, violation.message[:64])], verdict, operation, request_id
         )
-        metadata = struct_pb2.Struct()
-        metadata.update({"waf": f"{verdict}: protocol/openapi {violation.location}"})
+        metadata = f"{verdict}: protocol/openapi {violation.location}"
         if not prevent:
-            return external_auth_pb2.CheckResponse(
-                status=status_pb2.Status(code=code_pb2.OK), dynamic_metadata=metadata
-            )
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT),
-            denied_response=external_auth_pb2.DeniedHttpResponse(
-                status=http_status_pb2.HttpStatus(code=violation.status), body=violation.message
-            ),
-            dynamic_metadata=metadata,
-        )
+            return Verdict(200, "", metadata)
+        return Verdict(violation.status, violation.message, metadata)
 
 
 class NoRules(Exception):
