@@ -668,24 +668,36 @@ class _Scan:
         self.walk(document, location)
 
     def walk(self, document: Any, location: str) -> None:
-        max_depth = self.limits.max_depth
-        stack: list[tuple[Any, str, int]] = [(document, "", 0)]
+        """Every string and key of a JSON document. A value's place (its JSON pointer) is
+        written out only when something is found there: most values are clean and already
+        known to be (the cache), and spelling out each pointer cost a third of the walk."""
+        max_depth, max_values = self.limits.max_depth, self.limits.max_values
+        young, short = self.ins._young, self.short
+        stack: list[tuple[Any, _Path, int]] = [(document, None, 0)]
         while stack:
-            node, pointer, depth = stack.pop()
-            if isinstance(node, str):
-                self.value(node, "body", f"{location}:{pointer}" if pointer else location)
-            elif isinstance(node, _Pairs | list):
-                if depth >= max_depth:
-                    self.limit(f"{location}:{pointer}", f"JSON nested deeper than {max_depth}")
+            node, path, depth = stack.pop()
+            kind = type(node)  # (json.loads makes exactly these types: no subclasses to allow for)
+            if kind is str:
+                if node and len(node) <= short and young.get(("body", node)) == () and self.values < max_values:
+                    self.values += 1  # known clean: what value() would conclude, without the place
                     continue
-                if isinstance(node, _Pairs):
+                self.value(node, "body", _json_location(location, path))
+            elif kind is _Pairs or kind is list:
+                if depth >= max_depth:
+                    self.limit(_json_location(location, path), f"JSON nested deeper than {max_depth}")
+                    continue
+                children: list[tuple[Any, _Path, int]]
+                if kind is _Pairs:
                     children = []
                     for key, child in node:
-                        child_pointer = f"{pointer}/{_pointer_token(key)}"
-                        self.value(key, "name", f"{location}:{child_pointer}#key")
-                        children.append((child, child_pointer, depth + 1))
+                        child_path: _Path = (path, key)
+                        if key and len(key) <= short and young.get(("name", key)) == () and self.values < max_values:
+                            self.values += 1
+                        else:
+                            self.value(key, "name", _json_location(location, child_path) + "#key")
+                        children.append((child, child_path, depth + 1))
                 else:
-                    children = [(child, f"{pointer}/{i}", depth + 1) for i, child in enumerate(node)]
+                    children = [(child, (path, i), depth + 1) for i, child in enumerate(node)]
                 stack.extend(reversed(children))
 
     def multipart(self, body: bytes, boundary: str) -> None:
@@ -828,6 +840,18 @@ class _Scan:
             return
         for value, where in values:
             self.value(value, "body", where)
+
+
+# A place in a JSON document, from the root: (parent, member name or index), None at the root.
+_Path = tuple[Any, "str | int"] | None
+
+
+def _json_location(location: str, path: _Path) -> str:
+    tokens: list[str] = []
+    while path is not None:
+        path, token = path
+        tokens.append(_pointer_token(token) if isinstance(token, str) else str(token))
+    return f"{location}:/{'/'.join(reversed(tokens))}" if tokens else location
 
 
 class _Pairs(list[tuple[str, Any]]):
