@@ -110,21 +110,25 @@ class CheckProtocol(asyncio.Protocol):
             self.transport.write(answer(verdict))
 
     def _parse_head(self, raw: bytes) -> tuple[str, str, dict[str, str], int] | None:
-        lines = raw.split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        try:
+            text = raw.decode("utf-8")  # (the common case: one decode for the whole head)
+        except UnicodeDecodeError:
+            text = "\r\n".join(lenient_utf8(line)[0] for line in raw.split(b"\r\n"))
+        lines = text.split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             self._drop("not an HTTP/1.1 request line")
             return None
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            name, sep, value = line.partition(b":")
+            name, sep, value = line.partition(":")
             if not sep or not name or name != name.strip():
                 self._drop("a malformed header line")
                 return None
-            key = name.decode("latin-1").lower()
-            text, _lax = lenient_utf8(value.strip(b" \t"))
+            key = name.lower()
+            value = value.strip(" \t")
             # (repeated headers reach the service joined, as Envoy joins them for the check)
-            headers[key] = f"{headers[key]},{text}" if key in headers else text
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
         if "transfer-encoding" in headers:
             self._drop("a chunked check request (Envoy sends a Content-Length)")
             return None
@@ -135,8 +139,7 @@ class CheckProtocol(asyncio.Protocol):
         if not 0 <= length <= MAX_BODY:
             self._drop(f"a body of {headers.get('content-length')} bytes")
             return None
-        target, _ = lenient_utf8(parts[1])
-        return parts[0].decode("latin-1"), target, headers, length
+        return parts[0], parts[1], headers, length
 
 
 class CheckServer:

@@ -253,6 +253,10 @@ _QUOTES = re.compile(r"['\"`]")
 _WORDY_FINGERPRINT = frozenset("nkETtBAc")
 
 
+# (families, rule ids, locations with every family, (family, locations) pairs) not inspected
+_Skips = tuple[frozenset[str], frozenset[str], "_LocationMatcher | None", tuple[tuple[str, "_LocationMatcher"], ...]]
+
+
 class _Stop(Exception):
     """Enough findings; inspection ends."""
 
@@ -301,6 +305,28 @@ class Inspector:
         self._young: dict[tuple[str, str], tuple[_Match, ...]] = {}
         self._old: dict[tuple[str, str], tuple[_Match, ...]] = {}
         self._cache_size = cache_size
+        self._skips: dict[tuple[Exclusions, frozenset[str]], _Skips] = {}
+
+    def skips(self, exclusions: Exclusions, safe: frozenset[str]) -> _Skips:
+        """What one request does not inspect, compiled once per route's exclusions (the same
+        few on every request of an operation)."""
+        key = (exclusions, safe)
+        skips = self._skips.get(key)
+        if skips is None:
+            matcher = _LocationMatcher([*exclusions.locations, *safe])
+            by_family: dict[str, list[str]] = {}
+            for pattern, family in exclusions.location_families:
+                by_family.setdefault(family, []).append(pattern)
+            skips = (
+                frozenset(exclusions.families),
+                frozenset(exclusions.rules),
+                matcher if matcher else None,
+                tuple((family, _LocationMatcher(patterns)) for family, patterns in by_family.items()),
+            )
+            if len(self._skips) >= 1024:
+                self._skips.clear()
+            self._skips[key] = skips
+        return skips
 
     def inspect(
         self,
@@ -328,6 +354,13 @@ class Inspector:
                 # two generations: what was used since the last turn survives the next one
                 self._old, self._young = self._young, {}
         return found
+
+    def remember_clean(self, target: str, raw: str) -> None:
+        """A value known to hold nothing without running the rules (a header that fits its
+        grammar), cached like a full inspection's empty answer."""
+        self._young[(target, raw)] = ()
+        if len(self._young) >= self._cache_size:
+            self._old, self._young = self._young, {}
 
     def _analyse(self, raw: str, target: str) -> tuple[_Match, ...]:
         found: list[_Match] = []
@@ -405,14 +438,7 @@ class _Scan:
         self.seen: set[tuple[str, str]] = set()
         self.values = 0
         self.short = min(_CACHED_CHARS, self.limits.max_value_chars)  # no limit to check below it
-        self.skip_families = frozenset(exclusions.families)
-        self.skip_rules = frozenset(exclusions.rules)
-        skip_locations = _LocationMatcher([*exclusions.locations, *safe])
-        self.skip_locations = skip_locations if skip_locations else None
-        by_family: dict[str, list[str]] = {}
-        for pattern, family in exclusions.location_families:
-            by_family.setdefault(family, []).append(pattern)
-        self.skip_at = tuple((family, _LocationMatcher(patterns)) for family, patterns in by_family.items())
+        self.skip_families, self.skip_rules, self.skip_locations, self.skip_at = inspector.skips(exclusions, safe)
 
     # --- findings ------------------------------------------------------------------------
 
@@ -511,6 +537,7 @@ class _Scan:
     def headers(self, headers: tuple[tuple[str, str], ...]) -> None:
         if len(headers) > self.limits.max_headers:
             self.limit("header", f"{len(headers)} headers, limit {self.limits.max_headers}")
+        young, max_values = self.ins._young, self.limits.max_values
         for name, value in headers:
             lname = name.lower()
             if lname in _SKIPPED_PSEUDO:
@@ -524,8 +551,13 @@ class _Scan:
             if lname in ("authorization", "proxy-authorization"):
                 self.credentials(lname, value)
                 continue
+            if young.get(("header", value)) == () and self.values < max_values:
+                self.values += 1  # known clean (a browser sends the same headers on every request)
+                continue
             plain = _PLAIN_HEADERS.get(lname)
             if plain is not None and ".." not in value and plain(value):
+                if len(value) <= self.short:
+                    self.ins.remember_clean("header", value)  # its grammar admits no attack in any family
                 continue
             self.value(value, "header", "header:host" if lname == ":authority" else f"header:{_label(lname)}")
 
