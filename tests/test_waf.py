@@ -369,6 +369,13 @@ def test_failure_modes(setup: Setup) -> None:
         ("/shop/items", b'{"price": 3}', {"Content-Type": "application/json"}, 400, "body at /: must contain ['name']"),
         (
             "/shop/items",
+            b'{"name": "x", "name": "<script>alert(1)</script>"}',
+            {"Content-Type": "application/json"},
+            400,
+            "the body names the member 'name' twice in one object",
+        ),
+        (
+            "/shop/items",
             b"<item/>",
             {"Content-Type": "application/xml"},
             415,
@@ -376,7 +383,7 @@ def test_failure_modes(setup: Setup) -> None:
         ),
         ("/shop/search?q=x", b"x=1", {"Content-Type": "text/plain"}, 415, "this operation takes no request body"),
     ],
-    ids=["integer", "maximum", "enum", "schema-minimum", "schema-required", "media-type", "no-body"],
+    ids=["integer", "maximum", "enum", "schema-minimum", "schema-required", "duplicate", "media-type", "no-body"],
 )
 def test_requests_outside_the_description_are_refused_naming_why(
     setup: Setup, target: str, body: bytes, headers: dict[str, str], status: int, message: str

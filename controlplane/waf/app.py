@@ -142,4 +142,4 @@ class Service:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the WAF service until SIGTERM or SIGINT; the exit status."""
     opts = options(sys.argv[1:] if argv is None else argv)
-    return run_until_signalled(lambda stop: Service(opts).run(stop))  # made inside the event loop
+    return run_until_signalled(lambda stop: Service(opts).run(stop), uvloop=True)  # made inside the event loop

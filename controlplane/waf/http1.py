@@ -19,12 +19,14 @@ decides (refuse with 503, or let through).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from .normalize import lenient_utf8
-from .service import Checker, NoRules, RouteSettings, Verdict
+from .service import Checker, NoRules, Verdict
 
 log = logging.getLogger("controlplane.waf.http1")
 
@@ -59,11 +61,11 @@ class CheckProtocol(asyncio.Protocol):
         self.head: tuple[str, str, dict[str, str], int] | None = None  # (method, target, headers, length)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:  # (uvloop sets it itself)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -95,7 +97,7 @@ class CheckProtocol(asyncio.Protocol):
             body = bytes(self.buffer[:length])
             del self.buffer[:length]
             self.head = None
-            route = RouteSettings.parse(headers.pop(ROUTE_HEADER, ""))
+            route = self.checker.route(headers.pop(ROUTE_HEADER, ""))
             for name in ENVOY_ADDED:
                 headers.pop(name, None)
             try:

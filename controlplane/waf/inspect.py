@@ -83,6 +83,10 @@ class Request:
     path: str  # the raw request target, query included
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
+    # The body's JSON as the positive model already read it (dicts: it refuses a member named
+    # twice), so that it is not parsed again; ``parsed`` says whether it was.
+    document: Any = None
+    parsed: bool = False
 
 
 @dataclass(frozen=True)
@@ -439,6 +443,7 @@ class _Scan:
         self.values = 0
         self.short = min(_CACHED_CHARS, self.limits.max_value_chars)  # no limit to check below it
         self.skip_families, self.skip_rules, self.skip_locations, self.skip_at = inspector.skips(exclusions, safe)
+        self.parsed: tuple[bytes, Any] | None = None  # (the request's body, its JSON as the model read it)
 
     # --- findings ------------------------------------------------------------------------
 
@@ -506,6 +511,8 @@ class _Scan:
             self.params(query, "query", "query:")
         self.headers(request.headers)
         if request.body:
+            if request.parsed:
+                self.parsed = (request.body, request.document)
             self.body(request.body, _header_map(request.headers))
 
     def path(self, path: str) -> None:
@@ -689,6 +696,9 @@ class _Scan:
             return None
 
     def json(self, body: bytes, location: str) -> None:
+        if self.parsed is not None and self.parsed[0] is body:  # the request's own body, read already
+            self.walk(self.parsed[1], location)
+            return
         try:
             document = json.loads(body, object_pairs_hook=_Pairs)
         except RecursionError:
@@ -714,14 +724,14 @@ class _Scan:
                     self.values += 1  # known clean: what value() would conclude, without the place
                     continue
                 self.value(node, "body", _json_location(location, path))
-            elif kind is _Pairs or kind is list:
+            elif kind is _Pairs or kind is list or kind is dict:
                 if depth >= max_depth:
                     self.limit(_json_location(location, path), f"JSON nested deeper than {max_depth}")
                     continue
                 children: list[tuple[Any, _Path, int]]
-                if kind is _Pairs:
+                if kind is not list:
                     children = []
-                    for key, child in node:
+                    for key, child in node.items() if kind is dict else node:
                         child_path: _Path = (path, key)
                         if key and len(key) <= short and young.get(("name", key)) == () and self.values < max_values:
                             self.values += 1

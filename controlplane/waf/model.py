@@ -20,6 +20,24 @@ import jsonschema
 import re2
 
 MAX_ERRORS = 1  # the first problem is named; fixing it shows the next
+UNREAD: Any = object()  # check() did not read the body as JSON
+
+
+class _NamedTwice(ValueError):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for name, _value in pairs:
+            if name in seen:
+                raise _NamedTwice(name)
+            seen.add(name)
+    return members
 
 
 @dataclass(frozen=True)
@@ -49,7 +67,10 @@ class OperationModel:
                 self.validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
         self._patterns: dict[str, Any] = {}
 
-    def check(self, path: str, headers: dict[str, str], body: bytes) -> Violation | None:
+    def check(self, path: str, headers: dict[str, str], body: bytes) -> tuple[Violation | None, Any]:
+        """Whether the request fits (None) or what it breaks, and its body's JSON when it was
+        read for the schema (dicts all through: a member named twice is refused, since the
+        backend's parser and ours might each keep a different one), else :data:`UNREAD`."""
         query: dict[str, list[str]] = {}
         for name, value in parse_qsl(urlsplit(path).query, keep_blank_values=True):
             query.setdefault(name, []).append(value)
@@ -58,40 +79,46 @@ class OperationModel:
             where = f"{p['in']}:{p['name']}"
             if not values:
                 if p.get("required"):
-                    return Violation(400, where, f"the {p['in']} parameter {p['name']!r} is required")
+                    return Violation(400, where, f"the {p['in']} parameter {p['name']!r} is required"), UNREAD
                 continue
             schema = p.get("schema") or {}
             for value in values:
                 problem = self._value(value, schema)
                 if problem:
-                    return Violation(400, where, f"the {p['in']} parameter {p['name']!r} {problem}")
+                    return Violation(400, where, f"the {p['in']} parameter {p['name']!r} {problem}"), UNREAD
         media = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if self.media is not None and (body or media):
             if not any(_media_matches(m, media) for m in self.media):
                 accepted = ", ".join(self.media)
-                return Violation(415, "content-type", f"Content-Type {media or '(none)'!r} is not accepted: {accepted}")
+                why = f"Content-Type {media or '(none)'!r} is not accepted: {accepted}"
+                return Violation(415, "content-type", why), UNREAD
         elif self.media is None and body:
-            return Violation(415, "content-type", "this operation takes no request body")
+            return Violation(415, "content-type", "this operation takes no request body"), UNREAD
         if self.body_required and not body:
-            return Violation(400, "body", "a request body is required")
+            return Violation(400, "body", "a request body is required"), UNREAD
         has_schema = self.compiled is not None or self.validator is not None
-        if has_schema and body and (media == "application/json" or media.endswith("+json")):
+        if not (has_schema and body and (media == "application/json" or media.endswith("+json"))):
+            return None, UNREAD
+        try:
+            document = json.loads(body, object_pairs_hook=_members)
+        except _NamedTwice as twice:
+            return Violation(400, "body", f"the body names the member {twice.name!r} twice in one object"), UNREAD
+        except (ValueError, RecursionError):
+            return Violation(400, "body", "the body is not JSON"), UNREAD
+        if self.compiled is not None:
             try:
-                document = json.loads(body)
-            except ValueError:
-                return Violation(400, "body", "the body is not JSON")
-            if self.compiled is not None:
-                try:
-                    self.compiled(document)
-                except fastjsonschema.JsonSchemaValueException as failed:
-                    pointer = _pointer(failed.path[1:] if failed.path else [])
-                    message = failed.message.split(" ", 1)[1] if " " in failed.message else failed.message
-                    return Violation(400, f"body:{pointer or '/'}", f"body at {pointer or '/'}: {_short(message)}")
-                return None
-            for error in self.validator.iter_errors(document):
-                pointer = _pointer(error.absolute_path)
-                return Violation(400, f"body:{pointer or '/'}", f"body at {pointer or '/'}: {_short(error.message)}")
-        return None
+                self.compiled(document)
+            except fastjsonschema.JsonSchemaValueException as failed:
+                pointer = _pointer(failed.path[1:] if failed.path else [])
+                message = failed.message.split(" ", 1)[1] if " " in failed.message else failed.message
+                return Violation(400, f"body:{pointer or '/'}", f"body at {pointer or '/'}: {_short(message)}"), UNREAD
+            return None, document
+        for error in self.validator.iter_errors(document):
+            pointer = _pointer(error.absolute_path)
+            return Violation(
+                400, f"body:{pointer or '/'}", f"body at {pointer or '/'}: {_short(error.message)}"
+            ), UNREAD
+        return None, document
 
     def _value(self, text: str, schema: dict[str, Any]) -> str | None:
         kind = schema.get("type")

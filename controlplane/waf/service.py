@@ -24,7 +24,7 @@ from .config import Config
 from .inspect import Exclusions, Finding, Inspector, Request
 from .mask import Unmaskable, mask_body
 from .metrics import Metrics
-from .model import Violation
+from .model import UNREAD, Violation
 
 log = logging.getLogger("controlplane.waf")
 findings_log = logging.getLogger("controlplane.waf.findings")
@@ -67,10 +67,21 @@ class Checker:
         self.metrics = metrics
         self.config: Config | None = None
         self.inspector: Inspector | None = None
+        self._passed = metrics.requests.labels("pass")  # (a labelled child costs a lookup and a lock)
+        self._routes: dict[str, RouteSettings] = {}
 
     def use(self, config: Config) -> None:
         self.inspector = Inspector(config.rules)
         self.config = config
+
+    def route(self, header: str) -> RouteSettings:
+        """The settings an ``x-waf-route`` value says (each route sends the same one)."""
+        route = self._routes.get(header)
+        if route is None:
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            route = self._routes[header] = RouteSettings.parse(header)
+        return route
 
     def check(self, method: str, target: str, headers: dict[str, str], body: bytes, route: RouteSettings) -> Verdict:
         if self.inspector is None or self.config is None:
@@ -79,20 +90,21 @@ class Checker:
         operation, prevent = route.operation, route.prevent
         model = self.config.models.get(operation)
         safe: frozenset[str] = frozenset()
+        document: Any = UNREAD
         if model is not None:
-            violation = model.check(target, headers, body)
+            violation, document = model.check(target, headers, body)
             if violation is not None:
                 self.metrics.seconds.observe(time.perf_counter() - started)
                 return self._violation(violation, prevent, operation, headers.get("x-request-id", ""))
             safe = model.safe  # the description constrains these values, and they fit it
         findings = self.inspector.inspect(
-            Request(method=method, path=target, headers=tuple(headers.items()), body=body),
+            Request(method, target, tuple(headers.items()), body, document, document is not UNREAD),
             Exclusions(locations=route.exclude, families=route.families),
             safe_locations=safe,
         )
         self.metrics.seconds.observe(time.perf_counter() - started)
         if not findings:
-            self.metrics.requests.labels("pass").inc()
+            self._passed.inc()
             return PASS
         verdict = "refused" if prevent else "detected"
         self.metrics.requests.labels(verdict).inc()

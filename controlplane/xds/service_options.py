@@ -43,8 +43,9 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
-    """Run ``serve(stop)`` until SIGTERM or SIGINT sets ``stop``; the exit status."""
+def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]], uvloop: bool = False) -> int:
+    """Run ``serve(stop)`` until SIGTERM or SIGINT sets ``stop``; the exit status. With
+    ``uvloop``, on uvloop's event loop (libuv: less CPU per wakeup than asyncio's own)."""
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -53,5 +54,10 @@ def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> in
             loop.add_signal_handler(signum, stop.set)
         await serve(stop)
 
-    asyncio.run(run())
+    if uvloop:
+        import uvloop as fast
+
+        fast.run(run())
+    else:
+        asyncio.run(run())
     return 0
