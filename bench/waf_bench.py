@@ -60,8 +60,8 @@ Parts (``--part``, default both; each runs alone with its own processes):
 
 ``scaling``: the inspected 1 KB POST at saturation (``--saturation-connections``, default 32)
 through the WAF gateway with one service process, two processes listening on the same port
-(``SO_REUSEPORT``: the kernel spreads *connections*, and Envoy's one worker keeps one HTTP/2
-connection to a host), and two processes on two ports both listed in ``waf.service.endpoints``
+(``SO_REUSEPORT``: the kernel spreads *connections*; the check is HTTP/1.1, so Envoy opens one
+per call in flight), and two processes on two ports both listed in ``waf.service.endpoints``
 (Envoy spreads the calls). The configurations alternate by live policy edits, in rounds;
 requests/s, the services' CPU per request, each process's share of the calls, Envoy's open
 connections to the service, and the cores the whole run kept busy (everything, client
@@ -897,7 +897,7 @@ def cpu_report(results: dict[str, list[dict[str, Any]]]) -> str:
         f"{median(against(WAF_POST, PLAIN_SLOW, 'envoy_us', False)):+.0f} µs, Envoy + service is "
         f"{median(against(WAF_POST, PLAIN_SLOW, 'total_us', True)):.2f}x its Envoy, and the p50 latency is "
         f"{median(against(WAF_POST, PLAIN_SLOW, 'p50_us', False)):+.0f} µs over its",
-        "the service's CPU beyond its inspection timer is gRPC, protobuf and asyncio: "
+        "the service's CPU beyond its inspection timer is the HTTP/1.1 check and the event loop: "
         + ", ".join(
             f"{name} {median(col(name, 'service_us')) - median(col(name, 'inspect_us')):.0f} µs"
             for name in (WAF_GET, WAF_POST, WAF_BIG)
