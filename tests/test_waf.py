@@ -528,3 +528,64 @@ def test_a_client_cannot_pose_as_the_route_or_pass_headers_the_check_never_saw(s
     assert passed.status == 200, passed.body[:300]
     seen = passed.json()["headers"]
     assert "x-waf-route" not in seen and "x-envoy-auth-partial-body" not in seen, seen
+
+
+RULES_POLICY = """
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+listeners: [{{name: public, address: 127.0.0.1, port: {gateway}}}]
+upstreams: [{{name: backend, endpoints: ["127.0.0.1:{backend}"]}}]
+waf:
+  service: {{endpoints: ["127.0.0.1:{waf}"], timeout: 2s}}
+  rulesFile: rules.yaml
+apis: [{{name: shop, spec: spec.yaml, upstream: backend}}]
+"""
+
+NEXT_SHELL = """
+  - id: exploit.next-shell
+    family: exploit
+    view: lower
+    description: the next Log4Shell, known since this morning
+    pattern: |-
+      \\$\\{nextshell:
+"""
+
+
+def test_a_new_signature_is_a_rules_file_change_served_hot(tmp_path: Path) -> None:
+    """The policy names its own rule file: a rule added to it reaches the running WAF service
+    (no restart, no release) and refuses what passed a moment before; a broken rule file is
+    an error that leaves the last good rules serving."""
+    echo = EchoServer().start()
+    config = tmp_path / "config"
+    config.mkdir()
+    gateway_port, waf_port = free_port(), free_port()
+    rules = config / "rules.yaml"
+    rules.write_text((REPO / "controlplane/waf/rules.yaml").read_text().replace('version: "', 'version: "local-'))
+    (config / "spec.yaml").write_text(SPEC)
+    (config / "policy.yaml").write_text(RULES_POLICY.format(gateway=gateway_port, backend=echo.port, waf=waf_port))
+    plane = ControlPlaneProcess([config], tmp_path).start()
+    waf = WafService(tmp_path, f"127.0.0.1:{plane.xds_port}", port=waf_port).start()
+    envoy = start_envoy(tmp_path, plane)
+    s = Setup(gateway_port, 0, echo, waf, plane, envoy)
+    try:
+        novel = "/shop/search?q=" + q("${nextshell:run(id)}")
+        wait_for(lambda: s.send("GET", "/shop/search?q=shoes").status == 200, 20, "the gateway")
+        assert s.send("GET", novel).status == 200  # nothing knows it yet
+        pid = waf.proc.pid if waf.proc else None
+        rules.write_text(rules.read_text().replace("\nrules:\n", "\nrules:\n" + NEXT_SHELL.lstrip("\n"), 1))
+        wait_for(lambda: s.send("GET", novel).status == 403, 15, "the new rule in force")
+        assert waf.proc is not None and waf.proc.pid == pid  # the same process: no restart
+        found = [f for f in waf.findings() if f["rule"] == "exploit.next-shell"]
+        assert found and found[-1]["verdict"] == "refused"
+        # a broken rule: the compile is rejected, the rules in force stay
+        rules.write_text(rules.read_text().replace("\\$\\{nextshell:", "(unclosed"))
+        wait_for(lambda: not json.loads(http_get(plane.admin_port, "/compile")[1])["ok"], 15, "the rejection")
+        errors = json.loads(http_get(plane.admin_port, "/compile")[1])["errors"]
+        assert any("exploit.next-shell" in e and "/waf/rulesFile" in e for e in errors), errors
+        assert s.send("GET", novel).status == 403
+        assert s.send("GET", "/shop/search?q=shoes").status == 200
+    finally:
+        envoy.stop()
+        waf.stop()
+        plane.stop()
+        echo.shutdown()
