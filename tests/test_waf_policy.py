@@ -104,3 +104,19 @@ def test_bad_listener_waf_settings_are_located(tmp_path: Path) -> None:
     errors = [d for d in result.diagnostics if d.severity == Severity.ERROR]
     located = {(d.pointer, d.line) for d in errors}
     assert located == {("/listeners/1/waf/mode", 7), ("/listeners/1/waf/onFailure", 7)}, errors
+
+
+def test_moving_the_waf_service_changes_no_listener(tmp_path: Path) -> None:
+    """Scaling the service out (another endpoint) must not drain every client connection: the
+    check's target is the cluster, so only the cluster's endpoints change."""
+
+    def listeners(endpoints: str) -> dict[str, bytes]:
+        section = f"waf: {{mode: prevent, service: {{endpoints: [{endpoints}]}}}}\nlisteners:"
+        policy = POLICY.replace("waf: {mode: prevent}\nlisteners:", section, 1)
+        result = compile([write(tmp_path, {"spec.yaml": SPEC, "policy.yaml": policy})])
+        assert result.ok and result.resources is not None, result.diagnostics
+        found = result.resources.of(result.resources.LISTENER)
+        return {name: found[name].SerializeToString(deterministic=True) for name in found}
+
+    one, two = listeners('"10.0.0.5:8082"'), listeners('"10.0.0.6:9000", "10.0.0.7:9000"')
+    assert one == two and len(one) == 3

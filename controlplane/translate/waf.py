@@ -59,14 +59,15 @@ def _inspected(listener: ir.Listener) -> tuple[bool, bool, bool]:
 def _filter(gw: ir.Gateway, name: str, fail_open: bool) -> hcm_pb2.HttpFilter:
     svc = gw.waf_service
     assert svc is not None
-    endpoint = svc.endpoints[0]
     every_header = string_pb2.ListStringMatcher(
         patterns=[string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*"))]
     )
     config = ext_authz_pb2.ExtAuthz(
         http_service=ext_authz_pb2.HttpService(
+            # (the cluster routes the check; a URI naming an endpoint would make a change of
+            # endpoints a change of every listener: a drain of its connections)
             server_uri=http_uri_pb2.HttpUri(
-                uri=f"http://{endpoint.host}:{endpoint.port}", cluster=svc.cluster, timeout=duration(svc.timeout_ms)
+                uri=f"http://{svc.cluster}", cluster=svc.cluster, timeout=duration(svc.timeout_ms)
             ),
             authorization_request=ext_authz_pb2.AuthorizationRequest(
                 headers_to_add=[
