@@ -486,6 +486,15 @@ class _Builder:
                 mask = inspection.operation_mask(self.waf_section, settings, schema_fields)
                 if mask is not None:
                     operation = dataclasses.replace(operation, mask=mask)
+                    streamed = request_model.streamed_responses(self.bundle.store, op)
+                    if streamed:
+                        self.diags.warning(
+                            f"{op.method} {op.path} answers with {', '.join(streamed)}, and its responses are masked:"
+                            " each is held until it ends, so an endless stream never reaches the client",
+                            op.source.file,
+                            op.source.pointer,
+                            "waf-mask-stream",
+                        )
             produced = []
             # (no allowlist can apply without the operation's own or a path-prefix list)
             any_ip = bool(self.ip_prefix_lists) or bool(settings.get("ipAllow"))

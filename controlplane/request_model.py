@@ -152,6 +152,27 @@ def _safe_pointers(schema: Any, prefix: str, depth: int = 0) -> list[str]:
     return out
 
 
+STREAMED_MEDIA = frozenset(
+    {"text/event-stream", "application/x-ndjson", "application/jsonl", "application/stream+json"}
+)
+
+
+def streamed_responses(store: DocumentStore, op: OperationSpec) -> list[str]:
+    """The endless-stream media types (server-sent events, NDJSON) the operation answers with."""
+    found = _operation(store, op)
+    if found is None or not isinstance(found[2].get("responses"), dict):
+        return []
+    doc, _item, raw = found
+    responses = _Resolver(store, doc).schema(doc, op.source.pointer + "/responses", raw["responses"])
+    out = set()
+    for response in responses.values() if isinstance(responses, dict) else ():
+        content = response.get("content") if isinstance(response, dict) else None
+        for media in content if isinstance(content, dict) else ():
+            if str(media).split(";", 1)[0].strip().lower() in STREAMED_MEDIA:
+                out.add(str(media))
+    return sorted(out)
+
+
 def masked_fields(store: DocumentStore, op: OperationSpec) -> tuple[str, ...]:
     """Names of the response schemas' properties marked ``x-gateway-mask: true``."""
     found = _operation(store, op)

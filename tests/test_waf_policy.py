@@ -120,3 +120,38 @@ def test_moving_the_waf_service_changes_no_listener(tmp_path: Path) -> None:
 
     one, two = listeners('"10.0.0.5:8082"'), listeners('"10.0.0.6:9000", "10.0.0.7:9000"')
     assert one == two and len(one) == 3
+
+
+def test_masking_an_endless_stream_is_a_warning_at_its_operation(tmp_path: Path) -> None:
+    spec = (
+        SPEC
+        + """
+  /events:
+    get:
+      operationId: events
+      responses:
+        "200":
+          description: live
+          content: {text/event-stream: {schema: {type: string}}}
+  /report:
+    get:
+      operationId: report
+      responses: {"200": {$ref: "#/components/responses/Report"}}
+components:
+  responses:
+    Report:
+      description: lines
+      content: {application/x-ndjson: {schema: {type: string}}}
+"""
+    )
+    policy = POLICY.replace(
+        '      upload: {waf: {mode: "off"}}\n', "      events: {sensitive: true}\n      report: {maskFields: [ssn]}\n"
+    )
+    result = compile([write(tmp_path, {"spec.yaml": spec, "policy.yaml": policy})])
+    assert result.ok, result.diagnostics
+    warned = {d.pointer: d.message for d in result.diagnostics if d.code == "waf-mask-stream"}
+    assert set(warned) == {"/paths/~1events/get", "/paths/~1report/get"}, result.diagnostics
+    assert (
+        "text/event-stream" in warned["/paths/~1events/get"]
+        and "never reaches the client" in warned["/paths/~1events/get"]
+    )
