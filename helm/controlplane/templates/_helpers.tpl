@@ -1,0 +1,155 @@
+{{- define "cp.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "cp.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Common labels; call with (dict "ctx" $ "component" "gateway"). */}}
+{{- define "cp.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+{{ include "cp.selectorLabels" . }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "cp.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cp.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "cp.controlplaneImage" -}}
+{{- printf "%s:%s" .Values.controlplane.image.repository (default .Chart.AppVersion .Values.controlplane.image.tag) -}}
+{{- end -}}
+
+{{/* The xDS Service's host name: what the Envoys dial and what the server certificate names. */}}
+{{- define "cp.xdsHost" -}}
+{{- printf "%s.%s.svc" (include "cp.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{- define "cp.xdsAddress" -}}
+{{- printf "%s:%d" (include "cp.xdsHost" .) (int .Values.xds.port) -}}
+{{- end -}}
+
+{{/* Where the xDS certificate files are mounted in every pod. */}}
+{{- define "cp.tlsDir" -}}/etc/controlplane/xds-tls{{- end -}}
+
+{{/* Name of the Secret with a component's xDS certificate; call with (dict "ctx" $ "component" "gateway"). */}}
+{{- define "cp.tlsSecret" -}}
+{{- if .ctx.Values.tls.certManager.enabled -}}
+{{- printf "%s-xds-%s" (include "cp.fullname" .ctx) .component -}}
+{{- else if eq .component "controlplane" -}}
+{{- required "tls.existingSecret is required when tls.certManager.enabled is false and xds.insecure is false" .ctx.Values.tls.existingSecret -}}
+{{- else -}}
+{{- required (printf "tls.existingClientSecrets.%s is required when tls.certManager.enabled is false and xds.insecure is false" .component) (index .ctx.Values.tls.existingClientSecrets .component) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* xDS client options of the rate-limit and WAF services; call with (dict "ctx" $ "component" "waf"). */}}
+{{- define "cp.xdsClientArgs" -}}
+- --xds
+- {{ include "cp.xdsAddress" .ctx }}
+{{- if .ctx.Values.xds.insecure }}
+- --insecure
+{{- else }}
+- --xds-ca
+- {{ include "cp.tlsDir" .ctx }}/ca.crt
+- --xds-cert
+- {{ include "cp.tlsDir" .ctx }}/tls.crt
+- --xds-key
+- {{ include "cp.tlsDir" .ctx }}/tls.key
+{{- end }}
+{{- end -}}
+
+{{- define "cp.tlsVolumeMount" -}}
+{{- if not .ctx.Values.xds.insecure }}
+- name: xds-tls
+  mountPath: {{ include "cp.tlsDir" .ctx }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "cp.tlsVolume" -}}
+{{- if not .ctx.Values.xds.insecure }}
+- name: xds-tls
+  secret:
+    secretName: {{ include "cp.tlsSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{- define "cp.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurityContext.runAsUser }}
+runAsGroup: {{ .Values.podSecurityContext.runAsGroup }}
+fsGroup: {{ .Values.podSecurityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "cp.containerSecurityContext" -}}
+runAsNonRoot: true
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Spread across nodes and zones; call with (dict "ctx" $ "component" "gateway"). */}}
+{{- define "cp.topologySpread" -}}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: {{ .ctx.Values.topologySpread.nodes }}
+    labelSelector:
+      matchLabels:
+        {{- include "cp.selectorLabels" . | nindent 8 }}
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: {{ .ctx.Values.topologySpread.zones }}
+    labelSelector:
+      matchLabels:
+        {{- include "cp.selectorLabels" . | nindent 8 }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "cp.selectorLabels" . | nindent 14 }}
+{{- end -}}
+
+{{/* Checks of value combinations the schema cannot express. */}}
+{{- define "cp.validate" -}}
+{{- if and (not .Values.xds.insecure) (not .Values.tls.certManager.enabled) (not .Values.tls.existingSecret) -}}
+{{- fail "xDS mTLS needs certificates: set tls.certManager.enabled, or tls.existingSecret (and tls.existingClientSecrets), or xds.insecure: true" -}}
+{{- end -}}
+{{- if and .Values.controlplane.sources.files .Values.controlplane.sources.existingConfigMap -}}
+{{- fail "controlplane.sources: set files or existingConfigMap, not both" -}}
+{{- end -}}
+{{- if not (or .Values.controlplane.sources.files .Values.controlplane.sources.existingConfigMap) -}}
+{{- fail "controlplane.sources: set files (specs and policies by file name) or existingConfigMap" -}}
+{{- end -}}
+{{- if and .Values.gateway.autoscaling.enabled (gt (int .Values.gateway.autoscaling.minReplicas) (int .Values.gateway.autoscaling.maxReplicas)) -}}
+{{- fail "gateway.autoscaling.minReplicas is above gateway.autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- end -}}
