@@ -589,3 +589,22 @@ def test_a_new_signature_is_a_rules_file_change_served_hot(tmp_path: Path) -> No
         waf.stop()
         plane.stop()
         echo.shutdown()
+
+
+def test_a_chunked_request_body_is_inspected_whole_or_refused(setup: Setup) -> None:
+    """A client that sends its body chunked (no Content-Length) gets the same inspection, and
+    padding chunked past the body limit is refused (413), not inspected in part."""
+
+    def chunked(body: bytes, size: int) -> bytes:
+        head = b"POST /shop/items HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n"
+        head += b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        parts = [body[i : i + size] for i in range(0, len(body), size)]
+        return head + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+    before = len(setup.echo.received)
+    attack = b'{"name": "x", "notes": "<script>alert(1)</script>"}'
+    assert raw_request(setup.gateway_port, chunked(attack, 5)).status == 403
+    padded = b'{"pad": "' + b"a" * 8000 + b'", "name": "<script>alert(1)</script>"}'
+    assert raw_request(setup.gateway_port, chunked(padded, 1000)).status == 413
+    assert len(setup.echo.received) == before
+    assert raw_request(setup.gateway_port, chunked(b'{"name": "x", "notes": "fine"}', 5)).status == 200
