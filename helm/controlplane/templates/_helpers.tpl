@@ -50,6 +50,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Name of the Secret with a component's xDS certificate; call with (dict "ctx" $ "component" "gateway"). */}}
 {{- define "cp.tlsSecret" -}}
+{{- include "cp.validate" .ctx -}}
 {{- if .ctx.Values.tls.certManager.enabled -}}
 {{- printf "%s-xds-%s" (include "cp.fullname" .ctx) .component -}}
 {{- else if eq .component "controlplane" -}}
@@ -138,18 +139,33 @@ affinity:
               {{- include "cp.selectorLabels" . | nindent 14 }}
 {{- end -}}
 
-{{/* Checks of value combinations the schema cannot express. */}}
+{{/* Checks of value combinations the schema cannot express, all reported at once. */}}
 {{- define "cp.validate" -}}
-{{- if and (not .Values.xds.insecure) (not .Values.tls.certManager.enabled) (not .Values.tls.existingSecret) -}}
-{{- fail "xDS mTLS needs certificates: set tls.certManager.enabled, or tls.existingSecret (and tls.existingClientSecrets), or xds.insecure: true" -}}
+{{- $problems := list -}}
+{{- if and (not .Values.xds.insecure) (not .Values.tls.certManager.enabled) -}}
+{{- if not .Values.tls.existingSecret -}}
+{{- $problems = append $problems "xDS mTLS needs certificates: set tls.certManager.enabled, or tls.existingSecret and tls.existingClientSecrets, or xds.insecure: true" -}}
+{{- end -}}
+{{- if not .Values.tls.existingClientSecrets.gateway -}}
+{{- $problems = append $problems "tls.existingClientSecrets.gateway is required without tls.certManager.enabled (unless xds.insecure)" -}}
+{{- end -}}
+{{- if and .Values.rateLimits.global.enabled (not .Values.tls.existingClientSecrets.ratelimit) -}}
+{{- $problems = append $problems "tls.existingClientSecrets.ratelimit is required with rateLimits.global.enabled without tls.certManager.enabled" -}}
+{{- end -}}
+{{- if and .Values.waf.enabled (not .Values.tls.existingClientSecrets.waf) -}}
+{{- $problems = append $problems "tls.existingClientSecrets.waf is required with waf.enabled without tls.certManager.enabled" -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.controlplane.sources.files .Values.controlplane.sources.existingConfigMap -}}
-{{- fail "controlplane.sources: set files or existingConfigMap, not both" -}}
+{{- $problems = append $problems "controlplane.sources: set files or existingConfigMap, not both" -}}
 {{- end -}}
 {{- if not (or .Values.controlplane.sources.files .Values.controlplane.sources.existingConfigMap) -}}
-{{- fail "controlplane.sources: set files (specs and policies by file name) or existingConfigMap" -}}
+{{- $problems = append $problems "controlplane.sources: set files (specs and policies by file name) or existingConfigMap" -}}
 {{- end -}}
 {{- if and .Values.gateway.autoscaling.enabled (gt (int .Values.gateway.autoscaling.minReplicas) (int .Values.gateway.autoscaling.maxReplicas)) -}}
-{{- fail "gateway.autoscaling.minReplicas is above gateway.autoscaling.maxReplicas" -}}
+{{- $problems = append $problems "gateway.autoscaling.minReplicas is above gateway.autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- if $problems -}}
+{{- fail (printf "\n- %s" (join "\n- " $problems)) -}}
 {{- end -}}
 {{- end -}}

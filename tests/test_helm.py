@@ -1,0 +1,422 @@
+"""The Helm chart (helm/controlplane) rendered and linted by Helm's own engine (helm-python-sdk binds
+Helm's Go SDK: no cluster, no helm binary), for several value sets.
+
+Each rendered manifest is validated against the Kubernetes API schemas of a current version
+(kubernetes-validate); the gateway's bootstrap in its ConfigMap must be exactly what
+``python -m controlplane bootstrap`` prints for the same inputs, and Envoy must accept it.
+``pytest --update-goldens`` rewrites tests/golden_helm/<value set>.yaml.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from controlplane.certs import CertificateAuthority
+from tests.conftest import REPO
+from tests.harness import envoy_validate_file
+
+CHART = REPO / "helm" / "controlplane"
+GOLDEN = Path(__file__).parent / "golden_helm"
+RELEASE = "edge"
+NAMESPACE = "gateway-system"
+FULLNAME = "edge-controlplane"
+XDS_HOST = f"{FULLNAME}.{NAMESPACE}.svc"
+TLS_DIR = "/etc/controlplane/xds-tls"
+# The Kubernetes version manifests are validated against: the newest kubernetes-validate knows.
+KUBERNETES = kubernetes_validate.utils.latest_version()
+# Kinds whose CRDs are not in the Kubernetes schemas (cert-manager, Prometheus operator): their
+# manifests are checked by the goldens and the tests below, not by an API schema.
+CRD_KINDS = {
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+}
+
+SOURCES = {"controlplane": {"sources": {"files": {"gateway.policy.yaml": "apiVersion: controlplane.dev/v1\n"}}}}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    # The least a user sets: the sources. mTLS from cert-manager with the release's own CA.
+    "minimal": {},
+    # More replicas, hard spreading across zones, backends in two other namespaces.
+    "ha": {
+        "controlplane": {"replicas": 3, "pdb": {"minAvailable": 2}},
+        "gateway": {"autoscaling": {"minReplicas": 4, "maxReplicas": 30}, "pdb": {"maxUnavailable": 2}},
+        "topologySpread": {"zones": "DoNotSchedule"},
+        "backends": {
+            "namespaces": ["shop", "payments"],
+            "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["api", "web"]}]},
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        },
+    },
+    # Certificates from the cluster's own ClusterIssuer; incremental xDS.
+    "tls-cert-manager": {
+        "tls": {"certManager": {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
+        "xds": {"delta": True},
+    },
+    # Certificates the user provides as Secrets (no cert-manager), a fixed gateway replica count.
+    "tls-existing-secrets": {
+        "tls": {
+            "certManager": {"enabled": False},
+            "existingSecret": "xds-server",
+            "existingClientSecrets": {"gateway": "xds-gateway", "ratelimit": "xds-ratelimit", "waf": "xds-waf"},
+        },
+        "gateway": {"autoscaling": {"enabled": False}, "replicas": 3, "nodeId": "edge-gw", "adminPort": 9000},
+    },
+    # Limits counted across every Envoy: the rate-limit service and the chart's Redis; metrics.
+    "global-limits": {
+        "rateLimits": {"global": {"enabled": True, "domains": ["gateway", "partners"]}},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "adminFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+    },
+    # The rate-limit service on an external Redis.
+    "external-redis": {
+        "rateLimits": {"global": {"enabled": True, "redis": {"url": "redis://redis.data.svc:6379/2"}}},
+    },
+    "waf": {"waf": {"enabled": True}, "serviceMonitor": {"enabled": True}},
+    # Plaintext xDS only because it is asked for.
+    "insecure": {"xds": {"insecure": True}, "tls": {"certManager": {"enabled": False}}},
+}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def values_of(case: str) -> dict[str, Any]:
+    return merge(SOURCES, VALUE_SETS[case])
+
+
+def render(values: dict[str, Any]) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def manifests(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for name in sorted(rendered):
+        if name.endswith(".txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(rendered[name]) if doc)
+    return docs
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield doc["metadata"]["name"], doc["spec"]["template"]
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
+def case(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def docs(case: str) -> list[dict[str, Any]]:
+    return manifests(render(values_of(case)))
+
+
+def test_lint_clean(case: str) -> None:
+    report = helm.lint(CHART, values_of(case), strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems and not report["errors"], report
+
+
+def test_manifests_valid_for_kubernetes(docs: list[dict[str, Any]]) -> None:
+    checked = 0
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+        checked += 1
+    assert checked >= 10
+
+
+def test_crd_kinds_only_when_asked(case: str, docs: list[dict[str, Any]]) -> None:
+    values = values_of(case)
+    kinds = {d["kind"] for d in docs}
+    assert ("ServiceMonitor" in kinds) == bool(values.get("serviceMonitor", {}).get("enabled"))
+    cert_manager = values.get("tls", {}).get("certManager", {}).get("enabled", True)
+    assert ("Certificate" in kinds) == (cert_manager and not values.get("xds", {}).get("insecure", False))
+
+
+def test_every_pod_locked_down(docs: list[dict[str, Any]]) -> None:
+    pods = list(pod_specs(docs))
+    assert pods
+    for name, template in pods:
+        spec = template["spec"]
+        pod_context = spec["securityContext"]
+        assert pod_context["runAsNonRoot"] is True, name
+        assert pod_context["runAsUser"] > 0, name
+        assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            where = f"{name}/{container['name']}"
+            context = container["securityContext"]
+            assert context["runAsNonRoot"] is True, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert "add" not in context["capabilities"], where
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            for bound in ("requests", "limits"):
+                assert set(container["resources"][bound]) >= {"cpu", "memory"}, where
+
+
+def _labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        operator = expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+        if operator == "DoesNotExist" and value is not None:
+            return False
+    return True
+
+
+def _pod_labels(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {name: template["metadata"]["labels"] for name, template in pod_specs(docs)}
+
+
+def test_backends_accept_only_the_gateway(case: str, docs: list[dict[str, Any]]) -> None:
+    values = values_of(case)
+    backends = merge(helm_defaults()["backends"], values.get("backends", {}))
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == f"{FULLNAME}-backends"]
+    assert sorted(p["metadata"]["namespace"] for p in policies) == sorted(backends["namespaces"] or [NAMESPACE])
+    pods = _pod_labels(docs)
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["podSelector"] == backends["podSelector"]
+        assert spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        (peer,) = rule["from"]
+        assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
+        admitted = {name for name, labels in pods.items() if _labels_match(peer["podSelector"], labels)}
+        assert admitted == {f"{FULLNAME}-gateway"}
+        # The chart's own pods are never taken for backends (they would lose their callers).
+        assert not any(_labels_match(spec["podSelector"], labels) for labels in pods.values())
+        assert rule.get("ports", []) == backends["ports"]
+
+
+def test_xds_port_only_from_its_clients(docs: list[dict[str, Any]]) -> None:
+    policy = find(docs, "NetworkPolicy", f"{FULLNAME}-controlplane")["spec"]
+    pods = _pod_labels(docs)
+    assert {n for n, labels in pods.items() if _labels_match(policy["podSelector"], labels)} == {FULLNAME}
+    xds_rules = [r for r in policy["ingress"] if {"port": "xds", "protocol": "TCP"} in r["ports"]]
+    (rule,) = xds_rules
+    assert rule["ports"] == [{"port": "xds", "protocol": "TCP"}]
+    admitted = {n for n, labels in pods.items() if any(_labels_match(p["podSelector"], labels) for p in rule["from"])}
+    clients = {f"{FULLNAME}-gateway", f"{FULLNAME}-ratelimit", f"{FULLNAME}-waf"}
+    assert admitted == clients & set(pods)
+    assert all(set(p) == {"podSelector"} for p in rule["from"])  # this namespace only
+
+
+def test_network_policies_can_be_turned_off() -> None:
+    docs = manifests(render(merge(SOURCES, {"networkPolicy": {"enabled": False}})))
+    assert not [d for d in docs if d["kind"] == "NetworkPolicy"]
+
+
+def _container(docs: list[dict[str, Any]], deployment: str, name: str) -> dict[str, Any]:
+    spec = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    (container,) = [c for c in spec["containers"] if c["name"] == name]
+    return container
+
+
+def test_xds_mtls_unless_insecure_is_asked(case: str, docs: list[dict[str, Any]]) -> None:
+    insecure = values_of(case).get("xds", {}).get("insecure", False)
+    args = _container(docs, FULLNAME, "controlplane")["args"]
+    assert ("--insecure" in args) == insecure
+    if not insecure:
+        for flag, file in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key"), ("--tls-client-ca", "ca.crt")):
+            assert args[args.index(flag) + 1] == f"{TLS_DIR}/{file}"
+    for deployment, container in ((f"{FULLNAME}-ratelimit", "ratelimit"), (f"{FULLNAME}-waf", "waf")):
+        if any(d["kind"] == "Deployment" and d["metadata"]["name"] == deployment for d in docs):
+            client_args = _container(docs, deployment, container)["args"]
+            assert ("--insecure" in client_args) == insecure
+            assert ("--xds-cert" in client_args) != insecure
+            assert client_args[client_args.index("--xds") + 1] == f"{XDS_HOST}:18000"
+
+
+def test_server_certificate_names_the_xds_host() -> None:
+    docs = manifests(render(values_of("minimal")))
+    server = find(docs, "Certificate", f"{FULLNAME}-xds-controlplane")["spec"]
+    assert XDS_HOST in server["dnsNames"]
+    assert "server auth" in server["usages"]
+    client = find(docs, "Certificate", f"{FULLNAME}-xds-gateway")["spec"]
+    assert client["commonName"] == "gateway" and "client auth" in client["usages"]
+
+
+def test_gateway_ready_and_drained(docs: list[dict[str, Any]]) -> None:
+    deployment = find(docs, "Deployment", f"{FULLNAME}-gateway")
+    spec = deployment["spec"]["template"]["spec"]
+    envoy = _container(docs, f"{FULLNAME}-gateway", "envoy")
+    agent = _container(docs, f"{FULLNAME}-gateway", "agent")
+    admin = yaml.safe_load(_bootstrap_text(docs))["admin"]["address"]["socket_address"]
+    probe = " ".join(agent["readinessProbe"]["exec"]["command"])
+    assert f"http://127.0.0.1:{admin['port_value']}/ready" in probe
+    drain = " ".join(agent["lifecycle"]["preStop"]["exec"]["command"])
+    assert f"http://127.0.0.1:{admin['port_value']}/drain_listeners?graceful" in drain
+    drain_seconds = int(envoy["args"][envoy["args"].index("--drain-time-s") + 1])
+    assert f"time.sleep({drain_seconds})" in drain
+    assert envoy["lifecycle"]["preStop"]["sleep"]["seconds"] > drain_seconds
+    assert spec["terminationGracePeriodSeconds"] > envoy["lifecycle"]["preStop"]["sleep"]["seconds"]
+    keys = {c["topologyKey"] for c in spec["topologySpreadConstraints"]}
+    assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+
+
+def test_high_availability(case: str, docs: list[dict[str, Any]]) -> None:
+    assert find(docs, "Deployment", FULLNAME)["spec"]["replicas"] >= 2
+    gateway = find(docs, "Deployment", f"{FULLNAME}-gateway")["spec"]
+    hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    if hpas:
+        assert "replicas" not in gateway  # the HPA owns it
+        assert hpas[0]["spec"]["minReplicas"] >= 2
+    else:
+        assert gateway["replicas"] >= 2
+    for name in (FULLNAME, f"{FULLNAME}-gateway"):
+        find(docs, "PodDisruptionBudget", name)
+
+
+def _bootstrap_text(docs: list[dict[str, Any]]) -> str:
+    return str(find(docs, "ConfigMap", f"{FULLNAME}-gateway-bootstrap")["data"]["envoy.yaml"])
+
+
+def _bootstrap_cli(values: dict[str, Any]) -> dict[str, Any]:
+    merged = merge(helm_defaults(), values)
+    argv = [
+        sys.executable, "-m", "controlplane", "bootstrap",
+        "--node-id", merged["gateway"]["nodeId"],
+        "--cluster", "gateway",
+        "--xds-address", f"{XDS_HOST}:{merged['xds']['port']}",
+        "--admin-port", str(merged["gateway"]["adminPort"]),
+    ]  # fmt: skip
+    if merged["xds"]["delta"]:
+        argv.append("--delta")
+    if merged["xds"]["insecure"]:
+        argv.append("--insecure")
+    else:
+        argv += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key", "--tls-ca", f"{TLS_DIR}/ca.crt"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO).stdout
+    parsed: dict[str, Any] = yaml.safe_load(out)
+    return parsed
+
+
+def test_bootstrap_is_what_the_cli_prints(case: str, docs: list[dict[str, Any]]) -> None:
+    assert yaml.safe_load(_bootstrap_text(docs)) == _bootstrap_cli(values_of(case))
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("case_name", ["minimal", "tls-existing-secrets", "insecure"])
+def test_envoy_accepts_the_bootstrap(case_name: str, tmp_path: Path) -> None:
+    text = _bootstrap_text(manifests(render(values_of(case_name))))
+    # The certificate files are mounted from a Secret in the pod: real ones stand in for them here.
+    ca = CertificateAuthority(tmp_path, "xds-ca")
+    issued = ca.issue("gateway", client=True)
+    for file, path in (("tls.crt", issued.cert), ("tls.key", issued.key), ("ca.crt", ca.path)):
+        text = text.replace(f"{TLS_DIR}/{file}", str(path))
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text)
+    proc = envoy_validate_file(config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def helm_defaults() -> dict[str, Any]:
+    with helm.Chart.load(CHART) as chart:
+        return chart.values
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"controlplane": {"replicas": "two"}}, "/controlplane/replicas"),
+        ({"controlplane": {"replicas": 1}}, "/controlplane/replicas"),
+        ({"gatway": {"replicas": 3}}, "gatway"),
+        ({"gateway": {"autoscaling": {"minReplica": 3}}}, "minReplica"),
+        ({"gateway": {"resources": {"requests": {"cpu": "lots"}}}}, "/gateway/resources/requests/cpu"),
+        ({"gateway": {"resources": {"limits": None}}}, "/gateway/resources"),
+        ({"gateway": {"ports": [{"name": "http", "containerPort": 80}]}}, "/gateway/ports/0/containerPort"),
+        # null removes a default: what is left of the selector is empty, which selects every pod
+        ({"backends": {"podSelector": {"matchLabels": None}}}, "/backends/podSelector"),
+        ({"xds": {"insecure": "yes"}}, "/xds/insecure"),
+        ({"podSecurityContext": {"runAsUser": 0}}, "/podSecurityContext/runAsUser"),
+        ({"tls": {"certManager": {"enabled": False}}}, "set tls.certManager.enabled, or tls.existingSecret"),
+        ({"gateway": {"autoscaling": {"minReplicas": 12}}}, "minReplicas is above gateway.autoscaling.maxReplicas"),
+        ({"controlplane": {"sources": {"files": None}}}, "/controlplane/sources"),
+        ({"controlplane": {"sources": {"existingConfigMap": "specs"}}}, "controlplane.sources: set files or"),
+    ],
+)
+def test_wrong_value_fails_naming_it(values: dict[str, Any], named: str) -> None:
+    with pytest.raises(helm.HelmError) as error:
+        render(merge(SOURCES, values))
+    assert named in str(error.value)
+
+
+def test_every_value_is_documented() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented: list[str] = []
+    # (indent, documented) of the keys enclosing the current line
+    stack: list[tuple[int, bool]] = []
+    previous = ""
+    for line in lines:
+        match = re.match(r"^( *)([A-Za-z][\w.-]*):", line)
+        if match:
+            indent = len(match.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            documented = previous.lstrip().startswith("#") or any(d for _, d in stack)
+            if not documented:
+                is_parent = line.rstrip().endswith(":")
+                if not is_parent:
+                    undocumented.append(line.strip())
+            stack.append((indent, documented))
+        if line.strip():
+            previous = line
+    assert not undocumented
+
+
+def _golden_text(case: str) -> str:
+    rendered = render(values_of(case))
+    parts = [f"# {name}\n{rendered[name].strip()}\n" for name in sorted(rendered) if rendered[name].strip()]
+    return "\n".join(parts)
+
+
+def test_golden(case: str, request: pytest.FixtureRequest) -> None:
+    path = GOLDEN / f"{case}.yaml"
+    actual = _golden_text(case)
+    if request.config.getoption("--update-goldens"):
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(actual)
+        for orphan in GOLDEN.glob("*.yaml"):
+            if orphan.stem not in VALUE_SETS:
+                orphan.unlink()
+        return
+    assert path.exists(), f"{path} is missing: run pytest --update-goldens"
+    assert actual == path.read_text(), f"{path} differs: run pytest --update-goldens and review the diff"
