@@ -22,7 +22,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from controlplane import cli
 from controlplane.certs import CertificateAuthority
+from controlplane.ratelimit.options import parser as ratelimit_parser
+from controlplane.waf.options import parser as waf_parser
 from tests.conftest import REPO
 from tests.harness import envoy_validate_file
 
@@ -265,13 +268,44 @@ def test_xds_mtls_unless_insecure_is_asked(case: str, docs: list[dict[str, Any]]
             assert client_args[client_args.index("--xds") + 1] == f"{XDS_HOST}:18000"
 
 
+def test_commands_parse_with_the_real_options(case: str, docs: list[dict[str, Any]]) -> None:
+    # The container command lines as the project's own parsers read them: a renamed or mistyped
+    # option fails here instead of in a crash-looping pod.
+    parsers = {"serve": cli.parser, "ratelimit": ratelimit_parser, "waf": waf_parser}
+    seen = set()
+    for name, template in pod_specs(docs):
+        for container in template["spec"]["containers"]:
+            if container["command"][:3] != ["python", "-m", "controlplane"]:
+                continue
+            args = [str(a) for a in container["args"]]
+            command = args[0]
+            seen.add(command)
+            parsed = parsers[command]().parse_args(args if command == "serve" else args[1:])
+            if command == "serve":
+                assert parsed.paths == ["/etc/controlplane/sources"], name
+                assert parsed.xds_address == f"0.0.0.0:{container['ports'][0]['containerPort']}", name
+            else:
+                assert parsed.xds == f"{XDS_HOST}:18000", name
+        for container in template["spec"]["containers"]:
+            if container["command"][:2] == ["python", "-c"]:  # the gateway's agent
+                compile(container["command"][2], f"{name}/{container['name']}", "exec")
+                for hook in (container["readinessProbe"], container["lifecycle"]["preStop"]):
+                    compile(hook["exec"]["command"][2], f"{name}/{container['name']}", "exec")
+    assert "serve" in seen
+
+
 def test_server_certificate_names_the_xds_host() -> None:
     docs = manifests(render(values_of("minimal")))
     server = find(docs, "Certificate", f"{FULLNAME}-xds-controlplane")["spec"]
     assert XDS_HOST in server["dnsNames"]
     assert "server auth" in server["usages"]
-    client = find(docs, "Certificate", f"{FULLNAME}-xds-gateway")["spec"]
-    assert client["commonName"] == "gateway" and "client auth" in client["usages"]
+    docs = manifests(render(values_of("global-limits")))
+    for group in ("gateway", "ratelimit"):
+        client = find(docs, "Certificate", f"{FULLNAME}-xds-{group}")["spec"]
+        assert "client auth" in client["usages"]
+        # the control plane takes a client's node group from its certificate's organizational unit
+        assert client["subject"]["organizationalUnits"] == [group]
+    assert find(docs, "Certificate", f"{FULLNAME}-xds-gateway")["spec"]["commonName"] == "gateway"
 
 
 def test_gateway_ready_and_drained(docs: list[dict[str, Any]]) -> None:
