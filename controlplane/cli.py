@@ -181,6 +181,44 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    """What changing OLD into NEW does to the gateway; exit 1 when some of it is security-relevant."""
+    from . import diff
+
+    if _DIFF_CUT not in args.paths:
+        print("diff: give the old inputs, then --, then the new ones (diff OLD... -- NEW...)", file=sys.stderr)
+        return 2
+    cut = args.paths.index(_DIFF_CUT)
+    sides = {"old": args.paths[:cut], "new": args.paths[cut + 1 :]}
+    gateways = {}
+    for side, paths in sides.items():
+        if not paths:
+            print(f"diff: no {side} inputs (diff OLD... -- NEW...)", file=sys.stderr)
+            return 2
+        result = compile(paths, use_cache=not args.no_cache)
+        if not result.ok or result.gateway is None:
+            print(f"diff: the {side} inputs do not compile:", file=sys.stderr)
+            _report(result, sys.stderr, False)
+            return 2
+        gateways[side] = result.gateway
+    report = diff.diff(gateways["old"], gateways["new"])
+    if args.output == "json":
+        write(
+            {"security_relevant": len(report.security), "changes": [c.as_json() for c in report.changes]},
+            "json",
+            sys.stdout,
+        )
+    elif args.output == "markdown":
+        print(diff.markdown(report))
+    else:
+        print(diff.text(report))
+    return 1 if report.security else 0
+
+
+# argparse takes a lone ``--`` for itself: ``diff`` sees where the new inputs start through this
+_DIFF_CUT = "\0new inputs"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         _code, data = _admin_get(args.server, "/status")
@@ -420,6 +458,27 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
 
+    df = sub.add_parser(
+        "diff",
+        help="what changing specs and policies does to the gateway, security-relevant changes first "
+        "(exit 1 when there are some)",
+    )
+    df.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="the old specs, policies or directories, then --, then the new ones",
+    )
+    df.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json", "markdown"],
+        default="text",
+        help="text for people, json for bots, markdown for a pull-request comment (default text)",
+    )
+    df.add_argument("--no-cache", action="store_true", help=CACHE_HELP)
+    df.set_defaults(func=cmd_diff)
+
     st = sub.add_parser("status", help="one line per connected Envoy: versions per type, SYNCED/STALE/NACKED")
     st.add_argument("--server", required=True, metavar="ADDR", help="the control plane's admin address")
     st.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format (default table)")
@@ -479,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["ratelimit"]:  # every option after it is the service's own (argparse would take --help)
         return cmd_ratelimit(given[1:])
+    if given[:1] == ["diff"] and "--" in given:
+        given[given.index("--")] = _DIFF_CUT
     if given[:1] == ["waf"]:
         from .waf.app import main as waf_main
 
