@@ -215,6 +215,45 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1 if report.security else 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 1 when a connected Envoy is NACKED, STALE, or serves other than PATH compiles to."""
+    from urllib.parse import quote
+
+    from . import drift
+
+    result = compile(args.paths, strict=args.strict, use_cache=not args.no_cache)
+    if not result.ok or result.resources is None:
+        print("check: the inputs do not compile:", file=sys.stderr)
+        _report(result, sys.stderr, args.all)
+        return 2
+    want = drift.expected(result.resources)
+    try:
+        _code, status_data = _admin_get(args.server, "/status")
+        dumps = {}
+        for node in status_data["nodes"]:
+            if node["group"] == args.group:
+                code, dump = _admin_get(args.server, f"/config_dump?node={quote(node['node'])}")
+                if code == 200:
+                    dumps[node["node"]] = dump
+    except OSError as exc:
+        print(f"check: cannot reach the control plane at {args.server}: {exc}", file=sys.stderr)
+        return 2
+    findings = drift.check(status_data, dumps, want, args.group)
+    nodes = [n for n in status_data["nodes"] if n["group"] == args.group]
+    if not nodes:
+        print(f"check: no Envoy of group {args.group!r} is connected", file=sys.stderr)
+        return 1
+    for finding in findings:
+        print(finding.line())
+    bad = {f.node for f in findings}
+    print(
+        f"{len(status_data['nodes']) - len(bad)} of {len(status_data['nodes'])} node(s) serve what "
+        f"{' '.join(args.paths)} compiles to" + (f"; drift on {len(bad)}" if bad else ""),
+        file=sys.stderr,
+    )
+    return 1 if findings else 0
+
+
 # argparse takes a lone ``--`` for itself: ``diff`` sees where the new inputs start through this
 _DIFF_CUT = "\0new inputs"
 
@@ -478,6 +517,16 @@ def parser() -> argparse.ArgumentParser:
     )
     df.add_argument("--no-cache", action="store_true", help=CACHE_HELP)
     df.set_defaults(func=cmd_diff)
+
+    ck = sub.add_parser(
+        "check",
+        help="exit 1 when a connected Envoy is NACKED or STALE or serves other than PATH compiles to "
+        "(names the node, the resource and the first difference)",
+    )
+    inputs(ck)
+    ck.add_argument("--server", metavar="ADDR", required=True, help="the control plane's admin address")
+    ck.add_argument("--group", default="gateway", help="the node group whose configuration PATH is (default gateway)")
+    ck.set_defaults(func=cmd_check)
 
     st = sub.add_parser("status", help="one line per connected Envoy: versions per type, SYNCED/STALE/NACKED")
     st.add_argument("--server", required=True, metavar="ADDR", help="the control plane's admin address")
