@@ -27,7 +27,8 @@ from controlplane.certs import CertificateAuthority
 from controlplane.ratelimit.options import parser as ratelimit_parser
 from controlplane.waf.options import parser as waf_parser
 from tests.conftest import REPO
-from tests.harness import envoy_validate_file
+from tests.harness import envoy_binary, envoy_validate_file, free_port, raw_request, stop_process
+from tests.xds_harness import wait_for
 
 CHART = REPO / "helm" / "controlplane"
 GOLDEN = Path(__file__).parent / "golden_helm"
@@ -454,3 +455,124 @@ def test_golden(case: str, request: pytest.FixtureRequest) -> None:
         return
     assert path.exists(), f"{path} is missing: run pytest --update-goldens"
     assert actual == path.read_text(), f"{path} differs: run pytest --update-goldens and review the diff"
+
+
+E2E_SPEC = """\
+openapi: 3.0.3
+info: {title: items, version: "1"}
+servers: [{url: /}]
+paths:
+  /items:
+    get: {operationId: listItems, responses: {"200": {description: ok}}}
+"""
+
+
+def _as_configmap_volume(data: dict[str, str], directory: Path) -> None:
+    # The kubelet's layout: the files in a hidden timestamped folder, `..data` pointing at it and
+    # each key a link through `..data` (swapped at once on an update).
+    stamped = directory / "..2026_01_01_00_00_00.000000000"
+    stamped.mkdir(parents=True)
+    for key, text in data.items():
+        (stamped / key).write_text(text)
+        (directory / key).symlink_to(Path("..data") / key)
+    (directory / "..data").symlink_to(stamped.name)
+
+
+def _localize(text: str, swaps: dict[str, str]) -> str:
+    for old, new in swaps.items():
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.mark.envoy
+@pytest.mark.slow
+def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
+    """The control plane and the gateway pod's containers run from their rendered command lines,
+    with certificates as the rendered cert-manager Certificates describe them: Envoy gets its
+    configuration over mTLS, the agent's readiness probe passes, traffic flows, and the agent's
+    preStop hook drains the listeners."""
+    listener = free_port()
+    policy = (
+        "apiVersion: controlplane.dev/v1\nkind: GatewayPolicy\n"
+        f"listeners: [{{name: public, address: 127.0.0.1, port: {listener}}}]\n"
+        f'upstreams: [{{name: backend, endpoints: ["127.0.0.1:{echo.port}"]}}]\n'
+        "apis: [{name: items, spec: items.openapi.yaml, upstream: backend}]\n"
+    )
+    values = merge(
+        values_of("minimal"),
+        {
+            "controlplane": {"sources": {"files": {"items.openapi.yaml": E2E_SPEC, "gateway.policy.yaml": policy}}},
+            "gateway": {"drain": {"seconds": 1}},
+        },
+    )
+    docs = manifests(render(values))
+
+    sources = tmp_path / "sources"
+    _as_configmap_volume(find(docs, "ConfigMap", f"{FULLNAME}-sources")["data"], sources)
+    ca = CertificateAuthority(tmp_path, "xds-ca")
+    tls_dirs = {}
+    for component in ("controlplane", "gateway"):
+        spec = find(docs, "Certificate", f"{FULLNAME}-xds-{component}")["spec"]
+        units = spec.get("subject", {}).get("organizationalUnits", [None])
+        issued = ca.issue(spec["commonName"], spec.get("dnsNames", ()), client="client auth" in spec["usages"],
+                          unit=units[0], stem=component)  # fmt: skip
+        folder = tmp_path / f"tls-{component}"
+        folder.mkdir()
+        for file, path in (("tls.crt", issued.cert), ("tls.key", issued.key), ("ca.crt", ca.path)):
+            (folder / file).write_bytes(path.read_bytes())
+        tls_dirs[component] = str(folder)
+
+    xds_port, cp_admin, envoy_admin = free_port(), free_port(), free_port()
+    plane = _container(docs, FULLNAME, "controlplane")
+    plane_argv = [
+        _localize(str(a), {TLS_DIR: tls_dirs["controlplane"], "/etc/controlplane/sources": str(sources),
+                           "0.0.0.0:18000": f"127.0.0.1:{xds_port}", "0.0.0.0:9100": f"127.0.0.1:{cp_admin}"})
+        for a in plane["command"][1:] + plane["args"]
+    ]  # fmt: skip
+    envoy = _container(docs, f"{FULLNAME}-gateway", "envoy")
+    agent = _container(docs, f"{FULLNAME}-gateway", "agent")
+    admin_url = "http://127.0.0.1:9901/"
+    bootstrap = _localize(
+        _bootstrap_text(docs),
+        {TLS_DIR: tls_dirs["gateway"], f"address: {XDS_HOST}\n": "address: 127.0.0.1\n",
+         "port_value: 18000": f"port_value: {xds_port}", "port_value: 9901": f"port_value: {envoy_admin}"},
+    )  # fmt: skip
+    assert f"sni: {XDS_HOST}" in bootstrap  # Envoy still asks for the Service's name
+    (tmp_path / "envoy").mkdir()
+    (tmp_path / "envoy" / "envoy.yaml").write_text(bootstrap)
+    envoy_argv = [
+        envoy_binary() if a == "envoy" else _localize(str(a), {"/etc/envoy": str(tmp_path / "envoy")})
+        for a in envoy["command"] + envoy["args"]
+    ]
+
+    def agent_hook(command: list[str]) -> subprocess.CompletedProcess[str]:
+        code = command[2].replace(admin_url, f"http://127.0.0.1:{envoy_admin}/")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+
+    logs = tmp_path / "logs.txt"
+    with logs.open("w") as log:
+        procs = [subprocess.Popen([sys.executable, *plane_argv], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)]
+        try:
+            procs.append(subprocess.Popen(envoy_argv, stdout=log, stderr=subprocess.STDOUT))
+            try:
+                wait_for(lambda: agent_hook(agent["readinessProbe"]["exec"]["command"]).returncode == 0, 60,
+                         "the agent's readiness probe")  # fmt: skip
+                response = raw_request(listener, b"GET /items HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert response.status == 200
+                drained = agent_hook(agent["lifecycle"]["preStop"]["exec"]["command"])
+                assert drained.returncode == 0, drained.stderr
+
+                def refused() -> bool:
+                    try:
+                        raw_request(listener, b"GET /items HTTP/1.1\r\nHost: t\r\n\r\n", timeout=2)
+                    except ConnectionRefusedError:
+                        return True
+                    return False
+
+                wait_for(refused, 15, "the drained listener to close")
+            except BaseException:
+                print(logs.read_text())
+                raise
+        finally:
+            for proc in procs:
+                stop_process(proc)
