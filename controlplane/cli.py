@@ -221,6 +221,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from . import drift
 
+    if args.access_log is not None:
+        return _unknown_endpoints(args.access_log)
+    if not args.server or not args.paths:
+        print("check: give --server ADDR PATH... (or --access-log FILE)", file=sys.stderr)
+        return 2
     result = compile(args.paths, strict=args.strict, use_cache=not args.no_cache)
     if not result.ok or result.resources is None:
         print("check: the inputs do not compile:", file=sys.stderr)
@@ -252,6 +257,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1 if findings else 0
+
+
+def _unknown_endpoints(path: str) -> int:
+    """Exit 1 when the access log shows calls to endpoints no spec declares."""
+    from . import drift
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") if path != "-" else sys.stdin as lines:
+            found = drift.unknown_endpoints(lines)
+    except OSError as exc:
+        print(f"check: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    for method, shape, count, example in found:
+        print(f"{count:>8}  {method} {shape}   e.g. {example}")
+    total = sum(row[2] for row in found)
+    print(f"{total} request(s) to {len(found)} endpoint shape(s) no spec declares", file=sys.stderr)
+    return 1 if found else 0
 
 
 # argparse takes a lone ``--`` for itself: ``diff`` sees where the new inputs start through this
@@ -523,8 +545,14 @@ def parser() -> argparse.ArgumentParser:
         help="exit 1 when a connected Envoy is NACKED or STALE or serves other than PATH compiles to "
         "(names the node, the resource and the first difference)",
     )
-    inputs(ck)
-    ck.add_argument("--server", metavar="ADDR", required=True, help="the control plane's admin address")
+    inputs(ck, "*")
+    ck.add_argument("--server", metavar="ADDR", help="the control plane's admin address")
+    ck.add_argument(
+        "--access-log",
+        metavar="FILE",
+        help="instead: the gateway's JSON access log (- for stdin); list the 404s for endpoints no spec "
+        "declares, by path shape, and exit 1 when there are some",
+    )
     ck.add_argument("--group", default="gateway", help="the node group whose configuration PATH is (default gateway)")
     ck.set_defaults(func=cmd_check)
 

@@ -14,10 +14,14 @@ services (rate limit, WAF) and mesh sidecars get other resources, and only their
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .resources import Resources, to_dict
+from .translate.routes import NOT_FOUND_ROUTE
 
 # Secrets are left out: the mesh's workload certificates are issued by the serving control plane
 # at run time, and a compile here has its own; the served certificates' expiry is in ``status``.
@@ -123,3 +127,49 @@ def check(
         if node["group"] == group and name in dumps:
             out.extend(compare_node(name, want, dumps[name], set(node["types"])))
     return out
+
+
+# -- traffic: calls to endpoints no spec declares ------------------------------------------------
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_NUMBER = re.compile(r"^\d+$")
+_HEX = re.compile(r"^[0-9a-fA-F]{8,}$")
+_TOKEN = re.compile(r"^(?=.*\d)[A-Za-z0-9_-]{12,}$")  # an id-like segment: long, with digits
+
+
+def path_shape(path: str) -> str:
+    """``/orders/42/items/9f1c…`` → ``/orders/{n}/items/{id}``: calls to one endpoint together."""
+    segments = []
+    for segment in path.split("?", 1)[0].split("/"):
+        if _NUMBER.match(segment):
+            segments.append("{n}")
+        elif _UUID.match(segment):
+            segments.append("{uuid}")
+        elif _HEX.match(segment) or _TOKEN.match(segment):
+            segments.append("{id}")
+        else:
+            segments.append(segment)
+    return "/".join(segments)
+
+
+def unknown_endpoints(lines: Iterable[str]) -> list[tuple[str, str, int, str]]:
+    """From the gateway's JSON access log: the requests it answered 404 because no spec declares
+    what they asked for (its catch-all ``not-found`` route, or Envoy's no-route flag ``NR``; a
+    backend's own 404 names its operation and is left out), by method and path shape, most
+    frequent first: (method, shape, count, an example path)."""
+    counts: dict[tuple[str, str], list[Any]] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or str(entry.get("status")) != "404":
+            continue
+        if entry.get("operation") != NOT_FOUND_ROUTE and "NR" not in str(entry.get("flags", "")):
+            continue
+        path = str(entry.get("path") or "")
+        key = (str(entry.get("method") or ""), path_shape(path))
+        row = counts.setdefault(key, [0, path])
+        row[0] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    return [(method, shape, n, example) for (method, shape), (n, example) in ranked]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from controlplane import drift
+from tests.harness import raw_request
 from tests.xds_harness import REPO, ControlPlaneProcess, http_get, start_envoy, wait_for
 
 SPEC = """
@@ -57,6 +58,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPl
     config = write(work / "config")
     plane = ControlPlaneProcess([config], work).start()
     envoy = start_envoy(work, plane)
+    (work / "access.log").symlink_to(envoy.stdout_path)  # the JSON access log (gateway.accessLog)
 
     def synced() -> bool:
         nodes = json.loads(http_get(plane.admin_port, "/status")[1])["nodes"]
@@ -132,3 +134,39 @@ def test_a_resource_a_node_lacks_is_drift_only_for_types_it_takes_whole() -> Non
     assert [f.line() for f in lacking] == ["n: missing listeners/public: compiled here, not served to this node"]
     extra = drift.compare_node("n", want, {"listeners": [{"name": "public"}, {"name": "old"}]}, {"listeners"})
     assert [f.what for f in extra] == ["extra"]
+
+
+def test_calls_to_endpoints_no_spec_declares_are_grouped_by_shape(served: tuple[ControlPlaneProcess, Path]) -> None:
+    """Traffic drift from a real Envoy's access log: a client calling /shop/refunds/{n} (which
+    the spec lacks) shows as one endpoint shape; the declared operations and the backend's own
+    answers do not."""
+    _plane, work = served
+    for i in (1, 2, 3):
+        assert (
+            raw_request(
+                18099, f"POST /shop/refunds/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+            ).status
+            == 404
+        )
+    assert raw_request(18099, b"GET /shop/admin/9f1c2d3e4b5a6978 HTTP/1.1\r\nHost: x\r\n\r\n").status == 404
+    raw_request(18099, b"GET /shop/orders/7 HTTP/1.1\r\nHost: x\r\n\r\n")  # declared (its upstream is down: 503)
+    log = work / "access.log"
+    wait_for(lambda: log.read_text().count("/shop/admin/") == 1, 10, "the access log lines")
+    proc = subprocess.run(
+        [sys.executable, "-m", "controlplane", "check", "--access-log", str(log)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["3", "POST", "/shop/refunds/{n}", "e.g.", "/shop/refunds/1"], lines
+    assert lines[1].split()[:3] == ["1", "GET", "/shop/admin/{id}"] and len(lines) == 2, lines
+    assert "4 request(s) to 2 endpoint shape(s) no spec declares" in proc.stderr
+
+
+def test_path_shapes() -> None:
+    assert drift.path_shape("/a/42/b/3f2504e0-4f89-11d3-9a0c-0305e82c3301/c/deadbeef00?x=1") == "/a/{n}/b/{uuid}/c/{id}"
+    assert drift.path_shape("/orders/export") == "/orders/export"
+    assert drift.path_shape("/users/usr_8f3a2b91c0ffee") == "/users/{id}"
