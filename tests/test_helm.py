@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import helm_python as helm
 import kubernetes_validate
@@ -28,7 +29,7 @@ from controlplane.ratelimit.options import parser as ratelimit_parser
 from controlplane.waf.options import parser as waf_parser
 from tests.conftest import REPO
 from tests.harness import envoy_binary, envoy_validate_file, free_port, raw_request, stop_process
-from tests.xds_harness import wait_for
+from tests.xds_harness import http_get, wait_for
 
 CHART = REPO / "helm" / "controlplane"
 GOLDEN = Path(__file__).parent / "golden_helm"
@@ -463,7 +464,10 @@ info: {title: items, version: "1"}
 servers: [{url: /}]
 paths:
   /items:
-    get: {operationId: listItems, responses: {"200": {description: ok}}}
+    get:
+      operationId: listItems
+      parameters: [{name: q, in: query, schema: {type: string}}]
+      responses: {"200": {description: ok}}
 """
 
 
@@ -478,28 +482,34 @@ def _as_configmap_volume(data: dict[str, str], directory: Path) -> None:
     (directory / "..data").symlink_to(stamped.name)
 
 
-def _localize(text: str, swaps: dict[str, str]) -> str:
-    for old, new in swaps.items():
-        text = text.replace(old, new)
-    return text
+def _localize(args: list[str], swaps: dict[str, str]) -> list[str]:
+    out = []
+    for arg in args:
+        for old, new in swaps.items():
+            arg = arg.replace(old, new)
+        out.append(arg)
+    return out
 
 
 @pytest.mark.envoy
 @pytest.mark.slow
 def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
-    """The control plane and the gateway pod's containers run from their rendered command lines,
-    with certificates as the rendered cert-manager Certificates describe them: Envoy gets its
-    configuration over mTLS, the agent's readiness probe passes, traffic flows, and the agent's
-    preStop hook drains the listeners."""
-    listener = free_port()
+    """The control plane, the gateway pod's containers and the WAF service run from their rendered
+    command lines, with certificates as the rendered cert-manager Certificates describe them (the
+    WAF checks the server's name as in the cluster): Envoy and the WAF get their configuration over
+    mTLS, the agent's readiness probe passes, traffic flows and attacks are refused, and the agent's
+    preStop hook drains the listeners. Only addresses and mounted paths are swapped for local ones."""
+    listener, xds_port, cp_admin, envoy_admin = free_port(), free_port(), free_port(), free_port()
+    waf_port, waf_admin = free_port(), free_port()
     policy = (
         "apiVersion: controlplane.dev/v1\nkind: GatewayPolicy\n"
         f"listeners: [{{name: public, address: 127.0.0.1, port: {listener}}}]\n"
         f'upstreams: [{{name: backend, endpoints: ["127.0.0.1:{echo.port}"]}}]\n'
+        f'waf: {{service: {{endpoints: ["127.0.0.1:{waf_port}"], timeout: 2s}}, mode: prevent}}\n'
         "apis: [{name: items, spec: items.openapi.yaml, upstream: backend}]\n"
     )
     values = merge(
-        values_of("minimal"),
+        values_of("waf"),
         {
             "controlplane": {"sources": {"files": {"items.openapi.yaml": E2E_SPEC, "gateway.policy.yaml": policy}}},
             "gateway": {"drain": {"seconds": 1}},
@@ -511,7 +521,7 @@ def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
     _as_configmap_volume(find(docs, "ConfigMap", f"{FULLNAME}-sources")["data"], sources)
     ca = CertificateAuthority(tmp_path, "xds-ca")
     tls_dirs = {}
-    for component in ("controlplane", "gateway"):
+    for component in ("controlplane", "gateway", "waf"):
         spec = find(docs, "Certificate", f"{FULLNAME}-xds-{component}")["spec"]
         units = spec.get("subject", {}).get("organizationalUnits", [None])
         issued = ca.issue(spec["commonName"], spec.get("dnsNames", ()), client="client auth" in spec["usages"],
@@ -522,57 +532,63 @@ def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
             (folder / file).write_bytes(path.read_bytes())
         tls_dirs[component] = str(folder)
 
-    xds_port, cp_admin, envoy_admin = free_port(), free_port(), free_port()
     plane = _container(docs, FULLNAME, "controlplane")
-    plane_argv = [
-        _localize(str(a), {TLS_DIR: tls_dirs["controlplane"], "/etc/controlplane/sources": str(sources),
-                           "0.0.0.0:18000": f"127.0.0.1:{xds_port}", "0.0.0.0:9100": f"127.0.0.1:{cp_admin}"})
-        for a in plane["command"][1:] + plane["args"]
-    ]  # fmt: skip
+    plane_argv = _localize(
+        plane["command"][1:] + plane["args"],
+        {TLS_DIR: tls_dirs["controlplane"], "/etc/controlplane/sources": str(sources),
+         "0.0.0.0:18000": f"127.0.0.1:{xds_port}", "0.0.0.0:9100": f"127.0.0.1:{cp_admin}"},
+    )  # fmt: skip
+    waf = _container(docs, f"{FULLNAME}-waf", "waf")
+    waf_argv = _localize(
+        waf["command"][1:] + waf["args"],
+        {TLS_DIR: tls_dirs["waf"], "0.0.0.0:8082": f"127.0.0.1:{waf_port}", "0.0.0.0:8083": f"127.0.0.1:{free_port()}",
+         "9103": str(waf_admin), f"{XDS_HOST}:18000": f"127.0.0.1:{xds_port}", "0.0.0.0": "127.0.0.1"},
+    )  # fmt: skip
+    waf_argv += ["--xds-server-name", XDS_HOST]  # the name it checks by default in the cluster
     envoy = _container(docs, f"{FULLNAME}-gateway", "envoy")
     agent = _container(docs, f"{FULLNAME}-gateway", "agent")
-    admin_url = "http://127.0.0.1:9901/"
-    bootstrap = _localize(
-        _bootstrap_text(docs),
+    (bootstrap,) = _localize(
+        [_bootstrap_text(docs)],
         {TLS_DIR: tls_dirs["gateway"], f"address: {XDS_HOST}\n": "address: 127.0.0.1\n",
          "port_value: 18000": f"port_value: {xds_port}", "port_value: 9901": f"port_value: {envoy_admin}"},
     )  # fmt: skip
     assert f"sni: {XDS_HOST}" in bootstrap  # Envoy still asks for the Service's name
     (tmp_path / "envoy").mkdir()
     (tmp_path / "envoy" / "envoy.yaml").write_text(bootstrap)
-    envoy_argv = [
-        envoy_binary() if a == "envoy" else _localize(str(a), {"/etc/envoy": str(tmp_path / "envoy")})
-        for a in envoy["command"] + envoy["args"]
-    ]
+    envoy_argv = _localize(envoy["command"] + envoy["args"], {"/etc/envoy": str(tmp_path / "envoy")})
+    envoy_argv[0] = envoy_binary()
 
     def agent_hook(command: list[str]) -> subprocess.CompletedProcess[str]:
-        code = command[2].replace(admin_url, f"http://127.0.0.1:{envoy_admin}/")
+        code = command[2].replace("http://127.0.0.1:9901/", f"http://127.0.0.1:{envoy_admin}/")
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
 
-    logs = tmp_path / "logs.txt"
-    with logs.open("w") as log:
-        procs = [subprocess.Popen([sys.executable, *plane_argv], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)]
+    def get(target: str) -> int:
+        return raw_request(listener, f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode(), timeout=2).status
+
+    def refused() -> bool:
         try:
-            procs.append(subprocess.Popen(envoy_argv, stdout=log, stderr=subprocess.STDOUT))
-            try:
-                wait_for(lambda: agent_hook(agent["readinessProbe"]["exec"]["command"]).returncode == 0, 60,
-                         "the agent's readiness probe")  # fmt: skip
-                response = raw_request(listener, b"GET /items HTTP/1.1\r\nHost: t\r\n\r\n")
-                assert response.status == 200
-                drained = agent_hook(agent["lifecycle"]["preStop"]["exec"]["command"])
-                assert drained.returncode == 0, drained.stderr
+            get("/items")
+        except ConnectionRefusedError:
+            return True
+        return False
 
-                def refused() -> bool:
-                    try:
-                        raw_request(listener, b"GET /items HTTP/1.1\r\nHost: t\r\n\r\n", timeout=2)
-                    except ConnectionRefusedError:
-                        return True
-                    return False
-
-                wait_for(refused, 15, "the drained listener to close")
-            except BaseException:
-                print(logs.read_text())
-                raise
+    logs = tmp_path / "logs.txt"
+    procs: list[subprocess.Popen[bytes]] = []
+    with logs.open("w") as log:
+        try:
+            for argv in ([sys.executable, *plane_argv], [sys.executable, *waf_argv], envoy_argv):
+                procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path))
+            wait_for(lambda: agent_hook(agent["readinessProbe"]["exec"]["command"]).returncode == 0, 60,
+                     "the agent's readiness probe")  # fmt: skip
+            wait_for(lambda: http_get(waf_admin, "/ready")[0] == 200, 30, "the WAF service's rules over mTLS")
+            assert get("/items?q=shoes") == 200
+            assert get("/items?q=" + quote("1' OR '1'='1' --")) == 403
+            drained = agent_hook(agent["lifecycle"]["preStop"]["exec"]["command"])
+            assert drained.returncode == 0, drained.stderr
+            wait_for(refused, 15, "the drained listener to close")
+        except BaseException:
+            print(logs.read_text())
+            raise
         finally:
             for proc in procs:
                 stop_process(proc)
