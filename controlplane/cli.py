@@ -12,6 +12,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import ir
@@ -257,6 +258,43 @@ def cmd_check(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1 if findings else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why METHOD URL gets its answer, decision by decision, each with its source."""
+    from .explain import Caller, explain
+
+    result = compile(args.paths, strict=args.strict, use_cache=not args.no_cache)
+    if not result.ok or result.gateway is None:
+        print("explain: the inputs do not compile:", file=sys.stderr)
+        _report(result, sys.stderr, args.all)
+        return 2
+    headers = {}
+    for given in args.header:
+        name, sep, value = given.partition(":")
+        if not sep or not name.strip():
+            print(f"explain: --header {given!r}: expected NAME:VALUE", file=sys.stderr)
+            return 2
+        headers[name.strip().lower()] = value.strip()
+    claims = None
+    if args.claims is not None:
+        claims = {}
+        for item in args.claims.split(","):
+            key, sep, value = item.partition("=")
+            if not sep:
+                print(f"explain: --claims {item!r}: expected NAME=VALUE", file=sys.stderr)
+                return 2
+            claims[key.strip()] = value.strip()
+    body = b""
+    if args.body_file:
+        body = Path(args.body_file).read_bytes()
+    caller = Caller(headers=headers, client_ip=args.client_ip, token=args.token, claims=claims, body=body)
+    answer = explain(result.gateway, args.method.upper(), args.url, caller)
+    if args.output == "json":
+        write(answer.as_json(), "json", sys.stdout)
+    else:
+        print(answer.text())
+    return 0
 
 
 def _unknown_endpoints(path: str) -> int:
@@ -539,6 +577,22 @@ def parser() -> argparse.ArgumentParser:
     )
     df.add_argument("--no-cache", action="store_true", help=CACHE_HELP)
     df.set_defaults(func=cmd_diff)
+
+    ex = sub.add_parser(
+        "explain",
+        help="why a request gets its answer: listener, route, each filter's decision and its source, the status",
+    )
+    ex.add_argument("method", metavar="METHOD", help="the request's method")
+    ex.add_argument("url", metavar="URL", help="the request's URL (http://host:port/path?query)")
+    inputs(ex)
+    ex.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)")
+    who = ex.add_mutually_exclusive_group()
+    who.add_argument("--token", metavar="JWT", help="the caller's token (verified against the provider's keys)")
+    who.add_argument("--claims", metavar="K=V,...", help="the caller's claims, taken as verified (role=admin,sub=bob)")
+    ex.add_argument("--client-ip", metavar="ADDR", help="the client address the gateway trusts")
+    ex.add_argument("--body-file", metavar="FILE", help="the request body (for the WAF)")
+    ex.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format (default text)")
+    ex.set_defaults(func=cmd_explain)
 
     ck = sub.add_parser(
         "check",
