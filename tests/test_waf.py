@@ -608,3 +608,32 @@ def test_a_chunked_request_body_is_inspected_whole_or_refused(setup: Setup) -> N
     assert raw_request(setup.gateway_port, chunked(padded, 1000)).status == 413
     assert len(setup.echo.received) == before
     assert raw_request(setup.gateway_port, chunked(b'{"name": "x", "notes": "fine"}', 5)).status == 200
+
+
+def test_the_access_log_carries_the_verdict(setup: Setup) -> None:
+    """Envoy's access log line of a refused and of a detected request names what the WAF found
+    (the service's log has the details under the same request id); a clean one has nothing."""
+    refused = setup.send("GET", "/shop/search?q=" + q("1' OR '1'='1' --"))
+    detected = setup.send(
+        "POST", "/shop/notes", b'{"text": "<script>alert(1)</script>"}', {"Content-Type": "application/json"}
+    )
+    clean = setup.send("GET", "/shop/search?q=shoes")
+    ids = {r.header("x-request-id"): r for r in (refused, detected, clean)}
+
+    def lines() -> dict[str, dict[str, Any]]:
+        out = {}
+        for line in setup.envoy.stdout_path.read_text().splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if entry.get("request_id") in ids:
+                    out[entry["request_id"]] = entry
+        return out
+
+    def all_three() -> dict[str, dict[str, Any]] | None:
+        found = lines()
+        return found if len(found) == 3 else None
+
+    logged = wait_for(all_three, 10, "the three access log lines")
+    assert logged[refused.header("x-request-id")]["waf"].startswith("refused: sqli/")
+    assert logged[detected.header("x-request-id")]["waf"].startswith("detected: xss/")
+    assert logged[clean.header("x-request-id")]["waf"] is None

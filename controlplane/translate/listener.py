@@ -50,6 +50,9 @@ ACCESS_LOG_FIELDS = {
     # the limit that refused the request, and shadow limits that would have (the rate-limit service)
     "rate_limit": "%DYNAMIC_METADATA(envoy.filters.http.ratelimit:limit)%",
     "rate_limit_shadow": "%DYNAMIC_METADATA(envoy.filters.http.ratelimit:shadow)%",
+    # the WAF's verdict when it found something ("refused: sqli/…", "detected: xss/…"): the check's
+    # x-waf-verdict header, which ext_authz keeps as dynamic metadata
+    "waf": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:x-waf-verdict)%",
 }
 
 
