@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
 import socket
 import threading
 import time
@@ -58,6 +59,12 @@ paths:
               properties:
                 name: {type: string}
                 email: {type: string, format: email}
+                price: {type: number}
+                ids: {items: {type: integer}}
+          application/x-json:
+            schema:
+              type: object
+              properties:
                 price: {type: number}
           application/x-www-form-urlencoded: {schema: {type: object}}
           multipart/form-data: {schema: {type: object}}
@@ -422,6 +429,25 @@ def test_an_exclusion_does_not_cover_a_sibling_key_that_starts_with_its_name(set
     attempt(setup, "POST", *json_post("/shop/pages", {"title": "t", "html#x": SQLI}))
 
 
+@pytest.mark.xfail(
+    strict=True, reason="BYPASS: 'items' without 'type: array' makes body:/ids/* safe, and an object fits there"
+)
+def test_items_without_a_type_do_not_make_an_object_safe(setup: Setup) -> None:
+    """``ids: {items: {type: integer}}`` (no ``type: array``): an object there fits the schema,
+    and its members must still be inspected."""
+    attempt(setup, "POST", *json_post("/shop/items", {"name": "x", "ids": {"a": SQLI}}))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BYPASS: safe locations apply to a JSON body the model did not validate (application/x-json)",
+)
+def test_a_safe_location_is_not_skipped_when_the_model_did_not_read_the_body(setup: Setup) -> None:
+    """``application/x-json`` is declared too: the model validates only application/json, the
+    inspector reads both as JSON, so ``price`` (a number, safe) must not be skipped unvalidated."""
+    attempt(setup, "POST", *json_post("/shop/items", {"price": SQLI}, "application/x-json"))
+
+
 # -- HTTP/2 from the client (h2c, prior knowledge) ---------------------------------------------
 
 
@@ -667,6 +693,97 @@ def test_sql_in_a_quoted_media_parameter_is_inspected(setup: Setup) -> None:
 def test_an_overlong_header_or_too_many_headers_hide_nothing(setup: Setup) -> None:
     attempt(setup, "GET", "/shop/search?q=x", headers={"X-Pad": "a" * 9000 + SQLI})
     attempt(setup, "GET", "/shop/search?q=x", headers={**{f"X-H{i}": "1" for i in range(210)}, "X-Last": SQLI})
+
+
+def test_encoding_and_obfuscation_tricks_are_decoded(setup: Setup) -> None:
+    for value in [
+        "\uff1cscript\uff1ealert(1)\uff1c/script\uff1e",  # fullwidth: NFKC gives <script>
+        "1'/**/OR/**/'1'='1'/**/--",
+        "%253Cscript%253Ealert(1)%253C%252Fscript%253E",
+        "<sCrIpT>alert(1)</ScRiPt>",
+        "&#x3c;script&#x3e;alert(1)&#x3c;/script&#x3e;",
+    ]:
+        attempt(setup, "GET", "/shop/search?q=" + q(value))
+    attempt(setup, "GET", "/shop/search?q=%c0%bcscript%c0%bealert(1)%c0%bc/script%c0%be")  # overlong UTF-8
+    attempt(setup, "GET", "/shop/search?q=%u003cscript%u003ealert(1)%u003c/script%u003e")
+
+
+def test_multipart_with_bare_lf_line_ends_is_inspected(setup: Setup) -> None:
+    body = f'--XyZ\nContent-Disposition: form-data; name="name"\n\n{XSS}\n--XyZ--\n'.encode()
+    attempt(setup, "POST", "/shop/items", body, {"Content-Type": "multipart/form-data; boundary=XyZ"})
+
+
+JPEG_SHELL = pytest.param(
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    id="jpeg-binary",
+    marks=pytest.mark.xfail(
+        strict=True, reason="BYPASS (documented: binary parts are not inspected): PHP after a JPEG header"
+    ),
+)
+
+
+@pytest.mark.parametrize("lead", [pytest.param(b"GIF89a", id="gif-text"), JPEG_SHELL])
+def test_a_web_shell_in_an_image_upload_is_inspected(setup: Setup, lead: bytes) -> None:
+    """The polyglot upload: an image header, then PHP that runs wherever the file is served."""
+    shell = b"<?php system($_GET['c']); ?>"
+    body, headers = multipart(
+        'Content-Disposition: form-data; name="f"; filename="a.php"\r\nContent-Type: image/gif', lead + shell
+    )
+    attempt(setup, "POST", "/shop/items", body, headers)
+
+
+def test_a_pipelined_second_request_is_inspected(setup: Setup) -> None:
+    """Two requests on one connection: the first clean, the second an attack."""
+    before = len(setup.echo.received)
+    clean = b"GET /shop/search?q=shoes HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+    attack = b"GET /shop/search?q=" + q(SQLI).encode() + b" HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", setup.gateway_port), timeout=10) as s:
+        s.sendall(clean + attack)
+        buf = b""
+        while True:  # the second asks to close: Envoy closes after answering it
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    statuses = [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", buf)]
+    assert statuses == [200, 403], buf[:500]
+    assert len(setup.echo.received) == before + 1 and "shoes" in setup.echo.received[-1]["path"]
+
+
+def test_an_h1_chunked_trailer_does_not_reach_the_backend(setup: Setup, raw_backend: RawBackend) -> None:
+    before = len(raw_backend.received)
+    body = b'{"name": "zq9body"}'
+    data = b"POST /raw/items HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    data += b"TE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\nX-Note: %s\r\n\r\n" % (
+        len(body),
+        body,
+        SQLI.encode(),
+    )
+    resp = raw_request(setup.gateway_port, data)
+    if resp.status == 200:
+        wait_for(lambda: len(raw_backend.received) > before, 5, "the request at the raw backend")
+        seen = raw_backend.received[-1]
+        assert b"zq9body" in seen and SQLI.encode() not in seen, seen
+    else:
+        assert resp.status in REFUSED, resp.status
+
+
+def test_expect_100_continue_does_not_skip_the_body(setup: Setup) -> None:
+    before = len(setup.echo.received)
+    body = ATTACK_BODY
+    with socket.create_connection(("127.0.0.1", setup.gateway_port), timeout=10) as s:
+        s.sendall(HEAD + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        first = s.recv(65536)
+        if first.startswith(b"HTTP/1.1 100"):
+            s.sendall(body)
+            first = first.split(b"\r\n\r\n", 1)[1]
+        buf = first
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    refused(setup, parse_response(buf), before)
 
 
 # -- timing -------------------------------------------------------------------------------------
