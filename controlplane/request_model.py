@@ -20,10 +20,10 @@ from .documents import Document, DocumentStore, split_pointer
 from .errors import Diagnostics
 from .model.openapi import ApiSpec, OperationSpec
 
-# String formats whose valid values carry no attack (the service checks the format).
-SAFE_FORMATS = frozenset(
-    {"date", "date-time", "email", "uuid", "ipv4", "ipv6", "int32", "int64", "float", "double", "byte"}
-)
+# String formats whose valid values carry no attack; the service checks each value against the
+# format's strict grammar (controlplane/waf/model.py STRICT_FORMATS) before skipping it. Not
+# email: its grammar admits quotes and brackets ('<script>alert(1)</script>@x.io' is one).
+SAFE_FORMATS = frozenset({"date", "date-time", "uuid", "ipv4", "ipv6", "int32", "int64", "float", "double", "byte"})
 MAX_DEPTH = 24  # a schema deeper than this (or recursive) is cut there: not validated below, not safe
 JSON_MEDIA = ("application/json",)
 

@@ -77,7 +77,13 @@ def _filter(gw: ir.Gateway, name: str, fail_open: bool) -> hcm_pb2.HttpFilter:
             authorization_response=ext_authz_pb2.AuthorizationResponse(
                 dynamic_metadata_from_headers=string_pb2.ListStringMatcher(
                     patterns=[string_pb2.StringMatcher(exact=VERDICT_HEADER)]
-                )
+                ),
+                # Unset, every header of a refusal reaches the client: x-waf-verdict would tell an
+                # attacker tuning an evasion which rules fired. The client gets the gateway's own
+                # refusal (its JSON body and request id), and the verdict stays in the logs.
+                allowed_client_headers=string_pb2.ListStringMatcher(
+                    patterns=[string_pb2.StringMatcher(exact="content-type")]
+                ),
             ),
         ),
         allowed_headers=every_header,  # the client's headers, all of them, are inspected

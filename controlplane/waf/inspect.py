@@ -141,16 +141,26 @@ class _LocationMatcher:
 # --- small helpers -------------------------------------------------------------------------------
 
 
+# What a location's structure is made of (``/`` ``[`` ``#`` ``:``), and ``%``, percent-encoded
+# inside names: a client's key ``price#x``, parameter ``limit[]`` or header ``X-Page#x`` must not
+# spell a place under an excluded or schema-safe location (``body:/price``, ``query:limit``).
+_STRUCTURE = str.maketrans({"%": "%25", "/": "%2F", "[": "%5B", "]": "%5D", "#": "%23", ":": "%3A"})
+_STRUCTURAL = frozenset("%/[]#:~")
+
+
 def _label(name: str) -> str:
-    """A name as it appears inside a location: escaped, and cut (an attack in a parameter
-    name must not reach the logs whole through the location)."""
-    name = escape_control(name)
+    """A name as it appears inside a location: its structural characters percent-encoded,
+    control characters escaped, and cut (an attack in a parameter name must not reach the logs
+    whole through the location)."""
+    name = escape_control(name.translate(_STRUCTURE))
     return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
 
 
 @functools.lru_cache(maxsize=4096)
 def _pointer_token(token: str) -> str:
-    if len(token) <= _LABEL_CHARS and token.isprintable() and "~" not in token and "/" not in token:
+    """A JSON member name in a pointer: ``~`` and ``/`` as JSON pointers write them, the other
+    structural characters percent-encoded (:func:`_label`)."""
+    if len(token) <= _LABEL_CHARS and token.isprintable() and _STRUCTURAL.isdisjoint(token):
         return token
     return _label(token.replace("~", "~0").replace("/", "~1"))
 
@@ -218,7 +228,8 @@ def _whole(pattern: str) -> Callable[[str], bool]:
 
 # A header value fully matching its grammar here holds no attack in any family (no spaces
 # between words, no quotes, no ``..``): it is skipped, saving most of a browser's headers.
-_MEDIA_RANGE = r"(?:[\w.+*-]+/[\w.+*-]+|[\w.*-]+)(?:\s*;\s*[\w.-]+=(?:[\w.+/-]+|\"[\w .+/=-]*\"))*"
+# (a quoted parameter value without spaces: 'x="1 or 1=1 -- "' is no media type, and is inspected)
+_MEDIA_RANGE = r"(?:[\w.+*-]+/[\w.+*-]+|[\w.*-]+)(?:\s*;\s*[\w.-]+=(?:[\w.+/-]+|\"[\w.+/=-]*\"))*"
 _MEDIA_LIST = _whole(rf"^\s*{_MEDIA_RANGE}(?:\s*,\s*{_MEDIA_RANGE})*\s*$")
 _TOKEN = _whole(r"^[\w-]{1,64}$")
 _TOKEN_LIST = _whole(r"^\s*[\w-]+(?:\s*,\s*[\w-]+)*\s*$")
