@@ -785,6 +785,12 @@ UNJUDGEABLE = [
     pytest.param(
         "application/xml", b'<?xml version="1.0" encoding="idna"?><r>' + SQLI.encode() + b"</r>", id="xml-idna"
     ),
+    pytest.param(
+        "application/xml", b'<?xml version="1.0" encoding="shift_jis"?><r>' + SQLI.encode() + b"</r>", id="xml-sjis"
+    ),
+    pytest.param(
+        "application/xml", b'<?xml version="1.0" encoding="x-nope"?><r>' + SQLI.encode() + b"</r>", id="xml-unknown"
+    ),
 ]
 
 
