@@ -28,7 +28,9 @@ from controlplane.certs import CertificateAuthority
 from controlplane.ratelimit.options import parser as ratelimit_parser
 from controlplane.waf.options import parser as waf_parser
 from tests.conftest import REPO
-from tests.harness import envoy_binary, envoy_validate_file, free_port, raw_request, stop_process
+from tests.harness import Response, envoy_binary, envoy_validate_file, free_port, raw_request, stop_process
+from tests.redis_harness import REDIS_SERVER
+from tests.redis_harness import command as redis_command
 from tests.xds_harness import http_get, wait_for
 
 CHART = REPO / "helm" / "controlplane"
@@ -494,23 +496,27 @@ def _localize(args: list[str], swaps: dict[str, str]) -> list[str]:
 @pytest.mark.envoy
 @pytest.mark.slow
 def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
-    """The control plane, the gateway pod's containers and the WAF service run from their rendered
-    command lines, with certificates as the rendered cert-manager Certificates describe them (the
-    WAF checks the server's name as in the cluster): Envoy and the WAF get their configuration over
-    mTLS, the agent's readiness probe passes, traffic flows and attacks are refused, and the agent's
-    preStop hook drains the listeners. Only addresses and mounted paths are swapped for local ones."""
+    """The control plane, the gateway pod's containers, the WAF and rate-limit services and Redis
+    run from their rendered command lines, with certificates as the rendered cert-manager
+    Certificates describe them (the services check the server's name as in the cluster): Envoy and
+    the services get their configuration over mTLS, the agent's readiness probe passes, traffic
+    flows, an attack is refused, a global limit is counted in Redis, and the agent's preStop hook
+    drains the listeners. Only addresses and mounted paths are swapped for local ones."""
     listener, xds_port, cp_admin, envoy_admin = free_port(), free_port(), free_port(), free_port()
-    waf_port, waf_admin = free_port(), free_port()
+    waf_port, waf_admin, rl_port, rl_admin, redis_port = free_port(), free_port(), free_port(), free_port(), free_port()
     policy = (
         "apiVersion: controlplane.dev/v1\nkind: GatewayPolicy\n"
         f"listeners: [{{name: public, address: 127.0.0.1, port: {listener}}}]\n"
         f'upstreams: [{{name: backend, endpoints: ["127.0.0.1:{echo.port}"]}}]\n'
         f'waf: {{service: {{endpoints: ["127.0.0.1:{waf_port}"], timeout: 2s}}, mode: prevent}}\n'
+        f'rateLimits: {{service: {{endpoints: ["127.0.0.1:{rl_port}"], timeout: 2s}},'
+        " limits: [{name: per-client, by: ip, minute: 2}]}\n"
         "apis: [{name: items, spec: items.openapi.yaml, upstream: backend}]\n"
     )
     values = merge(
         values_of("waf"),
         {
+            "rateLimits": {"global": {"enabled": True}},
             "controlplane": {"sources": {"files": {"items.openapi.yaml": E2E_SPEC, "gateway.policy.yaml": policy}}},
             "gateway": {"drain": {"seconds": 1}},
         },
@@ -521,7 +527,7 @@ def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
     _as_configmap_volume(find(docs, "ConfigMap", f"{FULLNAME}-sources")["data"], sources)
     ca = CertificateAuthority(tmp_path, "xds-ca")
     tls_dirs = {}
-    for component in ("controlplane", "gateway", "waf"):
+    for component in ("controlplane", "gateway", "waf", "ratelimit"):
         spec = find(docs, "Certificate", f"{FULLNAME}-xds-{component}")["spec"]
         units = spec.get("subject", {}).get("organizationalUnits", [None])
         issued = ca.issue(spec["commonName"], spec.get("dnsNames", ()), client="client auth" in spec["usages"],
@@ -545,6 +551,20 @@ def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
          "9103": str(waf_admin), f"{XDS_HOST}:18000": f"127.0.0.1:{xds_port}", "0.0.0.0": "127.0.0.1"},
     )  # fmt: skip
     waf_argv += ["--xds-server-name", XDS_HOST]  # the name it checks by default in the cluster
+    redis_url = f"redis://{FULLNAME}-redis.{NAMESPACE}.svc:6379/0"
+    ratelimit = _container(docs, f"{FULLNAME}-ratelimit", "ratelimit")
+    assert redis_url in ratelimit["args"]
+    ratelimit_argv = _localize(
+        ratelimit["command"][1:] + ratelimit["args"],
+        {TLS_DIR: tls_dirs["ratelimit"], "0.0.0.0:8081": f"127.0.0.1:{rl_port}", "9102": str(rl_admin),
+         f"{XDS_HOST}:18000": f"127.0.0.1:{xds_port}", "0.0.0.0": "127.0.0.1",
+         redis_url: f"redis://127.0.0.1:{redis_port}/0"},
+    )  # fmt: skip
+    ratelimit_argv += ["--xds-server-name", XDS_HOST]
+    redis = _container(docs, f"{FULLNAME}-redis", "redis")
+    (tmp_path / "redis").mkdir()
+    redis_argv = _localize(redis["args"], {"6379": str(redis_port), "/data": str(tmp_path / "redis")})
+    redis_argv = [REDIS_SERVER, *redis_argv, "--bind", "127.0.0.1"]  # loopback only on this machine
     envoy = _container(docs, f"{FULLNAME}-gateway", "envoy")
     agent = _container(docs, f"{FULLNAME}-gateway", "agent")
     (bootstrap,) = _localize(
@@ -562,8 +582,11 @@ def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
         code = command[2].replace("http://127.0.0.1:9901/", f"http://127.0.0.1:{envoy_admin}/")
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
 
+    def request(target: str) -> Response:
+        return raw_request(listener, f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode(), timeout=2)
+
     def get(target: str) -> int:
-        return raw_request(listener, f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode(), timeout=2).status
+        return request(target).status
 
     def refused() -> bool:
         try:
@@ -576,13 +599,22 @@ def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     with logs.open("w") as log:
         try:
-            for argv in ([sys.executable, *plane_argv], [sys.executable, *waf_argv], envoy_argv):
+            runs = (redis_argv, [sys.executable, *plane_argv], [sys.executable, *waf_argv],
+                    [sys.executable, *ratelimit_argv], envoy_argv)  # fmt: skip
+            for argv in runs:
                 procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path))
             wait_for(lambda: agent_hook(agent["readinessProbe"]["exec"]["command"]).returncode == 0, 60,
                      "the agent's readiness probe")  # fmt: skip
             wait_for(lambda: http_get(waf_admin, "/ready")[0] == 200, 30, "the WAF service's rules over mTLS")
+            wait_for(lambda: http_get(rl_admin, "/ready")[0] == 200, 30, "the rate-limit service's limits, Redis")
             assert get("/items?q=shoes") == 200
             assert get("/items?q=" + quote("1' OR '1'='1' --")) == 403
+            # 2 a minute: of four more, one is over in whichever windows they fall; the first refusal
+            # is the service's (Retry-After; Envoy's own backstop allows twice as many)
+            answers = [request("/items?q=socks") for _ in range(4)]
+            refusals = [a for a in answers if a.status == 429]
+            assert refusals and refusals[0].header("retry-after"), [a.status for a in answers]
+            assert redis_command(redis_port, "DBSIZE") > 0  # counted in Redis
             drained = agent_hook(agent["lifecycle"]["preStop"]["exec"]["command"])
             assert drained.returncode == 0, drained.stderr
             wait_for(refused, 15, "the drained listener to close")
