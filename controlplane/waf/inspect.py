@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import contextlib
 import ctypes
 import functools
@@ -54,7 +55,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus, unquote_to_bytes
 from xml.parsers import expat
 
 import libinjection
@@ -609,6 +610,14 @@ class _Scan:
     # --- bodies ----------------------------------------------------------------------------
 
     def body(self, body: bytes, headers: dict[str, str]) -> None:
+        """A body that cannot be read as it says it is (a charset or encoding no decoder here
+        takes) is a finding: never an error, which would hand the request to the failure mode."""
+        try:
+            self._body(body, headers)
+        except (LookupError, UnicodeError, ValueError) as exc:
+            self.unparsable(body, "body", f"cannot be read: {str(exc)[:80]}")
+
+    def _body(self, body: bytes, headers: dict[str, str]) -> None:
         limits = self.limits
         if len(body) > limits.max_body_bytes:
             self.limit("body", f"body of {len(body)} bytes, limit {limits.max_body_bytes}")
@@ -625,6 +634,11 @@ class _Scan:
         elif _is_json_type(kind):
             self.json(body, "body")
         elif kind == "application/x-www-form-urlencoded":
+            charset = params.get("charset", "").strip().lower()
+            if charset and charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
+                # what a backend that honours the charset decodes: each name and value read in
+                # it, then inspected as UTF-8 (an attack in EBCDIC is an attack)
+                body = _form_in_utf8(body, charset)
             text, overlong = lenient_utf8(body)
             if overlong:
                 self.report(self.ins._overlong, "body", text)
@@ -702,8 +716,8 @@ class _Scan:
                 return text
         try:
             return body.decode(charset)
-        except (LookupError, UnicodeDecodeError) as exc:
-            self.report(self.ins._unparsable, location, f"charset {charset}: {exc}")
+        except (LookupError, UnicodeError, ValueError) as exc:  # (idna, utf-7, unknown names…)
+            self.report(self.ins._unparsable, location, f"charset {charset}: {str(exc)[:80]}")
             return None
 
     def json(self, body: bytes, location: str) -> None:
@@ -826,11 +840,13 @@ class _Scan:
         elif transfer == "quoted-printable":
             content = binascii.a2b_qp(content)
         kind, params = _media_type(headers.get("content-type", "text/plain"))
+        is_file = "filename" in dparams or "filename*" in dparams
         if _XML_START.match(content) or content.startswith(_UTF16_XML) or _is_xml_type(kind):
             self.xml(content, location + ":xml")
         elif _is_json_type(kind):
             self.json(content, location)
-        elif kind in _BINARY_TYPES or kind.startswith(_BINARY_PREFIXES):
+        elif is_file and (kind in _BINARY_TYPES or kind.startswith(_BINARY_PREFIXES)):
+            # (a part without a file name is a form field to the backend, whatever its type says)
             self.binary(content, location)
         else:
             self.text(content, params.get("charset", ""), location)
@@ -905,6 +921,19 @@ def _json_location(location: str, path: _Path) -> str:
         path, token = path
         tokens.append(_pointer_token(token) if isinstance(token, str) else str(token))
     return f"{location}:/{'/'.join(reversed(tokens))}" if tokens else location
+
+
+def _form_in_utf8(body: bytes, charset: str) -> bytes:
+    """A form body in ``charset`` as the same form in UTF-8 (LookupError: no such charset)."""
+    codecs.lookup(charset)
+    out = []
+    for item in body.split(b"&"):
+        pieces = [
+            quote_plus(unquote_to_bytes(piece.replace(b"+", b" ")).decode(charset, "replace"))
+            for piece in item.split(b"=", 1)
+        ]
+        out.append("=".join(pieces))
+    return "&".join(out).encode()
 
 
 class _Pairs(list[tuple[str, Any]]):

@@ -49,6 +49,8 @@ def _format_checker() -> jsonschema.FormatChecker:
     for name in STRICT_FORMATS:
         checker.checks(name)(lambda value, name=name: not isinstance(value, str) or fits_format(name, value))
     return checker
+
+
 UNREAD: Any = object()  # check() did not read the body as JSON
 
 
