@@ -9,6 +9,9 @@ import pytest
 from controlplane.echo import EchoServer
 from tests.harness import Gateway
 
+# (here, before any test module imports it: its asserts then say what failed)
+pytest.register_assert_rewrite("tests.redis_harness")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

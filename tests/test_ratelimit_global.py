@@ -22,7 +22,6 @@ from controlplane.idp import IdentityProvider, SigningKey
 from tests.harness import EnvoyProcess, Response, free_port, raw_request
 from tests.xds_harness import ControlPlaneProcess, start_envoy, wait_for
 
-pytest.register_assert_rewrite("tests.redis_harness")
 pytest_plugins = ["tests.redis_harness"]
 
 from tests.redis_harness import RateLimitService, RedisServer  # noqa: E402
@@ -321,10 +320,13 @@ def test_a_changed_limit_applies_live_and_keeps_unrelated_counters(rig: Rig, ech
     assert [rig.request("POST", "/shop/login", login).status for _ in range(3)] == [200] * 3
     ports = [s.port for s in rig.services]
     write_inputs(rig.workdir / "inputs", rig.port, ports, echo.port, consumer_minute=7)
+
     def minute_limit(service: RateLimitService) -> Any:
-        return ((service.config() or {}).get("domains", {}).get("gateway", {}).get("shop/consumer") or {}).get(
-            "windows", {}
-        ).get("minute")
+        return (
+            ((service.config() or {}).get("domains", {}).get("gateway", {}).get("shop/consumer") or {})
+            .get("windows", {})
+            .get("minute")
+        )
 
     wait_for(lambda: all(minute_limit(s) == 7 for s in rig.services), 20, "the new limit at every service")
     # kim's 5 are still counted: 2 more under the new limit of 7

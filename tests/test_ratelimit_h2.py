@@ -33,7 +33,6 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-pytest.register_assert_rewrite("tests.redis_harness")
 pytest_plugins = ["tests.redis_harness"]
 
 from tests.redis_harness import (  # noqa: E402

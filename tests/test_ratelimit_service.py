@@ -22,7 +22,6 @@ from controlplane.ratelimit.config import RESOURCE_TYPE
 
 # The harness asserts too (its waits say what they waited for): rewritten like a test module,
 # and its Redis fixtures (redis_server, shared_redis, redis_cluster, redis_sentinel) loaded.
-pytest.register_assert_rewrite("tests.redis_harness")
 pytest_plugins = ["tests.redis_harness"]
 
 from tests.redis_harness import (  # noqa: E402
