@@ -258,6 +258,8 @@ def main() -> None:
     detection(inspector, args.show_misses, "holdout.yaml")
     detection(inspector, args.show_misses, "holdout2.yaml")
     detection(inspector, args.show_misses, "holdout3.yaml")
+    if (Path(corpus.__file__).parent / "holdout4.yaml").exists():
+        detection(inspector, args.show_misses, "holdout4.yaml")
     false_positives(inspector, args.show_fps, not args.no_real_specs)
     if not args.skip_timing:
         timing(rules, args.seconds)
