@@ -482,19 +482,9 @@ class _Builder:
             if waf is not None:
                 operation = dataclasses.replace(operation, waf=waf)
             if self.waf_section is not None:  # (resolving response schemas costs: only with a WAF)
-                schema_fields = request_model.masked_fields(self.bundle.store, op)
-                mask = inspection.operation_mask(self.waf_section, settings, schema_fields)
+                mask = inspection.masking(self.waf_section, settings, self.bundle.store, op, self.diags)
                 if mask is not None:
                     operation = dataclasses.replace(operation, mask=mask)
-                    streamed = request_model.streamed_responses(self.bundle.store, op)
-                    if streamed:
-                        self.diags.warning(
-                            f"{op.method} {op.path} answers with {', '.join(streamed)}, and its responses are masked:"
-                            " each is held until it ends, so an endless stream never reaches the client",
-                            op.source.file,
-                            op.source.pointer,
-                            "waf-mask-stream",
-                        )
             produced = []
             # (no allowlist can apply without the operation's own or a path-prefix list)
             any_ip = bool(self.ip_prefix_lists) or bool(settings.get("ipAllow"))

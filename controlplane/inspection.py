@@ -7,10 +7,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from . import ir
+from . import ir, request_model
 from .documents import Document, DocumentStore
 from .errors import Diagnostics
 from .model import policy as pol
+from .model.openapi import OperationSpec
 
 DEFAULT_ENDPOINT = "127.0.0.1:8082"
 DEFAULT_MAX_BODY = 1 << 20
@@ -101,6 +102,25 @@ def operation_waf(
         exclude_locations=tuple(exclude.get("locations", ())),
         exclude_families=tuple(exclude.get("families", ())),
     )
+
+
+def masking(
+    section: Section, settings: dict[str, Any], store: DocumentStore, op: OperationSpec, diags: Diagnostics
+) -> tuple[str, ...] | None:
+    """What the WAF service masks in an operation's responses (:func:`operation_mask`), with a
+    warning when they are endless streams (each response is held until it ends)."""
+    mask = operation_mask(section, settings, request_model.masked_fields(store, op))
+    if mask is not None:
+        streamed = request_model.streamed_responses(store, op)
+        if streamed:
+            diags.warning(
+                f"{op.method} {op.path} answers with {', '.join(streamed)}, and its responses are masked:"
+                " each is held until it ends, so an endless stream never reaches the client",
+                op.source.file,
+                op.source.pointer,
+                "waf-mask-stream",
+            )
+    return mask
 
 
 def operation_mask(
