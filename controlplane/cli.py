@@ -47,13 +47,26 @@ def _report(result: CompileResult, err: TextIO, every: bool = False) -> None:
         print(summary, file=err)
 
 
-def _compile(args: argparse.Namespace) -> CompileResult:
+def _compile(args: argparse.Namespace, paths: list[str] | None = None) -> CompileResult:
     return compile(
-        args.paths,
-        strict=args.strict,
+        args.paths if paths is None else paths,
+        strict=getattr(args, "strict", False),
         full_validation=getattr(args, "full_validation", False),
         use_cache=not args.no_cache,
     )
+
+
+def _compiled(
+    command: str, args: argparse.Namespace, paths: list[str] | None = None, what: str = "the inputs"
+) -> tuple[ir.Gateway, Resources] | None:
+    """The gateway and resources ``paths`` (default the command's) compile to, or None once the
+    errors are printed (for the commands that read a compile: they exit 2 then)."""
+    result = _compile(args, paths)
+    if result.ok and result.gateway is not None and result.resources is not None:
+        return result.gateway, result.resources
+    print(f"{command}: {what} do not compile:", file=sys.stderr)
+    _report(result, sys.stderr, getattr(args, "all", False))
+    return None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -196,12 +209,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
         if not paths:
             print(f"diff: no {side} inputs (diff OLD... -- NEW...)", file=sys.stderr)
             return 2
-        result = compile(paths, use_cache=not args.no_cache)
-        if not result.ok or result.gateway is None:
-            print(f"diff: the {side} inputs do not compile:", file=sys.stderr)
-            _report(result, sys.stderr, False)
+        compiled = _compiled("diff", args, paths, f"the {side} inputs")
+        if compiled is None:
             return 2
-        gateways[side] = result.gateway
+        gateways[side] = compiled[0]
     report = diff.diff(gateways["old"], gateways["new"])
     if args.output == "json":
         write(
@@ -227,12 +238,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.server or not args.paths:
         print("check: give --server ADDR PATH... (or --access-log FILE)", file=sys.stderr)
         return 2
-    result = compile(args.paths, strict=args.strict, use_cache=not args.no_cache)
-    if not result.ok or result.resources is None:
-        print("check: the inputs do not compile:", file=sys.stderr)
-        _report(result, sys.stderr, args.all)
+    compiled = _compiled("check", args)
+    if compiled is None:
         return 2
-    want = drift.expected(result.resources)
+    want = drift.expected(compiled[1])
     try:
         _code, status_data = _admin_get(args.server, "/status")
         dumps = {}
@@ -264,10 +273,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Why METHOD URL gets its answer, decision by decision, each with its source."""
     from .explain import Caller, explain
 
-    result = compile(args.paths, strict=args.strict, use_cache=not args.no_cache)
-    if not result.ok or result.gateway is None:
-        print("explain: the inputs do not compile:", file=sys.stderr)
-        _report(result, sys.stderr, args.all)
+    compiled = _compiled("explain", args)
+    if compiled is None:
         return 2
     headers = {}
     for given in args.header:
@@ -289,7 +296,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.body_file:
         body = Path(args.body_file).read_bytes()
     caller = Caller(headers=headers, client_ip=args.client_ip, token=args.token, claims=claims, body=body)
-    answer = explain(result.gateway, args.method.upper(), args.url, caller)
+    answer = explain(compiled[0], args.method.upper(), args.url, caller)
     if args.output == "json":
         write(answer.as_json(), "json", sys.stdout)
     else:
