@@ -308,16 +308,13 @@ def _signature_ok(jwk: dict[str, Any], alg: str, signed: bytes, signature: bytes
 def _waf(
     svc: ir.WafService, op: ir.Operation, method: str, path: str, query: str, caller: Caller, out: Explanation
 ) -> int:
+    from .waf.config import rule_set
     from .waf.inspect import Exclusions, Inspector, Request
     from .waf.model import load_models
-    from .waf.rules import RuleSet
 
     waf = op.waf
     assert waf is not None
-    data = json.loads(svc.rules)
-    rules = RuleSet.from_data(data["rules"])
-    for rule_id in data.get("disabled", ()):
-        rules = rules.without(rule_id)
+    rules = rule_set(svc.rules)
     target = path + (f"?{query}" if query else "")
     headers = {k: v for k, v in caller.headers.items()}
     if len(caller.body) > svc.max_body_bytes:

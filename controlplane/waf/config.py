@@ -39,6 +39,16 @@ class Config:
     max_response_bytes: int = 8 << 20  # a masked response larger than this is refused (502)
 
 
+def rule_set(text: str) -> RuleSet:
+    """The rule set the control plane compiled (``WafService.rules``: the rules and the ids the
+    policy disables, JSON) as the service runs it."""
+    data = json.loads(text)
+    rules = RuleSet.from_data(data["rules"])
+    for rule_id in data.get("disabled", ()):
+        rules = rules.without(rule_id)
+    return rules
+
+
 def decode(version: str, resources: Sequence[Any]) -> Config:
     """The config in a response, or :class:`InputError` saying what is wrong with it."""
     for resource in resources:
@@ -52,10 +62,7 @@ def decode(version: str, resources: Sequence[Any]) -> Config:
             continue
         value = json_format.MessageToDict(typed.value)
         try:
-            data = json.loads(value["rules"])
-            rules = RuleSet.from_data(data["rules"])
-            for rule_id in data.get("disabled", ()):
-                rules = rules.without(rule_id)
+            rules = rule_set(value["rules"])
             max_body = int(value.get("maxBodyBytes", 1 << 20))
             max_response = int(value.get("maxResponseBytes", 8 << 20))
             models = load_models(str(value.get("models", "{}")))
