@@ -19,6 +19,7 @@ from typing import Any
 from .documents import Document, DocumentStore, split_pointer
 from .errors import Diagnostics
 from .model.openapi import ApiSpec, OperationSpec
+from .waf.locations import pointer_token
 
 # String formats whose valid values carry no attack; the service checks each value against the
 # format's strict grammar (controlplane/waf/model.py STRICT_FORMATS) before skipping it. Not
@@ -145,22 +146,13 @@ def _safe_pointers(schema: Any, prefix: str, depth: int = 0) -> list[str]:
     properties = schema.get("properties")
     if isinstance(properties, dict):
         for name, sub in properties.items():
-            out.extend(_safe_pointers(sub, f"{prefix}/{_pointer_token(str(name))}", depth + 1))
+            out.extend(_safe_pointers(sub, f"{prefix}/{pointer_token(str(name))}", depth + 1))
     items = schema.get("items")
     kind = schema.get("type")
     # (``*`` covers any member name too: without ``type: array`` an object with hostile keys fits)
     if isinstance(items, dict) and (kind == "array" or (isinstance(kind, list) and kind == ["array"])):
         out.extend(_safe_pointers(items, f"{prefix}/*", depth + 1))
     return out
-
-
-# A member name in a location, as the WAF's inspector writes it (controlplane/waf/inspect.py
-# ``_pointer_token``): JSON pointer escapes, then the structural characters percent-encoded.
-_STRUCTURE = str.maketrans({"%": "%25", "[": "%5B", "]": "%5D", "#": "%23", ":": "%3A"})
-
-
-def _pointer_token(name: str) -> str:
-    return name.replace("~", "~0").replace("/", "~1").translate(_STRUCTURE)
 
 
 STREAMED_MEDIA = frozenset(

@@ -1,3 +1,4 @@
-"""The WAF service: an ext_authz gRPC server beside Envoy that inspects each request (its
-path, query, headers and whole body) for attacks, with rules and per-operation settings
-pushed by the control plane over xDS. ``python -m controlplane waf``."""
+"""The WAF service beside Envoy: Envoy's ext_authz asks it (over HTTP/1.1) about each inspected
+request (its path, query, headers and whole body), and its ext_proc masks sensitive responses;
+its rules and each operation's positive model are pushed by the control plane over xDS.
+``python -m controlplane waf``."""

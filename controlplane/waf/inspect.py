@@ -61,6 +61,7 @@ from xml.parsers import expat
 import libinjection
 import re2
 
+from .locations import STRUCTURAL, escape_name, pointer_token
 from .normalize import NUL, OVERLONG, escape_control, lenient_utf8, normalize, shell_view, sql_view
 from .rules import FAMILIES, Limits, Rule, RuleSet
 
@@ -142,28 +143,24 @@ class _LocationMatcher:
 # --- small helpers -------------------------------------------------------------------------------
 
 
-# What a location's structure is made of (``/`` ``[`` ``#`` ``:``), and ``%``, percent-encoded
-# inside names: a client's key ``price#x``, parameter ``limit[]`` or header ``X-Page#x`` must not
-# spell a place under an excluded or schema-safe location (``body:/price``, ``query:limit``).
-_STRUCTURE = str.maketrans({"%": "%25", "/": "%2F", "[": "%5B", "]": "%5D", "#": "%23", ":": "%3A"})
-_STRUCTURAL = frozenset("%/[]#:~")
+def _cut(name: str) -> str:
+    """Control characters escaped, and cut (an attack in a parameter name must not reach the
+    logs whole through the location)."""
+    name = escape_control(name)
+    return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
 
 
 def _label(name: str) -> str:
-    """A name as it appears inside a location: its structural characters percent-encoded,
-    control characters escaped, and cut (an attack in a parameter name must not reach the logs
-    whole through the location)."""
-    name = escape_control(name.translate(_STRUCTURE))
-    return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
+    """A name as it appears inside a location (:mod:`.locations`), fit for the logs."""
+    return _cut(escape_name(name))
 
 
 @functools.lru_cache(maxsize=4096)
 def _pointer_token(token: str) -> str:
-    """A JSON member name in a pointer: ``~`` and ``/`` as JSON pointers write them, the other
-    structural characters percent-encoded (:func:`_label`)."""
-    if len(token) <= _LABEL_CHARS and token.isprintable() and _STRUCTURAL.isdisjoint(token):
+    """A JSON member name in a pointer (:mod:`.locations`), fit for the logs."""
+    if len(token) <= _LABEL_CHARS and token.isprintable() and STRUCTURAL.isdisjoint(token):
         return token
-    return _label(token.replace("~", "~0").replace("/", "~1"))
+    return _cut(pointer_token(token))
 
 
 def snippet(text: str, start: int, end: int) -> str:
