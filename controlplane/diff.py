@@ -53,6 +53,10 @@ class Report:
     def security(self) -> list[Change]:
         return [c for c in self.changes if c.security]
 
+    @property
+    def other(self) -> list[Change]:
+        return [c for c in self.changes if not c.security]
+
     def add(self, kind: str, subject: str, what: str, security: bool, source: ir.Source | None) -> None:
         where = "" if source is None else f"{source.file}#{source.pointer}" if source.pointer else source.file
         self.changes.append(Change(kind, subject, what, security, where))
@@ -335,7 +339,7 @@ def text(report: Report) -> str:
     if security:
         lines.append(f"SECURITY-RELEVANT ({len(security)}): review before merging")
         lines.extend(f"  ! {c.subject}: {c.what}" + (f"  [{c.source}]" if c.source else "") for c in security)
-    rest = [c for c in report.changes if not c.security]
+    rest = report.other
     if rest:
         lines.append(f"other changes ({len(rest)})")
         lines.extend(f"  {_SIGN[c.kind]} {c.subject}: {c.what}" + (f"  [{c.source}]" if c.source else "") for c in rest)
@@ -356,7 +360,7 @@ def markdown(report: Report) -> str:
         out.append("| where | change | source |\n|---|---|---|")
         out.extend(f"| {_md(c.subject)} | {_md(c.what)} | `{_md(c.source)}` |" for c in security)
         out.append("")
-    rest = [c for c in report.changes if not c.security]
+    rest = report.other
     if rest:
         out.append(f"<details><summary>{len(rest)} other change(s)</summary>\n")
         out.append("| | where | change |\n|---|---|---|")

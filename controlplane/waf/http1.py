@@ -23,6 +23,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import cast
 
 from .normalize import lenient_utf8
@@ -37,12 +38,11 @@ ROUTE_HEADER = "x-waf-route"
 ENVOY_ADDED = frozenset(
     {ROUTE_HEADER, "x-envoy-auth-partial-body", "x-envoy-internal", "x-envoy-expected-rq-timeout-ms"}
 )
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 413: "Payload Too Large", 415: "Unsupported Media Type"}
 
 
 def answer(verdict: Verdict) -> bytes:
     body = verdict.message.encode()
-    head = f"HTTP/1.1 {verdict.status} {_REASONS.get(verdict.status, 'Refused')}\r\ncontent-length: {len(body)}\r\n"
+    head = f"HTTP/1.1 {verdict.status} {HTTPStatus(verdict.status).phrase}\r\ncontent-length: {len(body)}\r\n"
     if verdict.metadata:
         head += f"x-waf-verdict: {verdict.metadata}\r\n"
     if verdict.message:
