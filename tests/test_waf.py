@@ -188,6 +188,28 @@ class Setup:
             lines.append(f"Content-Length: {len(body)}")
         return raw_request(port or self.gateway_port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        echo: EchoServer,
+        gateway_port: int,
+        waf_port: int,
+        mask_port: int = 0,
+        internal_port: int = 0,
+    ) -> Setup:
+        """A control plane serving ``workdir/config``, the WAF service it configures, an Envoy."""
+        plane = ControlPlaneProcess([workdir / "config"], workdir).start()
+        xds = f"127.0.0.1:{plane.xds_port}"
+        waf = WafService(workdir, xds, port=waf_port, mask_port=mask_port or free_port()).start()
+        return cls(gateway_port, internal_port, echo, waf, plane, start_envoy(workdir, plane))
+
+    def stop(self) -> None:
+        self.envoy.stop()
+        self.waf.stop()
+        self.plane.stop()
+        self.echo.shutdown()
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
@@ -198,16 +220,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     gateway_port, internal_port, waf_port, mask_port = free_port(), free_port(), free_port(), free_port()
     (config / "spec.yaml").write_text(SPEC)
     (config / "policy.yaml").write_text(policy(gateway_port, internal_port, echo.port, waf_port, mask_port))
-    plane = ControlPlaneProcess([config], workdir).start()
-    waf = WafService(workdir, f"127.0.0.1:{plane.xds_port}", port=waf_port, mask_port=mask_port).start()
-    envoy = start_envoy(workdir, plane)
-    s = Setup(gateway_port, internal_port, echo, waf, plane, envoy)
+    s = Setup.start(workdir, echo, gateway_port, waf_port, mask_port, internal_port)
     wait_for(lambda: s.send("GET", "/shop/search?q=shoes").status == 200, 20, "the gateway")
     yield s
-    envoy.stop()
-    waf.stop()
-    plane.stop()
-    echo.shutdown()
+    s.stop()
 
 
 def q(value: str) -> str:
@@ -563,10 +579,8 @@ def test_a_new_signature_is_a_rules_file_change_served_hot(tmp_path: Path) -> No
     rules.write_text((REPO / "controlplane/waf/rules.yaml").read_text().replace('version: "', 'version: "local-'))
     (config / "spec.yaml").write_text(SPEC)
     (config / "policy.yaml").write_text(RULES_POLICY.format(gateway=gateway_port, backend=echo.port, waf=waf_port))
-    plane = ControlPlaneProcess([config], tmp_path).start()
-    waf = WafService(tmp_path, f"127.0.0.1:{plane.xds_port}", port=waf_port).start()
-    envoy = start_envoy(tmp_path, plane)
-    s = Setup(gateway_port, 0, echo, waf, plane, envoy)
+    s = Setup.start(tmp_path, echo, gateway_port, waf_port)
+    waf, plane = s.waf, s.plane
     try:
         novel = "/shop/search?q=" + q("${nextshell:run(id)}")
         wait_for(lambda: s.send("GET", "/shop/search?q=shoes").status == 200, 20, "the gateway")
@@ -585,10 +599,7 @@ def test_a_new_signature_is_a_rules_file_change_served_hot(tmp_path: Path) -> No
         assert s.send("GET", novel).status == 403
         assert s.send("GET", "/shop/search?q=shoes").status == 200
     finally:
-        envoy.stop()
-        waf.stop()
-        plane.stop()
-        echo.shutdown()
+        s.stop()
 
 
 def test_a_chunked_request_body_is_inspected_whole_or_refused(setup: Setup) -> None:

@@ -24,8 +24,8 @@ from hyperframe.frame import ContinuationFrame, DataFrame
 from controlplane.echo import EchoServer
 from tests.harness import Response, free_port, parse_response, raw_request
 from tests.test_hostile_h2 import H2, Headers
-from tests.test_waf import Setup, WafService, q
-from tests.xds_harness import ControlPlaneProcess, start_envoy, wait_for
+from tests.test_waf import Setup, q
+from tests.xds_harness import wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -181,16 +181,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory, raw_backend: RawBackend) -> 
     (config / "spec.yaml").write_text(SPEC)
     (config / "raw.yaml").write_text(RAW_SPEC)
     (config / "policy.yaml").write_text(policy(gateway_port, echo.port, waf_port, mask_port, raw_backend.port))
-    plane = ControlPlaneProcess([config], workdir).start()
-    waf = WafService(workdir, f"127.0.0.1:{plane.xds_port}", port=waf_port, mask_port=mask_port).start()
-    envoy = start_envoy(workdir, plane)
-    s = Setup(gateway_port, 0, echo, waf, plane, envoy)
+    s = Setup.start(workdir, echo, gateway_port, waf_port, mask_port)
     wait_for(lambda: s.send("GET", "/shop/search?q=shoes").status == 200, 20, "the gateway")
     yield s
-    envoy.stop()
-    waf.stop()
-    plane.stop()
-    echo.shutdown()
+    s.stop()
 
 
 def refused(setup: Setup, send: Response | int | None, before: int) -> None:
