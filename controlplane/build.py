@@ -33,6 +33,7 @@ from .errors import Diagnostics, pointer
 from .model import policy as pol
 from .model.openapi import ApiSpec, ServerUrl, parse_openapi, spec_version
 from .model.paths import build_pattern, normalized_template, parse_template, re2_escape
+from .push import policy as push_policy
 from .sources import Bundle
 
 DEFAULT_ROUTE_SETTINGS: dict[str, Any] = {
@@ -76,6 +77,7 @@ class _Builder:
         self.rateLimits: dict[str, Any] = {}  # the policy section (its name, for the singleton check)
         self.mesh: dict[str, Any] = {}
         self.waf: dict[str, Any] = {}
+        self.push: dict[str, Any] = {}
         self.waf_section: inspection.Section | None = None
         self.singleton_docs: dict[str, Document] = {}  # section → the policy that set it
         self.rate_limits_file = ""
@@ -124,7 +126,7 @@ class _Builder:
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
             self._read_auth(doc, data)
-            for key in ("gateway", "headers", "rateLimits", "mesh", "waf"):
+            for key in ("gateway", "headers", "rateLimits", "mesh", "waf", "push"):
                 if key in data:
                     if key in singletons:
                         self.diags.error(
@@ -240,7 +242,14 @@ class _Builder:
                     )
                     continue
                 names[entry["name"]] = doc.name
-                spec_doc = self.bundle.store.load(doc.path.parent / entry["spec"], (doc, ptr + "/spec"))
+                pushed = self.bundle.spec_overrides.get(entry["name"])
+                if pushed is not None:  # the file the policy names is not read; nor is it unmounted
+                    mounted.add((doc.path.parent / entry["spec"]).resolve())
+                spec_doc = (
+                    self.bundle.store.load(pushed)
+                    if pushed is not None
+                    else self.bundle.store.load(doc.path.parent / entry["spec"], (doc, ptr + "/spec"))
+                )
                 if spec_doc is None:
                     continue
                 if spec_version(spec_doc.data) is None:
@@ -252,6 +261,28 @@ class _Builder:
                 spec = self._spec(spec_doc)
                 if spec is not None:
                     apis.append(_Api(entry["name"], spec, entry, doc, ptr))
+        for api_name, path in self.bundle.spec_overrides.items():
+            if api_name in names:
+                continue
+            if policies:
+                self.diags.error(
+                    f"a spec was pushed for api {api_name!r}, but no policy declares it (push a policy "
+                    "fragment with it, or ask for it in the platform's policy)",
+                    display_name(path),
+                    "",
+                    "push-undeclared",
+                )
+                continue
+            spec_doc = self.bundle.store.load(path)
+            if spec_doc is None:
+                continue
+            if spec_version(spec_doc.data) is None:
+                self.diags.error("not an OpenAPI document", spec_doc.name, "", "not-a-spec")
+                continue
+            names[api_name] = spec_doc.name
+            spec = self._spec(spec_doc)
+            if spec is not None:
+                apis.append(_Api(api_name, spec, {}, None, ""))
         for spec_doc in self.bundle.specs:
             if spec_doc.path in mounted:
                 continue
@@ -685,6 +716,7 @@ class _Builder:
             secret_groups=tuple(g.get("secretNodeGroups", ("gateway",))),
             mesh=mesh_ir,
             waf_service=self._waf_service(apis, listeners),
+            push_clients=push_policy.clients(self.push, self.singleton_docs.get("push"), self.diags),
         )
 
 

@@ -15,7 +15,7 @@ from .build import build
 from .documents import Document, gc_paused, locate
 from .errors import Diagnostic, Diagnostics, InputError, Severity, WithDiagnostics
 from .resources import Resources
-from .sources import collect
+from .sources import Pushed, collect
 from .translate import translate
 
 
@@ -51,6 +51,7 @@ def compile(
     use_cache: bool = True,
     fetched_jwks: Mapping[str, str] | None = None,
     listener_port: int | None = None,
+    pushed: Sequence[Pushed] = (),
 ) -> CompileResult:
     """Compile specs and policies into Envoy resources.
 
@@ -58,10 +59,11 @@ def compile(
     content hash); ``strict`` implies it and turns every finding into an error.
     ``fetched_jwks`` are the keys the control plane fetched for providers with
     ``jwks.fetch: controlplane`` (provider name → JWKS JSON). ``listener_port`` moves the
-    one listener the inputs define to that port (``run --port``).
+    one listener the inputs define to that port (``run --port``). ``pushed``: the APIs
+    pipelines pushed (``controlplane.push``), which replace the specs the policies name.
     """
     with gc_paused():
-        return _compile(paths, strict, full_validation, use_cache, fetched_jwks or {}, listener_port)
+        return _compile(paths, strict, full_validation, use_cache, fetched_jwks or {}, listener_port, pushed)
 
 
 def _on_port(gateway: ir.Gateway, port: int, diags: Diagnostics) -> ir.Gateway:
@@ -79,9 +81,10 @@ def _compile(
     use_cache: bool,
     jwks: Mapping[str, str],
     listener_port: int | None = None,
+    pushed: Sequence[Pushed] = (),
 ) -> CompileResult:
     diags = Diagnostics()
-    bundle = collect(list(paths), diags)
+    bundle = collect(list(paths), diags, pushed)
     gateway = build(bundle, diags, jwks)
     if gateway is not None and listener_port is not None:
         gateway = _on_port(gateway, listener_port, diags)

@@ -392,6 +392,9 @@ class DocumentStore:
         self._docs: dict[Path, Document | None] = {}
         self.tracking: set[Path] | None = None  # while set, every path asked for (see incremental.py)
         self.followed: list[tuple[Path, str]] | None = None  # while set, every $ref followed: (file, pointer)
+        # Directories of pushed documents: what is in one may only refer to files in it, so
+        # that a pipeline's spec cannot read the control plane's files or another team's.
+        self.confined: tuple[Path, ...] = ()
 
     def __iter__(self) -> Iterator[Document]:
         return (d for d in self._docs.values() if d is not None)
@@ -403,6 +406,8 @@ class DocumentStore:
             path = path.resolve()
         except (OSError, ValueError, RuntimeError):
             path = path.absolute()
+        if self._escapes(path, referrer):
+            return None
         if self.tracking is not None:
             self.tracking.add(path)
         if path in self._docs:
@@ -426,6 +431,8 @@ class DocumentStore:
             path = path.resolve()
         except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop: reading fails below
             path = path.absolute()
+        if self._escapes(path, referrer, diags):
+            return None
         if self.tracking is not None:
             self.tracking.add(path)
         if path in self._docs:
@@ -433,6 +440,21 @@ class DocumentStore:
         doc = self._read(path, referrer, self.diagnostics if diags is None else diags)
         self._docs[path] = doc
         return doc
+
+    def _escapes(
+        self, path: Path, referrer: tuple[Document, str] | None, diags: Diagnostics | None = None
+    ) -> bool:
+        """True, once reported, when a pushed document refers outside the files pushed with it."""
+        if not self.confined or referrer is None:
+            return False
+        doc, ptr = referrer
+        root = next((r for r in self.confined if doc.path.is_relative_to(r)), None)
+        if root is None or path.is_relative_to(root):
+            return False
+        (self.diagnostics if diags is None else diags).error(
+            "a pushed document may only refer to files pushed with it", doc.name, ptr, "push-outside"
+        )
+        return True
 
     def _read(self, path: Path, referrer: tuple[Document, str] | None, diags: Diagnostics) -> Document | None:
         name = display_name(path)

@@ -310,6 +310,20 @@ class Waf:
 
 
 @dataclass(frozen=True, slots=True)
+class PushClient:
+    """A pipeline that may push specs for some APIs (``push.clients[]``)."""
+
+    name: str
+    token_sha256: str | None
+    subject_alt_names: tuple[str, ...]
+    apis: tuple[str, ...]  # exact names, or prefixes ending in ``*``
+    source: Source
+
+    def owns(self, api: str) -> bool:
+        return any(api == p or (p.endswith("*") and api.startswith(p[:-1])) for p in self.apis)
+
+
+@dataclass(frozen=True, slots=True)
 class WafService:
     """Where Envoys reach the WAF service, and what it is given."""
 
@@ -470,6 +484,7 @@ class Gateway:
     secret_groups: tuple[str, ...] = ("gateway",)
     mesh: Mesh | None = None
     waf_service: WafService | None = None  # set when some operation is inspected
+    push_clients: tuple[PushClient, ...] = ()  # who may push specs, for the push API
 
     def certificates(self) -> list[Certificate]:
         """Every certificate with a private key the gateway's Envoys are given."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +33,24 @@ SUFFIXES = (".yaml", ".yml", ".json")
 _CANDIDATE = re.compile(rb"""^(?:openapi|swagger|kind)[ \t]*:|["'](?:openapi|swagger|kind)["'][ \t]*:""", re.M)
 
 
+@dataclass(frozen=True)
+class Pushed:
+    """An API as a pipeline pushed it: its spec, and perhaps a policy fragment declaring the
+    API, in a directory of their own that their references may not leave. The spec replaces
+    the one the policies name for ``api``."""
+
+    api: str
+    root: Path
+    spec: Path
+    policy: Path | None = None
+
+
 @dataclass
 class Bundle:
     store: DocumentStore
     specs: list[Document] = field(default_factory=list)  # OpenAPI documents given directly
     policies: list[Document] = field(default_factory=list)
+    spec_overrides: dict[str, Path] = field(default_factory=dict)  # API name → pushed spec
 
 
 def walk(directory: Path) -> Iterator[Path]:
@@ -85,10 +98,12 @@ def _plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else many or word + 's'}"
 
 
-def collect(paths: list[str | Path], diags: Diagnostics) -> Bundle:
+def collect(paths: list[str | Path], diags: Diagnostics, pushed: Sequence[Pushed] = ()) -> Bundle:
     bundle = Bundle(DocumentStore(diags))
+    bundle.store.confined = tuple(p.root.resolve() for p in pushed)
+    bundle.spec_overrides = {p.api: p.spec.resolve() for p in pushed}
     seen: set[Path] = set()
-    for given in paths:
+    for given in [*paths, *(p.policy for p in pushed if p.policy is not None)]:
         path = Path(given)
         if path.is_dir():
             _collect_directory(path, bundle, seen, diags)
@@ -110,7 +125,7 @@ def collect(paths: list[str | Path], diags: Diagnostics) -> Bundle:
                 )
         else:
             diags.error("no such file or directory", display_name(path.absolute()), "", "missing-input")
-    if not bundle.specs and not bundle.policies and not diags.has_errors():
+    if not bundle.specs and not bundle.policies and not pushed and not diags.has_errors():
         diags.error("no OpenAPI documents or gateway policies found", ", ".join(map(str, paths)), "", "no-input")
     return bundle
 

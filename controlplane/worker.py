@@ -30,6 +30,7 @@ from .documents import gc_paused
 from .errors import Diagnostic, WithDiagnostics
 from .ir import Source
 from .resources import Resources, operation_details
+from .sources import Pushed
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,12 @@ def compile_serialized(
     fetched_jwks: dict[str, str] | None = None,
     base: str = "",
     listener_port: int | None = None,
+    pushed: Sequence[Pushed] = (),
 ) -> CompiledConfig:
     """Runs in the worker process (and directly in tests). ``base``: the generation of the
     last result the caller holds whole (see ``CompiledConfig``)."""
     with gc_paused():
-        result = _compile_serialized(paths, strict, full_validation, fetched_jwks, listener_port)
+        result = _compile_serialized(paths, strict, full_validation, fetched_jwks, listener_port, pushed)
         if _IN_WORKER and result.ok:
             result = _relative(result, base)
     if _IN_WORKER:
@@ -126,6 +128,7 @@ def _compile_serialized(
     full_validation: bool,
     fetched_jwks: dict[str, str] | None,
     listener_port: int | None = None,
+    pushed: Sequence[Pushed] = (),
 ) -> CompiledConfig:
     from .compiler import compile
     from .xds.snapshot import references_of
@@ -138,6 +141,7 @@ def _compile_serialized(
             full_validation=full_validation,
             fetched_jwks=fetched_jwks,
             listener_port=listener_port,
+            pushed=pushed,
         )
     except RecursionError:  # pragma: no cover - compile reports these itself; a last guard
         return CompiledConfig(False, [Diagnostic("input nests too deeply", ", ".join(paths))])
@@ -347,6 +351,7 @@ class Compiler:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.in_process = in_process
         self.compiles = 0
+        self.pushed: tuple[Pushed, ...] = ()  # the APIs pipelines pushed, as served
         self._last: CompiledConfig | None = None  # the last good result, whole
 
     def _executor(self) -> concurrent.futures.Executor | None:
@@ -362,8 +367,12 @@ class Compiler:
         return self._pool
 
     async def compile(
-        self, full_validation: bool = False, fetched_jwks: dict[str, str] | None = None
+        self,
+        full_validation: bool = False,
+        fetched_jwks: dict[str, str] | None = None,
+        pushed: tuple[Pushed, ...] | None = None,
     ) -> CompiledConfig:
+        """Compile the paths with ``pushed`` (default: the pushes served)."""
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(
@@ -375,6 +384,7 @@ class Compiler:
                 fetched_jwks,
                 self._last.generation if self._last is not None else "",
                 self.listener_port,
+                self.pushed if pushed is None else pushed,
             )
         except concurrent.futures.process.BrokenProcessPool:
             self._pool = None  # the worker died (out of memory…): start a new one next time

@@ -1,0 +1,50 @@
+"""``push.clients`` of the platform policy: the pipelines that may push, and what they own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import ir
+from ..documents import Document
+from ..errors import Diagnostics, pointer
+
+
+def clients(section: dict[str, Any], doc: Document | None, diags: Diagnostics) -> tuple[ir.PushClient, ...]:
+    if not section or doc is None:
+        return ()
+    out: list[ir.PushClient] = []
+    seen: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    for i, item in enumerate(section.get("clients", [])):
+        ptr = pointer("push", "clients", i)
+        if item["name"] in seen:
+            diags.error(
+                f"push client {item['name']!r} is defined twice (also at {seen[item['name']]})",
+                doc.name,
+                ptr + "/name",
+                "duplicate-name",
+            )
+            continue
+        seen[item["name"]] = ptr
+        token = item.get("tokenSha256")
+        if token is not None and token in tokens:
+            # one token, two clients: which APIs it may push would depend on the order
+            diags.error(
+                f"push client {item['name']!r} has the same token as {tokens[token]!r}",
+                doc.name,
+                ptr + "/tokenSha256",
+                "duplicate-token",
+            )
+            continue
+        if token is not None:
+            tokens[token] = item["name"]
+        out.append(
+            ir.PushClient(
+                item["name"],
+                token,
+                tuple(item.get("subjectAltNames", ())),
+                tuple(item["apis"]),
+                ir.Source(doc.name, ptr),
+            )
+        )
+    return tuple(out)
