@@ -9,6 +9,7 @@
 | ``/config_dump?node=ID`` | JSON: what that node was sent, in ``dump``'s format |
 | ``/compile`` | JSON: the last compile (ok, when, errors and warnings with locations) |
 | ``/refresh_jwks`` | fetches the keys of ``jwks.fetch: controlplane`` providers now; JSON result |
+| ``/inputs`` | JSON: the files, paths and pushed APIs the served version was compiled from, private keys withheld (``controlplane/inputs.py``); 409 when a file changed since |
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     503: "Service Unavailable",
 }
 
