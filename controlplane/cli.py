@@ -47,26 +47,69 @@ def _report(result: CompileResult, err: TextIO, every: bool = False) -> None:
         print(summary, file=err)
 
 
-def _compile(args: argparse.Namespace, paths: list[str] | None = None) -> CompileResult:
+def _compile(
+    args: argparse.Namespace, paths: list[str] | None = None, served: dict[str, Any] | None = None
+) -> CompileResult:
+    """``served``: the pushed APIs and the rest of what a control plane compiled with
+    (``_served_inputs``)."""
+    served = served or {}
     return compile(
         args.paths if paths is None else paths,
         strict=getattr(args, "strict", False),
         full_validation=getattr(args, "full_validation", False),
         use_cache=not args.no_cache,
+        pushed=served.get("pushed", ()),
+        listener_port=served.get("listener_port"),
+        fetched_jwks=served.get("fetched_jwks"),
     )
 
 
 def _compiled(
-    command: str, args: argparse.Namespace, paths: list[str] | None = None, what: str = "the inputs"
+    command: str,
+    args: argparse.Namespace,
+    paths: list[str] | None = None,
+    what: str = "the inputs",
+    served: dict[str, Any] | None = None,
 ) -> tuple[ir.Gateway, Resources] | None:
     """The gateway and resources ``paths`` (default the command's) compile to, or None once the
     errors are printed (for the commands that read a compile: they exit 2 then)."""
-    result = _compile(args, paths)
+    result = _compile(args, paths, served)
     if result.ok and result.gateway is not None and result.resources is not None:
         return result.gateway, result.resources
     print(f"{command}: {what} do not compile:", file=sys.stderr)
     _report(result, sys.stderr, getattr(args, "all", False))
     return None
+
+
+def _compiled_served(
+    command: str, args: argparse.Namespace
+) -> tuple[tuple[ir.Gateway, Resources], dict[str, Any]] | None:
+    """What the control plane at ``args.server`` serves, compiled again here from its
+    ``/inputs`` (``controlplane/inputs.py``), and those inputs; None once the reason is printed."""
+    import os
+    import tempfile
+
+    from . import inputs
+
+    try:
+        data = inputs.fetch(args.server)
+    except inputs.InputsError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="controlplane-served-") as tmp:
+        paths, pushed = inputs.materialize(data, Path(tmp))
+        served = {"pushed": pushed, **{k: data.get(k) for k in ("listener_port", "fetched_jwks")}}
+        # From the copy of this directory, files are named as they are here (specs/a.yaml), not
+        # by their place in the temporary one.
+        mirror = inputs.inside(Path(tmp), here)
+        mirror.mkdir(parents=True, exist_ok=True)
+        os.chdir(mirror)
+        try:
+            compiled = _compiled(command, args, paths, f"the inputs served by {args.server}", served)
+        finally:
+            os.chdir(here)
+    return None if compiled is None else (compiled, data)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -199,12 +242,29 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """What changing OLD into NEW does to the gateway; exit 1 when some of it is security-relevant."""
     from . import diff
 
-    if _DIFF_CUT not in args.paths:
-        print("diff: give the old inputs, then --, then the new ones (diff OLD... -- NEW...)", file=sys.stderr)
-        return 2
-    cut = args.paths.index(_DIFF_CUT)
-    sides = {"old": args.paths[:cut], "new": args.paths[cut + 1 :]}
     gateways = {}
+    if args.server:  # the old side is what the control plane serves
+        if _DIFF_CUT in args.paths[1:]:
+            print("diff: with --server, give only the new inputs (diff --server ADMIN -- NEW...)", file=sys.stderr)
+            return 2
+        sides = {"new": [p for p in args.paths if p != _DIFF_CUT]}
+        if not sides["new"]:
+            print("diff: no new inputs (diff --server ADMIN -- NEW...)", file=sys.stderr)
+            return 2
+        served = _compiled_served("diff", args)
+        if served is None:
+            return 2
+        gateways["old"] = served[0][0]
+    elif _DIFF_CUT not in args.paths:
+        print(
+            "diff: give the old inputs, then --, then the new ones (diff OLD... -- NEW...), "
+            "or --server ADMIN -- NEW... for what a control plane serves",
+            file=sys.stderr,
+        )
+        return 2
+    else:
+        cut = args.paths.index(_DIFF_CUT)
+        sides = {"old": args.paths[:cut], "new": args.paths[cut + 1 :]}
     for side, paths in sides.items():
         if not paths:
             print(f"diff: no {side} inputs (diff OLD... -- NEW...)", file=sys.stderr)
@@ -273,9 +333,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Why METHOD URL gets its answer, decision by decision, each with its source."""
     from .explain import Caller, explain
 
-    compiled = _compiled("explain", args)
-    if compiled is None:
+    if bool(args.paths) == bool(args.server):
+        print("explain: give PATH... or --server ADMIN (what a control plane serves)", file=sys.stderr)
         return 2
+    if args.node and not args.server:
+        print("explain: --node needs --server ADMIN", file=sys.stderr)
+        return 2
+    node: dict[str, Any] | None = None
+    if args.server:
+        served = _compiled_served("explain", args)
+        if served is None:
+            return 2
+        compiled, data = served
+        if args.node:
+            node = _node_state(args.server, args.node, data["version"])
+            if node is None:
+                return 2
+    else:
+        plain = _compiled("explain", args)
+        if plain is None:
+            return 2
+        compiled = plain
     headers = {}
     for given in args.header:
         name, sep, value = given.partition(":")
@@ -297,11 +375,52 @@ def cmd_explain(args: argparse.Namespace) -> int:
         body = Path(args.body_file).read_bytes()
     caller = Caller(headers=headers, client_ip=args.client_ip, token=args.token, claims=claims, body=body)
     answer = explain(compiled[0], args.method.upper(), args.url, caller)
+    if node is not None and node["state"] != "SYNCED":
+        print(
+            f"explain: warning: node {node['node']} is {node['state']}: this explanation is for the served "
+            f"version {node['served']}, not for what the node runs",
+            file=sys.stderr,
+        )
     if args.output == "json":
-        write(answer.as_json(), "json", sys.stdout)
+        write({**answer.as_json(), **({"node": node} if node is not None else {})}, "json", sys.stdout)
     else:
+        if node is not None:
+            print(node["line"])
         print(answer.text())
     return 0
+
+
+def _node_state(server: str, node_id: str, version: str) -> dict[str, Any] | None:
+    """Whether the connected node ``node_id`` runs the served ``version``: its state, what it
+    acknowledged of each type not in sync, and a line saying so; None once the error is printed
+    (not connected: the connected ones are named)."""
+    from . import inputs
+
+    try:
+        nodes = inputs.status_of(server)["nodes"]
+    except inputs.InputsError as exc:
+        print(f"explain: {exc}", file=sys.stderr)
+        return None
+    mine = [n for n in nodes if n["node"] == node_id]
+    if not mine:
+        connected = ", ".join(sorted({n["node"] for n in nodes})) or "none"
+        print(f"explain: node {node_id!r} is not connected to {server} (connected: {connected})", file=sys.stderr)
+        return None
+    n = mine[-1]
+    behind = {kind: t["acked"] or "none" for kind, t in n["types"].items() if t["state"] != "SYNCED"}
+    if n["state"] == "SYNCED":
+        line = f"node {node_id} (group {n['group']}): SYNCED: runs the served version {version}"
+    else:
+        held = ", ".join(f"{kind} acked {acked}" for kind, acked in behind.items())
+        line = f"node {node_id} (group {n['group']}): {n['state']}, not the served version {version} ({held})"
+    return {
+        "node": node_id,
+        "group": n["group"],
+        "state": n["state"],
+        "served": version,
+        "behind": behind,
+        "line": line,
+    }
 
 
 def _unknown_endpoints(path: str) -> int:
@@ -435,10 +554,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         quiet_period=args.quiet_period,
         max_delay=args.max_delay,
+        push=_push_options(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(options))
     return 0
+
+
+def _push_options(args: argparse.Namespace) -> Any:
+    from .push.api import PushOptions
+
+    if args.push_address is None:
+        return None
+    if args.push_store is None:
+        raise SystemExit("serve: --push-address needs --push-store DIR (where pushed versions are kept)")
+    if not args.push_insecure and not (args.push_cert and args.push_key):
+        raise SystemExit(
+            "serve: give --push-cert and --push-key to serve the push API over TLS, or --push-insecure for "
+            "plain HTTP (loopback development only)"
+        )
+    return PushOptions(
+        args.push_address,
+        Path(args.push_store),
+        None if args.push_insecure else args.push_cert,
+        None if args.push_insecure else args.push_key,
+        args.push_client_ca,
+        args.rollout_timeout,
+    )
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .push.client import cmd_push as push
+
+    return push(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -562,7 +710,55 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="recompile at the latest this long after the first change of a burst",
     )
+    s.add_argument(
+        "--push-address",
+        metavar="HOST:PORT",
+        help="serve the push API here (CI pushes specs; who may push what: the policy's push.clients)",
+    )
+    s.add_argument("--push-store", metavar="DIR", help="where every pushed version is kept, with the audit log")
+    s.add_argument("--push-cert", metavar="FILE", help="the push API's TLS certificate")
+    s.add_argument("--push-key", metavar="FILE", help="its private key")
+    s.add_argument(
+        "--push-client-ca",
+        metavar="FILE",
+        help="CA whose client certificates identify push clients (push.clients[].subjectAltNames)",
+    )
+    s.add_argument("--push-insecure", action="store_true", help="the push API over plain HTTP (loopback only)")
+    s.add_argument(
+        "--rollout-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a push's rollout is watched for NACKs when the pusher does not wait (default 30)",
+    )
     s.set_defaults(func=cmd_serve)
+
+    pu = sub.add_parser(
+        "push",
+        help="push an API's OpenAPI spec to a control plane (CI), roll back, or list its versions",
+        description="Token: $CONTROLPLANE_PUSH_TOKEN or --token-file (never on the command line). "
+        "Exit 0 when applied (with --wait: every Envoy ACKed), 1 when refused, not compiled, NACKed "
+        "(and rolled back) or not ACKed in time, 2 when the API cannot be reached.",
+    )
+    pu.add_argument("files", nargs="*", metavar="FILE", help="the spec, then the files its $refs reach")
+    pu.add_argument("--server", required=True, metavar="URL", help="the push API (https://host:port)")
+    pu.add_argument("--api", metavar="NAME", help="the API (apis[].name) whose spec this is")
+    pu.add_argument("--policy", metavar="FILE", help="a policy fragment declaring the API (only its apis entry)")
+    pu.add_argument("--dry-run", action="store_true", help="validate and show the diff; change nothing")
+    pu.add_argument("--wait", action="store_true", help="return once every connected Envoy ACKed (or one NACKed)")
+    pu.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="how long --wait waits (default 30)"
+    )
+    pu.add_argument("--message", metavar="TEXT", help="why: kept with the version (a commit id, a PR)")
+    pu.add_argument("--rollback", metavar="NAME", help="serve an earlier version of this API again")
+    pu.add_argument("--to", type=int, metavar="VERSION", help="with --rollback: this version (default the one before)")
+    pu.add_argument("--versions", metavar="NAME", help="list this API's versions: who pushed them, when, state")
+    pu.add_argument("--token-file", metavar="FILE", help="a file holding the bearer token")
+    pu.add_argument("--cert", metavar="FILE", help="a client certificate instead of a token")
+    pu.add_argument("--key", metavar="FILE", help="its private key")
+    pu.add_argument("--ca", metavar="FILE", help="CA that signs the push API's certificate (default: system CAs)")
+    pu.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format (default text)")
+    pu.set_defaults(func=cmd_push)
 
     df = sub.add_parser(
         "diff",
@@ -573,7 +769,13 @@ def parser() -> argparse.ArgumentParser:
         "paths",
         nargs="+",
         metavar="PATH",
-        help="the old specs, policies or directories, then --, then the new ones",
+        help="the old specs, policies or directories, then --, then the new ones (with --server: only the new ones)",
+    )
+    df.add_argument(
+        "--server",
+        metavar="ADMIN",
+        help="the old side is what the control plane at this admin address serves (its /inputs, compiled here): "
+        "diff --server ADMIN -- NEW...",
     )
     df.add_argument(
         "-o",
@@ -591,7 +793,17 @@ def parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("method", metavar="METHOD", help="the request's method")
     ex.add_argument("url", metavar="URL", help="the request's URL (http://host:port/path?query)")
-    inputs(ex)
+    inputs(ex, "*")
+    ex.add_argument(
+        "--server",
+        metavar="ADMIN",
+        help="instead of PATH: what the control plane at this admin address serves (its /inputs, compiled here)",
+    )
+    ex.add_argument(
+        "--node",
+        metavar="ID",
+        help="with --server: also say whether this connected Envoy runs the served version (SYNCED) or not",
+    )
     ex.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)")
     who = ex.add_mutually_exclusive_group()
     who.add_argument("--token", metavar="JWT", help="the caller's token (verified against the provider's keys)")
@@ -682,7 +894,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .waf.app import main as waf_main
 
         return waf_main(given[1:])
-    args = parser().parse_args(given)
+    p = parser()
+    args, extra = p.parse_known_args(given)
+    if extra and args.command == "explain" and not any(e.startswith("-") for e in extra):
+        # explain's PATH... may be none (--server): argparse then takes none before the first
+        # option, and leaves the ones given after options over
+        args.paths += extra
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.func(args)
     except BrokenPipeError:  # `dump ... | head`

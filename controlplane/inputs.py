@@ -152,7 +152,7 @@ def _certificate_of(key_pem: bytes, files: dict[str, str]) -> str | None:
     return None
 
 
-def _inside(into: Path, path: str) -> Path:
+def inside(into: Path, path: str) -> Path:
     """``/a/b/c.yaml`` → ``into/a/b/c.yaml`` (a Windows drive's letter becomes a directory)."""
     p = Path(path)
     return into.joinpath(*[part.replace(":", "").strip("\\/") or "_" for part in p.parts])
@@ -164,23 +164,23 @@ def materialize(data: dict[str, Any], into: Path) -> tuple[list[str], tuple[Push
     the paths and the pushed APIs to compile, mapped the same way."""
     latin1 = set(data.get("latin1", ()))
     for name, text in data["files"].items():
-        target = _inside(into, name)
+        target = inside(into, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(text.encode("latin-1" if name in latin1 else "utf-8"))
     for key_file, cert_file in data.get("withheld", {}).items():
-        _stand_in(_inside(into, key_file), None if cert_file is None else _inside(into, cert_file))
+        _stand_in(inside(into, key_file), None if cert_file is None else inside(into, cert_file))
     paths = []
     for given in data["paths"]:
-        target = _inside(into, given)
+        target = inside(into, given)
         if given not in data["files"] and given not in data.get("withheld", {}):
             target.mkdir(parents=True, exist_ok=True)  # a directory (perhaps with nothing read in it)
         paths.append(str(target))
     pushed = tuple(
         Pushed(
             p["api"],
-            _inside(into, p["root"]),
-            _inside(into, p["spec"]),
-            None if p.get("policy") is None else _inside(into, p["policy"]),
+            inside(into, p["root"]),
+            inside(into, p["spec"]),
+            None if p.get("policy") is None else inside(into, p["policy"]),
         )
         for p in data.get("pushed", ())
     )
