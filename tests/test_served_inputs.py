@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,7 +39,9 @@ def _replace(path: Path, old: str, new: str) -> None:
 def examples(directory: Path, port: int) -> Path:
     """A copy of specs/ whose listener is on 127.0.0.1:``port``."""
     shutil.copytree(REPO / "specs", directory)
-    _replace(directory / "gateway.policy.yaml", "address: 0.0.0.0\n    port: 8080", f"address: 127.0.0.1\n    port: {port}")
+    _replace(
+        directory / "gateway.policy.yaml", "address: 0.0.0.0\n    port: 8080", f"address: 127.0.0.1\n    port: {port}"
+    )
     return directory
 
 
@@ -67,27 +70,31 @@ def recompiled(data: dict[str, Any], into: Path) -> dict[str, dict[str, bytes]]:
     return serialize(result.resources)
 
 
+def synced(plane: ControlPlaneProcess) -> bool:
+    nodes = json.loads(http_get(plane.admin_port, "/status")[1])["nodes"]
+    return bool(nodes) and all(n["state"] == "SYNCED" for n in nodes)
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlaneProcess, Path, int]]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlaneProcess, Path, int, Any]]:
+    """The control plane, its inputs, the listener's port and the Envoy connected to it."""
     work = tmp_path_factory.mktemp("served")
     port = free_port()
     config = examples(work / "config", port)
     plane = ControlPlaneProcess([config], work).start()
     envoy = start_envoy(work, plane, node_id=NODE)
-
-    def synced() -> bool:
-        nodes = json.loads(http_get(plane.admin_port, "/status")[1])["nodes"]
-        return bool(nodes) and all(n["state"] == "SYNCED" for n in nodes)
-
-    wait_for(synced, 30, "the Envoy in sync")
-    yield plane, config, port
+    wait_for(lambda: synced(plane), 30, "the Envoy in sync")
+    yield plane, config, port, envoy
     envoy.stop()
     plane.stop()
 
 
-def test_inputs_compile_to_the_served_resources(
-    served: tuple[ControlPlaneProcess, Path, int], tmp_path: Path
-) -> None:
+@pytest.fixture
+def served(live: tuple[ControlPlaneProcess, Path, int, Any]) -> tuple[ControlPlaneProcess, Path, int]:
+    return live[:3]
+
+
+def test_inputs_compile_to_the_served_resources(served: tuple[ControlPlaneProcess, Path, int], tmp_path: Path) -> None:
     plane, config, _port = served
     data = inputs.fetch(admin(plane))
     assert data["paths"] == [str(config.resolve())]
@@ -134,6 +141,27 @@ def test_explain_what_is_served_and_the_node_state(served: tuple[ControlPlanePro
     absent = cli(*request, "--server", admin(plane), "--node", "gateway-9")
     assert absent.returncode == 2
     assert "'gateway-9' is not connected" in absent.stderr and NODE in absent.stderr
+
+
+def test_a_node_behind_is_named_and_warned_of(live: tuple[ControlPlaneProcess, Path, int, Any]) -> None:
+    plane, config, port, envoy = live
+    policy = config / "gateway.policy.yaml"
+    before = policy.read_text()
+    envoy.proc.send_signal(signal.SIGSTOP)  # it receives nothing more, acknowledges nothing more
+    try:
+        _replace(policy, "exportOrders: {timeout: 120s}", "exportOrders: {timeout: 90s}")
+        wait_for(lambda: (plane.node(NODE) or {}).get("state") == "STALE", 20, "the node behind the new version")
+        request = ["explain", "GET", f"http://127.0.0.1:{port}/api/orders", "--server", admin(plane), "--node", NODE]
+        explained = cli(*request, "-o", "json")
+        assert explained.returncode == 0, explained.stderr
+        node = json.loads(explained.stdout)["node"]
+        assert node["state"] == "STALE" and node["behind"]
+        assert f"node {NODE} is STALE: this explanation is for the served version" in explained.stderr
+        assert "not the served version" in cli(*request).stdout
+    finally:
+        envoy.proc.send_signal(signal.SIGCONT)
+        policy.write_text(before)
+        wait_for(lambda: synced(plane), 30, "the Envoy in sync again")
 
 
 def test_a_file_changed_since_the_served_compile_is_a_conflict(served: tuple[ControlPlaneProcess, Path, int]) -> None:
@@ -193,8 +221,10 @@ paths:
 def test_private_keys_are_never_served(tmp_path: Path) -> None:
     config = tmp_path / "config"
     (config / "certs").mkdir(parents=True)
-    issued = CertificateAuthority(tmp_path, "ca").intermediate("issuing").issue(
-        "api.example.com", ["api.example.com"], key_type="rsa"
+    issued = (
+        CertificateAuthority(tmp_path, "ca")
+        .intermediate("issuing")
+        .issue("api.example.com", ["api.example.com"], key_type="rsa")
     )
     shutil.copy(issued.cert, config / "certs" / "api.pem")
     shutil.copy(issued.key, config / "certs" / "api.key")
@@ -209,7 +239,10 @@ def test_private_keys_are_never_served(tmp_path: Path) -> None:
         assert b"PRIVATE KEY" not in body
         assert key.split(b"\n")[1] not in body  # not even a line of it, in any form
         data = json.loads(body)
-        key_path, cert_path = str((config / "certs" / "api.key").resolve()), str((config / "certs" / "api.pem").resolve())
+        key_path, cert_path = (
+            str((config / "certs" / "api.key").resolve()),
+            str((config / "certs" / "api.pem").resolve()),
+        )
         assert key_path not in data["files"]
         assert data["withheld"] == {key_path: cert_path}
 
@@ -220,10 +253,19 @@ def test_private_keys_are_never_served(tmp_path: Path) -> None:
         plane.stop()
 
 
+PLAIN_POLICY = """
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+listeners: [{name: plain, address: 127.0.0.1, port: 18097}]
+upstreams: [{name: backend, endpoints: ["127.0.0.1:9"]}]
+apis: [{name: x, spec: spec.yaml, upstream: backend, pathPrefix: /x}]
+"""
+
+
 def test_pushed_apis_are_reproduced(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.mkdir()
-    (config / "policy.yaml").write_text(TLS_POLICY.split("listeners:")[0] + POLICY_PLAIN)
+    (config / "policy.yaml").write_text(PLAIN_POLICY)
     (config / "spec.yaml").write_text(SPEC)
     root = tmp_path / "pushed" / "x"
     root.mkdir(parents=True)
@@ -246,8 +288,3 @@ def test_pushed_apis_are_reproduced(tmp_path: Path) -> None:
     assert str(root / "paths" / "orders.yaml") in data["files"]
     assert recompiled(data, tmp_path / "copy") == serialize(expected.resources)
 
-
-POLICY_PLAIN = """listeners: [{name: plain, address: 127.0.0.1, port: 18097}]
-upstreams: [{name: backend, endpoints: ["127.0.0.1:9"]}]
-apis: [{name: x, spec: spec.yaml, upstream: backend, pathPrefix: /x}]
-"""
