@@ -287,4 +287,3 @@ def test_pushed_apis_are_reproduced(tmp_path: Path) -> None:
     assert data["pushed"] == [{"api": "x", "root": str(root), "spec": str(root / "spec.yaml"), "policy": None}]
     assert str(root / "paths" / "orders.yaml") in data["files"]
     assert recompiled(data, tmp_path / "copy") == serialize(expected.resources)
-
