@@ -88,11 +88,19 @@ def _compile(
     gateway = build(bundle, diags, jwks)
     if gateway is not None and listener_port is not None:
         gateway = _on_port(gateway, listener_port, diags)
-    if strict or full_validation:
+    # Pushed specs are always validated fully (cached by content: once per version pushed):
+    # a pipeline learns of a schema error from its push, not from a later background check.
+    confined = bundle.store.confined
+    # A pushed document referring outside its files is an error, and then nothing is
+    # validated: the validator resolves references itself and must not read (or fetch) them.
+    escaped = bool(confined) and not bundle.store.check_confined()
+    if (strict or full_validation or confined) and not escaped:
         from .model.openapi import spec_version
         from .model.validation import validate
 
         roots = [d for d in bundle.store if spec_version(d.data) not in (None, "unsupported")]
+        if not (strict or full_validation):
+            roots = [d for d in roots if any(d.path.is_relative_to(r) for r in confined)]
         for doc in sorted(roots, key=lambda d: d.name):
             diags.extend(validate(bundle.store, doc, use_cache=use_cache))
     docs = list(bundle.store)

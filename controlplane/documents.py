@@ -341,6 +341,20 @@ def _duplicate_keys(raw: bytes) -> list[tuple[str, int, str]]:
     return sorted(out, key=lambda t: t[1])
 
 
+def _refs_in(data: Any) -> Iterator[tuple[str, str]]:
+    """(pointer to the ``$ref``, its value) for every string ``$ref`` in ``data``."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        ptr, value = stack.pop()
+        if isinstance(value, dict):
+            ref = value.get("$ref")
+            if isinstance(ref, str):
+                yield ptr + "/$ref", ref
+            stack.extend((f"{ptr}/{escape_pointer_token(str(k))}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{ptr}/{i}", v) for i, v in enumerate(value))
+
+
 def split_pointer(ptr: str) -> list[str]:
     if not ptr:
         return []
@@ -455,6 +469,38 @@ class DocumentStore:
             "a pushed document may only refer to files pushed with it", doc.name, ptr, "push-outside"
         )
         return True
+
+    def check_confined(self) -> bool:
+        """Every ``$ref`` in a pushed document, followed or not by the compile, stays within its
+        files: the full validator resolves references on its own (and would fetch URLs).
+        Reported as errors; True when there are none."""
+        clean = True
+        seen: set[Path] = set()
+        pending = [d for d in self if any(d.path.is_relative_to(r) for r in self.confined)]
+        while pending:
+            doc = pending.pop()
+            if doc.path in seen or not isinstance(doc.data, dict | list):
+                continue
+            seen.add(doc.path)
+            for ptr, ref in _refs_in(doc.data):
+                file_part = ref.split("#", 1)[0]
+                if not file_part:
+                    continue
+                if "://" in file_part or file_part.startswith("//"):
+                    self.diagnostics.error(
+                        f"remote $ref {ref!r}: a pushed document may only refer to files pushed with it",
+                        doc.name,
+                        ptr,
+                        "push-outside",
+                    )
+                    clean = False
+                    continue
+                before = len(self.diagnostics.errors)
+                loaded = self.load(doc.path.parent / unquote(file_part), (doc, ptr))
+                clean = clean and len(self.diagnostics.errors) == before
+                if loaded is not None:
+                    pending.append(loaded)
+        return clean
 
     def _read(self, path: Path, referrer: tuple[Document, str] | None, diags: Diagnostics) -> Document | None:
         name = display_name(path)

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import ir
+from . import inputs, ir
 from .errors import Diagnostic
+from .push.api import PushApi, PushOptions
 from .resources import Resources
-from .sources import stamps
+from .sources import Pushed, stamps
 from .worker import CompiledConfig, Compiler
 from .workloads import WorkloadIdentities
 from .xds.admin import AdminServer, json_answer, metrics_handler
@@ -60,6 +61,7 @@ class ServeOptions:
     background_validation: bool = True
     in_process: bool = False  # compile in the server process (tests, tiny inputs)
     listener_port: int | None = None  # serve the one listener on this port (run --port)
+    push: PushOptions | None = None  # the push API (serve --push-address)
 
 
 @dataclass
@@ -137,6 +139,7 @@ class ControlPlane:
                 "/config_dump": self._config_dump,
                 "/compile": lambda q: json_answer(200, self.report.as_json()),
                 "/refresh_jwks": self._refresh_jwks_now,
+                "/inputs": lambda q: inputs.answer(self.options.paths, self.compiler.pushed, self.last_result),
             }
         )
         self.certificates: dict[str, tuple[str, str]] = {}  # served secret → (file, expiry), for status and metrics
@@ -150,6 +153,11 @@ class ControlPlane:
         self.xds_port = 0
         self.admin_port = 0
         self.compiles = 0
+        self.push: PushApi | None = None
+        if options.push is not None:
+            self.push = PushApi(self, options.push)
+            # what was pushed before a restart is served again, from the first compile on
+            self.compiler.pushed = self.validator.pushed = self.push.store.pushed()
 
     def _config_dump(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         node = (query.get("node") or [""])[0]
@@ -171,6 +179,8 @@ class ControlPlane:
             self.admin_port,
         )
         await self.recompile(time.monotonic())
+        if self.push is not None:
+            await self.push.start()
         self._tasks.append(asyncio.ensure_future(self._watch()))
         self._tasks.append(asyncio.ensure_future(self._collect_when_idle()))
         self._tasks.append(asyncio.ensure_future(self._renew_workloads()))
@@ -212,6 +222,8 @@ class ControlPlane:
             task.cancel()
         if self._validation is not None:
             self._validation.cancel()
+        if self.push is not None:
+            await self.push.stop()
         if self.grpc is not None:
             await self.grpc.stop(grace=1)
         await self.admin.close()
@@ -221,6 +233,25 @@ class ControlPlane:
     async def recompile(self, changed_at: float) -> bool:
         async with self._compile_lock:
             return await self._recompile(changed_at)
+
+    async def compile_pushed(self, pushed: tuple[Pushed, ...]) -> CompiledConfig:
+        """What the inputs compile to with ``pushed`` instead of the pushes served; nothing
+        changes (a push's check, or its dry run). Call with ``compile_lock`` held."""
+        result = await self.compiler.compile(fetched_jwks=dict(self.jwks), pushed=pushed)
+        self.compiles += 1
+        return result
+
+    async def serve_pushed(self, pushed: tuple[Pushed, ...], result: CompiledConfig) -> CompileReport:
+        """Serve ``result`` (``compile_pushed(pushed)``'s, good) and keep ``pushed`` for the
+        compiles that follow. Call with ``compile_lock`` held."""
+        report = self._serve(result, time.monotonic())
+        if report.ok:
+            self.compiler.pushed = self.validator.pushed = pushed
+        return report
+
+    @property
+    def compile_lock(self) -> asyncio.Lock:
+        return self._compile_lock
 
     async def _recompile(self, changed_at: float) -> bool:
         started = time.perf_counter()
@@ -234,6 +265,10 @@ class ControlPlane:
                 result = await self.compiler.compile(fetched_jwks=dict(self.jwks))
         self.compiles += 1
         self.metrics.compile_seconds.observe(time.perf_counter() - started)
+        return self._serve(result, changed_at).ok
+
+    def _serve(self, result: CompiledConfig, changed_at: float) -> CompileReport:
+        """Publish a compile's result, or report and log why it is not."""
         if result.files:
             self.files = result.files
             self.digests = result.digests
@@ -251,14 +286,14 @@ class ControlPlane:
         )
         if not result.ok:
             self._rejected(report, "the inputs have errors")
-            return False
+            return report
         try:
             snapshot, sidecars = self._snapshots(result)
         except InconsistentSnapshot as exc:
             report.errors = [Diagnostic(str(exc), "")]
             report.ok = False
             self._rejected(report, "the compiled configuration is inconsistent")
-            return False
+            return report
         changed = self._publish(result, snapshot, sidecars, changed_at)
         report.version = snapshot.version
         self.report = report
@@ -280,7 +315,7 @@ class ControlPlane:
         if self.options.background_validation and not self.options.strict:
             self._start_validation()
         self._sync_fetchers(result.jwks_to_fetch)
-        return True
+        return report
 
     # -- snapshots, and workload certificates ----------------------------------------------
     def _snapshots(self, result: CompiledConfig) -> tuple[Snapshot, dict[str, Snapshot]]:

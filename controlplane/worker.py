@@ -20,10 +20,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import ir
 from .documents import gc_paused
@@ -57,6 +57,7 @@ class CompiledConfig(WithDiagnostics):
     groups: dict[str, tuple[dict[str, dict[str, bytes]], dict[str, set[str]]]] = field(default_factory=dict)
     waf_service: ir.WafService | None = None  # where the WAF service listens (run starts it)
     waf: dict[str, Any] | None = None  # what the WAF does (status): rules, routes by mode, masked
+    push_clients: tuple[ir.PushClient, ...] = ()  # who may push specs (push API)
     # From the worker process, a result can be relative to the one before (``base``): then
     # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
     # gone (details under "#details"). ``Compiler.compile`` makes it whole again.
@@ -177,6 +178,7 @@ def _compile_serialized(
         {group: (serialize(r), references_of(r)) for group, r in result.resources.groups.items()},
         result.gateway.waf_service,
         waf_summary(result.gateway),
+        result.gateway.push_clients,
     )
 
 
@@ -215,6 +217,8 @@ def serialize(resources: Resources) -> dict[str, dict[str, bytes]]:
 _IN_WORKER = False
 _COMPILES_BETWEEN_COLLECTIONS = 50
 _generations = itertools.count(1)
+T = TypeVar("T")
+
 # The last result sent whole or relative: its generation, resources and details.
 _SENT: dict[str, Any] = {"generation": "", "serialized": {}, "details": {}}
 _DETAILS = "#details"  # the pseudo type of details in ``removed``
@@ -396,6 +400,11 @@ class Compiler:
             # now, while the worker is idle, rather than in the middle of a compile
             loop.run_in_executor(self._pool, collect_garbage).add_done_callback(_ignore_result)
         return result
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the worker process (a thread when in process): other work on the
+        compiler's inputs that must not hold the event loop, such as a push's dry run."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
 
     def close(self) -> None:
         if self._pool is not None:
