@@ -20,7 +20,7 @@ import pytest
 from controlplane.certs import CertificateAuthority, Issued
 from controlplane.echo import EchoServer
 from tests.harness import EnvoyProcess, free_port, raw_request
-from tests.xds_harness import REPO, ControlPlaneProcess, http_get, start_envoy, wait_for
+from tests.xds_harness import REPO, ControlPlaneProcess, start_envoy, wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -61,6 +61,14 @@ ORDERS_NACKED = (
       responses: {"200": {description: ok}}
 """
 )
+
+LINES = """\
+  /orders/{id}/lines:
+    get:
+      operationId: getLines
+      parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+      responses: {"200": {description: ok}}
+"""
 
 CATALOG = """\
 openapi: 3.0.3
@@ -304,10 +312,7 @@ def test_concurrent_pushes_to_two_apis_both_land(setup: Setup, tmp_path: Path) -
     (tmp_path / "o").mkdir()
     (tmp_path / "c").mkdir()
     orders = tmp_path / "o" / "orders.yaml"
-    orders.write_text(
-        ORDERS_V2
-        + '  /orders/{id}/lines:\n    get: {operationId: getLines, parameters: [{name: id, in: path, required: true, schema: {type: integer}}], responses: {"200": {description: ok}}}\n'
-    )
+    orders.write_text(ORDERS_V2 + LINES)
     (tmp_path / "c" / "catalog.yaml").write_text(CATALOG)
     (tmp_path / "c" / "policy.yaml").write_text(CATALOG_FRAGMENT)
     results: dict[str, subprocess.CompletedProcess[str]] = {}
@@ -361,9 +366,9 @@ def test_a_fragment_may_declare_only_its_own_api(setup: Setup, tmp_path: Path) -
 
 def test_a_pushed_spec_cannot_read_files_outside_what_was_pushed(setup: Setup, tmp_path: Path) -> None:
     spec = tmp_path / "orders.yaml"
+    target = setup.config / "policy.yaml"
     spec.write_text(
-        ORDERS_V1
-        + f"  /leak:\n    get: {{operationId: leak, responses: {{'200': {{$ref: '{setup.config / 'policy.yaml'}#/push'}}}}}}\n"
+        ORDERS_V1 + f"  /leak:\n    get: {{operationId: leak, responses: {{'200': {{$ref: '{target}#/push'}}}}}}\n"
     )
     out = push(setup, "--api", "orders", str(spec), "-o", "json")
     data = json.loads(out.stdout)
