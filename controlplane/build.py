@@ -78,6 +78,7 @@ class _Builder:
         self.mesh: dict[str, Any] = {}
         self.waf: dict[str, Any] = {}
         self.push: dict[str, Any] = {}
+        self.pulls: list[ir.SpecPull] = []
         self.waf_section: inspection.Section | None = None
         self.singleton_docs: dict[str, Document] = {}  # section → the policy that set it
         self.rate_limits_file = ""
@@ -261,6 +262,9 @@ class _Builder:
                 spec = self._spec(spec_doc)
                 if spec is not None:
                     apis.append(_Api(entry["name"], spec, entry, doc, ptr))
+                if "pull" in entry:
+                    pull = push_policy.spec_pull(entry["name"], entry["pull"], doc, ptr + "/pull", self.diags)
+                    self.pulls.append(pull)
         for api_name, path in self.bundle.spec_overrides.items():
             if api_name in names:
                 continue
@@ -717,6 +721,7 @@ class _Builder:
             mesh=mesh_ir,
             waf_service=self._waf_service(apis, listeners),
             push_clients=push_policy.clients(self.push, self.singleton_docs.get("push"), self.diags),
+            spec_pulls=tuple(self.pulls),
         )
 
 

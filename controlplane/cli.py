@@ -564,11 +564,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _push_options(args: argparse.Namespace) -> Any:
     from .push.api import PushOptions
 
-    if args.push_address is None:
+    if args.push_address is None and args.push_store is None:
         return None
     if args.push_store is None:
         raise SystemExit("serve: --push-address needs --push-store DIR (where pushed versions are kept)")
-    if not args.push_insecure and not (args.push_cert and args.push_key):
+    if args.push_address is not None and not args.push_insecure and not (args.push_cert and args.push_key):
         raise SystemExit(
             "serve: give --push-cert and --push-key to serve the push API over TLS, or --push-insecure for "
             "plain HTTP (loopback development only)"
@@ -715,7 +715,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve the push API here (CI pushes specs; who may push what: the policy's push.clients)",
     )
-    s.add_argument("--push-store", metavar="DIR", help="where every pushed version is kept, with the audit log")
+    s.add_argument(
+        "--push-store",
+        metavar="DIR",
+        help="where every pushed or pulled (apis[].pull) version is kept, with the audit log",
+    )
     s.add_argument("--push-cert", metavar="FILE", help="the push API's TLS certificate")
     s.add_argument("--push-key", metavar="FILE", help="its private key")
     s.add_argument(

@@ -310,6 +310,18 @@ class Waf:
 
 
 @dataclass(frozen=True, slots=True)
+class SpecPull:
+    """An API whose spec the control plane polls from its backend (``apis[].pull``)."""
+
+    api: str
+    url: str
+    interval_ms: int
+    timeout_ms: int
+    ca_file: str | None
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
 class PushClient:
     """A pipeline that may push specs for some APIs (``push.clients[]``)."""
 
@@ -485,6 +497,7 @@ class Gateway:
     mesh: Mesh | None = None
     waf_service: WafService | None = None  # set when some operation is inspected
     push_clients: tuple[PushClient, ...] = ()  # who may push specs, for the push API
+    spec_pulls: tuple[SpecPull, ...] = ()  # APIs whose spec the control plane polls
 
     def certificates(self) -> list[Certificate]:
         """Every certificate with a private key the gateway's Envoys are given."""

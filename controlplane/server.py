@@ -33,6 +33,7 @@ from typing import Any
 from . import inputs, ir
 from .errors import Diagnostic
 from .push.api import PushApi, PushOptions
+from .push.pull import Puller
 from .resources import Resources
 from .sources import Pushed, stamps
 from .worker import CompiledConfig, Compiler
@@ -139,6 +140,7 @@ class ControlPlane:
                 "/config_dump": self._config_dump,
                 "/compile": lambda q: json_answer(200, self.report.as_json()),
                 "/refresh_jwks": self._refresh_jwks_now,
+                "/pulls": lambda q: json_answer(200, self.puller.state if self.puller else {}),
                 "/inputs": lambda q: inputs.answer(self.options.paths, self.compiler.pushed, self.last_result),
             }
         )
@@ -153,9 +155,12 @@ class ControlPlane:
         self.xds_port = 0
         self.admin_port = 0
         self.compiles = 0
+        self._pulls_refused = False  # said once: pulls without a store
         self.push: PushApi | None = None
+        self.puller: Puller | None = None
         if options.push is not None:
             self.push = PushApi(self, options.push)
+            self.puller = Puller(self.push)
             # what was pushed before a restart is served again, from the first compile on
             self.compiler.pushed = self.validator.pushed = self.push.store.pushed()
 
@@ -222,6 +227,8 @@ class ControlPlane:
             task.cancel()
         if self._validation is not None:
             self._validation.cancel()
+        if self.puller is not None:
+            self.puller.stop()
         if self.push is not None:
             await self.push.stop()
         if self.grpc is not None:
@@ -315,6 +322,7 @@ class ControlPlane:
         if self.options.background_validation and not self.options.strict:
             self._start_validation()
         self._sync_fetchers(result.jwks_to_fetch)
+        self._sync_pulls(result.spec_pulls)
         return report
 
     # -- snapshots, and workload certificates ----------------------------------------------
@@ -373,6 +381,16 @@ class ControlPlane:
                 snapshot, sidecars = self._snapshots(result)
                 self._publish(result, snapshot, sidecars, time.monotonic())
             log.info("workload certificates renewed: %s", ", ".join(sorted(self.identities.issued)))
+
+    def _sync_pulls(self, pulls: tuple[ir.SpecPull, ...]) -> None:
+        if self.puller is not None:
+            self.puller.sync(pulls)
+        elif pulls and not self._pulls_refused:
+            self._pulls_refused = True
+            log.error(
+                "apis[].pull (%s) needs a store for the versions pulled: serve --push-store DIR; not polled",
+                ", ".join(p.api for p in pulls),
+            )
 
     # -- keys fetched by the control plane ------------------------------------------------
     def _sync_fetchers(self, providers: list[ir.JwtProvider]) -> None:

@@ -58,6 +58,7 @@ class CompiledConfig(WithDiagnostics):
     waf_service: ir.WafService | None = None  # where the WAF service listens (run starts it)
     waf: dict[str, Any] | None = None  # what the WAF does (status): rules, routes by mode, masked
     push_clients: tuple[ir.PushClient, ...] = ()  # who may push specs (push API)
+    spec_pulls: tuple[ir.SpecPull, ...] = ()  # APIs whose spec the control plane polls
     # From the worker process, a result can be relative to the one before (``base``): then
     # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
     # gone (details under "#details"). ``Compiler.compile`` makes it whole again.
@@ -179,6 +180,7 @@ def _compile_serialized(
         result.gateway.waf_service,
         waf_summary(result.gateway),
         result.gateway.push_clients,
+        result.gateway.spec_pulls,
     )
 
 

@@ -74,7 +74,7 @@ _REASONS = {
 
 @dataclass
 class PushOptions:
-    address: str  # host:port
+    address: str | None  # host:port; None: no API (the store serves pulls)
     store: Path
     cert_file: str | None = None  # no certificate: plain HTTP (serve --push-insecure)
     key_file: str | None = None
@@ -123,6 +123,8 @@ class PushApi:
         return context
 
     async def start(self) -> int:
+        if self.options.address is None:
+            return 0
         host, _, port = self.options.address.rpartition(":")
         self._server = await asyncio.start_server(self._connection, host or "127.0.0.1", int(port), ssl=self._ssl())
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -295,12 +297,31 @@ class PushApi:
             raise PushRefused("'spec' (and 'policy', if given) name one of the files")
         check_files(files, spec, policy)
         wait, timeout = bool(body.get("wait")), _timeout(body, self.options)
-        record = Version(api, 0, spec, policy, client.name, _now(), str(body.get("message", ""))[:1000])
+        message = str(body.get("message", ""))[:1000]
+        return await self.submit(
+            api, files, spec, policy, client.name, message, bool(body.get("dryRun")), wait, timeout
+        )
+
+    async def submit(
+        self,
+        api: str,
+        files: dict[str, str],
+        spec: str,
+        policy: str | None,
+        by: str,
+        message: str = "",
+        dry_run: bool = False,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Answer:
+        """A push whoever makes it (a pipeline through the API, a pull), its files checked."""
+        timeout = self.options.rollout_timeout if timeout is None else timeout
+        record = Version(api, 0, spec, policy, by, _now(), message)
         staged = self.store.stage(api, files)
         try:
             if policy is not None:
                 _check_fragment(staged / policy, api, policy)
-            if body.get("dryRun"):
+            if dry_run:
                 return await self._dry_run(api, self._with(api, self.store.candidate(staged, record)), staged)
             async with self._lock:
                 await self._settle()
@@ -536,6 +557,8 @@ def _check_fragment(path: Path, api: str, name: str) -> None:
     apis = data.get("apis")
     if not isinstance(apis, list) or len(apis) != 1 or not isinstance(apis[0], dict) or apis[0].get("name") != api:
         raise PushRefused(f"the policy fragment {name} must declare exactly one API, named {api!r}", 403)
+    if "pull" in apis[0]:  # the control plane would fetch a URL a pipeline chose
+        raise PushRefused(f"the policy fragment {name} sets apis[0].pull, which only the platform's policy may", 403)
 
 
 def _relative(text: str, staged: Path, api: str) -> str:

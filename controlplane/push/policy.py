@@ -7,6 +7,7 @@ from typing import Any
 from .. import ir
 from ..documents import Document
 from ..errors import Diagnostics, pointer
+from ..model.policy import duration_ms
 
 
 def clients(section: dict[str, Any], doc: Document | None, diags: Diagnostics) -> tuple[ir.PushClient, ...]:
@@ -48,3 +49,24 @@ def clients(section: dict[str, Any], doc: Document | None, diags: Diagnostics) -
             )
         )
     return tuple(out)
+
+
+def spec_pull(api: str, spec: dict[str, Any], doc: Document, ptr: str, diags: Diagnostics) -> ir.SpecPull:
+    ca = spec.get("caFile")
+    ca_file = None
+    if ca is not None:
+        path = (doc.path.parent / ca).resolve()
+        if not path.is_file():
+            diags.error(f"no such file: {path}", doc.name, ptr + "/caFile", "missing-file")
+        ca_file = str(path)
+    interval = duration_ms(spec.get("interval", "60s"))
+    if interval < 1000:
+        diags.error("polling more often than once a second is refused", doc.name, ptr + "/interval", "pull-interval")
+    return ir.SpecPull(
+        api,
+        spec["url"],
+        interval,
+        duration_ms(spec.get("timeout", "10s")),
+        ca_file,
+        ir.Source(doc.name, ptr),
+    )

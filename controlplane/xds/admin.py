@@ -9,7 +9,8 @@
 | ``/config_dump?node=ID`` | JSON: what that node was sent, in ``dump``'s format |
 | ``/compile`` | JSON: the last compile (ok, when, errors and warnings with locations) |
 | ``/refresh_jwks`` | fetches the keys of ``jwks.fetch: controlplane`` providers now; JSON result |
-| ``/inputs`` | JSON: the files, paths and pushed APIs the served version was compiled from, private keys withheld (``controlplane/inputs.py``); 409 when a file changed since |
+| ``/pulls`` | JSON: each pulled API (``apis[].pull``): when it was last checked, the version pushed, what went wrong |
+| ``/inputs`` | JSON: the files and pushed APIs the served version was compiled from, keys withheld (``inputs.py``) |
 """
 
 from __future__ import annotations
