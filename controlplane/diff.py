@@ -66,6 +66,7 @@ def diff(old: ir.Gateway, new: ir.Gateway) -> Report:
     report = Report()
     _listeners(old, new, report)
     _upstreams(old, new, report)
+    _push_clients(old, new, report)
     before, after = _operations(old), _operations(new)
     for key in sorted(before.keys() | after.keys()):
         a, b = before.get(key), after.get(key)
@@ -326,6 +327,28 @@ def _upstreams(old: ir.Gateway, new: ir.Gateway, report: Report) -> None:
                 report.add("changed", f"upstream {name}", what, True, b.source)
         elif b.tls and not a.tls:
             report.add("changed", f"upstream {name}", "TLS to the upstream turned on", False, b.source)
+
+
+def _push_clients(old: ir.Gateway, new: ir.Gateway, report: Report) -> None:
+    """Who may push specs: a new client, a client owning more APIs or recognised by more
+    certificate names, is more people who can change the gateway."""
+    before, after = {c.name: c for c in old.push_clients}, {c.name: c for c in new.push_clients}
+    for name in sorted(after.keys() - before.keys()):
+        c = after[name]
+        report.add("added", f"push client {name}", f"may push apis {', '.join(c.apis)}", True, c.source)
+    for name in sorted(before.keys() - after.keys()):
+        report.add("removed", f"push client {name}", "may no longer push", False, before[name].source)
+    for name in sorted(before.keys() & after.keys()):
+        a, b = before[name], after[name]
+        gained = sorted(set(b.apis) - set(a.apis))
+        if gained:
+            report.add("changed", f"push client {name}", f"may now push apis {', '.join(gained)}", True, b.source)
+        if set(b.subject_alt_names) - set(a.subject_alt_names):
+            what = "recognised by more client certificate names"
+            report.add("changed", f"push client {name}", what, True, b.source)
+        if a.token_sha256 != b.token_sha256:
+            what = "token added" if a.token_sha256 is None else "token changed" if b.token_sha256 else "token removed"
+            report.add("changed", f"push client {name}", what, a.token_sha256 is None, b.source)
 
 
 # -- output --------------------------------------------------------------------------------------

@@ -153,6 +153,28 @@ def test_waf_and_upstream_tls_changes(tmp_path: Path) -> None:
     assert "WAF exclusions added: sqli" in flagged
 
 
+def test_who_may_push_specs_widening_is_security_relevant(tmp_path: Path) -> None:
+    old, new = copies(tmp_path)
+    token = "a" * 64
+    _replace(
+        old / POLICY,
+        "\napis:\n",
+        f"\npush:\n  clients:\n    - {{name: ci, tokenSha256: {token}, apis: [orders]}}\n\napis:\n",
+    )
+    _replace(
+        new / POLICY,
+        "\napis:\n",
+        f"\npush:\n  clients:\n    - {{name: ci, tokenSha256: {token}, apis: [orders, 'cat*']}}\n"
+        f"    - {{name: other, subjectAltNames: [spiffe://x/y], apis: [orders]}}\n\napis:\n",
+    )
+    report = report_of(old, new)
+    flagged = {(c.subject, c.what) for c in report.security}
+    assert ("push client ci", "may now push apis cat*") in flagged
+    assert ("push client other", "may push apis orders") in flagged
+    narrowed = report_of(new, old)
+    assert not narrowed.security and {c.what for c in narrowed.other} >= {"may no longer push"}
+
+
 def test_the_same_inputs_moved_and_reordered_are_no_change(tmp_path: Path) -> None:
     old, new = copies(tmp_path)
     shutil.move(new / ORDERS, new / "catalog" / ORDERS)
