@@ -15,6 +15,7 @@ the new one, and a version directory whole or absent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -25,12 +26,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..documents import display_name
 from ..sources import SUFFIXES, Pushed
 
 MAX_FILES = 200
 MAX_BYTES = 16 << 20  # of one push, all files together
+MAX_NAME = 512  # characters of one file name: far below what file systems take (PATH_MAX)
+MAX_DEPTH = 16  # directories in one file name
 
-_API_NAME = re.compile(r"^[a-z0-9._-]{1,100}$")
+# as the policy schema's names: an API's directory is never '.' or '..' of the store
+_API_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _FILE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
@@ -78,6 +83,9 @@ def check_files(files: dict[str, str], spec: str, policy: str | None) -> None:
         parts = PurePosixPath(name).parts
         if (
             not parts
+            or str(PurePosixPath(name)) != name  # './x', 'a//b': one file under two names
+            or len(name) > MAX_NAME
+            or len(parts) > MAX_DEPTH + 1
             or name.startswith("/")
             or "\\" in name
             or not all(_FILE_PART.match(p) for p in parts)
@@ -87,6 +95,10 @@ def check_files(files: dict[str, str], spec: str, policy: str | None) -> None:
                 f"file name {name!r}: names are relative paths of letters, digits, '.', '_' and '-' "
                 f"(no '..', no hidden parts) ending in {', '.join(SUFFIXES)}"
             )
+    directories = {str(parent) for name in files for parent in PurePosixPath(name).parents}
+    both = sorted(directories & set(files))
+    if both:
+        raise PushRefused(f"file name {both[0]!r} is also the directory of another file pushed")
     if spec not in files:
         raise PushRefused(f"the spec {spec!r} is not among the files pushed")
     if policy is not None and policy not in files:
@@ -143,14 +155,41 @@ class PushStore:
         root = self.root / "apis" / record.api / str(record.version)
         return Pushed(record.api, root, root / record.spec, root / record.policy if record.policy else None)
 
+    def readable(self, text: str) -> str:
+        """Messages name pushed files as the pipeline knows them: ``orders@3:spec.yaml`` for
+        version 3 of orders, ``orders:spec.yaml`` for a push being checked, not where the
+        store keeps them."""
+        return self._places.sub(lambda m: f"{m[1]}@{m[2]}:" if m[1] else f"{m[3]}:", text)
+
+    @functools.cached_property
+    def _places(self) -> re.Pattern[str]:
+        roots = sorted({re.escape(str(self.root)), re.escape(display_name(self.root))}, key=len, reverse=True)
+        return re.compile(
+            rf"(?:{'|'.join(roots)})/(?:apis/([a-z0-9._-]+)/([0-9]+)|staging/([a-z0-9._-]+?)-[A-Za-z0-9_]+)/"
+        )
+
     # -- writing ----------------------------------------------------------------------------
     def stage(self, api: str, files: dict[str, str]) -> Path:
         """The files in a directory of their own (for a dry run, or to become a version)."""
+        self._api_directory(api)
         directory = Path(tempfile.mkdtemp(prefix=f"{api}-", dir=self.root / "staging"))
-        for name, text in files.items():
-            path = directory / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+        try:
+            for name, text in files.items():
+                path = directory / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+        except OSError as exc:  # names check_files let through that this file system refuses
+            self.discard(directory)
+            raise PushRefused(f"file name {name!r} cannot be written: {exc.strerror}") from None
+        return directory
+
+    def _api_directory(self, api: str) -> Path:
+        """Where the API's versions go; never through a symbolic link planted in the store."""
+        directory = self.root / "apis" / api
+        if directory.resolve() != directory:
+            raise PushRefused(
+                f"the store's directory for {api!r} is a symbolic link: nothing is written through it", 500
+            )
         return directory
 
     def candidate(self, staged: Path, record: Version) -> Pushed:
@@ -158,7 +197,7 @@ class PushStore:
 
     def keep(self, staged: Path, record: Version) -> Version:
         """The staged files become the API's next version."""
-        directory = self.root / "apis" / record.api
+        directory = self._api_directory(record.api)
         directory.mkdir(exist_ok=True)
         numbers = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
         record.version = max(numbers, default=0) + 1
@@ -181,7 +220,9 @@ class PushStore:
 
     def audit(self, **entry: Any) -> None:
         line = json.dumps({"at": round(time.time(), 3), **entry}, sort_keys=True)
-        with open(self.root / "audit.log", "a", encoding="utf-8") as f:
+        # O_NOFOLLOW: a symbolic link planted as audit.log would send the trail elsewhere
+        fd = os.open(self.root / "audit.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with open(fd, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
