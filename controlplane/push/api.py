@@ -198,7 +198,7 @@ class PushApi:
         body = b""
         if parts[0] == "POST":
             length = headers.get("content-length", "")
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # str.isdigit takes '²', which int() refuses
                 return Answer(411, {"error": "a POST needs a Content-Length"})
             if int(length) > MAX_BODY:
                 return Answer(413, {"error": f"the body is larger than {MAX_BODY >> 20} MiB"})
@@ -336,7 +336,7 @@ class PushApi:
                             {
                                 "error": "the push does not compile; nothing changed",
                                 "version": record.version,
-                                "errors": [_relative(str(d), staged, api) for d in result.errors],
+                                "errors": [self.store.readable(str(d)) for d in result.errors],
                             },
                         )
                     # the compile read the staged files; what is served reads the kept ones
@@ -371,7 +371,7 @@ class PushApi:
             p.options.listener_port,
         )
         for key in ("errors", "warnings"):
-            outcome[key] = [_relative(text, staged, api) for text in outcome[key]]
+            outcome[key] = [self.store.readable(text) for text in outcome[key]]
         return Answer(200 if outcome["ok"] else 422, {"dryRun": True, **outcome})
 
     async def _serve(self, api: str, record: Version, previous: int | None) -> Answer | None:
@@ -382,7 +382,7 @@ class PushApi:
         result = await p.compile_pushed(pushed)
         report = await p.serve_pushed(pushed, result) if result.ok else None
         if report is None or not report.ok:
-            errors = [str(d) for d in (report.errors if report is not None else result.errors)]
+            errors = [self.store.readable(str(d)) for d in (report.errors if report is not None else result.errors)]
             record.state, record.reason = "rejected", "; ".join(errors)[:2000]
             self.store.save(record)
             return Answer(422, {"error": "not served; nothing changed", "version": record.version, "errors": errors})
@@ -440,6 +440,8 @@ class PushApi:
 
     async def _watch(self, api: str, record: Version, previous: int | None, timeout: float) -> rollout.Rollout:
         state = await rollout.wait(self.plane.ctx.registry, self.plane.cache, timeout)
+        for nack in state.nacks:
+            nack["sources"] = [self.store.readable(source) for source in nack["sources"]]
         event: dict[str, Any] = {"at": _now(), "rollout": state.as_json()}
         if state.nacks:
             first = state.nacks[0]
@@ -481,6 +483,7 @@ class PushApi:
 
     # -- rollback ---------------------------------------------------------------------------
     async def _rollback(self, api: str, body: dict[str, Any], client: ir.PushClient) -> Answer:
+        check_api_name(api)
         wait, timeout = bool(body.get("wait")), _timeout(body, self.options)
         to = body.get("to")
         if to is not None and (not isinstance(to, int) or isinstance(to, bool)):
@@ -559,11 +562,6 @@ def _check_fragment(path: Path, api: str, name: str) -> None:
         raise PushRefused(f"the policy fragment {name} must declare exactly one API, named {api!r}", 403)
     if "pull" in apis[0]:  # the control plane would fetch a URL a pipeline chose
         raise PushRefused(f"the policy fragment {name} sets apis[0].pull, which only the platform's policy may", 403)
-
-
-def _relative(text: str, staged: Path, api: str) -> str:
-    """Errors name the pushed files as the pipeline knows them, not where they were staged."""
-    return text.replace(str(staged) + "/", f"{api}:").replace(str(staged.resolve()) + "/", f"{api}:")
 
 
 def _timeout(body: dict[str, Any], options: PushOptions) -> float:
