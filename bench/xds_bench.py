@@ -181,7 +181,14 @@ class Server:
     """``python -m controlplane serve`` on loopback, plaintext, with fast file polling."""
 
     def __init__(
-        self, config_dir: Path, workdir: Path, cache_dir: Path, max_delay: float, src: Path | None, watch: str = "fast"
+        self,
+        config_dir: Path,
+        workdir: Path,
+        cache_dir: Path,
+        max_delay: float,
+        src: Path | None,
+        watch: str = "fast",
+        extra: tuple[str, ...] = (),  # more `serve` options (push_bench: the push API)
     ):
         self.xds_port, self.admin_port = free_port(), free_port()
         self.log_path = workdir / f"controlplane-{self.admin_port}.log"
@@ -193,6 +200,7 @@ class Server:
             str(config_dir),
             "--insecure",
             *(["--poll-interval", "0.01", "--quiet-period", "0.01", "--max-delay", str(max_delay)] * (watch == "fast")),
+            *extra,
             "--xds-address",
             f"127.0.0.1:{self.xds_port}",
             "--admin-address",
