@@ -550,7 +550,7 @@ def _check_fragment(path: Path, api: str, name: str) -> None:
     data = doc.data
     if not isinstance(data, dict) or data.get("kind") != "GatewayPolicy":
         raise PushRefused(f"the policy fragment {name} is not a GatewayPolicy", 422)
-    extra: list[str] = []
+    extra = sorted(set(data) - _FRAGMENT_KEYS)
     if extra:
         raise PushRefused(
             f"a pushed policy fragment may only declare its API (apis); {name} sets {', '.join(extra)}, "
