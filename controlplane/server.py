@@ -141,7 +141,13 @@ class ControlPlane:
                 "/compile": lambda q: json_answer(200, self.report.as_json()),
                 "/refresh_jwks": self._refresh_jwks_now,
                 "/pulls": lambda q: json_answer(200, self.puller.state if self.puller else {}),
-                "/inputs": lambda q: inputs.answer(self.options.paths, self.compiler.pushed, self.last_result),
+                "/inputs": lambda q: inputs.answer(
+                    self.options.paths,
+                    self.compiler.pushed,
+                    self.last_result,
+                    listener_port=self.options.listener_port,
+                    fetched_jwks=self.jwks,
+                ),
             }
         )
         self.certificates: dict[str, tuple[str, str]] = {}  # served secret → (file, expiry), for status and metrics

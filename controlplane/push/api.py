@@ -34,7 +34,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import ir
 from ..documents import DocumentStore
@@ -43,8 +43,30 @@ from . import rollout
 from .store import PushRefused, PushStore, Version, check_api_name, check_files
 
 if TYPE_CHECKING:
-    from ..server import ControlPlane
     from ..sources import Pushed
+    from ..worker import CompiledConfig, Compiler
+    from ..xds.cache import SnapshotCache
+    from ..xds.protocol import XdsContext
+
+
+class Plane(Protocol):
+    """What the push API needs of the control plane (``server.ControlPlane``)."""
+
+    compiler: Compiler
+    jwks: dict[str, str]
+    ctx: XdsContext
+    cache: SnapshotCache
+    last_result: CompiledConfig | None
+
+    @property
+    def options(self) -> Any: ...  # ServeOptions: paths, listener_port
+
+    @property
+    def compile_lock(self) -> asyncio.Lock: ...
+
+    async def compile_pushed(self, pushed: tuple[Pushed, ...]) -> CompiledConfig: ...
+
+    async def serve_pushed(self, pushed: tuple[Pushed, ...], result: CompiledConfig) -> Any: ...
 
 log = logging.getLogger("controlplane.push")
 
@@ -99,7 +121,7 @@ class Answer:
 
 
 class PushApi:
-    def __init__(self, plane: ControlPlane, options: PushOptions):
+    def __init__(self, plane: Plane, options: PushOptions):
         self.plane = plane
         self.options = options
         self.store = PushStore(options.store)
