@@ -114,6 +114,19 @@ class TrustBundle:
 
 
 @dataclass(frozen=True, slots=True)
+class KubeService:
+    """A Kubernetes Service whose ready endpoints an upstream is (``upstreams[].service``)."""
+
+    namespace: str
+    name: str
+    port: str  # a number, or the name of the Service's port
+
+    @property
+    def host(self) -> str:
+        return f"{self.name}.{self.namespace}.svc"
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
     """A backend service: a set of endpoints with connection behaviour."""
 
@@ -135,6 +148,7 @@ class Upstream:
     health_check: HealthCheck | None = None
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
+    service: KubeService | None = None  # endpoints from the cluster's EndpointSlices (over EDS)
 
     @property
     def uses_dns(self) -> bool:

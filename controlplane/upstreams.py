@@ -22,6 +22,7 @@ def from_server(name: str, server: ServerUrl, src: ir.Source) -> ir.Upstream:
 
 def from_policy(name: str, spec: dict[str, Any], src: ir.Source, diags: Diagnostics) -> ir.Upstream:
     """An ``upstreams[]`` entry (already checked against the schema); errors go to ``diags``."""
+    service: ir.KubeService | None = None
     if "url" in spec:
         try:
             parts = urlsplit(spec["url"])
@@ -43,6 +44,14 @@ def from_policy(name: str, spec: dict[str, Any], src: ir.Source, diags: Diagnost
             )
         endpoints: tuple[ir.Endpoint, ...] = (ir.Endpoint(host, port),)
         tls = spec["tls"] is not False if "tls" in spec else https  # an object: TLS with those settings
+    elif "service" in spec:
+        name_ns, _, port_text = spec["service"].rpartition(":")
+        svc_name, _, namespace = name_ns.partition(".")
+        service = ir.KubeService(namespace, svc_name, port_text)
+        if port_text.isdigit() and not 0 < int(port_text) < 65536:
+            diags.error(f"port {port_text} is out of range", src.file, f"{src.pointer}/service", "upstream")
+        endpoints = ()  # the cluster's, over EDS, as they change
+        tls = spec.get("tls", False) is not False
     else:
         eps = []
         for i, text in enumerate(spec["endpoints"]):
@@ -61,7 +70,8 @@ def from_policy(name: str, spec: dict[str, Any], src: ir.Source, diags: Diagnost
         endpoints=endpoints,
         source=src,
         tls=bool(tls),
-        sni=spec.get("sni") or (endpoints[0].host if tls and not endpoints[0].is_ip else None),
+        sni=spec.get("sni") or (_first_host(endpoints, service) if tls else None),
+        service=service,
         protocol=ir.Protocol(spec.get("protocol", "http1")),
         connect_timeout_ms=pol.duration_ms(spec.get("connectTimeout", "2s")),
         health_check=ir.HealthCheck(
@@ -90,6 +100,13 @@ def from_policy(name: str, spec: dict[str, Any], src: ir.Source, diags: Diagnost
     )
 
 
+def _first_host(endpoints: tuple[ir.Endpoint, ...], service: ir.KubeService | None) -> str | None:
+    """The name a TLS upstream is reached by: its Service's, else its first endpoint's (not an IP)."""
+    if service is not None:
+        return service.host
+    return endpoints[0].host if not endpoints[0].is_ip else None
+
+
 @functools.lru_cache(maxsize=4096)  # per operation; an IP address check parses the host
 def host_header(host: str, port: int, tls: bool) -> str | None:
     """The Host an upstream named by host expects; None for an IP address (nothing to name)."""
@@ -109,6 +126,10 @@ def policy_host(spec: dict[str, Any]) -> str | None:
             if not parts.hostname:
                 return None
             return host_header(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), tls)
+        if "service" in spec:
+            name_ns, _, port = str(spec["service"]).rpartition(":")
+            tls = spec.get("tls", False) is not False
+            return host_header(name_ns + ".svc", int(port) if port.isdigit() else (443 if tls else 80), tls)
         host, _, port = str(spec["endpoints"][0]).rpartition(":")
         return host_header(host.strip("[]"), int(port), spec.get("tls", False) is not False)
     except (ValueError, LookupError):  # reported where the upstream itself is read
