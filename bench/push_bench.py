@@ -67,10 +67,12 @@ sys.path.insert(0, str(BENCH.parent))
 import synth  # noqa: E402
 from _common import REPO, child_env, git_state, machine, median  # noqa: E402
 from xds_bench import (  # noqa: E402
+    CLK_TCK,
     TYPES,
     Config,
     Fleet,
     Server,
+    children_of,
     fmt_cpu,
     free_port,
     quantile,
@@ -99,11 +101,19 @@ def add_operation(config: Config, service: str, tag: str) -> str:
 
 
 def with_push_client(config: Config, listener_port: int) -> None:
-    """The policy gets a push client owning every API, and a free listener port (real Envoys bind it)."""
+    """The policy gets a push client owning the pushed API, and a free listener port (real Envoys bind it)."""
     policy = config.root / "gateway.policy.yaml"
     text = policy.read_text().replace("port: 10080", f"port: {listener_port}")
+    # a pushed API is mounted where the policy says (push-unpinned); "/" mounts it where its
+    # spec's servers did: the same routes as the file-watched services
+    entry = f"    spec: specs/{PUSHED_API}.yaml\n"
+    assert entry in text
+    text = text.replace(entry, entry + "    pathPrefix: /\n")
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
-    policy.write_text(text + f'push:\n  clients:\n    - {{name: push-bench, tokenSha256: {digest}, apis: ["svc*"]}}\n')
+    # a new public operation is a security-relevant change, which a client must be allowed to make
+    client = f"name: push-bench, tokenSha256: {digest}, apis: [{PUSHED_API}], allowSecurityChanges: true"
+    clients = f"    - {{{client}}}\n"
+    policy.write_text(text + "push:\n  clients:\n" + clients)
 
 
 class PushTarget:
@@ -203,9 +213,42 @@ class Change:
     cpu_idle: dict[str, float] = field(default_factory=dict)  # until idle again
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def tree_cpu(pid: int, parents: dict[int, int]) -> float:
+    """utime + stime of ``pid`` and every live descendant, with the CPU of the children each
+    has reaped (cutime + cstime): the workers run the full validator as a child process of
+    their own (controlplane/model/_validator_process.py), which xds_bench's direct-children
+    count does not see."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        fields = _stat(p)
+        if fields is not None:
+            total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+        todo += [c for c, parent in parents.items() if parent == p]
+    return total
+
+
 def cpu_now(server: Server) -> dict[str, float]:
-    c = server.cpu()
-    return {"server": c["server"], "compile": c["compile"], "other workers": c["validation"]}
+    """CPU seconds so far: the server process, the compile worker's tree, the other workers' trees."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+            parents[int(entry)] = int(fields[1])
+    kids = children_of(server.pid)  # oldest first: the compile worker, then the validation worker
+    own = _stat(server.pid)
+    return {
+        "server": sum(int(x) for x in own[11:13]) / CLK_TCK if own else 0.0,
+        "compile": tree_cpu(kids[0], parents) if kids else 0.0,
+        "other workers": sum(tree_cpu(k, parents) for k in kids[1:]),
+    }
 
 
 def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

@@ -220,6 +220,7 @@ class Server:
                 if self.get("/compile").get("ok"):
                     break
             if time.monotonic() > deadline:
+                self.proc.terminate()  # not left running: nobody holds this half-made Server to stop it
                 raise SystemExit(f"control plane not ready after 120 s:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.1)
 
