@@ -254,7 +254,8 @@ class FakeKube:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.kube = self
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-kube", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-kube",
+                                        daemon=True)
 
     # -- lifecycle and client wiring
 
@@ -629,6 +630,10 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()  # headers and body leave in two writes: without this, Nagle meets delayed ACKs (40 ms)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

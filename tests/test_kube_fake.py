@@ -165,7 +165,7 @@ def test_watch_from_a_resource_version_sees_exactly_the_later_events(core: clien
 
     w = watch.Watch()
     seen = []
-    for event in w.stream(core.list_namespaced_config_map, "default", resource_version=rv):
+    for event in w.stream(core.list_namespaced_config_map, "default", resource_version=rv, timeout_seconds=10):
         seen.append((event["type"], event["object"].metadata.name, int(event["object"].metadata.resource_version)))
         if seen[-1][1] == "last":
             w.stop()
@@ -180,7 +180,7 @@ def test_watch_without_a_version_starts_with_the_current_objects(core: client.Co
     core.create_namespaced_config_map("default", _cm("b"))
     w = watch.Watch()
     seen = []
-    for event in w.stream(core.list_namespaced_config_map, "default"):
+    for event in w.stream(core.list_namespaced_config_map, "default", timeout_seconds=10):
         seen.append((event["type"], event["object"].metadata.name))
         if len(seen) == 2:
             core.delete_namespaced_config_map("b", "default")
@@ -196,7 +196,8 @@ def test_a_watch_with_a_selector_sees_objects_leave_and_enter_it(core: client.Co
     core.patch_namespaced_config_map("a", "default", {"metadata": {"labels": {"app": "x"}}})
     w = watch.Watch()
     seen = []
-    for event in w.stream(core.list_namespaced_config_map, "default", label_selector="app=x", resource_version="0"):
+    for event in w.stream(core.list_namespaced_config_map, "default", label_selector="app=x", resource_version="0",
+                          timeout_seconds=10):
         seen.append(event["type"])
         if len(seen) == 1:
             rv = event["object"].metadata.resource_version
@@ -205,7 +206,8 @@ def test_a_watch_with_a_selector_sees_objects_leave_and_enter_it(core: client.Co
     seen = []
     core.patch_namespaced_config_map("a", "default", {"metadata": {"labels": {"app": "y"}}})
     core.patch_namespaced_config_map("b", "default", {"metadata": {"labels": {"app": "x"}}})
-    for event in w.stream(core.list_namespaced_config_map, "default", label_selector="app=x", resource_version=rv):
+    for event in w.stream(core.list_namespaced_config_map, "default", label_selector="app=x", resource_version=rv,
+                          timeout_seconds=10):
         seen.append((event["type"], event["object"].metadata.name))
         if len(seen) == 2:
             w.stop()
@@ -280,10 +282,12 @@ def test_a_compacted_history_gives_410_and_a_relist_recovers(core: client.CoreV1
     assert [i.metadata.name for i in relisted.items] == ["a", "b"]
     core.create_namespaced_config_map("default", _cm("c"))
     w = watch.Watch()
+    seen = []
     for event in w.stream(core.list_namespaced_config_map, "default",
-                          resource_version=relisted.metadata.resource_version):
-        assert (event["type"], event["object"].metadata.name) == ("ADDED", "c")
+                          resource_version=relisted.metadata.resource_version, timeout_seconds=10):
+        seen.append((event["type"], event["object"].metadata.name))
         w.stop()
+    assert seen == [("ADDED", "c")]
 
 
 def test_paged_lists_are_one_snapshot(core: client.CoreV1Api) -> None:
@@ -302,13 +306,19 @@ def test_bookmarks_carry_the_latest_version(custom: client.CustomObjectsApi, kub
         "metadata"]["resourceVersion"]
     client.CoreV1Api(kube_api.api_client()).create_namespaced_config_map("default", _cm("unwatched"))
     w = watch.Watch()
+    seen = []
     for event in w.stream(custom.list_namespaced_custom_object, GROUP, VERSION, "team", "apispecs",
-                          resource_version=rv, allow_watch_bookmarks=True):
-        assert event["type"] == "BOOKMARK"
-        assert event["raw_object"]["kind"] == "ApiSpec"
-        assert event["raw_object"]["metadata"]["resourceVersion"] == kube_api.resource_version != rv
-        assert w.resource_version == kube_api.resource_version  # the client resumes from a bookmark's version
-        w.stop()
+                          resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=10):
+        seen.append((event["type"], event["raw_object"]))
+        if len(seen) == 2:
+            w.stop()
+        else:
+            custom.create_namespaced_custom_object(GROUP, VERSION, "team", "apispecs", _spec("b"))
+    (first, bookmark), (second, added) = seen
+    assert first == "BOOKMARK" and bookmark["kind"] == "ApiSpec" and list(bookmark["metadata"]) == ["resourceVersion"]
+    assert second == "ADDED" and added["metadata"]["name"] == "b"
+    assert int(rv) < int(bookmark["metadata"]["resourceVersion"]) < int(added["metadata"]["resourceVersion"])
+    assert w.resource_version == added["metadata"]["resourceVersion"]
 
 
 def test_a_watch_ends_at_its_timeout(core: client.CoreV1Api, kube_api: FakeKube) -> None:
