@@ -246,6 +246,7 @@ class _Builder:
                 pushed = self.bundle.spec_overrides.get(entry["name"])
                 if pushed is not None:  # the file the policy names is not read; nor is it unmounted
                     mounted.add((doc.path.parent / entry["spec"]).resolve())
+                    self._pinned(entry, doc, ptr)
                 spec_doc = (
                     self.bundle.store.load(pushed)
                     if pushed is not None
@@ -306,6 +307,20 @@ class _Builder:
             names[name] = spec_doc.name
             apis.append(_Api(name, spec, {}, None, ""))
         return apis
+
+    def _pinned(self, entry: dict[str, Any], doc: Document, ptr: str) -> None:
+        """An API whose spec is pushed or pulled is mounted and sent where its policy says:
+        otherwise the spec's ``servers`` would choose, and a pipeline could mount it under
+        another team's paths or send it to any host."""
+        for key in ("pathPrefix", "upstream"):
+            if key not in entry:
+                self.diags.error(
+                    f"api {entry['name']!r} takes pushed or pulled specs: set its {key} here, or the spec's "
+                    "servers would choose it",
+                    doc.name,
+                    ptr,
+                    "push-unpinned",
+                )
 
     # -- upstreams --------------------------------------------------------------------------
     def _auto_upstream(self, server: ServerUrl, src: ir.Source) -> str:

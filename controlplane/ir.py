@@ -333,6 +333,7 @@ class SpecPull:
     timeout_ms: int
     ca_file: str | None
     source: Source
+    allow_security_changes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +345,10 @@ class PushClient:
     subject_alt_names: tuple[str, ...]
     apis: tuple[str, ...]  # exact names, or prefixes ending in ``*``
     source: Source
+    # What a policy fragment the client pushes may declare a new API with:
+    path_prefixes: tuple[str, ...] = ()  # mounted under one of these
+    upstreams: tuple[str, ...] = ()  # sent to one of these (exact, or prefixes ending in ``*``)
+    allow_security_changes: bool = False  # else a push that diff flags is refused
 
     def owns(self, api: str) -> bool:
         return any(api == p or (p.endswith("*") and api.startswith(p[:-1])) for p in self.apis)

@@ -127,9 +127,11 @@ apis:
     spec: stock.yaml
     pathPrefix: /inventory
     upstream: backend
-    pull: {{url: "http://127.0.0.1:{published}/openapi.yaml", interval: 1s, timeout: 2s}}
+    pull: {{url: "http://127.0.0.1:{published}/openapi.yaml", interval: 1s, timeout: 2s, allowSecurityChanges: true}}
 """
     )
+    # (without allowSecurityChanges the first pull, which opens operations in a policy
+    # without auth, would be refused as a security-relevant change)
     store = work / "store"
     plane = ControlPlaneProcess([config], work, extra=["--push-store", str(store)]).start()
     envoy = start_envoy(work, plane)

@@ -24,7 +24,11 @@ from tests.xds_harness import REPO, ControlPlaneProcess, start_envoy, wait_for
 
 pytestmark = pytest.mark.envoy
 
-TOKENS = {"orders-ci": "orders-secret-token-1", "catalog-ci": "catalog-secret-token-2"}
+TOKENS = {
+    "orders-ci": "orders-secret-token-1",
+    "catalog-ci": "catalog-secret-token-2",
+    "reviewed-ci": "reviewed-secret-token-3",
+}
 
 ORDERS_V1 = """\
 openapi: 3.0.3
@@ -92,6 +96,7 @@ apis:
 def platform_policy(port: int, backend: int, payments_san: str) -> str:
     orders_sha = hashlib.sha256(TOKENS["orders-ci"].encode()).hexdigest()
     catalog_sha = hashlib.sha256(TOKENS["catalog-ci"].encode()).hexdigest()
+    reviewed_sha = hashlib.sha256(TOKENS["reviewed-ci"].encode()).hexdigest()
     return f"""\
 apiVersion: controlplane.dev/v1
 kind: GatewayPolicy
@@ -108,9 +113,15 @@ apis:
     upstream: backend
 push:
   clients:
-    - {{name: orders-ci, tokenSha256: {orders_sha}, apis: [orders]}}
-    - {{name: catalog-ci, tokenSha256: {catalog_sha}, apis: ["catalog-*"]}}
-    - {{name: payments-ci, subjectAltNames: ["{payments_san}"], apis: [payments]}}
+    - {{name: orders-ci, tokenSha256: {orders_sha}, apis: [orders], allowSecurityChanges: true}}
+    - name: catalog-ci
+      tokenSha256: {catalog_sha}
+      apis: ["catalog-*"]
+      pathPrefixes: [/books]
+      upstreams: [backend]
+      allowSecurityChanges: true
+    - {{name: payments-ci, subjectAltNames: ["{payments_san}"], apis: [payments], allowSecurityChanges: true}}
+    - {{name: reviewed-ci, tokenSha256: {reviewed_sha}, apis: [orders, reviewed-new], pathPrefixes: [/r]}}
 """
 
 
@@ -238,8 +249,9 @@ def test_a_push_reaches_every_envoy_and_wait_returns_when_all_acked(setup: Setup
     listed = push(setup, "--versions", "orders")
     assert listed.returncode == 0
     assert "orders-ci" in listed.stdout and "PR #12" in listed.stdout and " live " in listed.stdout
-    last = audit(setup)[-1]
-    assert last["client"] == "orders-ci" and last["action"] == "push" and last["status"] == 200
+    *_, pushed, listed_line = audit(setup)  # every request gets its line, reads too
+    assert (pushed["client"], pushed["action"], pushed["status"]) == ("orders-ci", "push", 200)
+    assert (listed_line["action"], listed_line["status"], listed_line["api"]) == ("list", 200, "orders")
 
 
 def test_a_push_that_does_not_compile_changes_nothing_and_names_the_pushed_file(setup: Setup, tmp_path: Path) -> None:
@@ -411,3 +423,46 @@ def test_rollback_to_a_version_and_a_restart_serves_what_was_pushed(setup: Setup
     assert setup.get("/orders-api/orders/7") == 200
     assert setup.get("/books/items") == 200
     assert api(setup, "GET", "/v1/apis/orders/versions")[1]["live"] == with_get
+
+
+def test_a_client_without_allow_security_changes_cannot_open_an_operation(setup: Setup, tmp_path: Path) -> None:
+    """Without auth in this policy every operation is public: adding one is security-relevant,
+    and a client that may not make such changes is refused with the list; removing one is not."""
+    versions = api(setup, "GET", "/v1/apis/orders/versions")[1]
+    live = next(v for v in versions["versions"] if v["version"] == versions["live"])
+    current = (setup.store / "apis" / "orders" / str(live["version"]) / live["spec"]).read_text()
+    spec = tmp_path / "orders.yaml"
+    spec.write_text(current + "  /orders/private-export:\n    get: {responses: {'200': {description: ok}}}\n")
+    out = push(setup, "--api", "orders", str(spec), "--wait", "-o", "json", token="reviewed-ci")
+    data = json.loads(out.stdout)
+    assert out.returncode == 1 and data["status"] == 403, data
+    assert any("new operation, public" in c["change"] for c in data["security"]), data["security"]
+    assert setup.get("/orders-api/orders/private-export") == 404
+    assert api(setup, "GET", "/v1/apis/orders/versions")[1]["versions"][-1]["state"] == "rejected"
+    text = push(setup, "--api", "orders", str(spec), token="reviewed-ci")
+    assert "security-relevant" in text.stdout and "GET /orders-api/orders/private-export" in text.stdout, text.stdout
+    spec.write_text(ORDERS_V1)  # only removes operations: nothing opens
+    assert push(setup, "--api", "orders", str(spec), "--wait", token="reviewed-ci").returncode == 0
+    assert setup.get("/orders-api/orders/7") == 404
+
+
+def test_a_fragment_mounts_only_under_the_clients_prefixes_and_upstreams(setup: Setup, tmp_path: Path) -> None:
+    (tmp_path / "catalog.yaml").write_text(CATALOG)
+    fragment = tmp_path / "policy.yaml"
+    for changed, phrase in (
+        (CATALOG_FRAGMENT.replace("pathPrefix: /books", "pathPrefix: /payments/books"), "pathPrefixes"),
+        (CATALOG_FRAGMENT.replace("pathPrefix: /books", "pathPrefix: /bookshelf"), "pathPrefixes"),
+        (CATALOG_FRAGMENT.replace("    pathPrefix: /books\n", ""), "pathPrefixes"),
+        (CATALOG_FRAGMENT.replace("upstream: backend", "upstream: internal"), "push.clients[].upstreams"),
+    ):
+        fragment.write_text(changed)
+        out = push(
+            setup,
+            "--api",
+            "catalog-books",
+            str(tmp_path / "catalog.yaml"),
+            "--policy",
+            str(fragment),
+            token="catalog-ci",
+        )
+        assert out.returncode == 1 and "(403)" in out.stdout and phrase in out.stdout, out.stdout

@@ -87,7 +87,12 @@ apis:
 push:
   clients:
     - {{name: orders-ci, tokenSha256: {sha["orders-ci"]}, apis: [orders]}}
-    - {{name: catalog-ci, tokenSha256: {sha["catalog-ci"]}, apis: ["catalog-*"]}}
+    - name: catalog-ci
+      tokenSha256: {sha["catalog-ci"]}
+      apis: ["catalog-*"]
+      pathPrefixes: [/books, /inside]
+      upstreams: [backend]
+      allowSecurityChanges: true
     - {{name: dots-ci, tokenSha256: {sha["dots-ci"]}, apis: [".*"]}}
     - {{name: payments-ci, subjectAltNames: ["spiffe://ci.example.com/payments"], apis: [payments]}}
 """
@@ -398,7 +403,7 @@ def test_a_fragment_declares_exactly_its_own_api(setup: Setup, text: str) -> Non
 def test_a_fragment_cannot_redeclare_a_platform_api(setup: Setup) -> None:
     # catalog-ci owns catalog-* by pattern, so it may push catalog-platform's spec, but not
     # replace the platform's entry (its prefix, upstream, auth) with its own
-    text = fragment("catalog-platform", upstream="internal", prefix="/hijacked")
+    text = fragment("catalog-platform", upstream="backend", prefix="/books/hijacked")  # both the client's
     files = {"catalog.yaml": PLATFORM_CATALOG, "policy.yaml": text}
     status, answer = setup.push(
         "catalog-platform", files, token="catalog-ci", spec="catalog.yaml", policy="policy.yaml", wait=True
@@ -422,11 +427,6 @@ def test_a_spec_that_is_also_a_policy_is_never_read_as_one(setup: Setup) -> None
     assert status == 401, answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="by design today: a fragment may route its API to any upstream the platform declares, "
-    "internal ones included; push.clients has no list of upstreams a client may use",
-)
 def test_a_fragment_cannot_route_to_the_platforms_internal_upstream(setup: Setup) -> None:
     files = {"catalog.yaml": CATALOG, "policy.yaml": fragment("catalog-inside", upstream="internal", prefix="/inside")}
     status, answer = setup.push(
@@ -446,17 +446,14 @@ def test_a_pushed_spec_saying_public_does_not_beat_the_platforms_defaults(setup:
     assert setup.get("/orders-api/orders") == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="by design (docs/policy.md 'Route settings'): an operation's x-gateway wins over the "
-    "policy's apis[].defaults; only apis[].operations binds an operation against its spec",
-)
-def test_an_operations_x_gateway_public_does_not_beat_the_platforms_defaults(setup: Setup) -> None:
+def test_an_operations_x_gateway_public_needs_a_client_allowed_security_changes(setup: Setup) -> None:
     spec = ORDERS_V1.replace(
         "get: {operationId: listOrders,", "get: {operationId: listOrders, x-gateway: {public: true},"
     )
     status, answer = setup.push("orders", {"spec.yaml": spec}, wait=True)
-    assert status == 200, answer
+    # the spec's x-gateway wins over apis[].defaults (docs/policy.md), so the push would open
+    # the operation: diff flags it, and a client without allowSecurityChanges is refused
+    assert status == 403 and any("public" in c["change"] for c in answer["security"]), answer
     assert setup.get("/orders-api/orders") == 401
 
 

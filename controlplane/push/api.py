@@ -68,6 +68,7 @@ class Plane(Protocol):
 
     async def serve_pushed(self, pushed: tuple[Pushed, ...], result: CompiledConfig) -> Any: ...
 
+
 log = logging.getLogger("controlplane.push")
 
 MAX_HEAD = 64 << 10
@@ -239,6 +240,18 @@ class PushApi:
 
     # -- requests ---------------------------------------------------------------------------
     async def handle(self, request: Request) -> Answer:
+        """The answer to one request, and one line in the audit log for it, whatever it was."""
+        entry: dict[str, Any] = {"peer": request.peer, "method": request.method, "path": request.path[:200]}
+        answer = await self._answer(request, entry)
+        self.store.audit(
+            **entry,
+            status=answer.status,
+            version=answer.data.get("version"),
+            reason=answer.data.get("error", ""),
+        )
+        return answer
+
+    async def _answer(self, request: Request, audit: dict[str, Any]) -> Answer:
         route = _ROUTE.match(request.path)
         if route is None:
             return Answer(404, {"error": "no such endpoint; see GET /v1/apis, /v1/apis/<api>/versions"})
@@ -248,43 +261,28 @@ class PushApi:
             return Answer(405, {"error": f"{request.path} answers {expected}"})
         client = self._client(request)
         if isinstance(client, Answer):
-            reason = client.data["error"]
-            self.store.audit(
-                peer=request.peer, action=request.method, path=request.path, status=client.status, reason=reason
-            )
             return client
-        audit = {"client": client.name, "peer": request.peer, "api": api}
+        audit.update(client=client.name, api=api, action="list" if request.method == "GET" else action)
         if api is None:
             owned = [a for a in sorted(set(self.store.apis()) | set(self.store.live)) if client.owns(a)]
             return Answer(200, {"client": client.name, "apis": {a: self.store.live.get(a) for a in owned}})
         if not client.owns(api):
-            self.store.audit(**audit, action=action, status=403, reason="not this client's API")
             return Answer(403, {"error": f"client {client.name!r} may not change api {api!r} (push.clients[].apis)"})
         if request.method == "GET":
             versions = [v.as_json() for v in self.store.versions(api)]
             return Answer(200, {"api": api, "live": self.store.live.get(api), "versions": versions})
-        body: dict[str, Any] = {}
         try:
-            parsed = json.loads(request.body or b"{}")
-            if not isinstance(parsed, dict):
+            body = json.loads(request.body or b"{}")
+            if not isinstance(body, dict):
                 raise PushRefused("the body is a JSON object")
-            body = parsed
             if action == "versions":
-                answer = await self._push(api, body, client)
-            else:
-                answer = await self._rollback(api, body, client)
+                audit["action"] = "dry-run" if body.get("dryRun") is True else "push"
+                return await self._push(api, body, client)
+            return await self._rollback(api, body, client)
         except PushRefused as exc:
-            answer = Answer(exc.status, {"error": str(exc)})
+            return Answer(exc.status, {"error": str(exc)})
         except ValueError as exc:  # not JSON, or not UTF-8
-            answer = Answer(400, {"error": f"the body is not JSON: {exc}"})
-        self.store.audit(
-            **audit,
-            action=_action(action, body),
-            status=answer.status,
-            version=answer.data.get("version"),
-            reason=answer.data.get("error", ""),
-        )
-        return answer
+            return Answer(400, {"error": f"the body is not JSON: {exc}"})
 
     def _client(self, request: Request) -> ir.PushClient | Answer:
         result = self.plane.last_result
@@ -318,11 +316,11 @@ class PushApi:
         if not isinstance(spec, str) or (policy is not None and not isinstance(policy, str)):
             raise PushRefused("'spec' (and 'policy', if given) name one of the files")
         check_files(files, spec, policy)
-        wait, timeout = bool(body.get("wait")), _timeout(body, self.options)
-        message = str(body.get("message", ""))[:1000]
-        return await self.submit(
-            api, files, spec, policy, client.name, message, bool(body.get("dryRun")), wait, timeout
-        )
+        wait, dry_run, timeout = _flag(body, "wait"), _flag(body, "dryRun"), _timeout(body, self.options)
+        message = body.get("message", "")
+        if not isinstance(message, str):
+            raise PushRefused("'message' is a string")
+        return await self.submit(api, files, spec, policy, client.name, message[:1000], dry_run, wait, timeout, client)
 
     async def submit(
         self,
@@ -335,18 +333,28 @@ class PushApi:
         dry_run: bool = False,
         wait: bool = False,
         timeout: float | None = None,
+        client: ir.PushClient | None = None,
+        allow_security_changes: bool = False,
     ) -> Answer:
-        """A push whoever makes it (a pipeline through the API, a pull), its files checked."""
+        """A push whoever makes it (a pipeline through the API: ``client``; a pull), its files
+        checked. Security-relevant changes (``diff``'s) are refused unless the client, or the
+        pull, may make them."""
         timeout = self.options.rollout_timeout if timeout is None else timeout
+        if client is not None:
+            allow_security_changes = client.allow_security_changes
         record = Version(api, 0, spec, policy, by, _now(), message)
         staged = self.store.stage(api, files)
         try:
             if policy is not None:
-                _check_fragment(staged / policy, api, policy)
+                _check_fragment(staged / policy, api, policy, client)
             if dry_run:
                 return await self._dry_run(api, self._with(api, self.store.candidate(staged, record)), staged)
             async with self._lock:
                 await self._settle()
+                if not allow_security_changes:
+                    refused = await self._security_review(api, staged, record)
+                    if refused is not None:
+                        return refused
                 async with self.plane.compile_lock:
                     result = await self.plane.compile_pushed(self._with(api, self.store.candidate(staged, record)))
                     record = self.store.keep(staged, record)  # kept, good or not: the audit trail
@@ -371,6 +379,42 @@ class PushApi:
         finally:
             self.store.discard(staged)  # gone already when kept (renamed)
 
+    async def _security_review(self, api: str, staged: Path, record: Version) -> Answer | None:
+        """403 (the version kept as rejected) when the push changes security: that is for
+        a review and the platform's policy, not for a pipeline alone."""
+        outcome = await self._preview(self._with(api, self.store.candidate(staged, record)))
+        if not outcome["diff"] or not outcome["diff"]["security_relevant"]:
+            return None  # no change to security (or errors: the compile reports them)
+        flagged = [c for c in outcome["diff"]["changes"] if c["security"]]
+        record = self.store.keep(staged, record)
+        record.state = "rejected"
+        record.reason = "security-relevant: " + "; ".join(f"{c['subject']}: {c['change']}" for c in flagged)[:2000]
+        self.store.save(record)
+        return Answer(
+            403,
+            {
+                "error": f"the push makes {len(flagged)} security-relevant change(s), which "
+                f"{'this client' if record.pushed_by and not record.pushed_by.startswith('pull ') else 'this pull'} "
+                "may not make (push.clients[].allowSecurityChanges, apis[].pull.allowSecurityChanges): "
+                "have them reviewed, and made in the platform's policy",
+                "version": record.version,
+                "security": flagged,
+                "diff": outcome["diff"],
+            },
+        )
+
+    async def _preview(self, candidate: tuple[Pushed, ...]) -> dict[str, Any]:
+        """The dry run of ``candidate`` (``preview.preview``), its file names as pipelines know them."""
+        from .preview import preview
+
+        p = self.plane
+        paths = [str(x) for x in p.options.paths]
+        outcome: dict[str, Any] = await p.compiler.run(
+            preview, paths, p.compiler.pushed, candidate, dict(p.jwks), p.options.listener_port
+        )
+        readable: dict[str, Any] = json.loads(self.store.readable(json.dumps(outcome)))
+        return readable
+
     def _with(self, api: str, replacement: Pushed | None) -> tuple[Pushed, ...]:
         others = tuple(p for p in self.plane.compiler.pushed if p.api != api)
         return tuple(sorted((*others, replacement) if replacement else others, key=lambda p: p.api))
@@ -381,19 +425,7 @@ class PushApi:
             await asyncio.gather(*self._watching, return_exceptions=True)
 
     async def _dry_run(self, api: str, candidate: tuple[Pushed, ...], staged: Path) -> Answer:
-        from .preview import preview
-
-        p = self.plane
-        outcome = await p.compiler.run(
-            preview,
-            [str(x) for x in p.options.paths],
-            p.compiler.pushed,
-            candidate,
-            dict(p.jwks),
-            p.options.listener_port,
-        )
-        for key in ("errors", "warnings"):
-            outcome[key] = [self.store.readable(text) for text in outcome[key]]
+        outcome = await self._preview(candidate)
         return Answer(200 if outcome["ok"] else 422, {"dryRun": True, **outcome})
 
     async def _serve(self, api: str, record: Version, previous: int | None) -> Answer | None:
@@ -506,7 +538,7 @@ class PushApi:
     # -- rollback ---------------------------------------------------------------------------
     async def _rollback(self, api: str, body: dict[str, Any], client: ir.PushClient) -> Answer:
         check_api_name(api)
-        wait, timeout = bool(body.get("wait")), _timeout(body, self.options)
+        wait, timeout = _flag(body, "wait"), _timeout(body, self.options)
         to = body.get("to")
         if to is not None and (not isinstance(to, int) or isinstance(to, bool)):
             raise PushRefused("'to' is a version number")
@@ -557,13 +589,21 @@ def certificate_name(cert: dict[str, Any]) -> str:
     return ""
 
 
+def _under(prefix: str, allowed: str) -> bool:
+    """``prefix`` is ``allowed`` or below it, by whole segments (/catalog/x, not /catalogue)."""
+    allowed = allowed.rstrip("/")
+    return prefix.rstrip("/") == allowed or prefix.startswith(allowed + "/")
+
+
 def _matches(pattern: str, name: str) -> bool:
     return name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1]))
 
 
-def _check_fragment(path: Path, api: str, name: str) -> None:
+def _check_fragment(path: Path, api: str, name: str, client: ir.PushClient | None) -> None:
     """A pushed policy may declare its API, nothing else: not listeners, upstreams, auth,
-    limits or who may push, which the platform owns."""
+    limits or who may push, which the platform owns. It mounts the API under a path prefix
+    and sends it to an upstream the client may use (``push.clients[].pathPrefixes`` and
+    ``upstreams``): never under another team's prefix, never to an internal upstream."""
     diags = Diagnostics()
     doc = DocumentStore(diags).load(path)
     if doc is None:
@@ -584,6 +624,22 @@ def _check_fragment(path: Path, api: str, name: str) -> None:
         raise PushRefused(f"the policy fragment {name} must declare exactly one API, named {api!r}", 403)
     if "pull" in apis[0]:  # the control plane would fetch a URL a pipeline chose
         raise PushRefused(f"the policy fragment {name} sets apis[0].pull, which only the platform's policy may", 403)
+    entry = apis[0]
+    prefix, upstream = entry.get("pathPrefix"), entry.get("upstream")
+    allowed_prefixes = client.path_prefixes if client is not None else ()
+    allowed_upstreams = client.upstreams if client is not None else ()
+    if not isinstance(prefix, str) or not any(_under(prefix, p) for p in allowed_prefixes):
+        raise PushRefused(
+            f"the policy fragment {name} mounts {api!r} at pathPrefix {prefix!r}; this client may declare APIs "
+            f"only under {list(allowed_prefixes)} (push.clients[].pathPrefixes)",
+            403,
+        )
+    if not isinstance(upstream, str) or not any(_matches(p, upstream) for p in allowed_upstreams):
+        raise PushRefused(
+            f"the policy fragment {name} sends {api!r} to upstream {upstream!r}; this client may use only "
+            f"{list(allowed_upstreams)} (push.clients[].upstreams)",
+            403,
+        )
 
 
 def _timeout(body: dict[str, Any], options: PushOptions) -> float:
@@ -593,10 +649,11 @@ def _timeout(body: dict[str, Any], options: PushOptions) -> float:
     return float(value)
 
 
-def _action(action: str | None, body: dict[str, Any]) -> str:
-    if action == "versions":
-        return "dry-run" if body.get("dryRun") else "push"
-    return action or "list"
+def _flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise PushRefused(f"'{key}' is true or false")
+    return value
 
 
 def _now() -> float:

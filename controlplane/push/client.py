@@ -137,6 +137,9 @@ def describe(status: int, data: dict[str, Any]) -> str:
     for key in ("errors", "warnings"):
         for text in data.get(key, []):
             lines.append(f"  {key[:-1]}: {text}")
+    for change in data.get("security", []):
+        where = f"  ({change['source']})" if change.get("source") else ""
+        lines.append(f"  security-relevant: {change['subject']}: {change['change']}{where}")
     rollout = data.get("rollout")
     if isinstance(rollout, dict) and status not in (200, 202):
         for nack in rollout.get("nacks", []):

@@ -46,6 +46,9 @@ def clients(section: dict[str, Any], doc: Document | None, diags: Diagnostics) -
                 tuple(item.get("subjectAltNames", ())),
                 tuple(item["apis"]),
                 ir.Source(doc.name, ptr),
+                tuple(item.get("pathPrefixes", ())),
+                tuple(item.get("upstreams", ())),
+                item.get("allowSecurityChanges", False),
             )
         )
     return tuple(out)
@@ -69,4 +72,5 @@ def spec_pull(api: str, spec: dict[str, Any], doc: Document, ptr: str, diags: Di
         duration_ms(spec.get("timeout", "10s")),
         ca_file,
         ir.Source(doc.name, ptr),
+        spec.get("allowSecurityChanges", False),
     )

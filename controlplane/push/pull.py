@@ -74,7 +74,15 @@ class Puller:
             state["error"] = state.get("refused")  # unchanged: a refused version stays the news
             return False
         name = "openapi.json" if text.lstrip().startswith("{") else "openapi.yaml"
-        answer = await self.push.submit(pull.api, {name: text}, name, None, f"pull {pull.url}", "pulled")
+        answer = await self.push.submit(
+            pull.api,
+            {name: text},
+            name,
+            None,
+            f"pull {pull.url}",
+            "pulled",
+            allow_security_changes=pull.allow_security_changes,
+        )
         state.update(
             digest=hashlib.sha256(text.encode()).hexdigest(),
             etag=etag,
