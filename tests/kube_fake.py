@@ -638,23 +638,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _kube(self) -> FakeKube:
-        return self.server.kube
+    def _serve(self) -> None:
+        self.server.kube.handle(self, self.command)
 
-    def do_GET(self) -> None:
-        self._kube().handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self._kube().handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self._kube().handle(self, "PUT")
-
-    def do_PATCH(self) -> None:
-        self._kube().handle(self, "PATCH")
-
-    def do_DELETE(self) -> None:
-        self._kube().handle(self, "DELETE")
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
 
 def _send(h: _Handler, code: int, obj: Any) -> None:

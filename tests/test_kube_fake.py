@@ -385,7 +385,7 @@ def test_injected_failures_are_answered_once(core: client.CoreV1Api, kube_api: F
     assert kube_api.count("list") == 2
 
 
-def test_a_slow_watcher_behind_the_history_gets_410() -> None:
+def test_versions_older_than_the_bounded_history_get_410() -> None:
     with FakeKube(history_limit=2) as kube:
         core = client.CoreV1Api(kube.api_client())
         rv = core.create_namespaced_config_map("default", _cm("a")).metadata.resource_version
@@ -395,3 +395,22 @@ def test_a_slow_watcher_behind_the_history_gets_410() -> None:
             list(watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=rv,
                                       timeout_seconds=5))
         assert expired.value.status == 410
+
+        errors: list[ApiException] = []
+
+        def slow_watcher() -> None:
+            try:
+                list(watch.Watch().stream(core.list_namespaced_config_map, "default", timeout_seconds=10,
+                                          resource_version=kube.resource_version))
+            except ApiException as e:
+                errors.append(e)
+
+        watcher = threading.Thread(target=slow_watcher)
+        watcher.start()
+        while kube.open_watches == 0:
+            threading.Event().wait(0.01)
+        with kube._cond:  # the watcher cannot wake while the history moves on beyond it
+            for i in range(5):
+                kube.apply("configmaps", {"metadata": {"name": "a"}, "data": {"j": str(i)}})
+        watcher.join(10)
+        assert [e.status for e in errors] == [410]
