@@ -543,6 +543,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import ServeOptions, serve_forever
 
+    if not args.paths and not args.kubernetes:
+        print(
+            "serve: give the specs and policies (PATH...), or --kubernetes to read them from the cluster",
+            file=sys.stderr,
+        )
+        return 2
     tls = _tls_files(args, "serve")
     _logging()
     options = ServeOptions(
@@ -555,6 +561,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         quiet_period=args.quiet_period,
         max_delay=args.max_delay,
         push=_push_options(args),
+        kubernetes=_kube_options(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(options))
@@ -580,6 +587,22 @@ def _push_options(args: argparse.Namespace) -> Any:
         None if args.push_insecure else args.push_key,
         args.push_client_ca,
         args.rollout_timeout,
+    )
+
+
+def _kube_options(args: argparse.Namespace) -> Any:
+    from .kube.source import KubeOptions
+
+    if not args.kubernetes:
+        return None
+    return KubeOptions(
+        kubeconfig=args.kubeconfig,
+        namespaces=tuple(args.kube_namespace),
+        state_dir=Path(args.kube_state) if args.kube_state else None,
+        configmap_selector=args.kube_configmap_selector,
+        secret_selector=args.kube_secret_selector,
+        lease=args.kube_lease,
+        **({"identity": args.kube_identity} if args.kube_identity else {}),
     )
 
 
@@ -676,7 +699,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--tls-client-ca", help="CA that signs Envoy client certificates (mTLS is required)")
 
     s = sub.add_parser("serve", help="serve the compiled configuration to Envoys over xDS, reloading on change")
-    s.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
+    s.add_argument("paths", nargs="*", metavar="PATH", help=paths_help + " (none: only what --kubernetes reads)")
     s.add_argument(
         "--xds-address", default="127.0.0.1:18000", metavar="HOST:PORT", help="where Envoys connect (gRPC ADS)"
     )
@@ -710,6 +733,41 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="recompile at the latest this long after the first change of a burst",
     )
+    s.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="also read the cluster: ApiSpec and GatewayPolicy resources, selected ConfigMaps and TLS Secrets, "
+        "and the EndpointSlices of upstreams[].service (statuses and Events written back)",
+    )
+    s.add_argument("--kubeconfig", metavar="FILE", help="with --kubernetes: this kubeconfig (default: in-cluster)")
+    s.add_argument(
+        "--kube-namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="with --kubernetes: watch this namespace only (repeatable; default every namespace)",
+    )
+    s.add_argument(
+        "--kube-state", metavar="DIR", help="where the cluster's objects are mirrored as files (default: a temp dir)"
+    )
+    s.add_argument(
+        "--kube-configmap-selector",
+        default="controlplane.dev/config",
+        metavar="SELECTOR",
+        help="label selector of the ConfigMaps holding specs and policies (default controlplane.dev/config)",
+    )
+    s.add_argument(
+        "--kube-secret-selector",
+        default="controlplane.dev/tls",
+        metavar="SELECTOR",
+        help="label selector of the TLS Secrets the policies use (default controlplane.dev/tls)",
+    )
+    s.add_argument(
+        "--kube-lease",
+        metavar="NS/NAME",
+        help="a Lease for leader election: only the leader writes statuses and Events (every replica serves xDS)",
+    )
+    s.add_argument("--kube-identity", metavar="ID", help="this replica's name in the Lease (default: the host name)")
     s.add_argument(
         "--push-address",
         metavar="HOST:PORT",
@@ -750,9 +808,7 @@ def parser() -> argparse.ArgumentParser:
     pu.add_argument("--policy", metavar="FILE", help="a policy fragment declaring the API (only its apis entry)")
     pu.add_argument("--dry-run", action="store_true", help="validate and show the diff; change nothing")
     pu.add_argument("--wait", action="store_true", help="return once every connected Envoy ACKed (or one NACKed)")
-    pu.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="how long --wait waits (default 30)"
-    )
+    pu.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="how long --wait waits (default 30)")
     pu.add_argument("--message", metavar="TEXT", help="why: kept with the version (a commit id, a PR)")
     pu.add_argument("--rollback", metavar="NAME", help="serve an earlier version of this API again")
     pu.add_argument("--to", type=int, metavar="VERSION", help="with --rollback: this version (default the one before)")

@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import inputs, ir
 from .errors import Diagnostic
+from .kube.source import KubeOptions, KubeSource
 from .push.api import PushApi, PushOptions
 from .push.pull import Puller
 from .resources import Resources
@@ -63,6 +65,7 @@ class ServeOptions:
     in_process: bool = False  # compile in the server process (tests, tiny inputs)
     listener_port: int | None = None  # serve the one listener on this port (run --port)
     push: PushOptions | None = None  # the push API (serve --push-address)
+    kubernetes: KubeOptions | None = None  # the cluster as a source (serve --kubernetes)
 
 
 @dataclass
@@ -117,6 +120,11 @@ def _fingerprint(files: Sequence[str], inputs: Sequence[str | Path]) -> dict[str
 
 class ControlPlane:
     def __init__(self, options: ServeOptions):
+        self.kube: KubeSource | None = None
+        if options.kubernetes is not None:
+            self.kube = KubeSource(options.kubernetes)
+            # the cluster's objects are files the compile reads with the others
+            options = dataclasses.replace(options, paths=[*options.paths, self.kube.directory])
         self.options = options
         self.cache = SnapshotCache()
         self.ctx = XdsContext(self.cache)
@@ -161,6 +169,10 @@ class ControlPlane:
         self.xds_port = 0
         self.admin_port = 0
         self.compiles = 0
+        # The serialized ClusterLoadAssignment of a Kubernetes Service's cluster (kube source).
+        self.service_endpoints: Callable[[str, ir.KubeService], bytes] | None = None
+        # Told of every compile's report, served or rejected (the kube source writes statuses).
+        self.compile_observers: list[Callable[[CompileReport, CompiledConfig], None]] = []
         self._pulls_refused = False  # said once: pulls without a store
         self.push: PushApi | None = None
         self.puller: Puller | None = None
@@ -189,6 +201,8 @@ class ControlPlane:
             host,
             self.admin_port,
         )
+        if self.kube is not None:
+            await self.kube.start(self)
         await self.recompile(time.monotonic())
         if self.push is not None:
             await self.push.start()
@@ -233,6 +247,8 @@ class ControlPlane:
             task.cancel()
         if self._validation is not None:
             self._validation.cancel()
+        if self.kube is not None:
+            self.kube.stop()
         if self.puller is not None:
             self.puller.stop()
         if self.push is not None:
@@ -299,6 +315,7 @@ class ControlPlane:
         )
         if not result.ok:
             self._rejected(report, "the inputs have errors")
+            self._observe(report, result)
             return report
         try:
             snapshot, sidecars = self._snapshots(result)
@@ -329,13 +346,25 @@ class ControlPlane:
             self._start_validation()
         self._sync_fetchers(result.jwks_to_fetch)
         self._sync_pulls(result.spec_pulls)
+        self._observe(report, result)
         return report
+
+    def _observe(self, report: CompileReport, result: CompiledConfig) -> None:
+        for observer in self.compile_observers:
+            try:
+                observer(report, result)
+            except Exception:  # an observer failing must not stop serving
+                log.exception("a compile observer failed")
 
     # -- snapshots, and workload certificates ----------------------------------------------
     def _snapshots(self, result: CompiledConfig) -> tuple[Snapshot, dict[str, Snapshot]]:
         """The gateway's snapshot and each mesh sidecar group's, with the workload
-        certificates due (issued, or renewed when half their lifetime is gone)."""
+        certificates due (issued, or renewed when half their lifetime is gone), and the
+        endpoints of Kubernetes Services as the cluster has them now."""
         serialized = result.serialized
+        if result.services and self.service_endpoints is not None:
+            assignments = {c: self.service_endpoints(c, svc) for c, svc in result.services.items()}
+            serialized = {**serialized, Resources.ENDPOINT: {**serialized.get(Resources.ENDPOINT, {}), **assignments}}
         sidecars: dict[str, Snapshot] = {}
         if result.mesh is not None:
             gateway_secrets, backend_secrets = self.identities.secrets(result.mesh, result.secret_groups[0])
@@ -373,6 +402,18 @@ class ControlPlane:
         if result.mesh is not None:
             self.certificates.update(self.identities.expiries())
         return changed
+
+    async def republish(self, why: str) -> None:
+        """Serve the last result again with what changed outside the compile (the endpoints
+        of Kubernetes Services): no compile, only the changed resources are pushed."""
+        async with self._compile_lock:
+            result = self.last_result
+            if result is None or not result.services:
+                return
+            snapshot, sidecars = self._snapshots(result)
+            if self._publish(result, snapshot, sidecars, time.monotonic()):
+                self.metrics.published(DEFAULT_GROUP, snapshot.version, time.monotonic())
+                log.info("serving version %s: %s", snapshot.version, why)
 
     async def _renew_workloads(self) -> None:
         """Republish with renewed workload certificates when the first is due."""

@@ -59,6 +59,7 @@ class CompiledConfig(WithDiagnostics):
     waf: dict[str, Any] | None = None  # what the WAF does (status): rules, routes by mode, masked
     push_clients: tuple[ir.PushClient, ...] = ()  # who may push specs (push API)
     spec_pulls: tuple[ir.SpecPull, ...] = ()  # APIs whose spec the control plane polls
+    services: dict[str, ir.KubeService] = field(default_factory=dict)  # cluster → its Kubernetes Service
     # From the worker process, a result can be relative to the one before (``base``): then
     # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
     # gone (details under "#details"). ``Compiler.compile`` makes it whole again.
@@ -181,6 +182,7 @@ def _compile_serialized(
         waf_summary(result.gateway),
         result.gateway.push_clients,
         result.gateway.spec_pulls,
+        {u.name: u.service for u in result.gateway.upstreams if u.service is not None},
     )
 
 

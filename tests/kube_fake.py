@@ -67,6 +67,7 @@ class Resource:
 DEFAULT_RESOURCES = (
     Resource("", "v1", "configmaps", "ConfigMap"),
     Resource("", "v1", "secrets", "Secret"),
+    Resource("", "v1", "services", "Service"),
     Resource("", "v1", "events", "Event"),
     Resource("", "v1", "namespaces", "Namespace", namespaced=False),
     Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
