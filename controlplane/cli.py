@@ -602,6 +602,7 @@ def _kube_options(args: argparse.Namespace) -> Any:
         configmap_selector=args.kube_configmap_selector,
         secret_selector=args.kube_secret_selector,
         lease=args.kube_lease,
+        lease_seconds=args.kube_lease_seconds,
         **({"identity": args.kube_identity} if args.kube_identity else {}),
     )
 
@@ -768,6 +769,13 @@ def parser() -> argparse.ArgumentParser:
         help="a Lease for leader election: only the leader writes statuses and Events (every replica serves xDS)",
     )
     s.add_argument("--kube-identity", metavar="ID", help="this replica's name in the Lease (default: the host name)")
+    s.add_argument(
+        "--kube-lease-seconds",
+        type=int,
+        default=15,
+        metavar="SECONDS",
+        help="how long a leader that stops renewing keeps the Lease (default 15)",
+    )
     s.add_argument(
         "--push-address",
         metavar="HOST:PORT",

@@ -16,7 +16,7 @@ from kubernetes import client
 from controlplane.echo import EchoServer
 from tests.harness import EnvoyProcess, free_port, raw_request
 from tests.kube_fake import FakeKube
-from tests.xds_harness import ControlPlaneProcess, start_envoy, wait_for
+from tests.xds_harness import ControlPlaneProcess, Pki, start_envoy, wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -288,3 +288,138 @@ def test_the_leader_holds_the_lease(cluster: Cluster) -> None:
 
 
 __all__ = ["Path"]
+
+
+def test_only_the_leader_writes_statuses_and_a_follower_takes_over(tmp_path: Path) -> None:
+    """Two replicas serve; the one holding the Lease writes statuses. Stopped (SIGSTOP: it
+    neither renews nor lets go), the other takes the Lease once it expires and writes them."""
+    import signal
+
+    with FakeKube(bookmark_interval=0.2) as kube:
+        api = kube.api_client()
+        c = Cluster(kube, None, None, None, 0, client.CustomObjectsApi(api), None, None)  # type: ignore[arg-type]
+        c.apispec("orders", ORDERS)
+        c.policy("gateway", base_policy(free_port(), 9))
+        config = kube.kubeconfig(tmp_path / "kubeconfig")
+
+        def replica(name: str) -> ControlPlaneProcess:
+            extra = [
+                "--kubernetes",
+                "--kubeconfig",
+                str(config),
+                "--kube-lease",
+                "shop/cp",
+                "--kube-identity",
+                name,
+                "--kube-lease-seconds",
+                "2",
+            ]
+            return ControlPlaneProcess([], tmp_path, extra=extra).start()
+
+        leases = client.CoordinationV1Api(api)
+
+        def holder() -> str | None:
+            try:
+                return str(leases.read_namespaced_lease("cp", "shop").spec.holder_identity)
+            except client.exceptions.ApiException:
+                return None
+
+        first = replica("cp-a")
+        wait_for(lambda: holder() == "cp-a", 20, "cp-a leads")
+        second = replica("cp-b")
+        try:
+            wait_for(
+                lambda: c.conditions("apispecs", "orders").get("Accepted", {}).get("status") == "True",
+                20,
+                "the leader's status",
+            )
+            assert holder() == "cp-a"
+            assert first.proc is not None
+            first.proc.send_signal(signal.SIGSTOP)
+            before = second.get("/compile")["at"]
+            c.apispec("orders", ORDERS_BROKEN)
+            wait_for(lambda: second.get("/compile")["at"] > before, 20, "the follower compiled the change")
+            # the follower has the errors, but does not hold the Lease: the status is unchanged
+            assert not second.get("/compile")["ok"]
+            if holder() == "cp-a":
+                assert c.conditions("apispecs", "orders")["Accepted"]["status"] == "True"
+            wait_for(
+                lambda: leases.read_namespaced_lease("cp", "shop").spec.holder_identity == "cp-b",
+                20,
+                "cp-b takes the expired Lease",
+            )
+            wait_for(
+                lambda: c.conditions("apispecs", "orders")["Accepted"]["status"] == "False",
+                20,
+                "the new leader writes the status",
+            )
+        finally:
+            if first.proc is not None:
+                first.proc.send_signal(signal.SIGCONT)
+            first.stop()
+            second.stop()
+
+
+def test_a_tls_secret_is_the_listeners_certificate_and_its_renewal_is_served(tmp_path: Path) -> None:
+    import base64
+    import socket
+    import ssl
+
+    from controlplane.certs import CertificateAuthority
+
+    ca = CertificateAuthority(tmp_path, "kube-ca")
+    echo = EchoServer().start()
+    port = free_port()
+    with FakeKube(bookmark_interval=0.2) as kube:
+        api = kube.api_client()
+        c = Cluster(kube, None, None, echo, port, client.CustomObjectsApi(api), client.CoreV1Api(api), None)  # type: ignore[arg-type]
+
+        def secret(cn: str, create: bool) -> None:
+            issued = ca.issue(cn, ["localhost"], stem=cn)
+            data = {
+                k: base64.b64encode(p.read_bytes()).decode()
+                for k, p in (("tls.crt", issued.cert), ("tls.key", issued.key))
+            }
+            body = {
+                "metadata": {"name": "shop-tls", "namespace": "shop", "labels": {"controlplane.dev/tls": "true"}},
+                "type": "kubernetes.io/tls",
+                "data": data,
+            }
+            if create:
+                c.core.create_namespaced_secret("shop", body)
+            else:
+                current = c.core.read_namespaced_secret("shop-tls", "shop")
+                body["metadata"]["resourceVersion"] = current.metadata.resource_version
+                c.core.replace_namespaced_secret("shop-tls", "shop", body)
+
+        secret("first.example", create=True)
+        policy = base_policy(port, echo.port)
+        policy["upstreams"] = policy["upstreams"][:1]
+        policy["listeners"][0]["tls"] = {
+            "certificates": [{"certFile": "../secrets/shop-tls/tls.crt", "keyFile": "../secrets/shop-tls/tls.key"}]
+        }
+        c.apispec("orders", ORDERS)
+        c.policy("gateway", policy)
+        config = kube.kubeconfig(tmp_path / "kubeconfig")
+        # certificates and keys go only to Envoys on an mTLS channel, of the gateway group
+        pki = Pki.make(tmp_path / "pki")
+        plane = ControlPlaneProcess([], tmp_path, pki=pki, extra=["--kubernetes", "--kubeconfig", str(config)]).start()
+        envoy = start_envoy(tmp_path, plane, client=pki.ca.issue("gateway-1", client=True, unit="gateway", stem="gw"))
+        try:
+
+            def served_cn() -> str:
+                context = ssl.create_default_context(cafile=str(ca.path))
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                    context.wrap_socket(raw, server_hostname="localhost") as tls,
+                ):
+                    cert = tls.getpeercert()
+                return dict(x[0] for x in cert["subject"])["commonName"]  # type: ignore[index]
+
+            wait_for(lambda: served_cn() == "first.example", 30, "the Secret's certificate served")
+            secret("second.example", create=False)
+            wait_for(lambda: served_cn() == "second.example", 30, "the renewed Secret served")
+        finally:
+            envoy.stop()
+            plane.stop()
+    echo.shutdown()
