@@ -2,8 +2,17 @@
 beside the floor of the same change made by writing the spec file.
 
 The config is xds_bench's (bench/synth.py, default 10k operations split into one OpenAPI file
-per service, ~1,000 operations and 0.5 MB each, one policy mounting them), plus a push client
-in the policy (``push.clients``: a token whose SHA-256 is in the policy, owning every API).
+per service, ~1,000 operations and 0.5 MB each, one policy mounting them), except that the
+pushed API (``svc00``) keeps only its first ``--pushed-operations`` operations (default 100,
+~50 KB: the push validates the whole pushed spec before publishing, so its size is what the
+push pays; 1000 keeps the whole spec, 969 operations), plus a push client in the policy
+(``push.clients``: a token whose SHA-256 is in the policy, owning ``svc00``), with
+``allowSecurityChanges: true`` (a new public operation is a security-relevant change). With
+``--review`` the client has no ``allowSecurityChanges`` (real clients' default), so every push
+is also reviewed (a dry-run compile of both sides and a diff, controlplane/push/api.py); for
+the added operation not to be security-relevant, ``svc00`` then gets a token provider (an
+inline JWKS, the example identity provider's public keys; nothing is verified here) and
+``public: false`` on every operation (``--auth`` alone: the same config, no review).
 The real control plane serves it with the push API (TLS by default, its own throwaway CA)::
 
     python -m controlplane serve DIR --insecure --poll-interval 0.01 --quiet-period 0.01 --max-delay 0.5 \\
@@ -12,17 +21,18 @@ The real control plane serves it with the push API (TLS by default, its own thro
 N simulated Envoys (bench/_xds_client.py, as xds_bench: real gRPC ADS streams, CDS/EDS/LDS/RDS,
 every response ACKed, SotW or delta, over ``--procs`` processes) and optionally K real Envoys
 (``--real-envoys K``) connect and sync. Then, ``--repeats`` times, the same one-operation
-change (one GET operation added to one 1,000-operation spec) is made two ways, alternating
-which goes first:
+change (one GET operation added to one spec: a ~1,000-operation one for the floor, the pushed
+one for the push) is made two ways, alternating which goes first:
 
 a. floor (the file watcher, as xds_bench measures it): ``time.time()`` just before writing the
    spec file (the services other than the pushed one, in turn) until the last client's ACK of
    the new RouteConfiguration (the ``time.time()`` each client reports).
 b. push: ``POST /v1/apis/svc00/versions`` with ``{"files": {...}, "spec": ..., "wait": true}``
-   (a new TLS connection, the whole 0.5 MB spec, bearer token), ``time.time()`` just before
+   (a new TLS connection, the whole spec, bearer token), ``time.time()`` just before
    the request: until the answer (which comes only once every connected Envoy ACKed); the
-   server's own ``rollout.seconds`` (publish → every ACK, compile not included); and the
-   last ACK as the clients report it.
+   server's own ``rollout.seconds`` (publish → every ACK, compile not included); the time
+   before publishing (answer - ``rollout.seconds``: upload, validation, review, compile); and
+   the last ACK as the clients report it.
 
 Real Envoys' ACK times are their RDS subscriptions' ``update_time`` gauges (ms since the epoch,
 read from their admin ``/stats``). CPU seconds of the control-plane process and its workers
@@ -37,6 +47,8 @@ Goal (issue 14): push → all-ACK for a one-operation change at 100 Envoys < 1 s
     cd /work/main && .venv/bin/python bench/push_bench.py      # 100 clients, SotW and delta, 20 repeats
     .venv/bin/python bench/push_bench.py --clients 20 --repeats 3 --modes delta     # a quick check
     .venv/bin/python bench/push_bench.py --modes delta --real-envoys 2             # + 2 real Envoys
+    .venv/bin/python bench/push_bench.py --review                                  # each push reviewed
+    .venv/bin/python bench/push_bench.py --pushed-operations 1000                  # the whole 0.5 MB spec pushed
 """
 
 from __future__ import annotations
@@ -100,20 +112,62 @@ def add_operation(config: Config, service: str, tag: str) -> str:
     return synth.dump(config.specs[service])
 
 
-def with_push_client(config: Config, listener_port: int) -> None:
-    """The policy gets a push client owning the pushed API, and a free listener port (real Envoys bind it)."""
+METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})
+
+
+def operation_count(spec: dict[str, Any]) -> int:
+    return sum(1 for item in spec["paths"].values() for key in item if key in METHODS)
+
+
+def shrink(config: Config, service: str, n_ops: int) -> None:
+    """``service``'s spec keeps its first ``n_ops`` operations (all of them when it has fewer);
+    its components stay whole (the other services' specs carry them too)."""
+    kept: dict[str, Any] = {}
+    left = n_ops
+    for path, item in config.specs[service]["paths"].items():
+        if left <= 0:
+            break
+        methods = [k for k in item if k in METHODS][:left]
+        kept[path] = {k: v for k, v in item.items() if k in methods or k not in METHODS}
+        left -= len(methods)
+    config.specs[service]["paths"] = kept
+    config.file(service).write_text(synth.dump(config.specs[service]))
+
+
+PROVIDER = "push-bench-idp"
+
+
+def with_push_client(config: Config, listener_port: int, review: bool, auth: bool) -> None:
+    """The policy gets a push client owning the pushed API, and a free listener port (real Envoys
+    bind it). With ``auth``, the pushed API gets a token provider and every one of its
+    operations needs a token, so that an added operation is not a security-relevant change."""
     policy = config.root / "gateway.policy.yaml"
     text = policy.read_text().replace("port: 10080", f"port: {listener_port}")
     # a pushed API is mounted where the policy says (push-unpinned); "/" mounts it where its
     # spec's servers did: the same routes as the file-watched services
     entry = f"    spec: specs/{PUSHED_API}.yaml\n"
     assert entry in text
-    text = text.replace(entry, entry + "    pathPrefix: /\n")
+    pinned = entry + "    pathPrefix: /\n"
+    if auth:
+        # the synthetic specs declare no security: without public: false the new operation
+        # would be public, which the review refuses
+        pinned += f"    auth: {{provider: {PROVIDER}}}\n    defaults: {{public: false}}\n"
+    text = text.replace(entry, pinned)
+    if auth:
+        # nothing is verified here: the example identity provider's public keys will do
+        jwks = json.dumps(json.loads((REPO / "specs" / "idp" / "jwks.json").read_text()))
+        text += (
+            "auth:\n  providers:\n"
+            f"    - {{name: {PROVIDER}, issuer: https://idp.push-bench, audiences: [push-bench],\n"
+            f"       jwks: {{inline: {jwks}}}}}\n"
+        )
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
-    # a new public operation is a security-relevant change, which a client must be allowed to make
-    client = f"name: push-bench, tokenSha256: {digest}, apis: [{PUSHED_API}], allowSecurityChanges: true"
-    clients = f"    - {{{client}}}\n"
-    policy.write_text(text + "push:\n  clients:\n" + clients)
+    client = f"name: push-bench, tokenSha256: {digest}, apis: [{PUSHED_API}]"
+    if not review:
+        # a new public operation is a security-relevant change, which a client must be allowed
+        # to make; without the flag every push is reviewed (a dry-run compile and a diff)
+        client += ", allowSecurityChanges: true"
+    policy.write_text(text + "push:\n  clients:\n" + f"    - {{{client}}}\n")
 
 
 class PushTarget:
@@ -211,6 +265,12 @@ class Change:
     real_last: float = float("nan")  # start → the last real Envoy's update
     cpu: dict[str, float] = field(default_factory=dict)  # to the last ACK / the answer
     cpu_idle: dict[str, float] = field(default_factory=dict)  # until idle again
+
+    @property
+    def before_publish(self) -> float:
+        """push: request → publishing (upload, validation, review, compile), as the answer
+        time less the server's publish → every ACK."""
+        return self.answer - self.rollout
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -404,8 +464,9 @@ class Scenario:
 
     def as_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        for key in ("floor", "push", "cli"):
+        for key in ("floor", "cli"):
             d[key] = [c.__dict__ for c in d[key]]
+        d["push"] = [dict(c.__dict__, before_publish=c.before_publish) for c in self.push]
         d["first_push"] = self.first_push.__dict__ if self.first_push else None
         return d
 
@@ -467,7 +528,10 @@ def run_scenario(args: argparse.Namespace, config: Config, workdir: Path, mode: 
 
 def report_line(c: Change) -> str:
     answer = (
-        "" if math.isnan(c.answer) else f"answer {c.answer * 1000:.0f} ms (server's rollout {c.rollout * 1000:.0f}); "
+        ""
+        if math.isnan(c.answer)
+        else f"answer {c.answer * 1000:.0f} ms (before publishing {c.before_publish * 1000:.0f}, "
+        f"server's rollout {c.rollout * 1000:.0f}); "
     )
     real = "" if math.isnan(c.real_last) else f"real Envoys {c.real_last * 1000:.0f} ms; "
     return (
@@ -502,7 +566,8 @@ def latency_table(scenarios: list[Scenario]) -> str:
             ("a. floor: file write → last ACK", floor),
             ("b. push: request → answer (wait: true)", answer),
             ("b. push: request → last ACK (clients)", [c.latency for c in s.push]),
-            ("b. push: server's rollout.seconds", [c.rollout for c in s.push]),
+            ("b. push: server's rollout.seconds (publish → every ACK)", [c.rollout for c in s.push]),
+            ("b. push: before publishing (answer - rollout.seconds)", [c.before_publish for c in s.push]),
         ):
             rows.append([label, what, *stats(values)])
         if s.real_envoys:
@@ -583,6 +648,13 @@ def goals(scenarios: list[Scenario]) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def review_text(args: argparse.Namespace) -> str:
+    auth = f"{PUSHED_API} needs a token" if args.auth or args.review else f"{PUSHED_API} public"
+    if args.review:
+        return f"{auth}; pushes reviewed (no allowSecurityChanges)"
+    return f"{auth}; allowSecurityChanges: true (no review)"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", type=int, default=10_000, help="operations in the config (default 10000)")
@@ -599,6 +671,26 @@ def main() -> None:
         default="fast",
         help="the floor's watcher: fast (poll and quiet period 10 ms, as xds_bench) or serve's defaults",
     )
+    p.add_argument(
+        "--pushed-operations",
+        type=int,
+        default=100,
+        metavar="N",
+        help=f"operations in the pushed API's spec ({PUSHED_API}; default 100; the other services keep "
+        "xds_bench's size); as many as xds_bench gives it (969 of 10k) or more: the whole spec",
+    )
+    p.add_argument(
+        "--review",
+        action="store_true",
+        help="the push client without allowSecurityChanges (real clients' default): every push is "
+        "reviewed (a dry-run compile and a diff); implies --auth",
+    )
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help=f"{PUSHED_API} gets a token provider and needs a token on every operation (an added "
+        "operation is then not security-relevant)",
+    )
     p.add_argument("--push-insecure", action="store_true", help="the push API over plain HTTP (default TLS)")
     p.add_argument(
         "--src",
@@ -609,6 +701,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (config, logs, push store)")
     args = p.parse_args()
+    if args.pushed_operations < 1:
+        p.error("--pushed-operations must be at least 1")
     if args.src:
         args.src = args.src.resolve()
         sys.path.insert(0, str(args.src))
@@ -620,13 +714,24 @@ def main() -> None:
     started = time.monotonic()
     scenarios: list[Scenario] = []
     startup = float("nan")
+    pushed: dict[str, Any] = {}
     try:
         config = Config(workdir / "config", args.ops)
-        with_push_client(config, free_port())
+        shrink(config, PUSHED_API, args.pushed_operations)
+        with_push_client(config, free_port(), args.review, args.auth or args.review)
         size = config.file(PUSHED_API).stat().st_size
+        total = sum(operation_count(spec) for spec in config.specs.values())
+        pushed.update(
+            api=PUSHED_API,
+            operations=operation_count(config.specs[PUSHED_API]),
+            bytes=size,
+            auth=args.auth or args.review,
+            review=args.review,
+        )
         print(
-            f"config: {args.ops} operations in {len(config.specs)} spec files + gateway.policy.yaml; "
-            f"pushed: {PUSHED_API} ({size / 1e3:.0f} KB)",
+            f"config: {total} operations in {len(config.specs)} spec files + gateway.policy.yaml; "
+            f"pushed: {PUSHED_API}, {operation_count(config.specs[PUSHED_API])} operations, "
+            f"{size / 1e3:.0f} KB; {review_text(args)}",
             flush=True,
         )
         for mode in args.modes:
@@ -644,7 +749,7 @@ def main() -> None:
     print(
         f"\nserver: python -m controlplane serve DIR --insecure {watcher if args.watch == 'fast' else ''} "
         f"--push-address … ({'plain HTTP' if args.push_insecure else 'TLS'}); "
-        f"{args.procs} client processes; total run time {time.monotonic() - started:.0f} s\n"
+        f"{args.procs} client processes; {review_text(args)}; total run time {time.monotonic() - started:.0f} s\n"
     )
     print("One-operation change, file write (floor) vs push through the API (ms)\n")
     print(latency_table(scenarios))
@@ -659,7 +764,15 @@ def main() -> None:
         print(f"  {verdict:7}  {goal}: {value}")
     if args.json:
         args.json.write_text(
-            json.dumps({"scenarios": [s.as_json() for s in scenarios], "startup": startup, "types": TYPES}, indent=1)
+            json.dumps(
+                {
+                    "scenarios": [s.as_json() for s in scenarios],
+                    "startup": startup,
+                    "types": TYPES,
+                    "pushed": pushed,
+                },
+                indent=1,
+            )
         )
 
 
