@@ -91,10 +91,10 @@ class _Converter:
             if not isinstance(ref, str) or not ref.startswith("#/$defs/") or ref[8:] not in self.defs:
                 raise Unconvertible(f"{where}: $ref {ref!r} is not one of #/$defs/")
             name = ref[8:]
+            resolved = {**self.defs[name], **{k: v for k, v in schema.items() if k != "$ref"}}
             if name in stack:
-                return {k: v for k, v in schema.items() if k != "$ref"}, (*stack, "")
-            stack = (*stack, name)
-            schema = {**self.defs[name], **{k: v for k, v in schema.items() if k != "$ref"}}
+                return resolved, (*stack, "")
+            stack, schema = (*stack, name), resolved
         return schema, stack
 
     def _type(self, schema: Schema, where: str) -> str | None:
