@@ -25,10 +25,12 @@ import yaml
 
 from controlplane import cli
 from controlplane.certs import CertificateAuthority
+from controlplane.kube import crds
 from controlplane.ratelimit.options import parser as ratelimit_parser
 from controlplane.waf.options import parser as waf_parser
 from tests.conftest import REPO
 from tests.harness import Response, envoy_binary, envoy_validate_file, free_port, raw_request, stop_process
+from tests.kube_fake import FakeKube
 from tests.redis_harness import REDIS_SERVER
 from tests.redis_harness import command as redis_command
 from tests.xds_harness import http_get, wait_for
@@ -93,7 +95,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "waf": {"waf": {"enabled": True}, "serviceMonitor": {"enabled": True}},
     # Plaintext xDS only because it is asked for.
     "insecure": {"xds": {"insecure": True}, "tls": {"certManager": {"enabled": False}}},
+    # Everything from the cluster, in two namespaces only (Roles there, no ClusterRole); no files.
+    "cluster-namespaces": {"controlplane": {"kubernetes": {"namespaces": ["shop", "payments"]}}},
+    # Files only: no watcher, no RBAC, no service account token.
+    "files-only": {"controlplane": {"kubernetes": {"enabled": False}}},
 }
+# Value sets given without SOURCES (the cluster is their only source).
+WITHOUT_FILES = {"cluster-namespaces"}
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +115,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def values_of(case: str) -> dict[str, Any]:
-    return merge(SOURCES, VALUE_SETS[case])
+    return merge({} if case in WITHOUT_FILES else SOURCES, VALUE_SETS[case])
 
 
 def render(values: dict[str, Any]) -> dict[str, str]:
@@ -168,6 +176,101 @@ def test_crd_kinds_only_when_asked(case: str, docs: list[dict[str, Any]]) -> Non
     assert ("ServiceMonitor" in kinds) == bool(values.get("serviceMonitor", {}).get("enabled"))
     cert_manager = values.get("tls", {}).get("certManager", {}).get("enabled", True)
     assert ("Certificate" in kinds) == (cert_manager and not values.get("xds", {}).get("insecure", False))
+
+
+def test_crds_shipped_and_valid_for_kubernetes() -> None:
+    # Helm installs crds/ before the templates (and never deletes them); they are what the
+    # generator makes from the policy schema (tests/test_crds.py checks the files themselves).
+    with helm.Chart.load(CHART) as chart:
+        shipped = {c["name"]: yaml.safe_load(c["data"]) for c in chart.crds}
+    generated = crds.custom_resource_definitions()
+    assert shipped == {f"crds/{name}": crd for name, crd in generated.items()}
+    for crd in shipped.values():
+        kubernetes_validate.validate(crd, KUBERNETES, strict=True)
+
+
+def _kube_values(case: str) -> dict[str, Any]:
+    return merge(
+        helm_defaults()["controlplane"]["kubernetes"], values_of(case).get("controlplane", {}).get("kubernetes", {})
+    )
+
+
+def test_the_control_plane_follows_the_cluster_unless_turned_off(case: str, docs: list[dict[str, Any]]) -> None:
+    kube = _kube_values(case)
+    container = _container(docs, FULLNAME, "controlplane")
+    spec = find(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]
+    parsed = cli.parser().parse_args([str(a) for a in container["args"]])
+    service_account = find(docs, "ServiceAccount", FULLNAME)
+    assert parsed.kubernetes == kube["enabled"]
+    assert service_account["automountServiceAccountToken"] == kube["enabled"]
+    if not kube["enabled"]:
+        assert "env" not in container
+        assert not [v for v in spec["volumes"] if v["name"] == "kube-state"]
+        return
+    assert parsed.kube_lease == f"{NAMESPACE}/{FULLNAME}-leader"
+    assert (parsed.kube_namespace or []) == kube["namespaces"]
+    assert parsed.kube_configmap_selector == kube["configMapSelector"]
+    assert parsed.kube_secret_selector == kube["secretSelector"]
+    # $(POD_NAME) is expanded by the kubelet from the container's env: each replica its own name.
+    assert parsed.kube_identity == "$(POD_NAME)"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    # The root filesystem is read-only: the mirror needs a writable volume, in memory (TLS keys).
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == parsed.kube_state]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"]["medium"] == "Memory" and volume["emptyDir"]["sizeLimit"]
+    assert not mount.get("readOnly")
+
+
+# (group, resource, verb, resource name or "") the watcher needs in each namespace it watches.
+WATCH_GRANTS = {
+    *((g, r, v, "") for g, r in (("controlplane.dev", "apispecs"), ("controlplane.dev", "gatewaypolicies"),
+                                 ("", "configmaps"), ("", "secrets"), ("", "services"),
+                                 ("discovery.k8s.io", "endpointslices")) for v in ("get", "list", "watch")),
+    *(("controlplane.dev", f"{r}/status", v, "") for r in ("apispecs", "gatewaypolicies") for v in ("patch", "update")),
+    ("", "events", "create", ""),
+    ("", "events", "patch", ""),
+}  # fmt: skip
+LEASE_GRANTS = {
+    ("coordination.k8s.io", "leases", "create", ""),
+    ("coordination.k8s.io", "leases", "get", f"{FULLNAME}-leader"),
+    ("coordination.k8s.io", "leases", "update", f"{FULLNAME}-leader"),
+}
+
+
+def _grants(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str, str]]]:
+    """{namespace, or "*" for the cluster: what the control plane's service account may do}."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+             for d in docs if d["kind"] in ("Role", "ClusterRole")}  # fmt: skip
+    out: dict[str, set[tuple[str, str, str, str]]] = {}
+    for binding in docs:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+        ref = binding["roleRef"]
+        namespace = binding["metadata"].get("namespace")
+        role = roles.pop((ref["kind"], None if ref["kind"] == "ClusterRole" else namespace, ref["name"]))
+        scope = namespace if binding["kind"] == "RoleBinding" else "*"
+        for rule in role["rules"]:
+            for text in (*rule["apiGroups"], *rule["resources"], *rule["verbs"], *rule.get("resourceNames", [])):
+                assert "*" not in text, rule
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        for name in rule.get("resourceNames", [""]):
+                            out.setdefault(scope, set()).add((group, resource, verb, name))
+    assert not roles, f"roles bound to nothing: {sorted(roles)}"
+    return out
+
+
+def test_rbac_is_exactly_what_the_watcher_needs(case: str, docs: list[dict[str, Any]]) -> None:
+    kube = _kube_values(case)
+    grants = _grants(docs)
+    if not kube["enabled"]:
+        assert grants == {}
+        return
+    expected = {ns: set(WATCH_GRANTS) for ns in kube["namespaces"] or ["*"]}
+    expected[NAMESPACE] = expected.get(NAMESPACE, set()) | LEASE_GRANTS
+    assert grants == expected
 
 
 def test_every_pod_locked_down(docs: list[dict[str, Any]]) -> None:
@@ -286,7 +389,8 @@ def test_commands_parse_with_the_real_options(case: str, docs: list[dict[str, An
             seen.add(command)
             parsed = parsers[command]().parse_args(args if command == "serve" else args[1:])
             if command == "serve":
-                assert parsed.paths == ["/etc/controlplane/sources"], name
+                files = "files" in values_of(case).get("controlplane", {}).get("sources", {})
+                assert parsed.paths == (["/etc/controlplane/sources"] if files else []), name
                 assert parsed.xds_address == f"0.0.0.0:{container['ports'][0]['containerPort']}", name
             else:
                 assert parsed.xds == f"{XDS_HOST}:18000", name
@@ -409,12 +513,22 @@ def helm_defaults() -> dict[str, Any]:
         ({"gateway": {"autoscaling": {"minReplicas": 12}}}, "minReplicas is above gateway.autoscaling.maxReplicas"),
         ({"controlplane": {"sources": {"files": None}}}, "/controlplane/sources"),
         ({"controlplane": {"sources": {"existingConfigMap": "specs"}}}, "controlplane.sources: set files or"),
+        ({"controlplane": {"kubernetes": {"namespaces": ["Shop"]}}}, "/controlplane/kubernetes/namespaces/0"),
+        ({"controlplane": {"kubernetes": {"enabled": "yes"}}}, "/controlplane/kubernetes/enabled"),
+        ({"controlplane": {"kubernetes": {"stateSizeLimit": "lots"}}}, "/controlplane/kubernetes/stateSizeLimit"),
     ],
 )
 def test_wrong_value_fails_naming_it(values: dict[str, Any], named: str) -> None:
     with pytest.raises(helm.HelmError) as error:
         render(merge(SOURCES, values))
     assert named in str(error.value)
+
+
+def test_without_the_cluster_the_sources_are_needed() -> None:
+    render({"controlplane": {"kubernetes": {"namespaces": ["shop"]}}})  # the cluster is enough
+    with pytest.raises(helm.HelmError) as error:
+        render({"controlplane": {"kubernetes": {"enabled": False}}})
+    assert "controlplane.sources: set files" in str(error.value)
 
 
 def test_every_value_is_documented() -> None:
@@ -539,11 +653,14 @@ def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
         tls_dirs[component] = str(folder)
 
     plane = _container(docs, FULLNAME, "controlplane")
+    kube = FakeKube().start()
     plane_argv = _localize(
         plane["command"][1:] + plane["args"],
         {TLS_DIR: tls_dirs["controlplane"], "/etc/controlplane/sources": str(sources),
-         "0.0.0.0:18000": f"127.0.0.1:{xds_port}", "0.0.0.0:9100": f"127.0.0.1:{cp_admin}"},
+         "0.0.0.0:18000": f"127.0.0.1:{xds_port}", "0.0.0.0:9100": f"127.0.0.1:{cp_admin}",
+         "/var/run/controlplane/kube": str(tmp_path / "kube-state"), "$(POD_NAME)": "controlplane-0"},
     )  # fmt: skip
+    plane_argv += ["--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig"))]  # in-cluster in the pod
     waf = _container(docs, f"{FULLNAME}-waf", "waf")
     waf_argv = _localize(
         waf["command"][1:] + waf["args"],
@@ -618,9 +735,38 @@ def test_rendered_pods_as_processes(tmp_path: Path, echo: Any) -> None:
             drained = agent_hook(agent["lifecycle"]["preStop"]["exec"]["command"])
             assert drained.returncode == 0, drained.stderr
             wait_for(refused, 15, "the drained listener to close")
+            # A rejected custom resource: the leader writes its status and an Event, as the
+            # rendered RBAC allows (every request the control plane made is checked against it).
+            broken = {"name": "broken", "namespace": "shop"}
+            kube.apply("gatewaypolicies", {"kind": "GatewayPolicy", "metadata": broken, "spec": {"upstreams": [{}]}})
+
+            def rejected() -> bool:
+                (obj,) = kube.objects("gatewaypolicies", "shop")
+                conditions = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+                return conditions.get("Accepted", {}).get("status") == "False" and bool(kube.objects("events", "shop"))
+
+            wait_for(rejected, 30, "the rejected GatewayPolicy's status and Event")
+            grants = _grants(docs)
+            unauthorized = [(v, p) for v, p, _ in kube.requests if not _authorized(grants, v, p)]
+            assert not unauthorized
+            assert {v for v, _, _ in kube.requests} >= {"list", "watch", "get", "create", "patch"}
         except BaseException:
             print(logs.read_text())
             raise
         finally:
             for proc in procs:
                 stop_process(proc)
+            kube.stop()
+
+
+def _authorized(grants: dict[str, set[tuple[str, str, str, str]]], verb: str, path: str) -> bool:
+    """Whether the rendered RBAC lets the control plane's service account make this request."""
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    namespace = None
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    name = rest[1] if len(rest) > 1 else ""
+    scopes = ["*"] + ([namespace] if namespace else [])
+    return any((group, resource, verb, n) in grants.get(scope, set()) for scope in scopes for n in {"", name})

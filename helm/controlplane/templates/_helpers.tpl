@@ -159,8 +159,8 @@ affinity:
 {{- if and .Values.controlplane.sources.files .Values.controlplane.sources.existingConfigMap -}}
 {{- $problems = append $problems "controlplane.sources: set files or existingConfigMap, not both" -}}
 {{- end -}}
-{{- if not (or .Values.controlplane.sources.files .Values.controlplane.sources.existingConfigMap) -}}
-{{- $problems = append $problems "controlplane.sources: set files (specs and policies by file name) or existingConfigMap" -}}
+{{- if not (or .Values.controlplane.sources.files .Values.controlplane.sources.existingConfigMap .Values.controlplane.kubernetes.enabled) -}}
+{{- $problems = append $problems "controlplane.sources: set files (specs and policies by file name) or existingConfigMap, or controlplane.kubernetes.enabled" -}}
 {{- end -}}
 {{- if and .Values.gateway.autoscaling.enabled (gt (int .Values.gateway.autoscaling.minReplicas) (int .Values.gateway.autoscaling.maxReplicas)) -}}
 {{- $problems = append $problems "gateway.autoscaling.minReplicas is above gateway.autoscaling.maxReplicas" -}}
@@ -168,4 +168,29 @@ affinity:
 {{- if $problems -}}
 {{- fail (printf "\n- %s" (join "\n- " $problems)) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Non-empty when specs and policies are mounted from a ConfigMap. */}}
+{{- define "cp.hasSources" -}}
+{{- if or .Values.controlplane.sources.files .Values.controlplane.sources.existingConfigMap -}}true{{- end -}}
+{{- end -}}
+
+{{/* What `serve --kubernetes` reads and writes in a namespace (controlplane/kube/source.py):
+list+watch (get for good measure) of its sources, status patches of the custom resources, Events. */}}
+{{- define "cp.watchRules" -}}
+- apiGroups: [controlplane.dev]
+  resources: [apispecs, gatewaypolicies]
+  verbs: [get, list, watch]
+- apiGroups: [controlplane.dev]
+  resources: [apispecs/status, gatewaypolicies/status]
+  verbs: [patch, update]
+- apiGroups: [""]
+  resources: [configmaps, secrets, services]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
 {{- end -}}
