@@ -75,9 +75,9 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 import _xds_client as xc  # noqa: E402
 from _common import REPO, child_env, git_state, machine  # noqa: E402
-from _common import table as _table  # noqa: E402
 from push_bench import cpu_now, diff  # noqa: E402
 from xds_bench import CLK_TCK, REQUIRED, Fleet, Profile, Server, free_port, quantile  # noqa: E402
+from xds_bench import table as _table  # noqa: E402  (says "(not run)" for no rows)
 
 NS = "bench"
 GROUP, VERSION = "controlplane.dev", "v1"
@@ -422,6 +422,7 @@ class Churn:
     publishes: int = 0
     cpu: float = 0.0  # first change → last change's last ACK (or idle)
     cpu_idle: float = 0.0  # until the machine is idle again
+    clients_cpu: float = 0.0  # the client processes', over ``window`` (on 2 cores, whether they kept up)
     window: float = 0.0  # the seconds ``cpu`` covers
     compiles: int = 0
     writes: int = 0  # requests that write (the leader's statuses and Events), to idle
@@ -477,13 +478,15 @@ def run_churn(
     args: argparse.Namespace,
     seconds: float,
 ) -> Churn:
-    wait_idle(server, fleet)
     result = Churn()
+    if seconds <= 0:
+        return result
+    wait_idle(server, fleet)
     compiles0 = server.metric("controlplane_compiles_total")
     writes0 = writes(cluster)
     eds0 = len(fleet.acks[0]["EDS"]) if fleet else 0
     start_at = time.time() + 0.2
-    cpu0 = tree(server)
+    cpu0, clients0 = tree(server), (fleet.cpu() if fleet else 0.0)
     cluster.churn(what, start_at, args.interval, seconds)
     changes = None
     while changes is None:
@@ -500,7 +503,7 @@ def run_churn(
         result.lags = fleet.lags(what, changes)
         result.converged = result.lags[-1]
         end = last_at + result.converged
-        result.cpu = tree(server) - cpu0
+        result.cpu, result.clients_cpu = tree(server) - cpu0, fleet.cpu() - clients0
         result.window = max(end, time.time()) - start_at
         result.publishes = len({a.version for a in fleet.acks[0]["EDS"][eds0:]})
         wait_idle(server, fleet, timeout=120)
@@ -585,6 +588,8 @@ def ms(x: float) -> str:
 
 
 def churn_line(c: Churn) -> str:
+    if not c.changes:
+        return "not run"
     lag = (
         f"; lag p50 {ms(quantile(c.lags, 0.5))} / p99 {ms(quantile(c.lags, 0.99))} / max {ms(max(c.lags))} ms"
         if c.lags
@@ -593,7 +598,8 @@ def churn_line(c: Churn) -> str:
     return (
         f"{c.changes} changes at {c.rate:.0f}/s{lag}; {c.publishes} EDS versions, {c.compiles} compiles, "
         f"{c.writes} API writes; "
-        f"CPU {c.cpu:.1f} s over {c.window:.1f} s ({c.cpu_per_s * 1000:.0f} ms/s), {c.cpu_idle:.1f} s to idle"
+        f"CPU {c.cpu:.1f} s over {c.window:.1f} s ({c.cpu_per_s * 1000:.0f} ms/s), {c.cpu_idle:.1f} s to idle; "
+        f"clients {c.clients_cpu:.1f} s"
     )
 
 
@@ -633,6 +639,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                 "max",
                 "EDS versions/s",
                 "CPU ms/s",
+                "clients ms/s",
                 "idle floor ms/s",
                 "vs idle",
                 "no clients ms/s",
@@ -645,14 +652,15 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                     f"{r.endpoints.rate:.0f}",
                     ms(quantile(r.endpoints.lags, 0.5)),
                     ms(quantile(r.endpoints.lags, 0.99)),
-                    ms(max(r.endpoints.lags)),
-                    f"{r.endpoints.publishes / r.endpoints.window:.1f}",
+                    ms(max(r.endpoints.lags, default=float("nan"))),
+                    f"{r.endpoints.publishes / r.endpoints.window:.1f}" if r.endpoints.window else "-",
                     ms(r.endpoints.cpu_per_s),
+                    ms(r.endpoints.clients_cpu / r.endpoints.window if r.endpoints.window else float("nan")),
                     ms(r.idle),
                     ratio(r.endpoints.cpu_per_s, r.idle),
                     ms(r.endpoints_alone.cpu_per_s),
                     ratio(r.endpoints.cpu_per_s, r.endpoints_alone.cpu_per_s),
-                    f"{r.endpoints.cpu / r.endpoints.changes * 1000:.1f}",
+                    f"{r.endpoints.cpu / r.endpoints.changes * 1000:.1f}" if r.endpoints.changes else "-",
                 ]
                 for r in results
             ],
@@ -665,6 +673,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                 "mode",
                 "edits/s",
                 "compiles",
+                "API writes",
                 "last edit → all ACKed (ms)",
                 "CPU s to then",
                 "CPU ms/s",
@@ -676,6 +685,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                     r.mode,
                     f"{r.apispecs.rate:.0f}",
                     str(r.apispecs.compiles),
+                    str(r.apispecs.writes),
                     ms(r.apispecs.converged),
                     f"{r.apispecs.cpu:.1f}",
                     ms(r.apispecs.cpu_per_s),
@@ -683,6 +693,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                     f"{r.apispecs.cpu_idle:.1f}",
                 ]
                 for r in results
+                if r.apispecs.changes
             ],
         ),
     ]
