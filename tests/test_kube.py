@@ -16,30 +16,13 @@ from kubernetes import client
 from controlplane.echo import EchoServer
 from tests.harness import EnvoyProcess, free_port, raw_request
 from tests.kube_fake import FakeKube
+from tests.test_push import ORDERS_V1 as ORDERS
+from tests.test_push import ORDERS_V2
 from tests.xds_harness import ControlPlaneProcess, Pki, start_envoy, wait_for
 
 pytestmark = pytest.mark.envoy
 
 GROUP, VERSION = "controlplane.dev", "v1"
-
-ORDERS = """\
-openapi: 3.0.3
-info: {title: orders, version: "1"}
-paths:
-  /orders:
-    get: {operationId: listOrders, responses: {"200": {description: ok}}}
-"""
-
-ORDERS_V2 = (
-    ORDERS
-    + """\
-  /orders/{id}:
-    get:
-      operationId: getOrder
-      parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
-      responses: {"200": {description: ok}}
-"""
-)
 
 # Two operations with one operationId: the compile refuses it.
 ORDERS_BROKEN = (

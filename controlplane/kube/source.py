@@ -300,6 +300,7 @@ class StatusWriter:
         self.source = source
         self._objects: dict[tuple[str, str, str], Obj] = {}  # (plural, ns, name) → the object
         self._written: dict[tuple[str, str, str], Any] = {}  # what its status says now
+        self._since: dict[tuple[tuple[str, str, str], str], tuple[str, str]] = {}  # condition → (status, since)
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue()
         self._last: tuple[Any, Any] | None = None
@@ -321,6 +322,8 @@ class StatusWriter:
             if event == "DELETED":
                 self._objects.pop(k, None)
                 self._written.pop(k, None)
+                for t in ("Accepted", "Programmed"):
+                    self._since.pop((k, t), None)
             else:
                 self._objects[k] = obj
 
@@ -363,9 +366,12 @@ class StatusWriter:
             owner = self.source.mirror.owner(d.file) if d.file else None
             if owner is not None:
                 by_object.setdefault(owner, []).append(self._readable(str(d)))
-        elsewhere = [
-            self._readable(str(d)) for d in report.errors if not d.file or self.source.mirror.owner(d.file) is None
-        ]
+        elsewhere = [d for d in report.errors if not d.file or self.source.mirror.owner(d.file) is None]
+        # who has errors, said the same way until that changes (not the errors themselves)
+        named = sorted(f"{KINDS[p]} {n}/{o}" for p, n, o in by_object)
+        culprits = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        if elsewhere:
+            culprits += ("; " if culprits else "") + f"{len(elsewhere)} error(s) in files given to the control plane"
         with self._lock:
             objects = dict(self._objects)
         for k, obj in objects.items():
@@ -376,27 +382,32 @@ class StatusWriter:
                 accepted = ("False", "Invalid", "; ".join(errors))
                 programmed = ("False", "Invalid", "not served: this object has errors; the last good configuration is")
             elif report.ok:
+                # not the served version: it changes with every compile, and 1,000 objects
+                # rewritten per compile cost the API server and this process dearly
                 accepted = ("True", "Accepted", "no errors")
-                programmed = ("True", "Programmed", f"served in version {report.version}")
+                programmed = ("True", "Programmed", "served")
             else:
-                others = "; ".join([*(e for o, es in by_object.items() for e in es), *elsewhere][:3])
                 accepted = ("True", "Accepted", "no errors")
-                programmed = ("False", "Pending", f"not served: other inputs have errors ({others})")
+                programmed = ("False", "Pending", f"not served: other inputs have errors ({culprits})")
             wanted = (generation, accepted, programmed)
             if self._written.get(k) == wanted:
                 continue
             now = _micro_time(time.time()).split(".")[0] + "Z"
-            conditions = [
-                {
-                    "type": t,
-                    "status": s,
-                    "reason": r,
-                    "message": m[:MAX_MESSAGE],
-                    "lastTransitionTime": now,
-                    "observedGeneration": generation,
-                }
-                for t, (s, r, m) in (("Accepted", accepted), ("Programmed", programmed))
-            ]
+            conditions = []
+            for t, (state, reason, message) in (("Accepted", accepted), ("Programmed", programmed)):
+                since = self._since.get((k, t))
+                if since is None or since[0] != state:  # a transition: its time is now
+                    since = self._since[(k, t)] = (state, now)
+                conditions.append(
+                    {
+                        "type": t,
+                        "status": state,
+                        "reason": reason,
+                        "message": message[:MAX_MESSAGE],
+                        "lastTransitionTime": since[1],
+                        "observedGeneration": generation,
+                    }
+                )
             body = {"status": {"observedGeneration": generation, "conditions": conditions}}
             try:
                 custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, plural, name, body)
