@@ -168,13 +168,20 @@ class KubeSource:
         self.statuses.stop()
 
     def _handler(self, plural: str) -> Callable[[str, Obj], None]:
+        generations: dict[tuple[str, str], Any] = {}  # of custom resources: their spec's version
+
         def handle(event: str, obj: Obj) -> None:
             if event == "SYNCED":
                 return
             if plural in KINDS:
+                meta = obj.get("metadata") or {}
+                k = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
                 if event == "DELETED":
+                    generations.pop(k, None)
                     self.mirror.delete(plural, obj)
-                else:
+                elif plural not in CUSTOM or generations.get(k) != meta.get("generation") or "generation" not in meta:
+                    # (a custom resource whose generation is unchanged only had its status written)
+                    generations[k] = meta.get("generation")
                     self.mirror.put(plural, obj)
                 if plural in CUSTOM:
                     self.statuses.track(plural, event, obj)
