@@ -101,8 +101,10 @@ def _compile(
         roots = [d for d in bundle.store if spec_version(d.data) not in (None, "unsupported")]
         if not (strict or full_validation):
             roots = [d for d in roots if any(d.path.is_relative_to(r) for r in confined)]
+        lineages = {p.root.resolve(): f"push:{p.api}" for p in pushed}
         for doc in sorted(roots, key=lambda d: d.name):
-            diags.extend(validate(bundle.store, doc, use_cache=use_cache))
+            lineage = next((name for r, name in lineages.items() if doc.path.is_relative_to(r)), None)
+            diags.extend(validate(bundle.store, doc, use_cache=use_cache, lineage=lineage))
     docs = list(bundle.store)
     located = _finish(diags, docs, strict)
     if any(d.severity is Severity.ERROR for d in located) or gateway is None:

@@ -319,11 +319,41 @@ def _operation_as_ref(store: DocumentStore, root: Document, parts: tuple[Any, ..
     return doc if isinstance(value, dict) and "$ref" in value else None
 
 
-def _findings(store: DocumentStore, root: Document, timeout: float) -> tuple[list[dict[str, Any]], bool]:
-    """Every finding, located, as cached; and whether the time ran out."""
+# The last clean version of each lineage (see ``validate``), in this process.
+_LINEAGES: dict[str, Any] = {}
+
+
+def _changed_paths(lineage: str | None, root: Document) -> list[str] | None:
+    """The path items of ``root`` that differ from its lineage's last clean version; None
+    when the whole document must be validated (no clean base, or more than paths changed)."""
+    base = _LINEAGES.get(lineage) if lineage is not None else None
+    data = root.data
+    if base is None or not isinstance(data, dict) or not isinstance(data.get("paths"), dict):
+        return None
+    if not _self_contained(data) or set(data) != set(base) or not isinstance(base.get("paths"), dict):
+        return None
+    if any(data[k] != base[k] for k in data if k != "paths"):
+        return None  # components, servers, security…: what every path item may depend on
+    old = base["paths"]
+    return [p for p, item in data["paths"].items() if old.get(p) != item]
+
+
+def _self_contained(data: Any) -> bool:
+    """No ``$ref`` to another file: what the document validates against is all in it."""
+    return all(ref.startswith("#") for ref in _refs(data))
+
+
+def _findings(
+    store: DocumentStore, root: Document, timeout: float, data: Any = None
+) -> tuple[list[dict[str, Any]], bool]:
+    """Every finding, located, as cached; and whether the time ran out. ``data``: what to
+    validate instead of the whole document (some of its path items), located in it."""
     version = spec_version(root.data)
     raw, stopped, broken = _PROCESS.run(
-        version if version in ("2.0", "3.0", "3.1") else "3.0", root.data, root.path.as_uri(), timeout
+        version if version in ("2.0", "3.0", "3.1") else "3.0",
+        root.data if data is None else data,
+        root.path.as_uri(),
+        timeout,
     )
     findings: list[dict[str, Any]] = []
     refs_seen: set[tuple[str, str]] = set()
@@ -371,19 +401,39 @@ def _findings(store: DocumentStore, root: Document, timeout: float) -> tuple[lis
 
 
 def validate(
-    store: DocumentStore, root: Document, use_cache: bool = True, timeout: float | None = None
+    store: DocumentStore,
+    root: Document,
+    use_cache: bool = True,
+    timeout: float | None = None,
+    lineage: str | None = None,
 ) -> list[Diagnostic]:
     """Every validator finding for ``root``, located; routing/security ones as errors.
 
     The validator gets ``timeout`` seconds (default: :func:`validation_timeout`); past that it
-    is stopped and a warning says so (an error with --strict, like every finding)."""
+    is stopped and a warning says so (an error with --strict, like every finding).
+
+    ``lineage`` names a line of versions of one document (a pushed API): when the last
+    version of that line validated clean in this process and the new one differs from it only
+    in some path items, only those are validated (with everything else of the document, which
+    they may refer to). Pushing one operation of a 1,000-operation description then costs
+    the validation of that operation, not of the 1,000 (1.8 s of a 2 s push)."""
     limit = validation_timeout() if timeout is None else timeout
     use_cache = use_cache and cache_enabled()
     findings = _cache_lookup(root, limit) if use_cache else None
     if findings is None:
-        findings, timed_out = _findings(store, root, limit)
+        changed = _changed_paths(lineage, root)
+        if changed is None:
+            findings, timed_out = _findings(store, root, limit)
+        elif changed:
+            reduced = {**root.data, "paths": {p: root.data["paths"][p] for p in changed}}
+            findings, timed_out = _findings(store, root, limit, reduced)
+        else:
+            findings, timed_out = [], False  # the same document as the clean one before
         if use_cache:
             _cache_store(root, dependencies(store, root), findings, limit if timed_out else None)
+    if lineage is not None:
+        # only a clean version is a base: what a reduced validation leaves out was checked in it
+        _LINEAGES[lineage] = root.data if not findings and _self_contained(root.data) else None
     out = []
     for f in findings:
         found = store.load(Path(f["file"]), diags=Diagnostics())
