@@ -27,7 +27,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import auth, edge, incremental, inspection, ir, mesh, ratelimits, request_model, tls, upstreams
+from . import auth, cors, edge, incremental, inspection, ir, mesh, ratelimits, request_model, tls, upstreams
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -367,6 +367,8 @@ class _Builder:
                     **value,
                     "ipAllow": list(auth.check_cidrs(value["ipAllow"], src.file, src.pointer + "/ipAllow", self.diags)),
                 }
+            if "cors" in value and where is not None:  # checked once per layer; operations share the result
+                value = {**value, "cors": cors.read(value["cors"], where, self.diags)}
             merged.update(value)
         return merged
 
@@ -528,6 +530,8 @@ class _Builder:
             )
             if client_cert is not None:
                 operation = dataclasses.replace(operation, client_cert=client_cert)
+            if settings.get("cors") is not None:
+                operation = dataclasses.replace(operation, cors=cors.operation_cors(settings["cors"], op.method))
             waf = inspection.operation_waf(self.waf_section, settings)
             if waf is not None:
                 operation = dataclasses.replace(operation, waf=waf)

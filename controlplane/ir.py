@@ -379,6 +379,19 @@ class WafService:
 
 
 @dataclass(frozen=True, slots=True)
+class Cors:
+    """Cross-origin calls to an operation from browsers (controlplane/cors.py reads the policy)."""
+
+    # (kind, value): ("exact", "https://app.example.com") or ("regex", an RE2 matching whole origins)
+    origins: tuple[tuple[str, str], ...]
+    allow_headers: tuple[str, ...]
+    expose_headers: tuple[str, ...]
+    allow_credentials: bool
+    max_age_s: int
+    source: Source  # where the resolved setting was written
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One method on one path: a route to an upstream."""
 
@@ -413,6 +426,8 @@ class Operation:
     waf: Waf | None = None  # None: not inspected
     # Responses masked by the WAF service: card numbers, and these fields' values (None: not masked).
     mask: tuple[str, ...] | None = None
+    # Browsers on these origins may call it (None: no CORS; preflights for it are refused).
+    cors: Cors | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import allowlist, auth, claims, headers, jwt, ratelimit, routes, tls, tokens, waf
+from . import allowlist, auth, claims, cors, headers, jwt, ratelimit, routes, tls, tokens, waf
 from ._pb import ads, duration, header, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -69,6 +69,10 @@ HTTP_FILTERS: list[
 ] = [
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
     (allowlist.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
+    (
+        cors.cors_filter,
+        "before certificates and tokens: browsers send preflights without credentials; it answers them itself",
+    ),
     # (tls.misdirected_filter, inserted second in each SNI chain of a listener with several
     # certificates: a Host its certificate is not for gets 421 before anything reads the request)
     (tls.client_certificate_filter, "before authentication: an API for certificate holders refuses others first"),
@@ -119,6 +123,7 @@ def access_log() -> accesslog_pb2.AccessLog:
 
 def connection_manager(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpConnectionManager:
     hcm = _hardened(gw, listener, listener.name, https=listener.tls is not None)
+    cors.explain_refusals(hcm, gw, listener)
     if listener.tls is not None and listener.tls.client is not None:
         # Envoy's own record of the verified client certificate, for backends that read it;
         # a client-sent X-Forwarded-Client-Cert is dropped (SANITIZE, the default, on every listener).

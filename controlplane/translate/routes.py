@@ -33,7 +33,7 @@ from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited, varint
-from . import auth, ratelimit, tls, tokens, waf
+from . import auth, cors, ratelimit, tls, tokens, waf
 from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
 
@@ -144,6 +144,10 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
         # Envoy overrides these on the check, so the service never sees a client's copy: the
         # backend must not either (it would be a header nobody inspected)
         route.request_headers_to_remove.extend(waf.CHECK_HEADERS)
+    cross_origin = cors.route_rest(op)
+    if cross_origin is not None:
+        route = route or rc.Route()
+        route.MergeFrom(cross_origin)
     return route
 
 
@@ -304,7 +308,8 @@ RouteContext = tuple[ir.Gateway, ir.Listener] | None
 def path_routes(
     path_route: ir.PathRoute, default_retry: ir.RetryPolicy | None = None, ctx: RouteContext = None
 ) -> list[rc.Route]:
-    routes = [_operation_route(op, default_retry, ctx) for op in path_route.operations]
+    routes = cors.preflight_routes(path_route, ctx)  # (a path's preflights never reach its operations)
+    routes.extend(_operation_route(op, default_retry, ctx) for op in path_route.operations)
     routes.append(_method_not_allowed(path_route))
     return routes
 
@@ -314,8 +319,9 @@ def encoded_path_routes(
 ) -> list[bytes]:
     """``path_routes``, each serialized (deterministic), without building the messages."""
     path = _path_piece(path_route.path)
+    out = [r.SerializeToString(deterministic=True) for r in cors.preflight_routes(path_route, ctx)]
     # an operation's pattern is mostly its path's own object (one shape, one set of types)
-    out = [
+    out += [
         _encoded_operation(op, path if op.path is path_route.path else _path_piece(op.path), default_retry, ctx)
         for op in path_route.operations
     ]
@@ -506,7 +512,17 @@ def virtual_host_matcher(
     context = hash(
         (
             default_retry,
-            (ctx[1].xff_num_trusted_hops, ctx[0].providers, tokens.token_removal(ctx[1])) if ctx is not None else None,
+            (
+                (
+                    ctx[1].xff_num_trusted_hops,
+                    ctx[0].providers,
+                    tokens.token_removal(ctx[1]),
+                    ctx[0].headers,  # (preflight answers carry the security headers)
+                    ctx[1].tls is not None,
+                )
+                if ctx is not None
+                else None
+            ),
         )
     )
     encoded = [_encoded(pr, default_retry, ctx, context) for pr in paths]
