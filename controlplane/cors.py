@@ -226,3 +226,74 @@ def origin_regex(cors: ir.Cors) -> str:
 
 
 __all__ = ["Setting", "operation_cors", "origin_allowed", "origin_regex", "read"]
+
+
+# -- diff and explain ----------------------------------------------------------------------------
+
+
+def _shown(origins: Any) -> str:
+    return ", ".join("any origin (*)" if kind == ANY else value for kind, value in sorted(origins))
+
+
+def changes(a: ir.Cors | None, b: ir.Cors | None) -> list[tuple[str, bool]]:
+    """What changed in an operation's CORS, and whether it is security-relevant: pages on more
+    origins, with credentials, or reading more of the response."""
+    if a == b:
+        return []
+    if b is None:
+        return [("no longer callable cross-origin (CORS removed)", False)]
+    if a is None:
+        with_credentials = " with credentials" if b.allow_credentials else ""
+        return [(f"now callable cross-origin{with_credentials} from {_shown(b.origins)}", True)]
+    out = []
+    added, removed = set(b.origins) - set(a.origins), set(a.origins) - set(b.origins)
+    if added:
+        out.append((f"CORS now also allows {_shown(added)}", True))
+    if removed:
+        out.append((f"CORS no longer allows {_shown(removed)}", False))
+    if b.allow_credentials != a.allow_credentials:
+        out.append(
+            (
+                "CORS now allows credentials" if b.allow_credentials else "CORS no longer allows credentials",
+                b.allow_credentials,
+            )
+        )
+    exposed = set(b.expose_headers) - set(a.expose_headers)
+    if exposed:
+        out.append((f"CORS now exposes response headers {', '.join(sorted(exposed))}", True))
+    if set(b.allow_headers) != set(a.allow_headers) or set(b.expose_headers) < set(a.expose_headers):
+        out.append(("CORS request or exposed headers changed", False))
+    if b.max_age_s != a.max_age_s:
+        out.append((f"CORS preflight max age {a.max_age_s} s → {b.max_age_s} s", False))
+    return out
+
+
+def preflight_decision(
+    path_route: ir.PathRoute, headers: dict[str, str], query: str
+) -> tuple[int, str, ir.Source | None] | None:
+    """How the gateway answers a preflight on this path (None: the path has no CORS, the
+    ``OPTIONS`` is routed like any other request)."""
+    with_cors = [op for op in path_route.operations if op.cors is not None]
+    if not with_cors:
+        return None
+    origin, method = headers.get("origin", ""), headers.get("access-control-request-method", "")
+    params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+    for op in with_cors:
+        assert op.cors is not None
+        if op.method != method or not all(params.get(k) == v for k, v in op.query):
+            continue
+        if not origin_allowed(op.cors, origin):
+            break
+        methods = ", ".join(sorted({o.method for o in with_cors if o.cors == op.cors}))
+        return (
+            200,
+            f"CORS preflight answered by the gateway for {op.name}: origin {origin} allowed, methods {methods}; "
+            "no token needed, nothing reaches the backend",
+            op.cors.source,
+        )
+    return (
+        403,
+        f"CORS preflight refused by the gateway: origin {origin!r} may not call {method} "
+        f"{path_route.path.template}; nothing reaches the backend",
+        None,
+    )

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ir
+from . import cors, ir
 
 _WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -135,6 +135,7 @@ def _own_changes(a: ir.Operation, b: ir.Operation) -> Iterable[tuple[str, bool]]
     elif a.client_cert is None and b.client_cert is not None:
         yield "a client certificate is now required", False
     yield from _waf_changes(a, b)
+    yield from cors.changes(a.cors, b.cors)
     if a.sensitive and not b.sensitive:
         yield "no longer sensitive (responses cacheable, card numbers not masked)", True
     elif b.sensitive and not a.sensitive:

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from . import ir
+from . import cors, ir
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,19 @@ def explain(gw: ir.Gateway, method: str, url: str, caller: Caller) -> Explanatio
     route, op = _route(listener, method, path, query)
     if route is None:
         return out.end(404, "route", f"no operation of any spec has the path {path}: the gateway's 404")
+    if method == "OPTIONS" and "origin" in caller.headers and "access-control-request-method" in caller.headers:
+        preflight = cors.preflight_decision(route, caller.headers, query)
+        if preflight is not None:  # (a client outside the operation's ipAllow gets its 403 first: not shown)
+            return out.end(preflight[0], "cors", preflight[1], preflight[2])
     if op is None:
         allow = ", ".join(route.allow)
         return out.end(405, "route", f"{path} is {route.path.template}, which allows {allow}; not {method}")
     out.operation = op.name
     out.step("route", f"{op.name}: {op.method} {op.path.template}", op.source)
+    if op.cors is not None and "origin" in caller.headers:
+        cross = cors.origin_allowed(op.cors, caller.headers["origin"])
+        seen = "allowed: the response gets Access-Control-Allow-Origin" if cross else "not allowed: no CORS headers"
+        out.step("cors", f"origin {caller.headers['origin']} {seen}", op.cors.source)
     for i, allowed in enumerate(op.ip_allow):
         if caller.client_ip is None:
             out.step("allowlist", f"only {', '.join(allowed)} (no --client-ip given: assumed inside)")

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from controlplane import diff, ir
 from controlplane.compiler import compile
 from controlplane.echo import EchoServer
+from controlplane.explain import Caller, explain
 from controlplane.idp import IdentityProvider, SigningKey
 from tests.harness import Gateway, Response
 
@@ -285,3 +288,69 @@ def test_every_error_at_once_and_in_x_gateway(tmp_path: Path) -> None:
 def test_schema_errors_for_a_wrong_shape(tmp_path: Path) -> None:
     assert any(p.startswith("/apis/0/defaults/cors") for p, _m in _errors(tmp_path, "{allowMethods: [GET]}"))
     assert any(p.startswith("/apis/0/defaults/cors") for p, _m in _errors(tmp_path, "true"))
+
+
+# -- explain and diff --------------------------------------------------------------------------
+
+
+def _compiled(tmp_path: Path, policy: str) -> ir.Gateway:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    (tmp_path / "policy.yaml").write_text(policy.replace("{{PORT}}", "8080").replace("{{BACKEND}}", "127.0.0.1:9"))
+    result = compile([tmp_path])
+    assert result.ok and result.gateway is not None, result.diagnostics
+    return result.gateway
+
+
+@pytest.fixture
+def gateway_ir(tmp_path: Path, idp: IdentityProvider) -> ir.Gateway:
+    return _compiled(tmp_path, POLICY % {"issuer": ISSUER, "jwks": json.dumps(idp.jwks()), "app": APP})
+
+
+def test_explain_a_preflight(gateway_ir: ir.Gateway) -> None:
+    def ask(origin: str, method: str) -> Any:
+        headers = {"origin": origin, "access-control-request-method": method}
+        return explain(gateway_ir, "OPTIONS", "http://gateway.test:8080/api/orders", Caller(headers=headers))
+
+    answered = ask("https://eu.shop.example", "POST")
+    assert answered.status == 200 and answered.operation is None
+    assert "CORS preflight answered by the gateway" in answered.steps[-1].decision
+    assert answered.steps[-1].source.endswith("#/apis/0/defaults/cors")
+    refused = ask("https://evil.test", "POST")
+    assert refused.status == 403 and "refused" in refused.steps[-1].decision
+    assert ask(APP, "DELETE").status == 403
+    # not a preflight: today's 405
+    assert explain(gateway_ir, "OPTIONS", "http://gateway.test:8080/api/orders", Caller()).status == 405
+
+
+def test_explain_an_actual_call_says_whether_the_origin_is_allowed(gateway_ir: ir.Gateway) -> None:
+    def ask(origin: str) -> str:
+        caller = Caller(headers={"origin": origin}, claims={"sub": "alice"})
+        steps = explain(gateway_ir, "GET", "http://gateway.test:8080/api/orders", caller).steps
+        return next(s.decision for s in steps if s.stage == "cors")
+
+    assert "allowed: the response gets Access-Control-Allow-Origin" in ask(APP)
+    assert "not allowed" in ask("https://evil.test")
+
+
+def test_diff_flags_more_origins_any_origin_and_credentials(tmp_path: Path, idp: IdentityProvider) -> None:
+    base = POLICY % {"issuer": ISSUER, "jwks": json.dumps(idp.jwks()), "app": APP}
+    fewer_rights = base.replace("        allowCredentials: true\n", "")
+
+    def flagged(old: str, new: str) -> list[str]:
+        folders = [tmp_path / str(len(list(tmp_path.iterdir()))) for _ in (1, 2)]
+        folders[1] = folders[1].with_name(folders[1].name + "b")
+        gateways = []
+        for folder, policy in zip(folders, (old, new), strict=True):
+            folder.mkdir()
+            gateways.append(_compiled(folder, policy))
+        return [c.what for c in diff.diff(*gateways).security]
+
+    assert any(
+        "also allows https://new.example" in w
+        for w in flagged(base, base.replace(APP + ",", APP + ", https://new.example,"))
+    )
+    assert any("any origin (*)" in w for w in flagged(base, base.replace("https://admin.example.com", "*")))
+    assert any("now allows credentials" in w for w in flagged(fewer_rights, base))
+    assert not any("CORS" in w or "cross-origin" in w for w in flagged(base, fewer_rights))
+    on = base.replace("deleteOrders: {cors: false}", "deleteOrders: {}")
+    assert any("now callable cross-origin with credentials" in w for w in flagged(base, on))
