@@ -188,6 +188,8 @@ def test_actual_call_from_a_refused_origin_gets_no_cors_headers(
     gw: Gateway, echo: EchoServer, idp: IdentityProvider
 ) -> None:
     token = idp.mint({"sub": "alice"})
+    allowed, _ = call(gw, echo, "GET", "/api/orders", [("Origin", APP), ("Authorization", f"Bearer {token}")])
+    assert allowed.header("access-control-allow-origin") == APP  # the same call from an allowed origin
     resp, seen = call(
         gw, echo, "GET", "/api/orders", [("Origin", "https://evil.test"), ("Authorization", f"Bearer {token}")]
     )
@@ -229,6 +231,8 @@ def test_declared_options_keeps_reaching_the_backend_but_not_preflights(gw: Gate
 
 @pytest.mark.envoy
 def test_options_that_is_not_a_preflight_is_still_405(gw: Gateway, echo: EchoServer) -> None:
+    answered, _ = preflight(gw, echo, "/api/orders", APP, "GET")
+    assert answered.status == 200  # the same path's preflight
     resp, seen = call(gw, echo, "OPTIONS", "/api/orders", [("Origin", APP)])
     assert resp.status == 405 and seen == []
     assert resp.header("access-control-allow-methods") is None
