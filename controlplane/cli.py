@@ -515,7 +515,38 @@ def status_table(data: dict[str, Any], compiled: dict[str, Any]) -> str:
         when = f"EXPIRED {-days:.0f} days ago" if days < 0 else f"{days:.0f} days left"
         nodes = ", ".join(holders.get(cert["secret"], [])) or "no node yet"
         lines.append(f"certificate {cert['secret']} ({cert['file']}): expires {cert['not_after']}, {when}; on {nodes}")
+    lines.extend(_source_lines(data.get("sources") or {}))
     return "\n".join(lines)
+
+
+def _source_lines(sources: dict[str, Any]) -> list[str]:
+    """What ``status`` says of pushed and pulled specs and of the cluster."""
+    import time
+
+    lines = []
+    push = sources.get("push")
+    if push is not None:
+        live = ", ".join(f"{api} v{v}" for api, v in sorted(push["live"].items())) or "nothing pushed"
+        lines.append(f"pushed: {live} (store {push['store']})")
+    for api, pull in sorted((sources.get("pulls") or {}).items()):
+        checked = pull.get("checked_at")
+        ago = f"checked {time.time() - checked:.0f}s ago" if checked else "not checked yet"
+        error = f"; {pull['error']}" if pull.get("error") else ""
+        lines.append(f"pulled: {api} from {pull['url']}: version {pull.get('version') or '-'}, {ago}{error}")
+    kube = sources.get("kubernetes")
+    if kube is not None:
+        role = "leader" if kube["leader"] else "follower"
+        lease = f" (lease {kube['lease']} as {kube['identity']})" if kube["lease"] else ""
+        waiting = [k["name"] for k in kube["kinds"] if not k["listed"]]
+        listed = f"{len(kube['kinds']) - len(waiting)} of {len(kube['kinds'])} kinds listed"
+        if waiting:
+            listed += f" (not yet: {', '.join(waiting)})"
+        objects = sum(k["objects"] for k in kube["kinds"])
+        lines.append(
+            f"kubernetes: {role}{lease}; {listed}, {objects} objects; "
+            f"{kube['status_writes']} status writes, {kube['events']} events"
+        )
+    return lines
 
 
 def _tls_files(args: argparse.Namespace, what: str) -> Any:

@@ -144,7 +144,9 @@ class ControlPlane:
                 "/healthz": lambda q: json_answer(200, {"live": True}),
                 "/readyz": lambda q: json_answer(200 if self.cache.ready else 503, {"ready": self.cache.ready}),
                 "/metrics": metrics_handler(self.metrics.prometheus),
-                "/status": lambda q: json_answer(200, status(self.ctx.registry, self.cache, self.certificates)),
+                "/status": lambda q: json_answer(
+                    200, {**status(self.ctx.registry, self.cache, self.certificates), "sources": self.sources()}
+                ),
                 "/config_dump": self._config_dump,
                 "/compile": lambda q: json_answer(200, self.report.as_json()),
                 "/refresh_jwks": self._refresh_jwks_now,
@@ -181,6 +183,17 @@ class ControlPlane:
             self.puller = Puller(self.push)
             # what was pushed before a restart is served again, from the first compile on
             self.compiler.pushed = self.validator.pushed = self.push.store.pushed()
+
+    def sources(self) -> dict[str, Any]:
+        """Where the configuration comes from besides files: pushes, pulls, the cluster."""
+        out: dict[str, Any] = {}
+        if self.push is not None:
+            out["push"] = {"live": dict(self.push.store.live), "store": str(self.push.store.root)}
+        if self.puller is not None and self.puller.state:
+            out["pulls"] = self.puller.state
+        if self.kube is not None:
+            out["kubernetes"] = self.kube.state()
+        return out
 
     def _config_dump(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         node = (query.get("node") or [""])[0]

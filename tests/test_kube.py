@@ -265,9 +265,20 @@ def test_a_dropped_watch_resumes_without_losing_a_change_and_410_relists(cluster
     assert cluster.kube.count("list", r"/apispecs$") > lists  # listed again after 410 Gone
 
 
-def test_the_leader_holds_the_lease(cluster: Cluster) -> None:
+def test_the_leader_holds_the_lease_and_status_says_so(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
     lease = client.CoordinationV1Api(cluster.kube.api_client()).read_namespaced_lease("controlplane", "shop")
     assert lease.spec.holder_identity == "cp-1"
+    out = subprocess.run(
+        [sys.executable, "-m", "controlplane", "status", "--server", f"127.0.0.1:{cluster.plane.admin_port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("kubernetes:"))
+    assert line.startswith("kubernetes: leader (lease shop/controlplane as cp-1); 6 of 6 kinds listed"), line
 
 
 __all__ = ["Path"]

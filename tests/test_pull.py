@@ -174,3 +174,19 @@ def test_a_broken_or_unreachable_spec_keeps_what_is_served(setup: Setup) -> None
     setup.publisher.text = V2 + "  /stock/{sku}/reservations:\n    get: {responses: {'200': {description: ok}}}\n"
     wait_for(lambda: setup.get("/inventory/stock/abc/reservations") == 200, 20, "the repaired spec served")
     assert len(setup.versions()) == count + 1  # the refused content was not pushed again while it stayed
+
+
+def test_status_says_what_was_pulled_and_when(setup: Setup) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "controlplane", "status", "--server", f"127.0.0.1:{setup.plane.admin_port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    live = json.loads((setup.store / "live.json").read_text())["stock"]
+    assert f"pushed: stock v{live} (store " in out.stdout, out.stdout
+    pulled = next(x for x in out.stdout.splitlines() if x.startswith("pulled: stock from http://127.0.0.1:"))
+    assert f"version {live}, checked " in pulled, pulled

@@ -161,6 +161,27 @@ class KubeSource:
             self.mirror.root,
         )
 
+    def state(self) -> dict[str, Any]:
+        """For ``/status``: who writes statuses, and how each kind is followed."""
+        return {
+            "leader": self.leader,
+            "lease": self.options.lease,
+            "identity": self.options.identity,
+            "kinds": [
+                {
+                    "name": i.name,
+                    "listed": i.synced.is_set(),
+                    "objects": len(i.objects),
+                    "lists": i.lists,
+                    "watches": i.watches,
+                    "resource_version": i.resource_version,
+                }
+                for i in self.informers
+            ],
+            "status_writes": self.statuses.writes,
+            "events": self.statuses.events,
+        }
+
     def stop(self) -> None:
         self._stop.set()
         for informer in self.informers:
