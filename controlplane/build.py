@@ -27,7 +27,20 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import auth, cors, edge, incremental, inspection, ir, mesh, ratelimits, request_model, tls, upstreams
+from . import (
+    auth,
+    cors,
+    edge,
+    header_rules,
+    incremental,
+    inspection,
+    ir,
+    mesh,
+    ratelimits,
+    request_model,
+    tls,
+    upstreams,
+)
 from .documents import Document, display_name
 from .errors import Diagnostics, pointer
 from .model import policy as pol
@@ -194,6 +207,7 @@ class _Builder:
             tuple((p, c, tuple(sorted(ls)) if ls is not None else None) for p, c, ls in self.ip_prefix_lists),
             [self.rate_limits_file, self.rateLimits.get("limits", [])],
             [self.waf.get("mode"), self.waf.get("onServiceFailure"), self._listener_waf(listeners)],
+            self.headers,  # (which header names routes may change)
         )
         record = incremental.cached_api(key, api.spec)
         if record is None:
@@ -331,6 +345,9 @@ class _Builder:
         return name
 
     # -- operations -------------------------------------------------------------------------
+    def _header_policy(self) -> ir.HeaderPolicy:
+        return edge.header_policy(self.headers, self.providers.values())
+
     def _listener_waf(self, listeners: list[str]) -> list[Any]:
         """The listeners' own WAF settings (a key of what an API's operations depend on)."""
         return [(n, self.listeners[n][0].get("waf")) for n in listeners if self.listeners[n][0].get("waf")]
@@ -369,6 +386,8 @@ class _Builder:
                 }
             if "cors" in value and where is not None:  # checked once per layer; operations share the result
                 value = {**value, "cors": cors.read(value["cors"], where, self.diags)}
+            if where is not None and ("requestHeaders" in value or "responseHeaders" in value):
+                value = header_rules.read_layer(value, where, self._header_policy(), self.diags)
             merged.update(value)
         return merged
 
@@ -532,6 +551,9 @@ class _Builder:
                 operation = dataclasses.replace(operation, client_cert=client_cert)
             if settings.get("cors") is not None:
                 operation = dataclasses.replace(operation, cors=cors.operation_cors(settings["cors"], op.method))
+            changed_headers = header_rules.rules(settings)
+            if changed_headers is not None:
+                operation = dataclasses.replace(operation, header_rules=changed_headers)
             waf = inspection.operation_waf(self.waf_section, settings)
             if waf is not None:
                 operation = dataclasses.replace(operation, waf=waf)
@@ -677,6 +699,9 @@ class _Builder:
                     name, spec["tls"], spec.get("hostnames", ["*"]), docs[src.file], src.pointer + "/tls", reader
                 )
             lst = edge.listener_ir(name, spec, src, self._path_routes(routes[name]), listener_tls)
+            if "requestHeaders" in spec or "responseHeaders" in spec:
+                read = header_rules.read_layer(spec, src, self._header_policy(), self.diags)
+                lst = dataclasses.replace(lst, header_rules=header_rules.rules(read))
             if "waf" in spec and not self.waf:
                 self.diags.warning(
                     "waf settings, but no policy has a waf section: nothing is inspected",

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cors, ir
+from . import cors, header_rules, ir
 
 _WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -136,6 +136,7 @@ def _own_changes(a: ir.Operation, b: ir.Operation) -> Iterable[tuple[str, bool]]
         yield "a client certificate is now required", False
     yield from _waf_changes(a, b)
     yield from cors.changes(a.cors, b.cors)
+    yield from header_rules.changes(a.header_rules, b.header_rules)
     if a.sensitive and not b.sensitive:
         yield "no longer sensitive (responses cacheable, card numbers not masked)", True
     elif b.sensitive and not a.sensitive:
@@ -311,6 +312,8 @@ def _listeners(old: ir.Gateway, new: ir.Gateway, report: Report) -> None:
         if (a.address, a.port) != (b.address, b.port):
             what = f"now on {b.address}:{b.port} (was {a.address}:{a.port})"
             report.add("changed", f"listener {name}", what, False, b.source)
+        for what, security in header_rules.changes(a.header_rules, b.header_rules):
+            report.add("changed", f"listener {name}", what, security, b.source)
 
 
 def _upstreams(old: ir.Gateway, new: ir.Gateway, report: Report) -> None:

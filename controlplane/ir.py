@@ -392,6 +392,29 @@ class Cors:
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderChanges:
+    """Changes to one direction's headers (controlplane/header_rules.py reads the policy).
+    Names lower case; values may hold Envoy substitution variables (an allowlist)."""
+
+    add_if_absent: tuple[tuple[str, str], ...] = ()  # the policy's ``add``
+    overwrite: tuple[tuple[str, str], ...] = ()  # ``set``
+    append: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+    source: Source | None = None  # where it was written
+
+    def any(self) -> bool:
+        return bool(self.add_if_absent or self.overwrite or self.append or self.remove)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    """Header changes of an operation or a listener (None: none in that direction)."""
+
+    request: HeaderChanges | None = None
+    response: HeaderChanges | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One method on one path: a route to an upstream."""
 
@@ -428,6 +451,8 @@ class Operation:
     mask: tuple[str, ...] | None = None
     # Browsers on these origins may call it (None: no CORS; preflights for it are refused).
     cors: Cors | None = None
+    # Headers changed on its requests and responses, after the listener's (None: none).
+    header_rules: HeaderRules | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +536,7 @@ class Listener:
     # scope: "auto" (large listeners), "always" or "never".
     route_scopes: str = "auto"
     tls: ListenerTls | None = None
+    header_rules: HeaderRules | None = None  # applied before its operations' own
 
 
 @dataclass(frozen=True, slots=True)

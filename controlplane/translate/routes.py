@@ -33,7 +33,7 @@ from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited, varint
-from . import auth, cors, ratelimit, tls, tokens, waf
+from . import auth, cors, header_rules, ratelimit, tls, tokens, waf
 from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
 
@@ -148,6 +148,10 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
     if cross_origin is not None:
         route = route or rc.Route()
         route.MergeFrom(cross_origin)
+    changed = header_rules.route_rest(op)
+    if changed is not None:
+        route = route or rc.Route()
+        route.MergeFrom(changed)
     return route
 
 
@@ -618,6 +622,7 @@ def _scope_configuration(
                 gw.providers,
                 tokens.token_removal(listener),
                 listener.tls,
+                listener.header_rules,
             )
         ),
     )
@@ -662,6 +667,7 @@ def _route_configuration(
     if default_retry is not None:
         host.retry_policy.CopyFrom(retry_policy(default_retry))
     host.matcher.CopyFrom(virtual_host_matcher(paths, default_retry, (gw, listener)))
+    header_rules.virtual_host(config, host, listener)
     if "*" not in listener.hostnames:
         # Unknown Host headers get the gateway's JSON 404, not Envoy's empty one.
         config.virtual_hosts.add(name="unknown-host", domains=["*"], routes=[not_found_route()])
