@@ -552,7 +552,9 @@ class _Builder:
             if settings.get("cors") is not None:
                 operation = dataclasses.replace(operation, cors=cors.operation_cors(settings["cors"], op.method))
             changed_headers = header_rules.rules(settings)
-            if changed_headers is not None:
+            if changed_headers is not None and header_rules.check_sensitive(
+                changed_headers, operation.sensitive, self.diags
+            ):
                 operation = dataclasses.replace(operation, header_rules=changed_headers)
             waf = inspection.operation_waf(self.waf_section, settings)
             if waf is not None:

@@ -190,6 +190,27 @@ def read_layer(value: dict[str, Any], where: ir.Source, policy: ir.HeaderPolicy,
     return {**value, **{k: read(value[k], where, k, policy, diags) for k in keys}} if keys else value
 
 
+def check_sensitive(rules: ir.HeaderRules, sensitive: bool, diags: Diagnostics) -> bool:
+    """A sensitive operation's responses carry ``Cache-Control: no-store``: its own response
+    changes may not touch the header (they would come after it). False after reporting."""
+    changes = rules.response
+    if not sensitive or changes is None or changes.source is None:
+        return True
+    named = [n for n, _v in (*changes.add_if_absent, *changes.overwrite, *changes.append)] + list(changes.remove)
+    if "cache-control" not in named:
+        return True
+    where = changes.source
+    if any(d.file == where.file and d.pointer == where.pointer and d.code == "header-sensitive" for d in diags.items):
+        return False  # (said once for the operations sharing the setting)
+    diags.error(
+        "cache-control cannot be changed on a sensitive operation (its responses must not be cached)",
+        where.file,
+        where.pointer,
+        "header-sensitive",
+    )
+    return False
+
+
 def rules(settings: dict[str, Any]) -> ir.HeaderRules | None:
     """The header changes of merged settings (None: none)."""
     request, response = (
@@ -199,7 +220,7 @@ def rules(settings: dict[str, Any]) -> ir.HeaderRules | None:
     return ir.HeaderRules(request, response) if request is not None or response is not None else None
 
 
-__all__ = ["VARIABLES", "read", "read_layer", "refusal", "rules"]
+__all__ = ["VARIABLES", "check_sensitive", "read", "read_layer", "refusal", "rules"]
 
 
 # -- diff ----------------------------------------------------------------------------------------

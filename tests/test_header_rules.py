@@ -229,6 +229,12 @@ def test_the_policy_s_own_identity_headers_are_refused(tmp_path: Path) -> None:
     ], errors
 
 
+def test_cache_control_of_a_sensitive_operation_is_refused(tmp_path: Path) -> None:
+    errors = _errors(tmp_path, "{sensitive: true, responseHeaders: {set: {cache-control: 'max-age=60'}}}")
+    assert any(p == "/apis/0/defaults/responseHeaders" and "sensitive" in m for p, m in errors), errors
+    assert not _errors(tmp_path, "{sensitive: false, responseHeaders: {set: {cache-control: 'max-age=60'}}}")
+
+
 @pytest.mark.parametrize(
     ("value", "words"),
     [
