@@ -37,6 +37,7 @@ from . import (
     ir,
     mesh,
     ratelimits,
+    reputation,
     request_model,
     tls,
     upstreams,
@@ -91,6 +92,7 @@ class _Builder:
         self.mesh: dict[str, Any] = {}
         self.waf: dict[str, Any] = {}
         self.push: dict[str, Any] = {}
+        self.reputation: dict[str, Any] = {}
         self.pulls: list[ir.SpecPull] = []
         self.waf_section: inspection.Section | None = None
         self.singleton_docs: dict[str, Document] = {}  # section → the policy that set it
@@ -140,7 +142,7 @@ class _Builder:
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
             self._read_auth(doc, data)
-            for key in ("gateway", "headers", "rateLimits", "mesh", "waf", "push"):
+            for key in ("gateway", "headers", "rateLimits", "mesh", "waf", "push", "reputation"):
                 if key in data:
                     if key in singletons:
                         self.diags.error(
@@ -751,6 +753,12 @@ class _Builder:
             mesh_ir = mesh.mesh_ir(self.mesh, self.singleton_docs["mesh"], self.upstreams, reader, self.diags)
             built = mesh.with_backends(built, mesh_ir)
         tls.check_plaintext(listeners, built, g.get("requireUpstreamTls", "none"), self.diags)
+        reputation_ir = None
+        if self.reputation:
+            doc = self.singleton_docs["reputation"]
+            reputation_ir = reputation.read_section(
+                self.reputation, doc, self.bundle.store, dict(self.fetched_jwks), self.diags
+            )
         if self.diags.has_errors():
             return None
         headers = edge.header_policy(self.headers, self.providers.values())
@@ -768,6 +776,7 @@ class _Builder:
             waf_service=self._waf_service(apis, listeners),
             push_clients=push_policy.clients(self.push, self.singleton_docs.get("push"), self.diags),
             spec_pulls=tuple(self.pulls),
+            reputation=reputation_ir,
         )
 
 

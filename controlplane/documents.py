@@ -413,7 +413,7 @@ class DocumentStore:
     def __iter__(self) -> Iterator[Document]:
         return (d for d in self._docs.values() if d is not None)
 
-    def load_text(self, path: Path, referrer: tuple[Document, str]) -> Document | None:
+    def load_text(self, path: Path, referrer: tuple[Document, str], limit: int = TEXT_FILE_LIMIT) -> Document | None:
         """A file read as it is, not parsed (PEM certificates and keys): ``data`` is its text.
         Like every document, it is watched and its content hash is part of the compile."""
         try:
@@ -429,7 +429,7 @@ class DocumentStore:
         name = display_name(path)
         doc: Document | None = None
         try:
-            raw = _read_regular(path, TEXT_FILE_LIMIT)
+            raw = _read_regular(path, limit)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             self.diagnostics.error(f"cannot read {name}: {reason}", referrer[0].name, referrer[1], "unreadable-file")

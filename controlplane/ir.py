@@ -337,6 +337,32 @@ class SpecPull:
 
 
 @dataclass(frozen=True, slots=True)
+class ReputationFeed:
+    """One IP-reputation feed as the policy names it (``reputation.feeds[]``), without its entries."""
+
+    name: str
+    action: str  # "block" (403) or "soft" (X-Gateway-Risk: reputation to the backend)
+    source: Source
+    url: str | None = None  # fetched by the control plane; else a file read by the compile
+    ca_file: str | None = None
+    refresh_ms: int = 3_600_000
+    timeout_ms: int = 30_000
+    max_entries: int = 2_000_000
+    expires: str | None = None  # RFC 3339 time, or a duration after the copy was fetched
+
+
+@dataclass(frozen=True, slots=True)
+class Reputation:
+    """The feeds in force, merged: every listener checks a client against these ranges."""
+
+    feeds: tuple[ReputationFeed, ...]
+    block: tuple[str, ...]
+    soft: tuple[str, ...]  # listed only by soft feeds
+    exempt: tuple[str, ...]  # reputation.exempt (allowlisted ranges are exempt too)
+    next_expiry: float | None = None  # when a feed in force expires: the compile to run then
+
+
+@dataclass(frozen=True, slots=True)
 class PushClient:
     """A pipeline that may push specs for some APIs (``push.clients[]``)."""
 
@@ -558,6 +584,7 @@ class Gateway:
     waf_service: WafService | None = None  # set when some operation is inspected
     push_clients: tuple[PushClient, ...] = ()  # who may push specs, for the push API
     spec_pulls: tuple[SpecPull, ...] = ()  # APIs whose spec the control plane polls
+    reputation: Reputation | None = None  # IP-reputation feeds (reputation.feeds)
 
     def certificates(self) -> list[Certificate]:
         """Every certificate with a private key the gateway's Envoys are given."""

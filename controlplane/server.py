@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import inputs, ir
+from . import inputs, ir, reputation
 from .errors import Diagnostic
 from .kube.source import KubeOptions, KubeSource
 from .push.api import PushApi, PushOptions
@@ -150,13 +150,14 @@ class ControlPlane:
                 "/config_dump": self._config_dump,
                 "/compile": lambda q: json_answer(200, self.report.as_json()),
                 "/refresh_jwks": self._refresh_jwks_now,
+                "/refresh_reputation": self._refresh_feeds_now,
                 "/pulls": lambda q: json_answer(200, self.puller.state if self.puller else {}),
                 "/inputs": lambda q: inputs.answer(
                     self.options.paths,
                     self.compiler.pushed,
                     self.last_result,
                     listener_port=self.options.listener_port,
-                    fetched_jwks=self.jwks,
+                    fetched_jwks=self._fetched(),
                 ),
             }
         )
@@ -167,6 +168,9 @@ class ControlPlane:
         self.jwks: dict[str, str] = {}  # provider → keys the control plane fetched
         self.jwks_state: dict[str, dict[str, Any]] = {}
         self._fetchers: dict[str, tuple[ir.JwtProvider, asyncio.Task[Any]]] = {}
+        self.feeds = reputation.Fetched()  # copies of URL reputation feeds, and their states
+        self._feed_tasks: dict[str, tuple[ir.ReputationFeed, asyncio.Task[Any]]] = {}
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self._compile_lock = asyncio.Lock()
         self.xds_port = 0
         self.admin_port = 0
@@ -193,7 +197,13 @@ class ControlPlane:
             out["pulls"] = self.puller.state
         if self.kube is not None:
             out["kubernetes"] = self.kube.state()
+        if self.feeds.states:
+            out["reputation"] = {name: state.as_json() for name, state in sorted(self.feeds.states.items())}
         return out
+
+    def _fetched(self) -> dict[str, str]:
+        """What the control plane fetched, for the compile: JWKS and reputation feeds."""
+        return {**self.jwks, **self.feeds.texts}
 
     def _config_dump(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         node = (query.get("node") or [""])[0]
@@ -258,6 +268,10 @@ class ControlPlane:
         gc.unfreeze()  # what ``_collect_when_idle`` froze is the collector's again
         for _provider, task in self._fetchers.values():
             task.cancel()
+        for _feed, task in self._feed_tasks.values():
+            task.cancel()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
         if self._validation is not None:
             self._validation.cancel()
         if self.kube is not None:
@@ -279,7 +293,7 @@ class ControlPlane:
     async def compile_pushed(self, pushed: tuple[Pushed, ...]) -> CompiledConfig:
         """What the inputs compile to with ``pushed`` instead of the pushes served; nothing
         changes (a push's check, or its dry run). Call with ``compile_lock`` held."""
-        result = await self.compiler.compile(fetched_jwks=dict(self.jwks), pushed=pushed)
+        result = await self.compiler.compile(fetched_jwks=self._fetched(), pushed=pushed)
         self.compiles += 1
         return result
 
@@ -297,14 +311,16 @@ class ControlPlane:
 
     async def _recompile(self, changed_at: float) -> bool:
         started = time.perf_counter()
-        result: CompiledConfig = await self.compiler.compile(fetched_jwks=dict(self.jwks))
+        result: CompiledConfig = await self.compiler.compile(fetched_jwks=self._fetched())
         missing = [p for p in result.jwks_to_fetch if p.name not in self.jwks]
-        if result.ok and missing and not self.cache.ready:
+        feeds = [f for f in result.reputation_feeds if f.url and f.name not in self.feeds.states]
+        if result.ok and (missing or feeds) and not self.cache.ready:
             # Before the first publish, fetch the keys: a first config without them would
-            # refuse every token until they arrive.
+            # refuse every token until they arrive. And the feeds: nor let listed clients in.
             fetched = [await self._fetch(p, rebuild=False) for p in missing]
+            fetched += [await self._fetch_feed(f, rebuild=False) for f in feeds]
             if any(fetched):
-                result = await self.compiler.compile(fetched_jwks=dict(self.jwks))
+                result = await self.compiler.compile(fetched_jwks=self._fetched())
         self.compiles += 1
         self.metrics.compile_seconds.observe(time.perf_counter() - started)
         return self._serve(result, changed_at).ok
@@ -359,6 +375,8 @@ class ControlPlane:
             self._start_validation()
         self._sync_fetchers(result.jwks_to_fetch)
         self._sync_pulls(result.spec_pulls)
+        self._sync_feeds(result.reputation_feeds)
+        self._recompile_at(result.reputation_expiry)
         self._observe(report, result)
         return report
 
@@ -486,6 +504,60 @@ class ControlPlane:
             log.info("new keys for %s: rebuilding the configuration", provider.name)
             await self.recompile(time.monotonic())
         return True
+
+    # -- reputation feeds fetched by the control plane -------------------------------------
+    def _sync_feeds(self, feeds: tuple[ir.ReputationFeed, ...]) -> None:
+        wanted = {f.name: f for f in feeds if f.url is not None}
+        for name, (feed, task) in list(self._feed_tasks.items()):
+            if wanted.get(name) != feed:
+                task.cancel()
+                del self._feed_tasks[name]
+        for name in list(self.feeds.states):
+            if name not in wanted:  # gone from the policy: its copy and state too
+                self.feeds.states.pop(name)
+                self.feeds.texts.pop(reputation.FETCHED_PREFIX + name, None)
+        for name, feed in wanted.items():
+            if name not in self._feed_tasks:
+                self._feed_tasks[name] = (feed, asyncio.ensure_future(self._feed_loop(feed)))
+
+    async def _feed_loop(self, feed: ir.ReputationFeed) -> None:
+        if feed.name in self.feeds.states:  # fetched before the first publish, or before a policy edit
+            await asyncio.sleep(feed.refresh_ms / 1000)
+        while True:
+            await self._fetch_feed(feed)
+            await asyncio.sleep(feed.refresh_ms / 1000)
+
+    async def _fetch_feed(self, feed: ir.ReputationFeed, rebuild: bool = True) -> bool:
+        """Fetch one feed; True when its copy changed (then, with ``rebuild``, the configuration
+        is rebuilt and pushed). A failure keeps the last good copy in force."""
+        changed = await asyncio.to_thread(self.feeds.fetch, feed)
+        state = self.feeds.states[feed.name]
+        if state.error is not None:
+            self.metrics.feed_failures.labels(feed.name).inc()
+            kept = "the last good copy stays in force" if state.fetched_at else "nothing applied yet"
+            log.error("fetching reputation feed %s failed (%s); %s", feed.name, state.error, kept)
+            return False
+        self.metrics.feed_entries.labels(feed.name).set(state.entries or 0)
+        self.metrics.feed_fetched.labels(feed.name).set(state.fetched_at or 0)
+        if changed and rebuild:
+            log.info("reputation feed %s changed (%d entries): rebuilding the configuration", feed.name, state.entries)
+            await self.recompile(time.monotonic())
+        return changed
+
+    def _recompile_at(self, moment: float | None) -> None:
+        """Compile again when the next feed in force expires (it is then left out)."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if moment is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, moment - time.time()) + 0.5
+        self._expiry_timer = loop.call_later(delay, lambda: asyncio.ensure_future(self.recompile(time.monotonic())))
+
+    async def _refresh_feeds_now(self, _query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        changed = {name: await self._fetch_feed(feed) for name, (feed, _task) in list(self._feed_tasks.items())}
+        return json_answer(200, {"changed": changed, "feeds": self.sources().get("reputation", {})})
 
     async def _refresh_jwks_now(self, _query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         changed = {name: await self._fetch(provider) for name, (provider, _task) in list(self._fetchers.items())}

@@ -60,6 +60,8 @@ class CompiledConfig(WithDiagnostics):
     push_clients: tuple[ir.PushClient, ...] = ()  # who may push specs (push API)
     spec_pulls: tuple[ir.SpecPull, ...] = ()  # APIs whose spec the control plane polls
     services: dict[str, ir.KubeService] = field(default_factory=dict)  # cluster → its Kubernetes Service
+    reputation_feeds: tuple[ir.ReputationFeed, ...] = ()  # feeds (the URL ones the control plane fetches)
+    reputation_expiry: float | None = None  # when a feed in force expires: compile again then
     # From the worker process, a result can be relative to the one before (``base``): then
     # ``serialized`` and ``details`` hold only what is new or changed, ``removed`` the names
     # gone (details under "#details"). ``Compiler.compile`` makes it whole again.
@@ -183,6 +185,8 @@ def _compile_serialized(
         result.gateway.push_clients,
         result.gateway.spec_pulls,
         {u.name: u.service for u in result.gateway.upstreams if u.service is not None},
+        result.gateway.reputation.feeds if result.gateway.reputation else (),
+        result.gateway.reputation.next_expiry if result.gateway.reputation else None,
     )
 
 

@@ -25,7 +25,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import allowlist, auth, claims, cors, headers, jwt, ratelimit, routes, tls, tokens, waf
+from . import allowlist, auth, claims, cors, headers, jwt, ratelimit, reputation, routes, tls, tokens, waf
 from ._pb import ads, duration, header, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -69,6 +69,8 @@ HTTP_FILTERS: list[
 ] = [
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
     (allowlist.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
+    (reputation.block_filter, "after the allowlists (their ranges are exempt): a listed client gets 403 first"),
+    (reputation.soft_filters, "after blocking: a client a soft feed lists goes on marked X-Gateway-Risk"),
     (
         cors.cors_filter,
         "before certificates and tokens: browsers send preflights without credentials; it answers them itself",

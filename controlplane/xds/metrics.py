@@ -50,6 +50,18 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+        self.feed_entries = Gauge(
+            "controlplane_reputation_feed_entries", "Entries of the copy of a URL feed in force", ["feed"], registry=r
+        )
+        self.feed_failures = Counter(
+            "controlplane_reputation_feed_fetch_failures", "Failed fetches of a URL feed", ["feed"], registry=r
+        )
+        self.feed_fetched = Gauge(
+            "controlplane_reputation_feed_last_success_timestamp_seconds",
+            "When the copy of a URL feed in force was fetched",
+            ["feed"],
+            registry=r,
+        )
         self.registry = registry
         self.cache = cache
         self.certificates: dict[str, tuple[str, str]] = {}  # secret → (file, expiry): set by the server

@@ -1,0 +1,158 @@
+"""IP-reputation feeds on every listener, right after the client address allowlists.
+
+Order of the address checks: (1) an address in a range some allowlist names (``ipAllowlists``,
+``ipAllow``) or in ``reputation.exempt`` is never blocked nor marked by a feed — the office is
+not locked out by a noisy list; the allowlists themselves still apply to their routes first;
+(2) a blocking feed: 403; (3) a soft feed: the request goes on with ``X-Gateway-Risk:
+reputation``. Each list is one IP trie (the matcher API's ``IPMatcher``) in the listener's
+connection manager: one copy per listener, never one per route.
+"""
+
+from __future__ import annotations
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
+from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import extension_pb2 as extension_cfg_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+from google.protobuf import message, wrappers_pb2
+from xds.core.v3 import cidr_pb2, extension_pb2
+from xds.type.matcher.v3 import ip_pb2, matcher_pb2
+
+from .. import ir
+from ._pb import packed
+
+BLOCK_FILTER = "ip-reputation"
+SOFT_FILTER = "ip-reputation-soft"
+RISK_HEADER = "x-gateway-risk"
+RISK_VALUE = "reputation"
+
+
+def exempt_ranges(gw: ir.Gateway, listener: ir.Listener) -> tuple[str, ...]:
+    """Every range an allowlist of the listener's operations names, and reputation.exempt."""
+    assert gw.reputation is not None
+    ranges = set(gw.reputation.exempt)
+    for pr in listener.paths:
+        for op in pr.operations:
+            for cidrs in op.ip_allow:
+                ranges.update(cidrs)
+    return tuple(sorted(ranges))
+
+
+def _trie(cidrs: tuple[str, ...], on_match: matcher_pb2.Matcher.OnMatch) -> ip_pb2.IPMatcher:
+    return ip_pb2.IPMatcher(
+        range_matchers=[
+            ip_pb2.IPMatcher.IPRangeMatcher(
+                ranges=[
+                    cidr_pb2.CidrRange(
+                        address_prefix=c.partition("/")[0],
+                        prefix_len=wrappers_pb2.UInt32Value(value=int(c.partition("/")[2])),
+                    )
+                    for c in cidrs
+                ],
+                on_match=on_match,
+            )
+        ]
+    )
+
+
+def _chain(
+    listener: ir.Listener,
+    steps: list[tuple[tuple[str, ...], matcher_pb2.Matcher.OnMatch]],
+    otherwise: matcher_pb2.Matcher.OnMatch,
+) -> matcher_pb2.Matcher:
+    """Try each (ranges, action) in order on the client address; ``otherwise`` when none holds it."""
+    # The address the listener trusts: the TCP peer, or what its trusted proxy hops report.
+    source: message.Message = (
+        network_inputs_pb2.DirectSourceIPInput()
+        if listener.xff_num_trusted_hops == 0
+        else network_inputs_pb2.SourceIPInput()
+    )
+    result = otherwise
+    for cidrs, on_match in reversed([s for s in steps if s[0]]):
+        result = matcher_pb2.Matcher.OnMatch(
+            matcher=matcher_pb2.Matcher(
+                matcher_tree=matcher_pb2.Matcher.MatcherTree(
+                    input=extension_pb2.TypedExtensionConfig(name="client-ip", typed_config=packed(source)),
+                    custom_match=extension_pb2.TypedExtensionConfig(
+                        name="ip", typed_config=packed(_trie(cidrs, on_match))
+                    ),
+                ),
+                on_no_match=result,
+            )
+        )
+    assert result.HasField("matcher")
+    return result.matcher
+
+
+def _rbac(name: str, action: rbac_pb2.RBAC.Action.ValueType) -> matcher_pb2.Matcher.OnMatch:
+    typed = rbac_pb2.Action(name=name, action=action)
+    return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(name=name, typed_config=packed(typed)))
+
+
+def block_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    if gw.reputation is None or not gw.reputation.block:
+        return None
+    allow = rbac_pb2.RBAC.ALLOW
+    matcher = _chain(
+        listener,
+        [
+            (exempt_ranges(gw, listener), _rbac("allowlisted", allow)),
+            (gw.reputation.block, _rbac("reputation", rbac_pb2.RBAC.DENY)),
+        ],
+        _rbac("not-listed", allow),
+    )
+    # stat_prefix: its denials count apart from the allowlists' (http.<prefix>rbac.denied)
+    config = rbac_filter_pb2.RBAC(matcher=matcher, rules_stat_prefix="reputation_")
+    return hcm_pb2.HttpFilter(name=BLOCK_FILTER, typed_config=packed(config))
+
+
+def soft_filters(gw: ir.Gateway, listener: ir.Listener) -> list[hcm_pb2.HttpFilter] | None:
+    """A client a soft feed lists (and no allowlist names) reaches the backend with
+    ``X-Gateway-Risk: reputation``; a client-sent X-Gateway-Risk never does."""
+    if gw.reputation is None or not gw.reputation.soft:
+        return None
+    strip = hm.HeaderMutation(mutations=hm.Mutations(request_mutations=[mr.HeaderMutation(remove=RISK_HEADER)]))
+    mark = hm.HeaderMutation(
+        mutations=hm.Mutations(
+            request_mutations=[
+                mr.HeaderMutation(
+                    append=base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key=RISK_HEADER, value=RISK_VALUE),
+                        # other checks (geo) may mark the request too: one value each
+                        append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
+                    )
+                )
+            ]
+        )
+    )
+    skip = matcher_pb2.Matcher.OnMatch(
+        action=extension_pb2.TypedExtensionConfig(name="skip", typed_config=packed(skip_action_pb2.SkipFilter()))
+    )
+    execute = matcher_pb2.Matcher.OnMatch(
+        action=extension_pb2.TypedExtensionConfig(
+            name="mark",
+            typed_config=packed(
+                composite_pb2.ExecuteFilterAction(
+                    typed_config=extension_cfg_pb2.TypedExtensionConfig(name="mark-risk", typed_config=packed(mark))
+                )
+            ),
+        )
+    )
+    matcher = _chain(listener, [(exempt_ranges(gw, listener), skip), (gw.reputation.soft, execute)], skip)
+    wrapped = extension_matcher_pb2.ExtensionWithMatcher(
+        xds_matcher=matcher,
+        extension_config=extension_cfg_pb2.TypedExtensionConfig(
+            name="composite", typed_config=packed(composite_pb2.Composite())
+        ),
+    )
+    return [
+        hcm_pb2.HttpFilter(name=SOFT_FILTER + "-strip", typed_config=packed(strip)),
+        hcm_pb2.HttpFilter(name=SOFT_FILTER, typed_config=packed(wrapped)),
+    ]

@@ -1,0 +1,324 @@
+"""IP-reputation feeds: the list formats, absurd feeds, expiry, and through a real Envoy:
+blocking, soft marking, allowlists winning; URL feeds fetched by the control plane."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from controlplane import reputation
+from controlplane.certs import CertificateAuthority, Issued
+from controlplane.compiler import compile
+from controlplane.echo import EchoServer
+from controlplane.reputation import FeedError, parse
+
+from .harness import Gateway, Response, _complete, free_port, parse_response
+from .xds_harness import ControlPlaneProcess, http_get, start_envoy, wait_for
+
+pytestmark = pytest.mark.envoy
+
+SPEC = """
+openapi: 3.0.3
+info: {title: things, version: "1"}
+servers: [{url: /api}]
+paths:
+  /things:
+    get: {operationId: listThings, responses: {"200": {description: ok}}}
+  /office/things:
+    get: {operationId: officeThings, responses: {"200": {description: ok}}}
+"""
+
+BLOCK = """\
+# a malicious-IP feed
+127.0.0.5
+127.0.1.0/24 ; SBL 1234
+127.0.0.9          # also named by the office allowlist
+2001:db8::/32
+"""
+
+
+def policy(feeds: str, allow: str = "[127.0.0.1, 127.0.0.9]") -> str:
+    return f"""
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+listeners: [{{name: public, address: 127.0.0.1, port: {{{{PORT}}}}}}]
+upstreams: [{{name: backend, endpoints: ["{{{{BACKEND}}}}"]}}]
+ipAllowlists:
+  - pathPrefix: /api/office
+    allow: {allow}
+reputation:
+  feeds:
+{feeds}
+apis:
+  - name: things
+    spec: things.yaml
+    upstream: backend
+"""
+
+
+FEEDS = """\
+    - {name: malicious, file: bad.txt}
+    - {name: tor-exits, file: tor.txt, action: soft}
+    - {name: old-campaign, file: old.txt, expires: "2001-01-01T00:00:00Z"}
+    - {name: new-campaign, file: new.txt, expires: "2999-01-01T00:00:00+02:00"}
+"""
+
+
+def from_address(gw: Gateway, source: str, path: str, headers: dict[str, str] | None = None) -> Response:
+    """A GET whose TCP peer is ``source`` (loopback answers all of 127/8)."""
+    lines = [f"GET {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=(source, 0)) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        buf = b""
+        while not _complete(buf, False):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return parse_response(buf)
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    return gateway_factory(
+        {
+            "policy.yaml": policy(FEEDS),
+            "things.yaml": SPEC,
+            "bad.txt": BLOCK,
+            "tor.txt": "127.0.0.6 # exit node\n",
+            "old.txt": "127.0.0.7\n",
+            "new.txt": "127.0.0.8\n",
+        }
+    )
+
+
+def reached(echo: EchoServer, call: Callable[[], Response]) -> tuple[Response, dict[str, object] | None]:
+    before = len(echo.received)
+    resp = call()
+    seen = echo.received[before:]
+    return resp, (seen[0] if seen else None)
+
+
+# -- through Envoy -------------------------------------------------------------------------
+def test_an_unlisted_client_reaches_the_backend(gw: Gateway, echo: EchoServer) -> None:
+    resp, seen = reached(echo, lambda: from_address(gw, "127.0.0.2", "/api/things"))
+    assert resp.status == 200 and seen is not None
+
+
+@pytest.mark.parametrize("source", ["127.0.0.5", "127.0.1.77"])
+def test_a_listed_client_gets_403_with_the_gateway_body(gw: Gateway, echo: EchoServer, source: str) -> None:
+    resp, seen = reached(echo, lambda: from_address(gw, source, "/api/things"))
+    assert resp.status == 403, resp.body
+    assert seen is None
+    assert resp.header("content-type") == "application/json"
+    assert json.loads(resp.body) == {"message": "forbidden", "status": 403, "request_id": resp.header("x-request-id")}
+
+
+def test_an_allowlisted_range_wins_over_the_feed(gw: Gateway, echo: EchoServer) -> None:
+    # 127.0.0.9 is in the malicious feed, and the office allowlist names it: never blocked by a
+    # feed, on the allowlisted path and elsewhere
+    for path in ("/api/office/things", "/api/things"):
+        resp, seen = reached(echo, lambda path=path: from_address(gw, "127.0.0.9", path))  # type: ignore[misc]
+        assert resp.status == 200, (path, resp.body)
+        assert seen is not None
+
+
+def test_the_allowlist_still_refuses_others_first(gw: Gateway, echo: EchoServer) -> None:
+    # 127.0.0.2 is in no feed but not in the office list: the allowlist's 403
+    resp, seen = reached(echo, lambda: from_address(gw, "127.0.0.2", "/api/office/things"))
+    assert resp.status == 403 and seen is None
+
+
+def test_a_soft_feed_marks_the_request_for_the_backend(gw: Gateway, echo: EchoServer) -> None:
+    resp, seen = reached(echo, lambda: from_address(gw, "127.0.0.6", "/api/things"))
+    assert resp.status == 200 and seen is not None
+    assert seen["headers"].get("x-gateway-risk") == "reputation"  # type: ignore[attr-defined]
+
+
+def test_a_client_sent_risk_header_never_reaches_the_backend(gw: Gateway, echo: EchoServer) -> None:
+    resp, seen = reached(
+        echo, lambda: from_address(gw, "127.0.0.2", "/api/things", {"X-Gateway-Risk": "none", "x-gateway-RISK": "x"})
+    )
+    assert resp.status == 200 and seen is not None
+    assert "x-gateway-risk" not in seen["headers"]  # type: ignore[operator]
+
+
+def test_an_expired_feed_no_longer_applies(gw: Gateway, echo: EchoServer) -> None:
+    resp, _ = reached(echo, lambda: from_address(gw, "127.0.0.7", "/api/things"))
+    assert resp.status == 200
+    resp, _ = reached(echo, lambda: from_address(gw, "127.0.0.8", "/api/things"))
+    assert resp.status == 403  # the same kind of feed, not yet expired
+
+
+# -- compile -------------------------------------------------------------------------------
+def write(tmp_path: Path, feeds: str, files: dict[str, str]) -> Path:
+    (tmp_path / "policy.yaml").write_text(policy(feeds).replace("{{PORT}}", "8080").replace("{{BACKEND}}", "x:1"))
+    (tmp_path / "things.yaml").write_text(SPEC)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("absurd", ["0.0.0.0/0", "::/0", "0.0.0.0/1\n128.0.0.0/1", "10.0.0.0/9"])
+def test_an_absurd_feed_is_refused_naming_it(tmp_path: Path, absurd: str) -> None:
+    result = compile([write(tmp_path, "    - {name: noisy, file: noisy.txt}\n", {"noisy.txt": absurd + "\n"})])
+    assert not result.ok
+    (error,) = [d for d in result.diagnostics if d.code == "feed-refused"]
+    assert "'noisy'" in error.message and "not applied" in error.message
+    assert error.pointer == "/reputation/feeds/0/file"
+
+
+def test_a_feed_with_bad_lines_is_refused_naming_them(tmp_path: Path) -> None:
+    text = "192.0.2.1\nnot-an-address\n192.0.2.300\n"
+    result = compile([write(tmp_path, "    - {name: feed, file: f.txt}\n", {"f.txt": text})])
+    (error,) = [d for d in result.diagnostics if d.code == "feed-refused"]
+    assert "line 2: 'not-an-address'" in error.message and "line 3: '192.0.2.300'" in error.message
+
+
+def test_an_expired_feed_is_a_warning(tmp_path: Path) -> None:
+    feeds = '    - {name: old, file: f.txt, expires: "2001-01-01T00:00:00Z"}\n'
+    result = compile([write(tmp_path, feeds, {"f.txt": "192.0.2.1\n"})])
+    assert result.ok
+    assert any(d.code == "feed-expired" and "'old'" in d.message for d in result.diagnostics)
+    assert result.gateway is not None and result.gateway.reputation is not None
+    assert result.gateway.reputation.block == ()
+
+
+# -- parsing -------------------------------------------------------------------------------
+def test_parse_accepts_the_common_formats() -> None:
+    text = (
+        "# header comment\n"
+        "; another\n"
+        "\n"
+        "192.0.2.1\n"
+        "  198.51.100.0/24 ; SBL123\n"
+        "203.0.113.7/24 # host bits cleared\n"
+        "192.0.2.1\t2024-01-01\textra columns\n"
+        "2001:db8::1\n"
+        "2001:db8:1::/48\r\n"
+    )
+    parsed = parse(text, "f")
+    assert parsed.cidrs == (
+        "192.0.2.1/32",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "2001:db8::1/128",
+        "2001:db8:1::/48",
+    )
+    assert parsed.addresses == {4: 1 + 256 + 256, 6: 1 + 2**80}
+
+
+def test_parse_counts_overlaps_once() -> None:
+    # two /11 and everything inside them: 2^22 addresses, exactly the limit
+    text = "10.0.0.0/11\n10.32.0.0/11\n10.0.0.0/12\n10.1.2.3\n"
+    assert parse(text, "f").addresses[4] == 2**22
+    with pytest.raises(FeedError, match="IPv4"):
+        parse(text + "11.0.0.1\n", "f")
+
+
+def test_parse_refuses_more_entries_than_allowed() -> None:
+    with pytest.raises(FeedError, match="maxEntries"):
+        parse("192.0.2.1\n192.0.2.2\n192.0.2.1\n192.0.2.3\n", "f", max_entries=2)
+    assert len(parse("192.0.2.1\n192.0.2.2\n192.0.2.1\n", "f", max_entries=2).cidrs) == 2
+
+
+def test_parse_refuses_a_large_ipv6_share() -> None:
+    with pytest.raises(FeedError, match="IPv6"):
+        parse("2000::/3\n", "f")
+    assert parse("2001:db8::/32\n", "f").cidrs == ("2001:db8::/32",)
+
+
+def test_expiry_forms() -> None:
+    assert reputation.expiry(None, 100.0) is None
+    assert reputation.expiry("2h", 100.0) == 100.0 + 7200
+    assert reputation.expiry("1970-01-01T00:01:40Z", 0.0) == 100.0
+    assert reputation.expiry("1970-01-01T01:01:40+01:00", 0.0) == 100.0
+    with pytest.raises(ValueError, match="offset"):
+        reputation.expiry("1970-01-01T00:01:40", 0.0)
+
+
+# -- URL feeds, fetched by the control plane -----------------------------------------------
+class FeedServer(ThreadingHTTPServer):
+    """An HTTPS feed whose answer the test changes: (status, body)."""
+
+    daemon_threads = True
+
+    def __init__(self, cert: Issued):
+        super().__init__(("127.0.0.1", 0), _FeedHandler)
+        self.answer: tuple[int, bytes] = (200, b"")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert.cert), str(cert.key))
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+
+
+class _FeedHandler(BaseHTTPRequestHandler):
+    server: FeedServer
+
+    def do_GET(self) -> None:
+        status, body = self.server.answer
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_url_feed_is_fetched_refreshed_and_kept_when_fetching_fails(tmp_path: Path, echo: EchoServer) -> None:
+    (tmp_path / "pki").mkdir()
+    ca = CertificateAuthority(tmp_path / "pki", "feed-ca")
+    feeds = FeedServer(ca.issue("localhost", ["localhost", "127.0.0.1"]))
+    threading.Thread(target=feeds.serve_forever, daemon=True).start()
+    feeds.answer = (200, b"# remote\n127.0.0.5\n")
+    port = free_port()
+    config = tmp_path / "config"
+    config.mkdir()
+    remote = f'    - {{name: remote, url: "https://localhost:{feeds.server_address[1]}/feed.txt", caFile: {ca.path}}}\n'
+    (config / "policy.yaml").write_text(
+        policy(remote).replace("{{PORT}}", str(port)).replace("{{BACKEND}}", f"127.0.0.1:{echo.port}")
+    )
+    (config / "things.yaml").write_text(SPEC)
+    plane = ControlPlaneProcess([config], tmp_path).start()
+    envoy = None
+    try:
+        envoy = start_envoy(tmp_path, plane)
+        gw = Gateway(tmp_path, {}, port=port)
+        gw.wait_listening(30)
+
+        def status(source: str) -> int:
+            return from_address(gw, source, "/api/things").status
+
+        # fetched before the first configuration was served: blocked from the first request
+        assert status("127.0.0.5") == 403 and status("127.0.0.6") == 200
+        state = plane.status()["sources"]["reputation"]["remote"]
+        assert state["state"] == "ok" and state["entries"] == 1
+
+        feeds.answer = (200, b"127.0.0.6\n")
+        assert plane.get("/refresh_reputation")["changed"] == {"remote": True}
+        wait_for(lambda: status("127.0.0.6") == 403, 15, "the changed feed in force")
+        assert status("127.0.0.5") == 200
+
+        for answer, why in [((503, b"busy"), "503"), ((200, b"0.0.0.0/0\n"), "not applied")]:
+            feeds.answer = answer
+            assert plane.get("/refresh_reputation")["changed"] == {"remote": False}
+            state = plane.status()["sources"]["reputation"]["remote"]
+            assert state["state"] == "failing, last good copy kept" and why in state["error"], state
+            assert state["entries"] == 1
+            assert status("127.0.0.6") == 403  # the last good copy
+        metrics = http_get(plane.admin_port, "/metrics")[1].decode()
+        assert 'controlplane_reputation_feed_fetch_failures_total{feed="remote"} 2.0' in metrics
+        assert 'controlplane_reputation_feed_entries{feed="remote"} 1.0' in metrics
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        plane.stop()
+        feeds.shutdown()
