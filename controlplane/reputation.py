@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import ssl
 import time
 import urllib.request
 from dataclasses import dataclass, field
 
 from . import ir
-from .documents import Document, DocumentStore
+from .documents import Document, DocumentStore, gc_paused
 from .errors import Diagnostics
 from .model import policy as pol
 
@@ -47,42 +48,81 @@ class Parsed:
 
 def parse(text: str, feed: str, max_entries: int = MAX_ENTRIES) -> Parsed:
     """The feed's ranges; raises FeedError for bad lines, too many entries or an absurd union."""
-    networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+    with gc_paused():  # a million fresh tuples, no cycles: collections would cost more than the parse
+        return _parse(text, feed, max_entries)
+
+
+def _parse(text: str, feed: str, max_entries: int) -> Parsed:
+    entries: set[tuple[int, int, int]] = set()  # (family, first address, prefix length)
     bad: list[str] = []
     bad_count = 0
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].split(";", 1)[0].strip()
         if not line:
             continue
-        word = line.split()[0]
-        try:
-            networks.add(ipaddress.ip_network(word, strict=False))
-        except ValueError:
+        word = line.split(None, 1)[0]
+        entry = _entry(word)
+        if entry is None:
             bad_count += 1
             if len(bad) < _MAX_LINE_ERRORS:
                 bad.append(f"line {number}: {word[:60]!r}")
+        else:
+            entries.add(entry)
     if bad:
         more = f" and {bad_count - len(bad)} more" if bad_count > len(bad) else ""
         raise FeedError(f"feed {feed!r}: not an IP address or CIDR range: {', '.join(bad)}{more}")
-    if len(networks) > max_entries:
-        raise FeedError(f"feed {feed!r} has {len(networks)} entries, more than its maxEntries ({max_entries})")
-    covered = {4: _union_size(networks, 4), 6: _union_size(networks, 6)}
+    if len(entries) > max_entries:
+        raise FeedError(f"feed {feed!r} has {len(entries)} entries, more than its maxEntries ({max_entries})")
+    ordered = sorted(entries)
+    covered = {4: _union_size(ordered, 4), 6: _union_size(ordered, 6)}
     for family, share in MAX_SHARE.items():
-        total = 2 ** (32 if family == 4 else 128)
+        total = 2 ** _BITS[family]
         if covered[family] > share * total:
             raise FeedError(
                 f"feed {feed!r} covers {covered[family] / total:.4%} of the IPv{family} address space, more "
                 f"than the {share:.4%} a reputation feed may block (a mistake such as 0.0.0.0/0?); not applied"
             )
-    ordered = sorted(networks, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
-    return Parsed(tuple(str(n) for n in ordered), covered)
+    return Parsed(tuple(_text(e) for e in ordered), covered)
 
 
-def _union_size(networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network], family: int) -> int:
-    """Addresses in the union of the ranges (overlaps counted once)."""
-    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in networks if n.version == family)
+_BITS = {4: 32, 6: 128}
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def _entry(word: str) -> tuple[int, int, int] | None:
+    """(family, first address, prefix length), host bits cleared; None if not an address.
+    inet_pton is strict (no shortened or zero-padded IPv4, as ``ipaddress``) and ten times
+    faster than ``ipaddress`` on a feed of a million lines."""
+    address, slash, length = word.partition("/")
+    family = 6 if ":" in address else 4
+    try:
+        value = int.from_bytes(socket.inet_pton(_FAMILY[family], address), "big")
+    except (OSError, ValueError):
+        return None
+    bits = _BITS[family]
+    if not slash:
+        return family, value, bits
+    if not length.isascii() or not length.isdigit() or int(length) > bits:
+        return None
+    prefix = int(length)
+    host = bits - prefix
+    return family, value >> host << host, prefix
+
+
+def _text(entry: tuple[int, int, int]) -> str:
+    family, value, prefix = entry
+    packed = value.to_bytes(_BITS[family] // 8, "big")
+    return f"{socket.inet_ntop(_FAMILY[family], packed)}/{prefix}"
+
+
+def _union_size(ordered: list[tuple[int, int, int]], family: int) -> int:
+    """Addresses in the union of the ranges (overlaps counted once); ``ordered`` sorted."""
+    bits = _BITS[family]
     total, end = 0, -1
-    for first, last in spans:
+    for fam, first, prefix in ordered:
+        if fam != family:
+            continue
+        last = first + (1 << (bits - prefix)) - 1
         if last <= end:
             continue
         total += last - max(first, end + 1) + 1

@@ -18,6 +18,7 @@ from controlplane.certs import CertificateAuthority, Issued
 from controlplane.compiler import compile
 from controlplane.echo import EchoServer
 from controlplane.reputation import FeedError, parse
+from controlplane.translate import reputation as translate_reputation
 
 from .harness import Gateway, Response, _complete, free_port, parse_response
 from .xds_harness import ControlPlaneProcess, http_get, start_envoy, wait_for
@@ -322,3 +323,28 @@ def test_a_url_feed_is_fetched_refreshed_and_kept_when_fetching_fails(tmp_path: 
             envoy.stop()
         plane.stop()
         feeds.shutdown()
+
+
+@pytest.mark.parametrize(
+    "word", ["1.2.3", "010.1.1.1", "192.0.2.1/33", "192.0.2.1/", "192.0.2.1/2x", "2001:db8::/129", "::g"]
+)
+def test_parse_refuses_what_is_not_strictly_an_address(word: str) -> None:
+    with pytest.raises(FeedError, match="line 2"):
+        parse(f"192.0.2.1\n{word}\n", "f")
+
+
+def test_a_list_longer_than_one_trie_is_split_and_every_part_applies(
+    gateway_factory: Callable[..., Gateway], echo: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Envoy refuses an IP matcher of more than 262,144 ranges; the same split, at 2 a trie
+    monkeypatch.setattr(translate_reputation, "TRIE_LIMIT", 2)
+    listed = [f"127.0.0.{i}" for i in range(20, 27)]
+    gw = gateway_factory(
+        {
+            "policy.yaml": policy("    - {name: long, file: long.txt}\n", allow="[127.0.0.1, 127.0.0.23]"),
+            "things.yaml": SPEC,
+            "long.txt": "\n".join(listed) + "\n",
+        }
+    )
+    statuses = {a: from_address(gw, a, "/api/things").status for a in [*listed, "127.0.0.27"]}
+    assert statuses == {**{a: 403 for a in listed}, "127.0.0.23": 200, "127.0.0.27": 200}

@@ -32,6 +32,10 @@ BLOCK_FILTER = "ip-reputation"
 SOFT_FILTER = "ip-reputation-soft"
 RISK_HEADER = "x-gateway-risk"
 RISK_VALUE = "reputation"
+# Envoy's IP matcher builds one LC-trie per IPMatcher, and refuses more than 262,144 ranges in
+# one ("LC-Trie can only support '262144' CIDR ranges with the specified fill factor"), which
+# would have the whole listener refused: a longer list is split into tries tried one after the other.
+TRIE_LIMIT = 250_000
 
 
 def exempt_ranges(gw: ir.Gateway, listener: ir.Listener) -> tuple[str, ...]:
@@ -75,7 +79,10 @@ def _chain(
         else network_inputs_pb2.SourceIPInput()
     )
     result = otherwise
-    for cidrs, on_match in reversed([s for s in steps if s[0]]):
+    chunks = [
+        (cidrs[i : i + TRIE_LIMIT], on_match) for cidrs, on_match in steps for i in range(0, len(cidrs), TRIE_LIMIT)
+    ]
+    for cidrs, on_match in reversed(chunks):
         result = matcher_pb2.Matcher.OnMatch(
             matcher=matcher_pb2.Matcher(
                 matcher_tree=matcher_pb2.Matcher.MatcherTree(

@@ -1,0 +1,246 @@
+"""IP-reputation feeds of 100k and 1M entries beside no feed: compile time, push size, a real
+Envoy's memory, and its CPU and latency per request.
+
+For each size (``--sizes``, default ``0 100000 1000000``; 0 is the policy without
+``reputation``), a deterministic synthetic feed: 99% single IPv4 addresses, 1% /24 ranges,
+spread over the whole space (a 1M feed covers about 3.5M addresses, under the 1/1024 limit), as
+a file next to the policy. One spec of two operations, one listener.
+
+- **compile**: ``controlplane.compile([dir])`` as ``serve``'s worker runs it, best of
+  ``--compiles`` (wall and this process's CPU), and the feed's parse alone
+  (``reputation.parse``);
+- **push size**: the serialized Listener resource (the tries live in its connection manager)
+  and every resource together, as the xDS server sends them;
+- **Envoy memory**: a real Envoy (``--concurrency 1``, static bootstrap of the same compile):
+  its RSS (/proc) and ``server.memory_allocated`` once ready, and how long it took to be ready;
+- **per request**: ``--requests`` keep-alive GETs from 127.0.0.2 (in no feed: the trie is
+  searched and misses, the common case) and, with a feed, from a listed address (403: a hit).
+  Envoy's CPU per request from /proc (every thread's schedstat) before and after, and the
+  client's latency p50/p99. The backend is ``bench/_http.py backend`` (a fixed 200, its own
+  process), the same for every size.
+
+Run: ``python bench/reputation_bench.py`` (a few minutes); ``--sizes 0 1000 --requests 500``
+checks the script in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import git_state, machine
+from _http import _response_end
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ratelimit_bench import cpu_between, read_cpu  # noqa: E402
+
+from controlplane import reputation  # noqa: E402
+from controlplane.bootstrap import AdminOptions, static_bootstrap  # noqa: E402
+from controlplane.compiler import compile  # noqa: E402
+from controlplane.resources import to_dict  # noqa: E402
+from controlplane.worker import serialize  # noqa: E402
+from tests.harness import EnvoyProcess, free_port  # noqa: E402
+
+SPEC = """openapi: 3.0.3
+info: {title: things, version: "1"}
+servers: [{url: /api}]
+paths:
+  /things:
+    get: {operationId: listThings, responses: {"200": {description: ok}}}
+  /other:
+    get: {operationId: other, responses: {"200": {description: ok}}}
+"""
+
+LISTED = "127.0.0.5"  # in every feed: the hit case
+UNLISTED = "127.0.0.2"
+
+
+def feed_text(n: int, seed: int = 12) -> str:
+    rng = random.Random(seed)
+    lines = ["# synthetic reputation feed", f"{LISTED}"]
+    ranges = n // 100
+    for i in range(n - 1):
+        a = rng.randrange(1, 224)
+        if a == 127:
+            a = 126
+        if i < ranges:
+            lines.append(f"{a}.{rng.randrange(256)}.{rng.randrange(256)}.0/24 ; range")
+        else:
+            lines.append(f"{a}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_inputs(directory: Path, n: int, port: int, backend: int) -> None:
+    feeds = "reputation:\n  feeds:\n    - {name: synthetic, file: feed.txt}\n" if n else ""
+    (directory / "policy.yaml").write_text(
+        "apiVersion: controlplane.dev/v1\nkind: GatewayPolicy\n"
+        f"listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]\n"
+        f'upstreams: [{{name: backend, endpoints: ["127.0.0.1:{backend}"]}}]\n'
+        "gateway: {accessLog: false}\n"
+        f"{feeds}"
+        "apis: [{name: things, spec: things.yaml, upstream: backend}]\n"
+    )
+    (directory / "things.yaml").write_text(SPEC)
+    if n:
+        (directory / "feed.txt").write_text(feed_text(n))
+
+
+def timed_compile(directory: Path, times: int) -> tuple[float, float, Any]:
+    best_wall = best_cpu = float("inf")
+    result = None
+    for _ in range(times):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = compile([directory])
+        best_wall = min(best_wall, time.perf_counter() - wall)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        assert result.ok, "\n".join(map(str, result.diagnostics))
+    return best_wall, best_cpu, result
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def requests(port: int, source: str, count: int, expect: int) -> list[float]:
+    """``count`` keep-alive GETs from ``source`` (a new connection after each 403, which Envoy
+    closes); each one's latency in seconds."""
+    request = b"GET /api/things HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+    out = []
+    sock: socket.socket | None = None
+    try:
+        for _ in range(count):
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            started = time.perf_counter()
+            sock.sendall(request)
+            buf = b""
+            while (end := _response_end(buf)) is None:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise AssertionError(f"from {source}: connection closed mid-response")
+                buf += chunk
+            out.append(time.perf_counter() - started)
+            status, _length = end
+            if status != expect:
+                raise AssertionError(f"from {source}: {status}, expected {expect}")
+            if b"connection: close" in buf.lower():
+                sock.close()
+                sock = None
+    finally:
+        if sock is not None:
+            sock.close()
+    return out
+
+
+def per_request(envoy: EnvoyProcess, port: int, source: str, count: int, expect: int) -> dict[str, float]:
+    requests(port, source, min(200, count), expect)  # warm: connections, the first allocation
+    before = read_cpu(envoy.proc.pid)
+    latencies = requests(port, source, count, expect)
+    after = read_cpu(envoy.proc.pid)
+    latencies.sort()
+    return {
+        "envoy_cpu_us": cpu_between(before, after) / count * 1e6,
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1e3,
+    }
+
+
+def measure(n: int, args: argparse.Namespace, backend: int, workdir: Path) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix=f"rep-{n}-", dir=workdir))
+    port = free_port()
+    write_inputs(directory, n, port, backend)
+    row: dict[str, Any] = {"entries": n}
+    if n:
+        text = (directory / "feed.txt").read_text()
+        started = time.perf_counter()
+        parsed = reputation.parse(text, "synthetic")
+        row["parse_s"] = time.perf_counter() - started
+        row["feed_mib"] = len(text) / (1 << 20)
+        row["ranges"] = len(parsed.cidrs)
+    row["compile_s"], row["compile_cpu_s"], result = timed_compile(directory, args.compiles)
+    serialized = serialize(result.resources)
+    listeners = next(v for k, v in serialized.items() if k.endswith("Listener"))
+    row["listener_mib"] = sum(map(len, listeners.values())) / (1 << 20)
+    row["push_mib"] = sum(len(b) for by_name in serialized.values() for b in by_name.values()) / (1 << 20)
+    admin = free_port()
+    config = to_dict(static_bootstrap(result.gateway, result.resources, AdminOptions(port=admin)))
+    started = time.perf_counter()
+    envoy = EnvoyProcess(config, directory, admin, wait=False)
+    try:
+        envoy.wait_ready(300)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        row["envoy_ready_s"] = time.perf_counter() - started
+        row["envoy_rss_mib"] = rss_kib(envoy.proc.pid) / 1024
+        _, stats = envoy.admin("/stats?filter=^server.memory_allocated$")
+        row["envoy_allocated_mib"] = int(stats.split(":")[1]) / (1 << 20)
+        row["miss"] = per_request(envoy, port, UNLISTED, args.requests, 200)
+        if n:
+            row["hit"] = per_request(envoy, port, LISTED, args.requests, 403)
+    finally:
+        envoy.stop()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[0, 100_000, 1_000_000])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--compiles", type=int, default=3)
+    args = parser.parse_args()
+    backend = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "_http.py"), "backend", str(backend)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    print(machine())
+    print(git_state(None))
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="reputation-bench-") as tmp:
+            for n in args.sizes:
+                row = measure(n, args, backend, Path(tmp))
+                rows.append(row)
+                print(row, flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+    print()
+    print(
+        "| entries | parse s | compile s (cpu) | listener MiB | push MiB | Envoy ready s | RSS MiB | allocated MiB "
+        "| miss: Envoy µs/req, p50/p99 ms | hit (403): Envoy µs/req, p50/p99 ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        miss, hit = r["miss"], r.get("hit")
+        print(
+            f"| {r['entries']:,} | {r.get('parse_s', 0):.2f} | {r['compile_s']:.2f} ({r['compile_cpu_s']:.2f}) "
+            f"| {r['listener_mib']:.2f} | {r['push_mib']:.2f} | {r['envoy_ready_s']:.1f} | {r['envoy_rss_mib']:.0f} "
+            f"| {r['envoy_allocated_mib']:.0f} | {miss['envoy_cpu_us']:.0f}, {miss['p50_ms']:.2f}/{miss['p99_ms']:.2f} "
+            + (f"| {hit['envoy_cpu_us']:.0f}, {hit['p50_ms']:.2f}/{hit['p99_ms']:.2f} |" if hit else "| - |")
+        )
+
+
+if __name__ == "__main__":
+    main()
