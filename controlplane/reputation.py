@@ -135,12 +135,18 @@ def expiry(text: str | None, fetched_at: float) -> float | None:
     its file last changed)."""
     if text is None:
         return None
-    if text[-1].isdigit() or "T" in text or text.endswith("Z"):
+    if not counts_from_fetch(text):
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         if moment.tzinfo is None:
             raise ValueError("an RFC 3339 time needs its offset (Z or +hh:mm)")
         return moment.timestamp()
     return fetched_at + pol.duration_ms(text) / 1000
+
+
+def counts_from_fetch(text: str | None) -> bool:
+    """An expiry that is a duration after the last good fetch (not a fixed time): every good
+    fetch, even of the same list, moves it (the compile that follows pushes nothing new)."""
+    return text is not None and not (text[-1].isdigit() or text[-1] in "Zz")  # RFC 3339 ends so
 
 
 def rfc3339(epoch: float) -> str:
@@ -218,8 +224,8 @@ class Fetched:
         state.entries, state.fetched_at = len(parsed.cidrs), time.time()
         key = FETCHED_PREFIX + feed.name
         old = self.texts.get(key)
-        if old is not None and split_fetched(old)[0] == text:
-            return False  # the same list: its expiry still counts from the first fetch of it
+        if old is not None and split_fetched(old)[0] == text and not counts_from_fetch(feed.expires):
+            return False  # the same list: nothing to compile
         self.texts[key] = fetched_text(text, state.fetched_at)
         return True
 

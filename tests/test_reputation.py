@@ -3,13 +3,15 @@ blocking, soft marking, allowlists winning; URL feeds fetched by the control pla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,7 +276,9 @@ class _FeedHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_url_feed_is_fetched_refreshed_and_kept_when_fetching_fails(tmp_path: Path, echo: EchoServer) -> None:
+@contextlib.contextmanager
+def url_feed_gateway(tmp_path: Path, echo: EchoServer, options: str = "") -> Iterator[tuple[Any, Gateway, FeedServer]]:
+    """A control plane process serving a policy with one URL feed (``remote``) to a real Envoy."""
     (tmp_path / "pki").mkdir()
     ca = CertificateAuthority(tmp_path / "pki", "feed-ca")
     feeds = FeedServer(ca.issue("localhost", ["localhost", "127.0.0.1"]))
@@ -283,7 +287,8 @@ def test_a_url_feed_is_fetched_refreshed_and_kept_when_fetching_fails(tmp_path: 
     port = free_port()
     config = tmp_path / "config"
     config.mkdir()
-    remote = f'    - {{name: remote, url: "https://localhost:{feeds.server_address[1]}/feed.txt", caFile: {ca.path}}}\n'
+    url = f"https://localhost:{feeds.server_address[1]}/feed.txt"
+    remote = f'    - {{name: remote, url: "{url}", caFile: {ca.path}{options}}}\n'
     (config / "policy.yaml").write_text(
         policy(remote).replace("{{PORT}}", str(port)).replace("{{BACKEND}}", f"127.0.0.1:{echo.port}")
     )
@@ -294,6 +299,16 @@ def test_a_url_feed_is_fetched_refreshed_and_kept_when_fetching_fails(tmp_path: 
         envoy = start_envoy(tmp_path, plane)
         gw = Gateway(tmp_path, {}, port=port)
         gw.wait_listening(30)
+        yield plane, gw, feeds
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        plane.stop()
+        feeds.shutdown()
+
+
+def test_a_url_feed_is_fetched_refreshed_and_kept_when_fetching_fails(tmp_path: Path, echo: EchoServer) -> None:
+    with url_feed_gateway(tmp_path, echo) as (plane, gw, feeds):
 
         def status(source: str) -> int:
             return from_address(gw, source, "/api/things").status
@@ -315,14 +330,29 @@ def test_a_url_feed_is_fetched_refreshed_and_kept_when_fetching_fails(tmp_path: 
             assert state["state"] == "failing, last good copy kept" and why in state["error"], state
             assert state["entries"] == 1
             assert status("127.0.0.6") == 403  # the last good copy
+        # and a compile after the failures (a policy edit) still has it
+        compiled_at = plane.get("/compile")["at"]
+        policy_file = tmp_path / "config" / "policy.yaml"
+        policy_file.write_text(policy_file.read_text() + "# edited\n")
+        wait_for(lambda: plane.get("/compile")["at"] > compiled_at, 15, "a compile of the edit")
+        assert status("127.0.0.6") == 403
         metrics = http_get(plane.admin_port, "/metrics")[1].decode()
         assert 'controlplane_reputation_feed_fetch_failures_total{feed="remote"} 2.0' in metrics
         assert 'controlplane_reputation_feed_entries{feed="remote"} 1.0' in metrics
-    finally:
-        if envoy is not None:
-            envoy.stop()
-        plane.stop()
-        feeds.shutdown()
+
+
+def test_a_url_feed_expires_when_its_source_stops_answering(tmp_path: Path, echo: EchoServer) -> None:
+    # expires 6s after the last good fetch: refreshed, it stays; failing, it expires and the
+    # control plane compiles again then, unasked
+    with url_feed_gateway(tmp_path, echo, ", expires: 6s") as (plane, gw, feeds):
+        assert from_address(gw, "127.0.0.5", "/api/things").status == 403
+        assert plane.get("/refresh_reputation")["changed"] == {"remote": True}  # the same list, a later expiry
+        feeds.answer = (503, b"down")
+        assert plane.get("/refresh_reputation")["changed"] == {"remote": False}
+        assert from_address(gw, "127.0.0.5", "/api/things").status == 403
+        wait_for(lambda: from_address(gw, "127.0.0.5", "/api/things").status == 200, 20, "the feed expired")
+        compiled = plane.get("/compile")
+        assert any("'remote' expired" in w for w in compiled["warnings"]), compiled
 
 
 @pytest.mark.parametrize(
