@@ -546,6 +546,14 @@ def _source_lines(sources: dict[str, Any]) -> list[str]:
             f"kubernetes: {role}{lease}; {listed}, {objects} objects; "
             f"{kube['status_writes']} status writes, {kube['events']} events"
         )
+    for name, feed in sorted((sources.get("reputation") or {}).items()):
+        copy = f"{feed['entries']} entries fetched {feed['fetchedAt']}" if feed["fetchedAt"] else "no copy"
+        failing = (
+            f"FAILING ({feed['consecutiveFailures']} in a row, last {feed['failedAt']}: {feed['error']}); "
+            if feed["error"]
+            else ""
+        )
+        lines.append(f"reputation feed {name} from {feed['url']}: {failing}{copy}{' kept' if failing else ''}")
     return lines
 
 

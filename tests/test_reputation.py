@@ -378,3 +378,17 @@ def test_a_list_longer_than_one_trie_is_split_and_every_part_applies(
     )
     statuses = {a: from_address(gw, a, "/api/things").status for a in [*listed, "127.0.0.27"]}
     assert statuses == {**{a: 403 for a in listed}, "127.0.0.23": 200, "127.0.0.27": 200}
+
+
+def test_status_says_a_feed_is_failing_and_its_last_good_copy_kept() -> None:
+    from controlplane.cli import status_table
+
+    ok = reputation.FeedState("https://feeds.test/a.txt", entries=12, fetched_at=0.0 + 86400)
+    failing = reputation.FeedState("https://feeds.test/b.txt", 3, 86400.0, "HTTP Error 503", 90000.0, 2)
+    sources = {"reputation": {"a": ok.as_json(), "b": failing.as_json()}}
+    text = status_table({"nodes": [], "sources": sources}, {"ok": True})
+    assert "reputation feed a from https://feeds.test/a.txt: 12 entries fetched 1970-01-02T00:00:00Z" in text
+    assert (
+        "reputation feed b from https://feeds.test/b.txt: FAILING (2 in a row, last 1970-01-02T01:00:00Z: "
+        "HTTP Error 503); 3 entries fetched 1970-01-02T00:00:00Z kept"
+    ) in text
