@@ -96,7 +96,8 @@ def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
             "policy.yaml": policy(FEEDS),
             "things.yaml": SPEC,
             "bad.txt": BLOCK,
-            "tor.txt": "127.0.0.6 # exit node\n",
+            # 127.0.0.5 is also blocked (blocking wins); 127.0.0.1 is allowlisted (never marked)
+            "tor.txt": "127.0.0.6 # exit node\n127.0.0.5\n127.0.0.1\n",
             "old.txt": "127.0.0.7\n",
             "new.txt": "127.0.0.8\n",
         }
@@ -144,6 +145,9 @@ def test_a_soft_feed_marks_the_request_for_the_backend(gw: Gateway, echo: EchoSe
     resp, seen = reached(echo, lambda: from_address(gw, "127.0.0.6", "/api/things"))
     assert resp.status == 200 and seen is not None
     assert seen["headers"].get("x-gateway-risk") == "reputation"  # type: ignore[attr-defined]
+    resp, seen = reached(echo, lambda: from_address(gw, "127.0.0.1", "/api/things"))
+    assert resp.status == 200 and seen is not None
+    assert "x-gateway-risk" not in seen["headers"]  # type: ignore[operator]
 
 
 def test_a_client_sent_risk_header_never_reaches_the_backend(gw: Gateway, echo: EchoServer) -> None:
