@@ -396,3 +396,15 @@ def test_status_says_a_feed_is_failing_and_its_last_good_copy_kept() -> None:
         "reputation feed b from https://feeds.test/b.txt: FAILING (2 in a row, last 1970-01-02T01:00:00Z: "
         "HTTP Error 503); 3 entries fetched 1970-01-02T00:00:00Z kept"
     ) in text
+
+
+def test_envoy_counts_reputation_denials_apart(gw: Gateway) -> None:
+    assert gw.envoy is not None
+
+    def denied() -> int:
+        stats = dict(line.split(": ", 1) for line in gw.envoy.admin("/stats?filter=rbac")[1].splitlines())  # type: ignore[union-attr]
+        return int(stats.get("http.public.rbac.reputation.denied", "-1"))
+
+    before = denied()
+    assert from_address(gw, "127.0.0.5", "/api/things").status == 403
+    assert denied() == before + 1

@@ -115,8 +115,8 @@ def block_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | 
         ],
         _rbac("not-listed", allow),
     )
-    # stat_prefix: its denials count apart from the allowlists' (http.<prefix>rbac.denied)
-    config = rbac_filter_pb2.RBAC(matcher=matcher, rules_stat_prefix="reputation_")
+    # its denials count apart from the allowlists': http.<listener>.rbac.reputation.denied
+    config = rbac_filter_pb2.RBAC(matcher=matcher, rules_stat_prefix="reputation")
     return hcm_pb2.HttpFilter(name=BLOCK_FILTER, typed_config=packed(config))
 
 
