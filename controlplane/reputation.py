@@ -297,8 +297,8 @@ def read_section(
         try:
             parsed = parse(text, name, feed.max_entries)
         except FeedError as exc:
-            # A fetched copy was checked before it was kept: only files get here.
-            diags.error(str(exc), file, ptr + "/file", "feed-refused")
+            # A fetched copy was checked when fetched; it fails here only if maxEntries was lowered since.
+            diags.error(str(exc), file, ptr + ("/file" if "file" in item else "/maxEntries"), "feed-refused")
             continue
         if ends is not None:
             expiries.append(ends)
