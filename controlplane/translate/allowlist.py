@@ -23,6 +23,24 @@ IP_FILTER = "ip-allowlist"
 IP_TRIE_THRESHOLD = 64
 
 
+def ip_trie(cidrs: tuple[str, ...] | list[str], on_match: matcher_pb2.Matcher.OnMatch) -> ip_pb2.IPMatcher:
+    """One IP trie (Envoy's IP matcher) of ``cidrs`` ("a.b.c.d/n"), ``on_match`` when one holds."""
+    return ip_pb2.IPMatcher(
+        range_matchers=[
+            ip_pb2.IPMatcher.IPRangeMatcher(
+                ranges=[
+                    cidr_pb2.CidrRange(
+                        address_prefix=c.partition("/")[0],
+                        prefix_len=wrappers_pb2.UInt32Value(value=int(c.partition("/")[2])),
+                    )
+                    for c in cidrs
+                ],
+                on_match=on_match,
+            )
+        ]
+    )
+
+
 def ip_allowlist_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
     if not uses(listener).ip_allowlists:
         return None
@@ -51,20 +69,7 @@ def _ip_matcher(lists: tuple[tuple[str, ...], ...], direct: bool) -> matcher_pb2
     )
     source = network_inputs_pb2.DirectSourceIPInput() if direct else network_inputs_pb2.SourceIPInput()
     for cidrs in reversed(lists):
-        trie = ip_pb2.IPMatcher(
-            range_matchers=[
-                ip_pb2.IPMatcher.IPRangeMatcher(
-                    ranges=[
-                        cidr_pb2.CidrRange(
-                            address_prefix=c.partition("/")[0],
-                            prefix_len=wrappers_pb2.UInt32Value(value=int(c.partition("/")[2])),
-                        )
-                        for c in cidrs
-                    ],
-                    on_match=inner,
-                )
-            ]
-        )
+        trie = ip_trie(cidrs, inner)
         matcher = matcher_pb2.Matcher(
             matcher_tree=matcher_pb2.Matcher.MatcherTree(
                 input=extension_pb2.TypedExtensionConfig(name="client-ip", typed_config=packed(source)),

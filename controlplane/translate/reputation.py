@@ -21,12 +21,13 @@ from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
-from google.protobuf import message, wrappers_pb2
-from xds.core.v3 import cidr_pb2, extension_pb2
-from xds.type.matcher.v3 import ip_pb2, matcher_pb2
+from google.protobuf import message
+from xds.core.v3 import extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
 
 from .. import ir
 from ._pb import packed
+from .allowlist import ip_trie
 
 BLOCK_FILTER = "ip-reputation"
 SOFT_FILTER = "ip-reputation-soft"
@@ -47,23 +48,6 @@ def exempt_ranges(gw: ir.Gateway, listener: ir.Listener) -> tuple[str, ...]:
             for cidrs in op.ip_allow:
                 ranges.update(cidrs)
     return tuple(sorted(ranges))
-
-
-def _trie(cidrs: tuple[str, ...], on_match: matcher_pb2.Matcher.OnMatch) -> ip_pb2.IPMatcher:
-    return ip_pb2.IPMatcher(
-        range_matchers=[
-            ip_pb2.IPMatcher.IPRangeMatcher(
-                ranges=[
-                    cidr_pb2.CidrRange(
-                        address_prefix=c.partition("/")[0],
-                        prefix_len=wrappers_pb2.UInt32Value(value=int(c.partition("/")[2])),
-                    )
-                    for c in cidrs
-                ],
-                on_match=on_match,
-            )
-        ]
-    )
 
 
 def _chain(
@@ -88,7 +72,7 @@ def _chain(
                 matcher_tree=matcher_pb2.Matcher.MatcherTree(
                     input=extension_pb2.TypedExtensionConfig(name="client-ip", typed_config=packed(source)),
                     custom_match=extension_pb2.TypedExtensionConfig(
-                        name="ip", typed_config=packed(_trie(cidrs, on_match))
+                        name="ip", typed_config=packed(ip_trie(cidrs, on_match))
                     ),
                 ),
                 on_no_match=result,
