@@ -275,9 +275,20 @@ def test_credentials_own_only_their_apis(setup: Setup, tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "(401)" in unknown.stdout
     nothing = push(setup, "--api", "orders", str(spec), token=None)
     assert nothing.returncode == 1 and "no credentials" in nothing.stdout
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(setup.ca.path))
+    with (
+        socket.create_connection(("127.0.0.1", setup.push_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):  # a POST without a length: answered 411 before any credential is read
+        tls.sendall(b"POST /v1/apis/orders/versions HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert tls.recv(100).startswith(b"HTTP/1.1 411")
     entries = audit(setup)
     assert any(e.get("client") == "orders-ci" and e["api"] == "payments" and e["status"] == 403 for e in entries)
     assert any(e["status"] == 401 and e["reason"] == "unknown token" for e in entries)
+    assert entries[-1]["action"] == "malformed" and entries[-1]["status"] == 411, entries[-1]
 
 
 def test_a_client_certificate_identifies_its_pipeline(setup: Setup, tmp_path: Path) -> None:

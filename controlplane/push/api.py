@@ -170,8 +170,15 @@ class PushApi:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await self._read(reader, writer)
-            if isinstance(request, Answer):
+            if isinstance(request, Answer):  # not a request the API can read: audited all the same
                 answer = request
+                peer = writer.get_extra_info("peername")
+                self.store.audit(
+                    peer=f"{peer[0]}:{peer[1]}" if peer else "?",
+                    action="malformed",
+                    status=answer.status,
+                    reason=answer.data.get("error", ""),
+                )
             else:
                 try:
                     answer = await self.handle(request)
