@@ -377,7 +377,13 @@ class PushClient:
     allow_security_changes: bool = False  # else a push that diff flags is refused
 
     def owns(self, api: str) -> bool:
-        return any(api == p or (p.endswith("*") and api.startswith(p[:-1])) for p in self.apis)
+        return any(name_matches(p, api) for p in self.apis)
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """``name`` is ``pattern``, or starts with it when it ends in ``*`` (push clients' APIs,
+    upstreams and certificate names)."""
+    return name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -309,7 +309,7 @@ class PushApi:
         if request.certificate is not None:
             name = certificate_name(request.certificate)
             for client in clients:
-                if name and any(_matches(p, name) for p in client.subject_alt_names):
+                if name and any(ir.name_matches(p, name) for p in client.subject_alt_names):
                     return client
             return Answer(401, {"error": f"client certificate {name!r} is no push client"})
         return Answer(401, {"error": "no credentials: send Authorization: Bearer <token>, or a client certificate"})
@@ -602,10 +602,6 @@ def _under(prefix: str, allowed: str) -> bool:
     return prefix.rstrip("/") == allowed or prefix.startswith(allowed + "/")
 
 
-def _matches(pattern: str, name: str) -> bool:
-    return name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1]))
-
-
 def _check_fragment(path: Path, api: str, name: str, client: ir.PushClient | None) -> None:
     """A pushed policy may declare its API, nothing else: not listeners, upstreams, auth,
     limits or who may push, which the platform owns. It mounts the API under a path prefix
@@ -641,7 +637,7 @@ def _check_fragment(path: Path, api: str, name: str, client: ir.PushClient | Non
             f"only under {list(allowed_prefixes)} (push.clients[].pathPrefixes)",
             403,
         )
-    if not isinstance(upstream, str) or not any(_matches(p, upstream) for p in allowed_upstreams):
+    if not isinstance(upstream, str) or not any(ir.name_matches(p, upstream) for p in allowed_upstreams):
         raise PushRefused(
             f"the policy fragment {name} sends {api!r} to upstream {upstream!r}; this client may use only "
             f"{list(allowed_upstreams)} (push.clients[].upstreams)",
