@@ -161,7 +161,11 @@ def test_a_node_behind_is_named_and_warned_of(live: tuple[ControlPlaneProcess, P
     finally:
         envoy.proc.send_signal(signal.SIGCONT)
         policy.write_text(before)
-        wait_for(lambda: synced(plane), 30, "the Envoy in sync again")
+        # in sync with the restored policy, not only with the 90s edit: /inputs answers 409 until
+        # the served version is compiled from what is on disk again
+        wait_for(
+            lambda: http_get(plane.admin_port, "/inputs")[0] == 200 and synced(plane), 30, "the Envoy in sync again"
+        )
 
 
 def test_a_file_changed_since_the_served_compile_is_a_conflict(served: tuple[ControlPlaneProcess, Path, int]) -> None:
@@ -183,7 +187,11 @@ def test_a_file_changed_since_the_served_compile_is_a_conflict(served: tuple[Con
         assert str(spec.resolve()) in explained.stderr
     finally:
         spec.write_text(good)
-        wait_for(lambda: plane.get("/compile")["ok"] is True, 20, "the spec restored")
+        wait_for(
+            lambda: plane.get("/compile")["ok"] is True and http_get(plane.admin_port, "/inputs")[0] == 200,
+            20,
+            "the spec restored",
+        )
 
 
 def test_nothing_served_yet_and_nobody_there(tmp_path: Path) -> None:
