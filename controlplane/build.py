@@ -31,6 +31,7 @@ from . import (
     auth,
     cors,
     edge,
+    geo,
     header_rules,
     incremental,
     inspection,
@@ -93,6 +94,9 @@ class _Builder:
         self.waf: dict[str, Any] = {}
         self.push: dict[str, Any] = {}
         self.reputation: dict[str, Any] = {}
+        self.geo: dict[str, Any] = {}
+        self.geo_section: ir.Geo | None = None
+        self.listener_geo: dict[str, Any] = {}  # listener → its geo setting (a geo.Setting, or False)
         self.pulls: list[ir.SpecPull] = []
         self.waf_section: inspection.Section | None = None
         self.singleton_docs: dict[str, Document] = {}  # section → the policy that set it
@@ -142,7 +146,7 @@ class _Builder:
             self._merge_named("listeners", data.get("listeners", []), doc, self.listeners)
             self._merge_named("upstreams", data.get("upstreams", []), doc, self.upstreams)
             self._read_auth(doc, data)
-            for key in ("gateway", "headers", "rateLimits", "mesh", "waf", "push", "reputation"):
+            for key in ("gateway", "headers", "rateLimits", "mesh", "waf", "push", "reputation", "geo"):
                 if key in data:
                     if key in singletons:
                         self.diags.error(
@@ -209,6 +213,7 @@ class _Builder:
             tuple((p, c, tuple(sorted(ls)) if ls is not None else None) for p, c, ls in self.ip_prefix_lists),
             [self.rate_limits_file, self.rateLimits.get("limits", [])],
             [self.waf.get("mode"), self.waf.get("onServiceFailure"), self._listener_waf(listeners)],
+            [self.geo_section, [(n, self.listener_geo.get(n)) for n in listeners]],
             self.headers,  # (which header names routes may change)
         )
         record = incremental.cached_api(key, api.spec)
@@ -388,6 +393,8 @@ class _Builder:
                 }
             if "cors" in value and where is not None:  # checked once per layer; operations share the result
                 value = {**value, "cors": cors.read(value["cors"], where, self.diags)}
+            if "geo" in value and where is not None:
+                value = geo.check_layer(value, where, self.geo_section, self.diags)
             if where is not None and ("requestHeaders" in value or "responseHeaders" in value):
                 value = header_rules.read_layer(value, where, self._header_policy(), self.diags)
             merged.update(value)
@@ -553,6 +560,8 @@ class _Builder:
                 operation = dataclasses.replace(operation, client_cert=client_cert)
             if settings.get("cors") is not None:
                 operation = dataclasses.replace(operation, cors=cors.operation_cors(settings["cors"], op.method))
+            if settings.get("geo"):
+                operation = dataclasses.replace(operation, geo=geo.rule(settings["geo"], self.geo_section))
             changed_headers = header_rules.rules(settings)
             if changed_headers is not None and header_rules.check_sensitive(
                 changed_headers, operation.sensitive, self.diags
@@ -586,6 +595,9 @@ class _Builder:
                 if listener_waf:
                     waf = inspection.operation_waf(self.waf_section, settings, listener_waf)
                     iop = dataclasses.replace(iop, waf=waf)
+                listener_geo = self.listener_geo.get(listener)
+                if listener_geo is not None and "geo" not in settings:  # (an API, path or operation's own wins)
+                    iop = dataclasses.replace(iop, geo=geo.rule(listener_geo, self.geo_section))
                 routes[listener][shape].append(iop)
                 produced.append((listener, shape, iop))
             if memo is not None:
@@ -664,6 +676,14 @@ class _Builder:
             self.waf_section = inspection.read_section(
                 self.waf, self.singleton_docs["waf"], self.bundle.store, self.diags
             )
+        if self.geo:
+            doc = self.singleton_docs["geo"]
+            self.geo_section = geo.read_section(self.geo, doc.path.parent, ir.Source(doc.name, "/geo"), self.diags)
+        self.listener_geo = {
+            name: geo.check_layer(spec, src, self.geo_section, self.diags)["geo"]
+            for name, (spec, src) in self.listeners.items()
+            if "geo" in spec
+        }
         apis = self._collect_apis(policies)
         if not self.listeners:
             self.listeners["default"] = (edge.DEFAULT_LISTENER, ir.Source("<built-in>", ""))
@@ -777,6 +797,7 @@ class _Builder:
             push_clients=push_policy.clients(self.push, self.singleton_docs.get("push"), self.diags),
             spec_pulls=tuple(self.pulls),
             reputation=reputation_ir,
+            geo=self.geo_section,
         )
 
 

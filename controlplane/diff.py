@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cors, header_rules, ir
+from . import cors, geo, header_rules, ir
 
 _WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -137,6 +137,7 @@ def _own_changes(a: ir.Operation, b: ir.Operation) -> Iterable[tuple[str, bool]]
     yield from _waf_changes(a, b)
     yield from cors.changes(a.cors, b.cors)
     yield from header_rules.changes(a.header_rules, b.header_rules)
+    yield from geo.changes(a.geo, b.geo)
     if a.sensitive and not b.sensitive:
         yield "no longer sensitive (responses cacheable, card numbers not masked)", True
     elif b.sensitive and not a.sensitive:

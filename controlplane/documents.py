@@ -455,9 +455,7 @@ class DocumentStore:
         self._docs[path] = doc
         return doc
 
-    def _escapes(
-        self, path: Path, referrer: tuple[Document, str] | None, diags: Diagnostics | None = None
-    ) -> bool:
+    def _escapes(self, path: Path, referrer: tuple[Document, str] | None, diags: Diagnostics | None = None) -> bool:
         """True, once reported, when a pushed document refers outside the files pushed with it."""
         if not self.confined or referrer is None:
             return False

@@ -13,6 +13,9 @@ DEFAULT_LISTENER = {"name": "default", "address": "0.0.0.0", "port": 8080}
 # Headers only the gateway may set. Later features (JWT claims…) add the ones they fill.
 BUILTIN_IDENTITY_HEADERS = ("x-user-id", "x-user-role", "x-user-email", "x-user-scopes", "x-real-ip", "forwarded")
 BUILTIN_IDENTITY_PREFIXES = ("x-user-",)
+# What the gateway tells backends about a client (its country; X-Gateway-Risk from soft
+# reputation and geo rules): only ever the gateway's, removed from requests with identity headers
+GATEWAY_SIGNAL_HEADERS = ("x-gateway-geo-country", "x-gateway-risk")
 # The verified client certificate's subject, SANs and fingerprint (listeners with client
 # certificates): always the gateway's, whatever ``identityHeaderPrefixes`` says.
 CLIENT_CERT_PREFIX = "x-client-cert-"
@@ -74,6 +77,7 @@ def header_policy(h: dict[str, Any], providers: Iterable[ir.JwtProvider]) -> ir.
     return ir.HeaderPolicy(
         strip_request_headers=_lower_unique(
             BUILTIN_IDENTITY_HEADERS,
+            GATEWAY_SIGNAL_HEADERS,
             [n for n in OVERRIDE_HEADERS if n not in allowed],
             h.get("identityHeaders", []),
             # headers set from verified claims are identity headers whatever their names

@@ -3,10 +3,11 @@
 Computed from the same compile Envoy's configuration is made from (the IR), in the order of
 Envoy's filter chain (``translate/listener.py`` ``HTTP_FILTERS``): the listener and the Host,
 the path as Envoy normalizes it, the route (or the gateway's 404/405), then for an operation
-the client address allowlists, the token (its signature checked against the provider's keys
-when the compile holds them), roles and scopes, rate limits (which apply; their remaining budget
-is only known to the counters), the WAF (the service's own positive model and rules, run here),
-and the upstream. Each decision names the spec or policy place that made it.
+the client address checks (allowlists, reputation feeds, the country in the geo database),
+the token (its signature checked against the provider's keys when the compile holds them),
+roles and scopes, rate limits (which apply; their remaining budget is only known to the
+counters), the WAF (the service's own positive model and rules, run here), and the upstream.
+Each decision names the spec or policy place that made it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from . import cors, ir
+from . import cors, geo, ir
+from .translate.reputation import exempt_ranges
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ def explain(gw: ir.Gateway, method: str, url: str, caller: Caller) -> Explanatio
         if not any(ip in ipaddress.ip_network(c, strict=False) for c in allowed):
             return out.end(403, "allowlist", f"{caller.client_ip} is not in {', '.join(allowed)} (list {i + 1})")
         out.step("allowlist", f"{caller.client_ip} is in {', '.join(allowed)}")
+    if _reputation(gw, listener, caller, out) or _country(gw, op, caller, out):
+        return out
     if op.auth is not None:
         status = _token(gw, op, caller, out)
         if status:
@@ -169,6 +173,55 @@ def explain(gw: ir.Gateway, method: str, url: str, caller: Caller) -> Explanatio
     return out.end(
         200, "upstream", f"forwarded to {target} as {method} {upstream_path or '/'}; its answer is the client's"
     )
+
+
+def _in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, cidrs: tuple[str, ...]) -> bool:
+    return any(ip in ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _reputation(gw: ir.Gateway, listener: ir.Listener, caller: Caller, out: Explanation) -> bool:
+    """The feeds' decision (True: the request ends here)."""
+    rep = gw.reputation
+    if rep is None or not (rep.block or rep.soft):
+        return False
+    feeds = ", ".join(f.name for f in rep.feeds)
+    source = rep.feeds[0].source if rep.feeds else None
+    if caller.client_ip is None:
+        out.step("reputation", f"feeds {feeds} (no --client-ip given: assumed on none)", source)
+        return False
+    ip = ipaddress.ip_address(caller.client_ip)
+    if _in(ip, exempt_ranges(gw, listener)):
+        out.step("reputation", f"{caller.client_ip} is allowlisted: no feed blocks or marks it", source)
+    elif _in(ip, rep.block):
+        out.end(403, "reputation", f"{caller.client_ip} is on a blocking feed ({feeds})", source)
+        return True
+    elif _in(ip, rep.soft):
+        out.step(
+            "reputation", f"{caller.client_ip} is on a soft feed: forwarded with X-Gateway-Risk: reputation", source
+        )
+    else:
+        out.step("reputation", f"{caller.client_ip} is on no feed", source)
+    return False
+
+
+def _country(gw: ir.Gateway, op: ir.Operation, caller: Caller, out: Explanation) -> bool:
+    """The operation's geo rule's decision (True: the request ends here)."""
+    rule = op.geo
+    if rule is None or gw.geo is None:
+        return False
+    if caller.client_ip is None:
+        out.step("geo", f"{geo.describe(rule)} (no --client-ip given: assumed to pass)", rule.source)
+        return False
+    country = geo.country(gw.geo, caller.client_ip)
+    where = f"{caller.client_ip} is in {country}" if country else f"{caller.client_ip} is in no country of the database"
+    if not geo.refuses(rule, country):
+        out.step("geo", f"{where}: passes {geo.describe(rule)}", rule.source)
+    elif rule.mode == geo.HARD:
+        out.end(403, "geo", f"{where}: refused by {geo.describe(rule)}", rule.source)
+        return True
+    else:
+        out.step("geo", f"{where}: {geo.describe(rule)} marks it: forwarded with X-Gateway-Risk: geo", rule.source)
+    return False
 
 
 def _route(

@@ -1,12 +1,14 @@
-"""Geo-blocking policy (issue 12), read and checked: not yet wired into the build.
+"""Geo-blocking policy (issue 12): the ``geo`` section and route setting, read and checked.
 
 Policy shape:
 
 - a top-level ``geo`` section: ``database`` (a MaxMind-format ``.mmdb`` file, relative to the
-  policy) and ``unknownCountry: allow | deny`` (an address the database does not place;
-  ``allow`` by default);
-- a ``geo`` route setting (defaults, operations, ``x-gateway``): ``allow: [ISO codes]`` or
-  ``deny: [ISO codes]``, never both, and ``mode: hard | soft``.
+  policy; Envoy reads the same path, so it must be where the Envoys run too) and
+  ``unknownCountry: allow | deny`` (an address the database does not place; ``allow`` by default);
+- a ``geo`` setting on a listener, an API (``defaults``), a path or an operation (``x-gateway``,
+  ``operations``; the most specific wins, ``false`` removes a less specific one): ``allow: [ISO
+  codes]`` or ``deny: [ISO codes]``, never both, and ``mode``: ``soft`` (the default: the request
+  goes on with ``X-Gateway-Risk: geo`` for the backend to challenge) or ``hard`` (403).
 
 What Envoy 1.40 does (checked against a real Envoy, not the documentation alone):
 
@@ -14,10 +16,12 @@ What Envoy 1.40 does (checked against a real Envoy, not the documentation alone)
   ``common_provider_config.geo_field_keys.country`` (``geo_headers_to_add`` is deprecated); the
   country comes from ``country_db_path`` (a GeoLite2-Country/GeoIP2-Country file) or
   ``city_db_path``. An address not in the database leaves no header, and a client-sent copy of
-  the header stays: a header_mutation removal must run before the geoip filter.
+  the header stays: the first filter (the identity strip) removes it, with ``X-Gateway-Risk``.
 - The connection manager picks the route before the filters run and the geoip filter does not
   clear the route cache, so route matching on the country header would see the client's copy:
-  decisions are RBAC (per-route config on a filter after geoip), which reads headers as they are.
+  decisions are made by filters after geoip, which read headers as they are, with per-route
+  configs: RBAC for hard rules, a composite filter whose per-route matcher marks the request for
+  soft ones.
 - The provider reloads the file when it is replaced by a rename (inotify MovedTo; stat
   ``maxmind.country_db.<path>.db_reload_success``), not when it is rewritten in place: no restart
   or config push is needed for a database swapped atomically.
@@ -26,43 +30,42 @@ What Envoy 1.40 does (checked against a real Envoy, not the documentation alone)
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import maxminddb
+
+from . import ir
 from .errors import Diagnostics
 
 HARD, SOFT = "hard", "soft"
+RISK_VALUE = "geo"  # X-Gateway-Risk: geo on a request a soft rule refuses
 _ISO = re.compile(r"[A-Z]{2}")
 # ISO 3166-1 codes that MaxMind never returns for a country: user-assigned and reserved ones
 _NOT_COUNTRIES = frozenset({"AA", "ZZ", "XX", "QM", "QN", "QO", "QP", "QQ", "QR", "QS", "QT", "QU"})
 
 
 @dataclass(frozen=True, slots=True)
-class Database:
-    """The ``geo`` section: where the database is, and what an address it does not place gets."""
-
-    path: Path
-    unknown_allowed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """A checked ``geo`` route setting: ``countries`` allowed (``allow``) or denied."""
+class Setting:
+    """A checked ``geo`` route setting, before the section's unknownCountry joins it."""
 
     countries: tuple[str, ...]
     allow: bool
     mode: str
+    source: ir.Source
 
 
-def read_section(value: Any, base: Path, file: str, ptr: str, diags: Diagnostics) -> Database | None:
-    """The top-level ``geo`` section (None after reporting errors under ``ptr``)."""
+def read_section(value: Any, base: Path, src: ir.Source, diags: Diagnostics) -> ir.Geo | None:
+    """The top-level ``geo`` section at ``src`` (None after reporting errors)."""
+    file, ptr = src.file, src.pointer
     if not isinstance(value, dict):
         diags.error("geo must be a mapping with a database", file, ptr, "geo-section")
         return None
     found = len(diags.items)
     database = value.get("database")
-    path = base / database if isinstance(database, str) else None
+    path = (base / database).resolve() if isinstance(database, str) else None
     if path is None:
         diags.error("geo needs a database (a MaxMind-format .mmdb file)", file, ptr, "geo-database")
     elif not path.name.endswith(".mmdb"):
@@ -71,12 +74,29 @@ def read_section(value: Any, base: Path, file: str, ptr: str, diags: Diagnostics
         )
     elif not path.is_file():
         diags.error(f"{database!r}: no such file (next to the policy: {path})", file, f"{ptr}/database", "geo-database")
+    else:
+        problem = _database_problem(path)
+        if problem is not None:
+            diags.error(f"{database!r}: {problem}", file, f"{ptr}/database", "geo-database")
     unknown = value.get("unknownCountry", "allow")
     if unknown not in ("allow", "deny"):
         diags.error(f"unknownCountry {unknown!r}: allow or deny", file, f"{ptr}/unknownCountry", "geo-unknown")
     if len(diags.items) != found or path is None:
         return None
-    return Database(path=path, unknown_allowed=unknown == "allow")
+    return ir.Geo(database=str(path), unknown_allowed=unknown == "allow", source=src)
+
+
+def _database_problem(path: Path) -> str | None:
+    """Why Envoy could not use ``path`` as its country database, or None. Envoy refuses a
+    listener whose database does not open; a City database has the country too."""
+    try:
+        with maxminddb.open_database(str(path)) as reader:  # (mapped: only the metadata is read)
+            kind = reader.metadata().database_type
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        return f"not a MaxMind-format database ({exc})"
+    if "Country" not in kind and "City" not in kind:
+        return f"a {kind!r} database; Envoy reads countries from a Country or City database"
+    return None
 
 
 def _codes(values: Any, file: str, ptr: str, diags: Diagnostics) -> tuple[str, ...]:
@@ -98,8 +118,9 @@ def _codes(values: Any, file: str, ptr: str, diags: Diagnostics) -> tuple[str, .
     return tuple(out)
 
 
-def read_setting(value: Any, file: str, ptr: str, diags: Diagnostics) -> Rule | None:
-    """A ``geo`` route setting at ``ptr`` (None for ``false`` and after reporting errors)."""
+def read_setting(value: Any, src: ir.Source, diags: Diagnostics) -> Setting | None:
+    """A ``geo`` route setting at ``src`` (None for ``false`` and after reporting errors)."""
+    file, ptr = src.file, src.pointer
     if value is False:
         return None
     if not isinstance(value, dict):
@@ -121,17 +142,92 @@ def read_setting(value: Any, file: str, ptr: str, diags: Diagnostics) -> Rule | 
     countries = _codes(value[key], file, f"{ptr}/{key}", diags)
     mode = value.get("mode", SOFT)
     if mode not in (HARD, SOFT):
-        diags.error(f"mode {mode!r}: hard (403) or soft", file, f"{ptr}/mode", "geo-mode")
+        diags.error(f"mode {mode!r}: hard (403) or soft (X-Gateway-Risk: geo)", file, f"{ptr}/mode", "geo-mode")
     if len(diags.items) != found:
         return None
-    return Rule(countries=countries, allow=key == "allow", mode=mode)
+    return Setting(countries=countries, allow=key == "allow", mode=mode, source=src)
 
 
-def decision(rule: Rule, db: Database, country: str | None) -> bool:
-    """Whether a client in ``country`` (None: not in the database) passes ``rule``."""
+def check_layer(value: dict[str, Any], src: ir.Source, section: ir.Geo | None, diags: Diagnostics) -> dict[str, Any]:
+    """A settings layer with its ``geo`` checked (a Setting, or False); a rule needs the section."""
+    where = ir.Source(src.file, src.pointer + "/geo")
+    setting = read_setting(value["geo"], where, diags)
+    if setting is not None and section is None:
+        diags.error(
+            "a geo rule needs the policy's geo section (the country database)", where.file, where.pointer, "geo-section"
+        )
+    return {**value, "geo": setting or False}
+
+
+def rule(setting: Any, section: ir.Geo | None) -> ir.GeoRule | None:
+    """The operation's rule from its merged ``geo`` setting (a Setting, False or absent)."""
+    if not isinstance(setting, Setting) or section is None:
+        return None
+    return ir.GeoRule(setting.countries, setting.allow, setting.mode, section.unknown_allowed, setting.source)
+
+
+def refuses(rule: ir.GeoRule, country: str | None) -> bool:
+    """Whether ``rule`` refuses a client in ``country`` (None: not in the database)."""
     if country is None:
-        return db.unknown_allowed
-    return (country in rule.countries) == rule.allow
+        return not rule.unknown_allowed
+    return (country in rule.countries) != rule.allow
 
 
-__all__ = ["HARD", "SOFT", "Database", "Rule", "decision", "read_section", "read_setting"]
+def country(section: ir.Geo, address: str) -> str | None:
+    """The ISO code the database gives ``address`` (what Envoy's lookup writes), or None."""
+    with maxminddb.open_database(section.database) as reader:
+        record = reader.get(address)
+    found = record.get("country") if isinstance(record, dict) else None
+    code = found.get("iso_code") if isinstance(found, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def describe(rule: ir.GeoRule) -> str:
+    """``deny KP, IR (hard)``: a rule in a line, for explain and diff."""
+    return f"{'allow' if rule.allow else 'deny'} {', '.join(rule.countries)} ({rule.mode})"
+
+
+def changes(a: ir.GeoRule | None, b: ir.GeoRule | None) -> Iterator[tuple[str, bool]]:
+    """What changed between two operations' rules, and whether it lets more clients through
+    unmarked (security-relevant): a rule removed, hard turned soft, an allowed country added,
+    a denied country dropped, unknown addresses allowed."""
+    if a == b or (a is not None and b is not None and _same(a, b)):
+        return
+    if b is None:
+        assert a is not None
+        yield f"geo rule removed (was {describe(a)})", True
+        return
+    if a is None:
+        yield f"geo rule added: {describe(b)}", False
+        return
+    looser = (
+        (a.mode == HARD and b.mode == SOFT)
+        or (a.allow and b.allow and not set(b.countries) <= set(a.countries))
+        or (not a.allow and not b.allow and not set(a.countries) <= set(b.countries))
+        or (a.allow != b.allow)
+        or (b.unknown_allowed and not a.unknown_allowed)
+    )
+    yield f"geo rule {describe(a)} → {describe(b)}", looser
+
+
+def _same(a: ir.GeoRule, b: ir.GeoRule) -> bool:
+    def key(r: ir.GeoRule) -> tuple[Any, ...]:
+        return set(r.countries), r.allow, r.mode, r.unknown_allowed
+
+    return key(a) == key(b)
+
+
+__all__ = [
+    "HARD",
+    "RISK_VALUE",
+    "SOFT",
+    "Setting",
+    "changes",
+    "check_layer",
+    "country",
+    "describe",
+    "read_section",
+    "read_setting",
+    "refuses",
+    "rule",
+]

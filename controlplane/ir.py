@@ -424,6 +424,27 @@ class Cors:
 
 
 @dataclass(frozen=True, slots=True)
+class Geo:
+    """The ``geo`` section: the MaxMind-format country database every listener looks clients up in."""
+
+    database: str  # the .mmdb file's absolute path, read by Envoy (and checked by the compile)
+    unknown_allowed: bool  # what an address the database does not place gets (unknownCountry)
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class GeoRule:
+    """Countries allowed (``allow``) or denied by an operation (controlplane/geo.py reads the policy).
+    A client the rule refuses gets 403 (``hard``) or goes on marked ``X-Gateway-Risk: geo`` (``soft``)."""
+
+    countries: tuple[str, ...]  # ISO 3166-1 alpha-2, as the database writes them
+    allow: bool
+    mode: str  # "hard" or "soft"
+    unknown_allowed: bool  # the geo section's unknownCountry, resolved here: routes carry the whole decision
+    source: Source  # where the resolved setting was written
+
+
+@dataclass(frozen=True, slots=True)
 class HeaderChanges:
     """Changes to one direction's headers (controlplane/header_rules.py reads the policy).
     Names lower case; values may hold Envoy substitution variables (an allowlist)."""
@@ -485,6 +506,8 @@ class Operation:
     cors: Cors | None = None
     # Headers changed on its requests and responses, after the listener's (None: none).
     header_rules: HeaderRules | None = None
+    # Clients refused by country (None: any country), checked after the IP allowlists and reputation.
+    geo: GeoRule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,6 +614,7 @@ class Gateway:
     push_clients: tuple[PushClient, ...] = ()  # who may push specs, for the push API
     spec_pulls: tuple[SpecPull, ...] = ()  # APIs whose spec the control plane polls
     reputation: Reputation | None = None  # IP-reputation feeds (reputation.feeds)
+    geo: Geo | None = None  # the country database (geo); operations' rules are GeoRule
 
     def certificates(self) -> list[Certificate]:
         """Every certificate with a private key the gateway's Envoys are given."""

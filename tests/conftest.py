@@ -53,9 +53,12 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer) 
     """Start gateways from file texts; {{PORT}} is the listener port, {{BACKEND}} the echo backend."""
     started: list[Gateway] = []
 
-    def make(files: dict[str, str]) -> Gateway:
+    def make(files: dict[str, str] | dict[str, str | bytes]) -> Gateway:
         workdir = tmp_path_factory.mktemp("gw")
-        texts = {k: v.replace("{{BACKEND}}", f"127.0.0.1:{echo.port}") for k, v in files.items()}
+        texts: dict[str, str | bytes] = {
+            k: v.replace("{{BACKEND}}", f"127.0.0.1:{echo.port}") if isinstance(v, str) else v
+            for k, v in files.items()
+        }
         gw = Gateway(workdir, texts).start()
         started.append(gw)
         return gw

@@ -158,7 +158,7 @@ class Gateway:
     """Specs + policy compiled and served by a real Envoy on free ports."""
 
     workdir: Path
-    files: dict[str, str]
+    files: dict[str, str] | dict[str, str | bytes]
     envoy: EnvoyProcess | None = None
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
@@ -167,7 +167,10 @@ class Gateway:
         for name, text in self.files.items():
             path = self.workdir / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(textwrap.dedent(text).replace("{{PORT}}", str(self.port)))
+            if isinstance(text, bytes):  # (a binary file: a country database)
+                path.write_bytes(text)
+            else:
+                path.write_text(textwrap.dedent(text).replace("{{PORT}}", str(self.port)))
         result = compile([self.workdir])
         assert result.ok, "\n".join(map(str, result.diagnostics))
         assert result.gateway is not None and result.resources is not None

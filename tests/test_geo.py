@@ -1,13 +1,20 @@
-"""Geo-blocking policy (controlplane/geo.py): the section and the route setting, their errors
-with pointers, and the decision a rule makes for a country (or an address the database does not
-place). Through-Envoy tests come with the wiring (see the module's docstring)."""
+"""Geo-blocking: the ``geo`` section and route settings (errors with pointers, the decision a
+rule makes), and through a real Envoy: hard (403) and soft (``X-Gateway-Risk: geo``) rules on a
+listener, an API's path and an operation, the most specific winning; spoofed country headers;
+unknown addresses; the order of the address checks (allowlist, reputation, geo); a database
+replaced without a restart; ``explain`` agreeing with Envoy; ``diff`` flagging a looser rule.
+
+The database is a real MaxMind-format file (``mmdb-writer``) placing loopback addresses
+(Linux answers all of 127/8) in countries; requests leave from those addresses."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,262 +22,349 @@ import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from controlplane import geo
+from controlplane import geo, ir
+from controlplane.compiler import compile
+from controlplane.diff import diff
 from controlplane.echo import EchoServer
 from controlplane.errors import Diagnostics
-from tests.harness import EnvoyProcess, Response, free_port, parse_response
+from controlplane.explain import Caller, explain
+
+from .harness import Gateway, Response, _complete, parse_response
+
+US, FR, CN, UNKNOWN = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
+OFFICE_CN = "127.0.0.6"  # in China, and on the office allowlist
+BLOCKED_FR = "127.0.0.7"  # in France, and on a blocking reputation feed
+PROXY_US = "127.0.0.8"  # in the United States, and on a soft reputation feed
+PLACES = {US: "US", FR: "FR", CN: "CN", OFFICE_CN: "CN", BLOCKED_FR: "FR", PROXY_US: "US"}
 
 
-def write_database(path: Path, countries: dict[str, str]) -> None:
-    """A MaxMind-format country database placing these networks (CIDR → ISO code)."""
-    writer = MMDBWriter(ip_version=4, database_type="GeoLite2-Country", languages=["en"])
+def database(countries: dict[str, str], kind: str = "GeoLite2-Country") -> bytes:
+    """A MaxMind-format database placing these addresses or networks (→ ISO code)."""
+    writer = MMDBWriter(ip_version=4, database_type=kind, languages=["en"])
     for network, code in countries.items():
         writer.insert_network(IPSet([network]), {"country": {"iso_code": code, "names": {"en": code}}})
-    writer.to_db_file(str(path))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.mmdb"
+        writer.to_db_file(str(path))
+        return path.read_bytes()
 
 
-def errors(diags: Diagnostics) -> list[tuple[str, str]]:
-    return [(d.pointer, d.message) for d in diags.items]
+SPEC = """
+openapi: 3.0.3
+info: {title: things, version: "1"}
+servers: [{url: /api}]
+paths:
+  /open:
+    get: {operationId: open, responses: {"200": {description: ok}}}
+  /everyone:
+    x-gateway: {geo: false}
+    get: {operationId: everyone, responses: {"200": {description: ok}}}
+  /us-denied:
+    get: {operationId: usDenied, responses: {"200": {description: ok}}}
+  /fr-only:
+    get:
+      operationId: frOnly
+      x-gateway: {geo: {allow: [FR]}}
+      responses: {"200": {description: ok}}
+  /office/things:
+    get: {operationId: officeThings, responses: {"200": {description: ok}}}
+"""
+
+POLICY = """
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+listeners:
+  - {name: public, address: 127.0.0.1, port: {{PORT}}, geo: {deny: [CN], mode: hard}}
+upstreams: [{name: backend, endpoints: ["{{BACKEND}}"]}]
+geo: {database: countries.mmdb}
+ipAllowlists:
+  - pathPrefix: /api/office
+    allow: [127.0.0.6, 127.0.0.3]
+reputation:
+  feeds:
+    - {name: malicious, file: bad.txt}
+    - {name: proxies, file: proxies.txt, action: soft}
+apis:
+  - name: things
+    spec: things.yaml
+    upstream: backend
+    operations:
+      usDenied: {geo: {deny: [US], mode: hard}}
+"""
 
 
-def test_section_reads_a_database_next_to_the_policy(tmp_path: Path) -> None:
-    write_database(tmp_path / "geo.mmdb", {"127.0.0.2/32": "US"})
-    diags = Diagnostics()
-    db = geo.read_section({"database": "geo.mmdb", "unknownCountry": "deny"}, tmp_path, "policy.yaml", "/geo", diags)
-    assert errors(diags) == []
-    assert db == geo.Database(path=tmp_path / "geo.mmdb", unknown_allowed=False)
-    assert geo.read_section({"database": "geo.mmdb"}, tmp_path, "policy.yaml", "/geo", diags) == geo.Database(
-        path=tmp_path / "geo.mmdb", unknown_allowed=True
-    )
+def files(policy: str = POLICY, places: dict[str, str] | None = None) -> dict[str, str | bytes]:
+    return {
+        "policy.yaml": policy,
+        "things.yaml": SPEC,
+        "countries.mmdb": database({f"{a}/32": c for a, c in (places or PLACES).items()}),
+        "bad.txt": f"{BLOCKED_FR}\n",
+        "proxies.txt": f"{PROXY_US}\n",
+    }
 
 
-@pytest.mark.parametrize(
-    ("value", "pointer", "text"),
-    [
-        ({"database": "missing.mmdb"}, "/geo/database", "no such file"),
-        ({"database": "geo.csv"}, "/geo/database", ".mmdb"),
-        ({}, "/geo", "needs a database"),
-        ({"database": "geo.mmdb", "unknownCountry": "maybe"}, "/geo/unknownCountry", "allow or deny"),
-    ],
-)
-def test_section_errors_have_pointers(tmp_path: Path, value: dict[str, Any], pointer: str, text: str) -> None:
-    write_database(tmp_path / "geo.mmdb", {"127.0.0.2/32": "US"})
-    (tmp_path / "geo.csv").write_text("x")
-    diags = Diagnostics()
-    assert geo.read_section(value, tmp_path, "policy.yaml", "/geo", diags) is None
-    [(where, message)] = errors(diags)
-    assert where == pointer and text in message
-
-
-def test_setting_reads_allow_and_deny_with_soft_by_default() -> None:
-    diags = Diagnostics()
-    assert geo.read_setting({"allow": ["US", "DE", "US"]}, "p.yaml", "/x/geo", diags) == geo.Rule(
-        ("US", "DE"), allow=True, mode=geo.SOFT
-    )
-    assert geo.read_setting({"deny": ["KP"], "mode": "hard"}, "p.yaml", "/x/geo", diags) == geo.Rule(
-        ("KP",), allow=False, mode=geo.HARD
-    )
-    assert geo.read_setting(False, "p.yaml", "/x/geo", diags) is None
-    assert errors(diags) == []
-
-
-@pytest.mark.parametrize(
-    ("value", "pointers", "text"),
-    [
-        ({"allow": ["US"], "deny": ["FR"]}, ["/x/geo"], "not both"),
-        ({"mode": "hard"}, ["/x/geo"], "needs allow or deny"),
-        ({"deny": ["us", "USA", "ZZ"]}, ["/x/geo/deny/0", "/x/geo/deny/1", "/x/geo/deny/2"], "ISO 3166-1"),
-        ({"deny": []}, ["/x/geo/deny"], "non-empty"),
-        ({"deny": ["FR"], "mode": "block"}, ["/x/geo/mode"], "hard (403) or soft"),
-    ],
-)
-def test_setting_errors_are_all_reported_with_pointers(value: dict[str, Any], pointers: list[str], text: str) -> None:
-    diags = Diagnostics()
-    assert geo.read_setting(value, "p.yaml", "/x/geo", diags) is None
-    found = errors(diags)
-    assert [p for p, _m in found] == pointers
-    assert all(text in m for _p, m in found)
-    if value.get("deny") == ["us", "USA", "ZZ"]:
-        assert "write 'US'" in found[0][1]  # lower case gets its fix
-
-
-@pytest.mark.parametrize(
-    ("rule", "unknown_allowed", "expected"),
-    [
-        (geo.Rule(("US",), allow=True, mode=geo.HARD), True, {"US": True, "FR": False, None: True}),
-        (geo.Rule(("US",), allow=True, mode=geo.HARD), False, {"US": True, "FR": False, None: False}),
-        (geo.Rule(("US",), allow=False, mode=geo.HARD), True, {"US": False, "FR": True, None: True}),
-        (geo.Rule(("US",), allow=False, mode=geo.HARD), False, {"US": False, "FR": True, None: False}),
-    ],
-)
-def test_decision_covers_unknown_country_on_its_own(
-    tmp_path: Path, rule: geo.Rule, unknown_allowed: bool, expected: dict[str | None, bool]
-) -> None:
-    db = geo.Database(tmp_path / "geo.mmdb", unknown_allowed)
-    assert {c: geo.decision(rule, db, c) for c in expected} == expected
-
-
-# -- through a real Envoy: the filters and per-route rules of controlplane/translate/geo.py ----------
-
-US, FR, UNKNOWN = "127.0.0.2", "127.0.0.3", "127.0.0.4"  # loopback answers the whole 127/8
-
-
-def _listener_config(
-    port: int, admin_port: int, echo_port: int, db: geo.Database, rules: dict[str, geo.Rule]
-) -> dict[str, Any]:
-    from envoy.config.bootstrap.v3 import bootstrap_pb2
-    from envoy.config.cluster.v3 import cluster_pb2
-    from envoy.config.core.v3 import address_pb2
-    from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-    from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-    from envoy.config.route.v3 import route_components_pb2 as rc
-    from envoy.config.route.v3 import route_pb2
-    from envoy.extensions.filters.http.router.v3 import router_pb2
-    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-
-    from controlplane.resources import to_dict
-    from controlplane.translate import geo as geo_envoy
-    from controlplane.translate._pb import packed
-
-    def address(host: str, p: int) -> address_pb2.Address:
-        return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=p))
-
-    routes = []
-    for prefix, rule in rules.items():
-        route = rc.Route(match=rc.RouteMatch(prefix=prefix), route=rc.RouteAction(cluster="echo"))
-        route.typed_per_filter_config[geo_envoy.DECISION_FILTER].CopyFrom(packed(geo_envoy.route_config(rule, db)))
-        routes.append(route)
-    routes.append(rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster="echo")))
-    hcm = hcm_pb2.HttpConnectionManager(
-        stat_prefix="geo",
-        route_config=route_pb2.RouteConfiguration(
-            virtual_hosts=[rc.VirtualHost(name="all", domains=["*"], routes=routes)]
-        ),
-        http_filters=[
-            *geo_envoy.filters(db),
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=packed(router_pb2.Router())),
-        ],
-    )
-    listener = listener_pb2.Listener(
-        name="geo",
-        address=address("127.0.0.1", port),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[listener_components_pb2.Filter(name="hcm", typed_config=packed(hcm))]
-            )
-        ],
-    )
-    cluster = cluster_pb2.Cluster(
-        name="echo",
-        type=cluster_pb2.Cluster.STATIC,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name="echo",
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=address("127.0.0.1", echo_port))
-                        )
-                    ]
-                )
-            ],
-        ),
-    )
-    bootstrap = bootstrap_pb2.Bootstrap(
-        admin=bootstrap_pb2.Admin(address=address("127.0.0.1", admin_port)),
-        static_resources=bootstrap_pb2.Bootstrap.StaticResources(listeners=[listener], clusters=[cluster]),
-    )
-    return to_dict(bootstrap)
-
-
-def request_from(source: str, port: int, path: str, headers: dict[str, str] | None = None) -> Response:
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    raw = f"GET {path} HTTP/1.1\r\nHost: geo.test\r\n{extra}Connection: close\r\n\r\n".encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
-        s.sendall(raw)
+def from_address(gw: Gateway, source: str, path: str, headers: dict[str, str] | None = None) -> Response:
+    lines = [f"GET {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=(source, 0)) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         buf = b""
-        while chunk := s.recv(65536):
+        while not _complete(buf, False):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
             buf += chunk
     return parse_response(buf)
 
 
-@pytest.fixture
-def envoy_geo(tmp_path: Path, echo: EchoServer) -> Iterator[tuple[int, EnvoyProcess, Path]]:
-    path = tmp_path / "geo.mmdb"
-    write_database(path, {f"{US}/32": "US", f"{FR}/32": "FR"})
-    db_allow_unknown = geo.Database(path, unknown_allowed=True)
-    db_deny_unknown = geo.Database(path, unknown_allowed=False)
-    port, admin_port = free_port(), free_port()
-    rules = {
-        "/allow-us": (geo.Rule(("US",), allow=True, mode=geo.HARD), db_allow_unknown),
-        "/deny-us": (geo.Rule(("US",), allow=False, mode=geo.HARD), db_allow_unknown),
-        "/strict/deny-us": (geo.Rule(("US",), allow=False, mode=geo.HARD), db_deny_unknown),
-    }
-    # one database for the listener; the unknown-country choice is in each route's rule
-    config = _listener_config(port, admin_port, echo.port, db_allow_unknown, {k: r for k, (r, _d) in rules.items()})
-    for prefix, (rule, db) in rules.items():  # (per-route configs built with their own unknown choice)
-        _set_route(config, prefix, rule, db)
-    proc = EnvoyProcess(config, tmp_path, admin_port)
-    yield port, proc, path
-    proc.stop()
+def reached(
+    gw: Gateway, echo: EchoServer, source: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, list[list[str]] | None]:
+    """The status, and the headers the backend received (None: it received nothing)."""
+    before = len(echo.received)
+    resp = from_address(gw, source, path, headers)
+    seen = echo.received[before:]
+    if resp.status == 403:
+        assert json.loads(resp.body) == {"message": "forbidden", "status": 403, "request_id": resp.header("x-request-id")}
+    return resp.status, (seen[0]["header_list"] if seen else None)
 
 
-def _set_route(config: dict[str, Any], prefix: str, rule: geo.Rule, db: geo.Database) -> None:
-    from controlplane.resources import to_dict
-    from controlplane.translate import geo as geo_envoy
-
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-        if route["match"].get("prefix") == prefix:
-            per_route = to_dict(geo_envoy.route_config(rule, db))
-            per_route["@type"] = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
-            route["typed_per_filter_config"][geo_envoy.DECISION_FILTER] = per_route
+def values(header_list: list[list[str]] | None, name: str) -> list[str]:
+    assert header_list is not None
+    return [v for k, v in header_list if k == name]
 
 
+def risk(header_list: list[list[str]] | None) -> list[str]:
+    return [part.strip() for v in values(header_list, "x-gateway-risk") for part in v.split(",")]
+
+
+@pytest.fixture(scope="module")
+def gw(gateway_factory: Callable[..., Gateway]) -> Gateway:
+    return gateway_factory(files())
+
+
+def counter(gw: Gateway, name: str) -> int:
+    assert gw.envoy is not None
+    stats = dict(line.split(": ", 1) for line in gw.envoy.admin("/stats?filter=rbac")[1].splitlines())
+    return int(stats.get(name, "0"))
+
+
+# -- through Envoy ---------------------------------------------------------------------------------
 @pytest.mark.envoy
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("/allow-us", {US: 200, FR: 403, UNKNOWN: 200}),
-        ("/deny-us", {US: 403, FR: 200, UNKNOWN: 200}),
-        ("/strict/deny-us", {US: 403, FR: 200, UNKNOWN: 403}),
-        ("/open", {US: 200, FR: 200, UNKNOWN: 200}),
+        # the listener's rule (deny CN, hard) on routes without their own
+        ("/api/open", {US: 200, FR: 200, CN: 403, UNKNOWN: 200}),
+        # geo: false on the path: no rule at all
+        ("/api/everyone", {US: 200, FR: 200, CN: 200, UNKNOWN: 200}),
+        # the operation's own rule (deny US, hard) replaces the listener's
+        ("/api/us-denied", {US: 403, FR: 200, CN: 200, UNKNOWN: 200}),
+        # a soft rule never refuses
+        ("/api/fr-only", {US: 200, FR: 200, CN: 200, UNKNOWN: 200}),
     ],
 )
-def test_hard_rules_decide_on_the_looked_up_country(
-    envoy_geo: tuple[int, EnvoyProcess, Path], path: str, expected: dict[str, int]
-) -> None:
-    port, _proc, _db = envoy_geo
-    assert {ip: request_from(ip, port, path).status for ip in expected} == expected
+def test_the_most_specific_rule_decides(gw: Gateway, echo: EchoServer, path: str, expected: dict[str, int]) -> None:
+    got = {ip: reached(gw, echo, ip, path)[0] for ip in expected}
+    assert got == expected
+    for ip, status in got.items():  # a refused client's request never reaches the backend
+        if status == 403:
+            assert reached(gw, echo, ip, path)[1] is None
 
 
 @pytest.mark.envoy
-def test_a_client_sent_country_is_stripped_before_the_lookup(
-    envoy_geo: tuple[int, EnvoyProcess, Path], echo: EchoServer
-) -> None:
-    port, _proc, _db = envoy_geo
-    # a denied country claiming another; an unplaced address claiming the denied one
-    assert request_from(US, port, "/deny-us", {"X-Gateway-Geo-Country": "FR"}).status == 403
-    assert request_from(UNKNOWN, port, "/strict/deny-us", {"X-Gateway-Geo-Country": "FR"}).status == 403
-    before = len(echo.received)
-    assert request_from(UNKNOWN, port, "/open", {"X-Gateway-Geo-Country": "FR"}).status == 200
-    assert "x-gateway-geo-country" not in echo.received[before]["headers"]  # unplaced: no country at all
-    assert request_from(FR, port, "/open", {"X-Gateway-Geo-Country": "US"}).status == 200
-    assert echo.received[-1]["headers"]["x-gateway-geo-country"] == "FR"
+def test_a_soft_rule_marks_the_refused_clients_for_the_backend(gw: Gateway, echo: EchoServer) -> None:
+    marked = {ip: risk(reached(gw, echo, ip, "/api/fr-only")[1]) for ip in (US, FR, CN, UNKNOWN)}
+    assert marked == {US: ["geo"], FR: [], CN: ["geo"], UNKNOWN: []}  # unknown: allowed by default
+    # the backend learns the country the gateway found
+    assert values(reached(gw, echo, CN, "/api/fr-only")[1], "x-gateway-geo-country") == ["CN"]
 
 
 @pytest.mark.envoy
-def test_a_database_replaced_by_rename_takes_effect_without_a_restart(
-    envoy_geo: tuple[int, EnvoyProcess, Path],
+@pytest.mark.parametrize("name", ["X-Gateway-Geo-Country", "x-gateway-geo.country", "X-Gateway-Risk"])
+def test_client_sent_geo_headers_are_stripped_before_the_lookup(gw: Gateway, echo: EchoServer, name: str) -> None:
+    # a refused country claiming an allowed one, an unplaced address claiming one
+    assert reached(gw, echo, US, "/api/us-denied", {name: "FR"})[0] == 403
+    assert risk(reached(gw, echo, US, "/api/fr-only", {name: "FR"})[1]) == ["geo"]
+    status, seen = reached(gw, echo, UNKNOWN, "/api/everyone", {name: "FR"})
+    assert status == 200
+    assert values(seen, "x-gateway-geo-country") == [] and risk(seen) == []
+    assert not any(k.replace("_", "-").replace(".", "-") == name.lower().replace(".", "-") for k, _ in seen or [])
+
+
+@pytest.mark.envoy
+def test_address_checks_run_allowlist_then_reputation_then_geo(gw: Gateway, echo: EchoServer) -> None:
+    def refused_by(source: str, path: str) -> tuple[int, dict[str, int]]:
+        names = {
+            "allowlist": "http.public.rbac.denied",
+            "reputation": "http.public.rbac.reputation.denied",
+            "geo": "http.public.rbac.geo.denied",
+        }
+        before = {k: counter(gw, n) for k, n in names.items()}
+        status = reached(gw, echo, source, path)[0]
+        return status, {k: counter(gw, n) - before[k] for k, n in names.items() if counter(gw, n) != before[k]}
+
+    # 1. the allowlist first: a US client off the office list never reaches the geo check
+    assert refused_by(US, "/api/office/things") == (403, {"allowlist": 1})
+    # an allowlisted address is exempt from reputation feeds, not from geo rules: the office in
+    # China is refused by the listener's hard rule; the office in France passes
+    assert refused_by(OFFICE_CN, "/api/office/things") == (403, {"geo": 1})
+    assert refused_by(FR, "/api/office/things") == (200, {})
+    # 2. a blocking feed before geo: a French (allowed) address on it gets the feed's 403
+    assert refused_by(BLOCKED_FR, "/api/open") == (403, {"reputation": 1})
+    # 3. soft marks add up: a soft feed's and a soft geo rule's
+    assert sorted(risk(reached(gw, echo, PROXY_US, "/api/fr-only")[1])) == ["geo", "reputation"]
+
+
+@pytest.mark.envoy
+def test_unknown_country_can_be_denied(gateway_factory: Callable[..., Gateway], echo: EchoServer) -> None:
+    policy = POLICY.replace("geo: {database: countries.mmdb}", "geo: {database: countries.mmdb, unknownCountry: deny}")
+    strict = gateway_factory(files(policy))
+    assert reached(strict, echo, UNKNOWN, "/api/open")[0] == 403  # the listener's hard rule
+    assert reached(strict, echo, UNKNOWN, "/api/us-denied")[0] == 403
+    assert reached(strict, echo, FR, "/api/open")[0] == 200
+    assert risk(reached(strict, echo, UNKNOWN, "/api/fr-only")[1]) == ["geo"]  # soft: marked
+    assert reached(strict, echo, UNKNOWN, "/api/everyone")[0] == 200  # no rule, no decision
+
+
+@pytest.mark.envoy
+def test_a_replaced_database_takes_effect_without_a_restart(
+    gateway_factory: Callable[..., Gateway], echo: EchoServer
 ) -> None:
-    port, proc, path = envoy_geo
-    assert request_from(US, port, "/deny-us").status == 403
-    fresh = path.with_name("fresh.mmdb")
-    write_database(fresh, {f"{US}/32": "FR", f"{FR}/32": "US"})
-    os.replace(fresh, path)  # what geoipupdate and a Kubernetes volume do: a new file in place
+    own = gateway_factory(files())
+    assert own.envoy is not None
+    assert reached(own, echo, US, "/api/us-denied")[0] == 403
+    fresh = own.workdir / "fresh.mmdb"
+    fresh.write_bytes(database({f"{US}/32": "FR", f"{FR}/32": "US"}))
+    os.replace(fresh, own.workdir / "countries.mmdb")  # as geoipupdate and a Kubernetes volume do
     deadline = time.monotonic() + 10
-    while request_from(US, port, "/deny-us").status != 200:  # positive signal: the new answer
-        assert time.monotonic() < deadline, proc.logs()
+    while reached(own, echo, US, "/api/us-denied")[0] != 200:  # the new answer, not a sleep
+        assert time.monotonic() < deadline, own.envoy.logs()
         time.sleep(0.05)
-    assert request_from(FR, port, "/deny-us").status == 403
-    assert proc.proc.poll() is None  # the same Envoy
+    assert reached(own, echo, FR, "/api/us-denied")[0] == 403
+    assert own.envoy.proc.poll() is None  # the same Envoy, no push
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("source", [US, FR, CN, UNKNOWN, OFFICE_CN, BLOCKED_FR, PROXY_US])
+def test_explain_agrees_with_envoy(gw: Gateway, echo: EchoServer, source: str) -> None:
+    result = compile([gw.workdir])
+    assert result.ok and result.gateway is not None
+    for path in ("/api/open", "/api/everyone", "/api/us-denied", "/api/fr-only", "/api/office/things"):
+        status, seen = reached(gw, echo, source, path)
+        said = explain(result.gateway, "GET", f"http://gateway.test:{gw.port}{path}", Caller(client_ip=source))
+        assert said.status == status, (path, said.text())
+        if status == 200:  # the marks explain names are the ones the backend received
+            marks = sorted(s.decision.rsplit(": ", 1)[1] for s in said.steps if "X-Gateway-Risk" in s.decision)
+            assert marks == sorted(risk(seen)), (path, said.text())
+
+
+# -- compile ---------------------------------------------------------------------------------------
+def write(tmp_path: Path, policy: str, extra: dict[str, str | bytes] | None = None) -> Path:
+    for name, text in {**files(policy), **(extra or {})}.items():
+        path = tmp_path / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text.replace("{{PORT}}", "8080").replace("{{BACKEND}}", "127.0.0.1:9"))
+    return tmp_path
+
+
+def problems(tmp_path: Path) -> list[tuple[str, str, str]]:
+    result = compile([tmp_path])
+    return [(d.file.split("/")[-1], d.pointer, d.message) for d in result.errors]
+
+
+def test_a_rule_without_a_database_is_an_error_at_the_rule(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, POLICY.replace("geo: {database: countries.mmdb}\n", "")))
+    where = {(f, p) for f, p, m in found if "needs the policy's geo section" in m}
+    assert where == {
+        ("policy.yaml", "/listeners/0/geo"),
+        ("policy.yaml", "/apis/0/operations/usDenied/geo"),
+        ("things.yaml", "/paths/~1fr-only/get/x-gateway/geo"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        (b"not a database", "not a MaxMind-format database"),
+        (database({"127.0.0.2/32": "US"}, kind="GeoLite2-ASN"), "Country or City"),
+    ],
+)
+def test_a_database_envoy_could_not_read_is_refused(tmp_path: Path, content: bytes, text: str) -> None:
+    found = problems(write(tmp_path, POLICY, {"countries.mmdb": content}))
+    assert [(f, p) for f, p, m in found if text in m] == [("policy.yaml", "/geo/database")], found
+
+
+def test_a_city_database_is_accepted(tmp_path: Path) -> None:
+    assert problems(write(tmp_path, POLICY, {"countries.mmdb": database(PLACES, kind="GeoIP2-City")})) == []
+
+
+def test_every_rule_error_at_once_with_pointers(tmp_path: Path) -> None:
+    policy = POLICY.replace("usDenied: {geo: {deny: [US], mode: hard}}", "usDenied: {geo: {deny: [us, USA], mode: block}}")
+    policy = policy.replace("geo: {deny: [CN], mode: hard}", "geo: {allow: [FR], deny: [CN]}")
+    found = {(p, m.split(":")[0]) for _f, p, m in problems(write(tmp_path, policy))}
+    pointers = sorted(p for p, _m in found)
+    assert pointers == [
+        "/apis/0/operations/usDenied/geo/deny/0",
+        "/apis/0/operations/usDenied/geo/deny/1",
+        "/apis/0/operations/usDenied/geo/mode",
+        "/listeners/0/geo",
+    ]
+
+
+def test_section_and_setting_read_with_pointers(tmp_path: Path) -> None:
+    (tmp_path / "geo.mmdb").write_bytes(database({"127.0.0.2/32": "US"}))
+    (tmp_path / "geo.csv").write_text("x")
+    src = ir.Source("policy.yaml", "/geo")
+    diags = Diagnostics()
+    section = geo.read_section({"database": "geo.mmdb", "unknownCountry": "deny"}, tmp_path, src, diags)
+    assert section == ir.Geo(str((tmp_path / "geo.mmdb").resolve()), False, src)
+    for value, pointer, text in [
+        ({"database": "missing.mmdb"}, "/geo/database", "no such file"),
+        ({"database": "geo.csv"}, "/geo/database", ".mmdb"),
+        ({}, "/geo", "needs a database"),
+        ({"database": "geo.mmdb", "unknownCountry": "maybe"}, "/geo/unknownCountry", "allow or deny"),
+    ]:
+        found = Diagnostics()
+        assert geo.read_section(value, tmp_path, src, found) is None
+        assert [(d.pointer, text in d.message) for d in found.items] == [(pointer, True)]
+    setting = geo.read_setting({"allow": ["US", "DE", "US"]}, ir.Source("p.yaml", "/x/geo"), diags)
+    assert setting is not None and setting.countries == ("US", "DE") and setting.mode == geo.SOFT
+    assert diags.items == []
+    lower = Diagnostics()
+    geo.read_setting({"deny": ["us"]}, ir.Source("p.yaml", "/x/geo"), lower)
+    assert "write 'US'" in lower.items[0].message
+
+
+@pytest.mark.parametrize(
+    ("allow", "unknown_allowed", "expected"),
+    [
+        (True, True, {"US": False, "FR": True, None: False}),
+        (True, False, {"US": False, "FR": True, None: True}),
+        (False, True, {"US": True, "FR": False, None: False}),
+        (False, False, {"US": True, "FR": False, None: True}),
+    ],
+)
+def test_refuses_covers_unknown_country_on_its_own(
+    allow: bool, unknown_allowed: bool, expected: dict[str | None, bool]
+) -> None:
+    rule = ir.GeoRule(("US",), allow, geo.HARD, unknown_allowed, ir.Source("p.yaml", "/geo"))
+    assert {c: geo.refuses(rule, c) for c in expected} == expected
+
+
+def test_diff_flags_a_looser_rule(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    old = compile([write(tmp_path / "old", POLICY)])
+    loose = POLICY.replace("usDenied: {geo: {deny: [US], mode: hard}}", "usDenied: {geo: {deny: [US]}}")
+    loose = loose.replace("geo: {deny: [CN], mode: hard}}", "geo: {deny: [CN, RU], mode: hard}}")
+    (tmp_path / "new").mkdir()
+    new = compile([write(tmp_path / "new", loose)])
+    assert old.gateway is not None and new.gateway is not None
+    report = diff(old.gateway, new.gateway)
+    changes: dict[str, Any] = {c.subject + ": " + c.what: c.security for c in report.changes}
+    turned_soft = [k for k in changes if "usDenied" in k and "geo rule" in k]
+    assert turned_soft and all(changes[k] for k in turned_soft), changes
+    stricter = [k for k in changes if "open" in k and "geo rule" in k]
+    assert stricter and not any(changes[k] for k in stricter), changes

@@ -181,7 +181,7 @@ def usable_policy(data: dict[str, Any]) -> dict[str, Any]:
                 for item, part in zip(value, out[key], strict=True):
                     if part is not None and any(k in item and k not in part for k in _WHERE_SERVED):
                         part["listeners"] = []
-        elif key in ("gateway", "headers"):
+        elif key in ("gateway", "headers", "geo"):
             part = usable(value, key)
             if part is not None:
                 out[key] = part

@@ -34,7 +34,9 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
 from .. import cors as cors_model
+from .. import geo as geo_model
 from .. import ir
+from . import geo
 from ._pb import header, packed, per_listener
 from .allowlist import IP_FILTER, ip_allowlist_route_config
 from .headers import security_headers
@@ -145,6 +147,8 @@ def preflight_routes(path_route: ir.PathRoute, ctx: tuple[ir.Gateway, ir.Listene
             route.typed_per_filter_config[HEADER_MUTATION_FILTER].CopyFrom(packed(_security_headers(gw, listener)))
             if op.ip_allow:  # the allowlist filter runs before the CORS filter: the same clients only
                 route.typed_per_filter_config[IP_FILTER].CopyFrom(packed(ip_allowlist_route_config(op, listener)))
+            if op.geo is not None and op.geo.mode == geo_model.HARD:  # (before the CORS filter too)
+                route.typed_per_filter_config[geo.HARD_FILTER].CopyFrom(packed(geo.hard_route_config(op.geo)))
         out.append(route)
     refused = _path(path_route.path)
     refused.headers.extend([_exact(":method", "OPTIONS"), _present("origin"), _present(REQUEST_METHOD)])

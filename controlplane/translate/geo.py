@@ -1,50 +1,65 @@
 """Geo-blocking in Envoy (controlplane/geo.py says what Envoy 1.40 does and why this shape).
 
-Three pieces, in this order in a listener's HTTP filters:
+On a listener of a gateway with a ``geo`` section, after the IP allowlists and reputation feeds:
 
-1. a header_mutation that removes client-sent copies of the country header (an address the
-   database does not place leaves the header as it came, which would be the client's choice);
-2. Envoy's geoip filter with the MaxMind provider, writing the country (ISO code) there; it
-   looks up the address the connection manager already settled on (the trusted
-   ``X-Forwarded-For`` hop when the listener trusts proxies, else the peer), so no
-   ``xff_config`` of its own;
-3. an RBAC filter without rules: each route with a ``geo`` rule carries a per-route config.
-   RBAC reads the headers as they are when it runs; route matching would not (the route is
-   chosen before the filters and the geoip filter does not clear the route cache).
+1. Envoy's geoip filter with the MaxMind provider writes the client's country (ISO code) in
+   ``X-Gateway-Geo-Country`` (backends may read it). It looks up the address the connection
+   manager settled on (the trusted ``X-Forwarded-For`` hop when the listener trusts proxies, else
+   the peer). A client-sent copy of the header never survives: the first filter strips it with
+   the identity headers, so an address the database does not place arrives with no country.
+2. ``geo-hard``, an RBAC filter without rules: each route with a hard rule carries a per-route
+   config that denies the clients the rule refuses (403, the gateway's JSON body).
+3. ``geo-soft``, a composite filter whose per-route matcher (``ExtensionWithMatcherPerRoute``)
+   runs a header mutation adding ``X-Gateway-Risk: geo`` for the clients a soft rule refuses.
+
+Decisions read the country header as it is when they run; route matching would not (the route is
+chosen before the filters and the geoip filter does not clear the route cache).
 """
 
 from __future__ import annotations
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
-from envoy.config.core.v3 import extension_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.geoip.v3 import geoip_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.geoip_providers.common.v3 import common_pb2
 from envoy.extensions.geoip_providers.maxmind.v3 import maxmind_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2, string_pb2
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
-from .. import geo
-from ._pb import packed
+from .. import geo, ir
+from ._pb import packed, per_listener
 
 COUNTRY_HEADER = "x-gateway-geo-country"
-STRIP_FILTER = "geo-strip"
+RISK_HEADER = "x-gateway-risk"
 LOOKUP_FILTER = "envoy.filters.http.geoip"
-DECISION_FILTER = "geo-decision"
+HARD_FILTER = "geo-hard"
+SOFT_FILTER = "geo-soft"
 POLICY = "geo"  # the RBAC policy name: a refusal's details read rbac_access_denied_matched_policy[geo]
 
 
-def strip_filter() -> hcm_pb2.HttpFilter:
-    removal = hm.Mutations(request_mutations=[mr.HeaderMutation(remove=COUNTRY_HEADER)])
-    return hcm_pb2.HttpFilter(name=STRIP_FILTER, typed_config=packed(hm.HeaderMutation(mutations=removal)))
+@per_listener
+def _modes(listener: ir.Listener) -> frozenset[str]:
+    return frozenset(op.geo.mode for pr in listener.paths for op in pr.operations if op.geo is not None)
 
 
-def lookup_filter(db: geo.Database) -> hcm_pb2.HttpFilter:
+def lookup_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    """On every listener once the gateway has a database: backends get the country even where
+    no rule reads it."""
+    if gw.geo is None:
+        return None
     provider = maxmind_pb2.MaxMindConfig(
-        country_db_path=str(db.path),
+        country_db_path=gw.geo.database,
         common_provider_config=common_pb2.CommonGeoipProviderConfig(
             geo_field_keys=common_pb2.CommonGeoipProviderConfig.GeolocationFieldKeys(country=COUNTRY_HEADER)
         ),
@@ -55,14 +70,84 @@ def lookup_filter(db: geo.Database) -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=LOOKUP_FILTER, typed_config=packed(config))
 
 
-def decision_filter() -> hcm_pb2.HttpFilter:
-    # No rules here: only routes with a per-route config are restricted.
-    return hcm_pb2.HttpFilter(name=DECISION_FILTER, typed_config=packed(rbac_filter_pb2.RBAC()))
+def hard_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    if gw.geo is None or geo.HARD not in _modes(listener):
+        return None
+    # No rules here: only routes with a per-route config are restricted; its denials count apart
+    # (http.<listener>.rbac.geo.denied)
+    return hcm_pb2.HttpFilter(name=HARD_FILTER, typed_config=packed(rbac_filter_pb2.RBAC(rules_stat_prefix="geo")))
 
 
-def filters(db: geo.Database) -> list[hcm_pb2.HttpFilter]:
-    """The three filters, in order (before authentication: a refused country gets 403 first)."""
-    return [strip_filter(), lookup_filter(db), decision_filter()]
+def _on_match(marked: bool) -> matcher_pb2.Matcher.OnMatch:
+    if not marked:
+        action = xds_extension_pb2.TypedExtensionConfig(name="skip", typed_config=packed(skip_action_pb2.SkipFilter()))
+        return matcher_pb2.Matcher.OnMatch(action=action)
+    mark = hm.HeaderMutation(
+        mutations=hm.Mutations(
+            request_mutations=[
+                mr.HeaderMutation(
+                    append=base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key=RISK_HEADER, value=geo.RISK_VALUE),
+                        # a reputation feed may have marked it already: one value each
+                        append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
+                    )
+                )
+            ]
+        )
+    )
+    execute = composite_pb2.ExecuteFilterAction(
+        typed_config=extension_pb2.TypedExtensionConfig(name="mark-geo-risk", typed_config=packed(mark))
+    )
+    return matcher_pb2.Matcher.OnMatch(
+        action=xds_extension_pb2.TypedExtensionConfig(name="mark", typed_config=packed(execute))
+    )
+
+
+def soft_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    if gw.geo is None or geo.SOFT not in _modes(listener):
+        return None
+    wrapped = extension_matcher_pb2.ExtensionWithMatcher(
+        xds_matcher=matcher_pb2.Matcher(on_no_match=_on_match(False)),  # routes without a soft rule
+        extension_config=extension_pb2.TypedExtensionConfig(
+            name="composite", typed_config=packed(composite_pb2.Composite())
+        ),
+    )
+    return hcm_pb2.HttpFilter(name=SOFT_FILTER, typed_config=packed(wrapped))
+
+
+def _codes_regex(countries: tuple[str, ...]) -> str:
+    return "|".join(countries)  # ISO codes: two capital letters, nothing to escape
+
+
+def _country_predicate(regex: str) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    header_input = xds_extension_pb2.TypedExtensionConfig(
+        name="country", typed_config=packed(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=COUNTRY_HEADER))
+    )
+    single = matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+        input=header_input,
+        value_match=xds_string_pb2.StringMatcher(safe_regex=xds_regex(regex)),
+    )
+    return matcher_pb2.Matcher.MatcherList.Predicate(single_predicate=single)
+
+
+def xds_regex(regex: str) -> xds_regex_pb2.RegexMatcher:
+    return xds_regex_pb2.RegexMatcher(google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(), regex=regex)
+
+
+def soft_route_config(rule: ir.GeoRule) -> extension_matcher_pb2.ExtensionWithMatcherPerRoute:
+    """Marks the clients ``rule`` refuses: a listed country, a placed one not listed, no country."""
+    listed = _country_predicate(_codes_regex(rule.countries))
+    placed = _country_predicate("[A-Z]{2}")
+    matcher = matcher_pb2.Matcher(
+        matcher_list=matcher_pb2.Matcher.MatcherList(
+            matchers=[
+                matcher_pb2.Matcher.MatcherList.FieldMatcher(predicate=listed, on_match=_on_match(not rule.allow)),
+                matcher_pb2.Matcher.MatcherList.FieldMatcher(predicate=placed, on_match=_on_match(rule.allow)),
+            ]
+        ),
+        on_no_match=_on_match(not rule.unknown_allowed),  # no country: the database does not place it
+    )
+    return extension_matcher_pb2.ExtensionWithMatcherPerRoute(xds_matcher=matcher)
 
 
 def _country(code: str) -> rbac_pb2.Principal:
@@ -77,8 +162,8 @@ def _unknown() -> rbac_pb2.Principal:
     )
 
 
-def route_config(rule: geo.Rule, db: geo.Database) -> rbac_filter_pb2.RBACPerRoute:
-    """A hard rule as RBAC: DENY the clients :func:`geo.decision` refuses."""
+def hard_route_config(rule: ir.GeoRule) -> rbac_filter_pb2.RBACPerRoute:
+    """A hard rule as RBAC: DENY the clients :func:`geo.refuses` refuses."""
     listed = [_country(c) for c in rule.countries]
     if rule.allow:
         # refused: a placed country not listed, and an unknown one when the policy denies those
@@ -86,17 +171,40 @@ def route_config(rule: geo.Rule, db: geo.Database) -> rbac_filter_pb2.RBACPerRou
             and_ids=rbac_pb2.Principal.Set(
                 ids=[
                     rbac_pb2.Principal(not_id=rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=listed))),
-                    *([] if not db.unknown_allowed else [rbac_pb2.Principal(not_id=_unknown())]),
+                    *([] if not rule.unknown_allowed else [rbac_pb2.Principal(not_id=_unknown())]),
                 ]
             )
         )
     else:
         refused = rbac_pb2.Principal(
-            or_ids=rbac_pb2.Principal.Set(ids=[*listed, *([] if db.unknown_allowed else [_unknown()])])
+            or_ids=rbac_pb2.Principal.Set(ids=[*listed, *([] if rule.unknown_allowed else [_unknown()])])
         )
     policy = rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=[refused])
     rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY, policies={POLICY: policy})
-    return rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(rules=rules))
+    return rbac_filter_pb2.RBACPerRoute(rbac=rbac_filter_pb2.RBAC(rules=rules, rules_stat_prefix="geo"))
 
 
-__all__ = ["COUNTRY_HEADER", "DECISION_FILTER", "filters", "route_config"]
+def route_rest(op: ir.Operation) -> rc.Route | None:
+    """The per-route config of an operation's rule (None: no rule)."""
+    if op.geo is None:
+        return None
+    route = rc.Route()
+    if op.geo.mode == geo.HARD:
+        route.typed_per_filter_config[HARD_FILTER].CopyFrom(packed(hard_route_config(op.geo)))
+    else:
+        route.typed_per_filter_config[SOFT_FILTER].CopyFrom(packed(soft_route_config(op.geo)))
+    return route
+
+
+__all__ = [
+    "COUNTRY_HEADER",
+    "HARD_FILTER",
+    "RISK_HEADER",
+    "SOFT_FILTER",
+    "hard_filter",
+    "hard_route_config",
+    "lookup_filter",
+    "route_rest",
+    "soft_filter",
+    "soft_route_config",
+]

@@ -25,7 +25,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from google.protobuf import struct_pb2
 
 from .. import ir
-from . import allowlist, auth, claims, cors, headers, jwt, ratelimit, reputation, routes, tls, tokens, waf
+from . import allowlist, auth, claims, cors, geo, headers, jwt, ratelimit, reputation, routes, tls, tokens, waf
 from ._pb import ads, duration, header, packed, uint32
 
 HCM = hcm_pb2.HttpConnectionManager
@@ -70,7 +70,10 @@ HTTP_FILTERS: list[
     (headers.strip_identity_filter, "first: client-sent identity headers must be gone before anything reads them"),
     (allowlist.ip_allowlist_filter, "before authentication: a client from elsewhere gets 403 without a token check"),
     (reputation.block_filter, "after the allowlists (their ranges are exempt): a listed client gets 403 first"),
-    (reputation.soft_filters, "after blocking: a client a soft feed lists goes on marked X-Gateway-Risk"),
+    (reputation.soft_filter, "after blocking: a client a soft feed lists goes on marked X-Gateway-Risk"),
+    (geo.lookup_filter, "after the address lists (an allowlist or a feed decides by address first): the country"),
+    (geo.hard_filter, "after the lookup: a route's hard rule refuses a country with 403 before authentication"),
+    (geo.soft_filter, "after the lookup: a route's soft rule marks the request X-Gateway-Risk: geo"),
     (
         cors.cors_filter,
         "before certificates and tokens: browsers send preflights without credentials; it answers them itself",

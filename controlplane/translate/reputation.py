@@ -104,12 +104,12 @@ def block_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | 
     return hcm_pb2.HttpFilter(name=BLOCK_FILTER, typed_config=packed(config))
 
 
-def soft_filters(gw: ir.Gateway, listener: ir.Listener) -> list[hcm_pb2.HttpFilter] | None:
+def soft_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
     """A client a soft feed lists (and no allowlist names) reaches the backend with
-    ``X-Gateway-Risk: reputation``; a client-sent X-Gateway-Risk never does."""
+    ``X-Gateway-Risk: reputation``; a client-sent X-Gateway-Risk never does (the first filter
+    strips it with the identity headers)."""
     if gw.reputation is None or not gw.reputation.soft:
         return None
-    strip = hm.HeaderMutation(mutations=hm.Mutations(request_mutations=[mr.HeaderMutation(remove=RISK_HEADER)]))
     mark = hm.HeaderMutation(
         mutations=hm.Mutations(
             request_mutations=[
@@ -143,7 +143,4 @@ def soft_filters(gw: ir.Gateway, listener: ir.Listener) -> list[hcm_pb2.HttpFilt
             name="composite", typed_config=packed(composite_pb2.Composite())
         ),
     )
-    return [
-        hcm_pb2.HttpFilter(name=SOFT_FILTER + "-strip", typed_config=packed(strip)),
-        hcm_pb2.HttpFilter(name=SOFT_FILTER, typed_config=packed(wrapped)),
-    ]
+    return hcm_pb2.HttpFilter(name=SOFT_FILTER, typed_config=packed(wrapped))

@@ -33,7 +33,7 @@ from .. import incremental, ir
 from ..ir import SegmentKind
 from ..model.paths import Segment, parse_template, python_syntax, re2_escape
 from ..wire import length_delimited, varint
-from . import auth, cors, header_rules, ratelimit, tls, tokens, waf
+from . import auth, cors, geo, header_rules, ratelimit, tls, tokens, waf
 from ._pb import duration, header, packed, per_listener, uint32
 from .headers import security_headers
 
@@ -152,6 +152,10 @@ def _route_rest(op: ir.Operation, ctx: RouteContext) -> rc.Route | None:
     if changed is not None:
         route = route or rc.Route()
         route.MergeFrom(changed)
+    by_country = geo.route_rest(op)
+    if by_country is not None:
+        route = route or rc.Route()
+        route.MergeFrom(by_country)
     return route
 
 
