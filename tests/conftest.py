@@ -56,8 +56,7 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer) 
     def make(files: dict[str, str] | dict[str, str | bytes]) -> Gateway:
         workdir = tmp_path_factory.mktemp("gw")
         texts: dict[str, str | bytes] = {
-            k: v.replace("{{BACKEND}}", f"127.0.0.1:{echo.port}") if isinstance(v, str) else v
-            for k, v in files.items()
+            k: v.replace("{{BACKEND}}", f"127.0.0.1:{echo.port}") if isinstance(v, str) else v for k, v in files.items()
         }
         gw = Gateway(workdir, texts).start()
         started.append(gw)

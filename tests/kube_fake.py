@@ -84,8 +84,15 @@ class ApiError(Exception):
         self.code, self.reason, self.message = code, reason, message
 
     def status(self) -> Obj:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "code": self.code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
 
 
 def _expired(rv: int, floor: int) -> ApiError:
@@ -133,8 +140,12 @@ def _label_term(term: str) -> tuple[str, str, set[str]]:
 
 
 def _label_ok(labels: dict[str, str], key: str, op: str, values: set[str]) -> bool:
-    return {"exists": key in labels, "!exists": key not in labels,
-            "in": labels.get(key) in values, "notin": labels.get(key) not in values}[op]
+    return {
+        "exists": key in labels,
+        "!exists": key not in labels,
+        "in": labels.get(key) in values,
+        "notin": labels.get(key) not in values,
+    }[op]
 
 
 def _field_value(obj: Obj, path: str) -> str:
@@ -157,11 +168,14 @@ def selector(labels: str, fields: str) -> Match:
     def match(obj: Obj) -> bool:
         obj_labels = obj.get("metadata", {}).get("labels") or {}
         return all(_label_ok(obj_labels, *t) for t in label_terms) and all(
-            (_field_value(obj, path) == value) == equal for path, equal, value in field_terms)
+            (_field_value(obj, path) == value) == equal for path, equal, value in field_terms
+        )
+
     return match
 
 
 # --- patches --------------------------------------------------------------------------------------
+
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386."""
@@ -227,6 +241,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
 
 # --- the server -----------------------------------------------------------------------------------
 
+
 class _Dropped(Exception):
     """drop_watches() or stop() cut this watch stream."""
 
@@ -234,8 +249,14 @@ class _Dropped(Exception):
 class FakeKube:
     """A Kubernetes API server on 127.0.0.1 (random port), for the official client; thread-safe."""
 
-    def __init__(self, *, token: str | None = "fake-token", bookmark_interval: float = 1.0,
-                 history_limit: int = 10_000, resources: tuple[Resource, ...] = DEFAULT_RESOURCES) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = "fake-token",
+        bookmark_interval: float = 1.0,
+        history_limit: int = 10_000,
+        resources: tuple[Resource, ...] = DEFAULT_RESOURCES,
+    ) -> None:
         self.token = token
         self.bookmark_interval = bookmark_interval
         self.history_limit = history_limit
@@ -255,8 +276,7 @@ class FakeKube:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.kube = self
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-kube",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-kube", daemon=True)
 
     # -- lifecycle and client wiring
 
@@ -290,11 +310,14 @@ class FakeKube:
     def kubeconfig(self, path: Path | str, namespace: str = "default") -> Path:
         """Write a kubeconfig (JSON is YAML) for this server; `kubernetes.config.load_kube_config(path)` reads it."""
         user = {"token": self.token} if self.token else {}
-        config = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
-                  "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-                  "users": [{"name": "fake", "user": user}],
-                  "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake",
-                                                            "namespace": namespace}}]}
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": user}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+        }
         Path(path).write_text(json.dumps(config, indent=2))
         return Path(path)
 
@@ -335,8 +358,13 @@ class FakeKube:
 
     def objects(self, plural: str, namespace: str | None = None) -> list[Obj]:
         with self._cond:
-            return [copy.deepcopy(o) for r, objs in self._store.items() if r.plural == plural
-                    for (ns, _), o in sorted(objs.items()) if namespace is None or ns == namespace]
+            return [
+                copy.deepcopy(o)
+                for r, objs in self._store.items()
+                if r.plural == plural
+                for (ns, _), o in sorted(objs.items())
+                if namespace is None or ns == namespace
+            ]
 
     def resource(self, plural: str, group: str | None = None) -> Resource:
         found = [r for r in self._store if r.plural == plural and (group is None or r.group == group)]
@@ -376,7 +404,7 @@ class FakeKube:
         return obj
 
     def _events_after(self, rv: int) -> list[_Event]:
-        return self._history[bisect.bisect_right(self._history, rv, key=lambda e: e.rv):]
+        return self._history[bisect.bisect_right(self._history, rv, key=lambda e: e.rv) :]
 
     def _state_at(self, res: Resource, rv: int) -> dict[Key, Obj]:
         """The resource's objects as they were at this resourceVersion, from the current state and history."""
@@ -422,8 +450,12 @@ class FakeKube:
         meta = _check_body(res, ns, name, body)
         rv = meta.get("resourceVersion")
         if rv and rv != current["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res.qualified} "{name}": the object '
-                           "has been modified; please apply your changes to the latest version and try again")
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {res.qualified} "{name}": the object '
+                "has been modified; please apply your changes to the latest version and try again",
+            )
         for immutable in ("uid", "creationTimestamp", "resourceVersion", "generation"):
             meta.pop(immutable, None)
             if immutable in current["metadata"]:
@@ -448,8 +480,11 @@ class FakeKube:
         pre = options.get("preconditions") or {}
         for field in ("uid", "resourceVersion"):
             if pre.get(field) and pre[field] != current["metadata"].get(field):
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res.qualified} "{name}": '
-                               f"Precondition failed: {field}")
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {res.qualified} "{name}": Precondition failed: {field}',
+                )
         return self._commit(res, "DELETED", (ns, name), current, current)
 
     def _list(self, res: Resource, ns: str | None, q: dict[str, str]) -> Obj:
@@ -484,7 +519,7 @@ class FakeKube:
         for (prefix, plural), res in self._resources.items():
             if not path.startswith(prefix + "/"):
                 continue
-            parts = path[len(prefix) + 1:].split("/")
+            parts = path[len(prefix) + 1 :].split("/")
             ns: str | None = None
             if res.namespaced and len(parts) >= 3 and parts[0] == "namespaces":
                 ns, parts = parts[1], parts[2:]
@@ -508,7 +543,8 @@ class FakeKube:
             res, ns, name, sub = self._route(url.path)
             watch = q.get("watch") in ("true", "1")
             verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
-                method, "get" if name else "watch" if watch else "list")
+                method, "get" if name else "watch" if watch else "list"
+            )
             with self._cond:
                 self.requests.append((verb, url.path, url.query))
                 for i, (m, pattern, status, reason) in enumerate(self._failures):
@@ -557,8 +593,9 @@ class FakeKube:
             expired: ApiError | None = None
             if q.get("resourceVersion", "") in ("", "0"):
                 cursor = self._rv
-                initial = [o for (o_ns, _), o in sorted(self._store[res].items())
-                           if (ns is None or o_ns == ns) and match(o)]
+                initial = [
+                    o for (o_ns, _), o in sorted(self._store[res].items()) if (ns is None or o_ns == ns) and match(o)
+                ]
             else:
                 cursor = _int(q["resourceVersion"], "resourceVersion")
                 if cursor < self._floor:
@@ -693,11 +730,17 @@ def _check_body(res: Resource, ns: str, name: str | None, body: Obj) -> Obj:
     meta: Obj = body.setdefault("metadata", {})
     if res.namespaced:
         if meta.setdefault("namespace", ns) != ns:
-            raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
-                           "sent on the request")
+            raise ApiError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
     if name is not None and meta.get("name") != name:
-        raise ApiError(400, "BadRequest", f"the name of the object ({meta.get('name')}) does not match the name "
-                       f"on the URL ({name})")
+        raise ApiError(
+            400,
+            "BadRequest",
+            f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})",
+        )
     return meta
 
 

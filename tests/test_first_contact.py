@@ -324,8 +324,7 @@ def test_a_typo_in_an_auth_provider_is_one_error(tmp_path: Path) -> None:
         {
             "api.yaml": SPEC_HEAD + "paths:\n  /a:\n    get: {operationId: getA}\n",
             "jwks.json": (REPO / "specs" / "idp" / "jwks.json").read_text(),
-            "policy.yaml": POLICY_HEAD
-            + "auth:\n  providers:\n    - name: idp\n      issuer: https://idp.example.com\n"
+            "policy.yaml": POLICY_HEAD + "auth:\n  providers:\n    - name: idp\n      issuer: https://idp.example.com\n"
             "      jwks: {file: jwks.json}\n      timout: 5s\n"
             "upstreams: [{name: b, endpoints: ['127.0.0.1:9000']}]\n"
             "apis:\n  - name: a\n    spec: api.yaml\n    upstream: b\n    auth: {provider: idp}\n",

@@ -125,7 +125,11 @@ def reached(
     resp = from_address(gw, source, path, headers)
     seen = echo.received[before:]
     if resp.status == 403:
-        assert json.loads(resp.body) == {"message": "forbidden", "status": 403, "request_id": resp.header("x-request-id")}
+        assert json.loads(resp.body) == {
+            "message": "forbidden",
+            "status": 403,
+            "request_id": resp.header("x-request-id"),
+        }
     return resp.status, (seen[0]["header_list"] if seen else None)
 
 
@@ -302,7 +306,9 @@ def test_a_city_database_is_accepted(tmp_path: Path) -> None:
 
 
 def test_every_rule_error_at_once_with_pointers(tmp_path: Path) -> None:
-    policy = POLICY.replace("usDenied: {geo: {deny: [US], mode: hard}}", "usDenied: {geo: {deny: [us, USA], mode: block}}")
+    policy = POLICY.replace(
+        "usDenied: {geo: {deny: [US], mode: hard}}", "usDenied: {geo: {deny: [us, USA], mode: block}}"
+    )
     policy = policy.replace("geo: {deny: [CN], mode: hard}", "geo: {allow: [FR], deny: [CN]}")
     found = {(p, m.split(":")[0]) for _f, p, m in problems(write(tmp_path, policy))}
     pointers = sorted(p for p, _m in found)

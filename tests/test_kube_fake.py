@@ -119,13 +119,19 @@ def test_stale_replace_is_a_conflict(core: client.CoreV1Api) -> None:
 
 def test_custom_objects_and_the_status_subresource(custom: client.CustomObjectsApi, kube_api: FakeKube) -> None:
     created = custom.create_namespaced_custom_object(
-        GROUP, VERSION, "team", "apispecs", {**_spec("orders", file="a.yaml"), "status": {"phase": "forged"}})
+        GROUP, VERSION, "team", "apispecs", {**_spec("orders", file="a.yaml"), "status": {"phase": "forged"}}
+    )
     assert created["metadata"]["generation"] == 1 and "status" not in created  # status is /status's alone
     rv = created["metadata"]["resourceVersion"]
 
     with_status = custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, "team", "apispecs", "orders",
-        {"status": {"conditions": [{"type": "Accepted", "status": "True"}]}, "spec": {"file": "ignored"}})
+        GROUP,
+        VERSION,
+        "team",
+        "apispecs",
+        "orders",
+        {"status": {"conditions": [{"type": "Accepted", "status": "True"}]}, "spec": {"file": "ignored"}},
+    )
     assert with_status["spec"] == {"file": "a.yaml"} and with_status["metadata"]["generation"] == 1
     assert with_status["status"]["conditions"][0]["type"] == "Accepted"
     assert int(with_status["metadata"]["resourceVersion"]) > int(rv)
@@ -136,18 +142,26 @@ def test_custom_objects_and_the_status_subresource(custom: client.CustomObjectsA
     assert replaced["metadata"]["generation"] == 2 and replaced["status"]["conditions"][0]["type"] == "Accepted"
 
     patched = custom.patch_namespaced_custom_object(  # merge patch, the client's default for custom objects
-        GROUP, VERSION, "team", "apispecs", "orders", {"metadata": {"labels": {"team": "a"}}})
+        GROUP, VERSION, "team", "apispecs", "orders", {"metadata": {"labels": {"team": "a"}}}
+    )
     assert patched["metadata"]["generation"] == 2 and patched["metadata"]["labels"] == {"team": "a"}
     json_patched = custom.patch_namespaced_custom_object(
-        GROUP, VERSION, "team", "apispecs", "orders", [{"op": "replace", "path": "/spec/file", "value": "c.yaml"}],
-        _content_type="application/json-patch+json")
+        GROUP,
+        VERSION,
+        "team",
+        "apispecs",
+        "orders",
+        [{"op": "replace", "path": "/spec/file", "value": "c.yaml"}],
+        _content_type="application/json-patch+json",
+    )
     assert json_patched["spec"] == {"file": "c.yaml"} and json_patched["metadata"]["generation"] == 3
 
     same = custom.replace_namespaced_custom_object(GROUP, VERSION, "team", "apispecs", "orders", json_patched)
     assert same["metadata"]["resourceVersion"] == json_patched["metadata"]["resourceVersion"]  # a no-op write
 
-    custom.create_namespaced_custom_object(GROUP, VERSION, "ops", "gatewaypolicies",
-                                           {"metadata": {"name": "p"}, "spec": {"any": ["thing"]}})
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, "ops", "gatewaypolicies", {"metadata": {"name": "p"}, "spec": {"any": ["thing"]}}
+    )
     everywhere = custom.list_cluster_custom_object(GROUP, VERSION, "gatewaypolicies")
     assert [(i["kind"], i["metadata"]["namespace"]) for i in everywhere["items"]] == [("GatewayPolicy", "ops")]
     custom.delete_namespaced_custom_object(GROUP, VERSION, "team", "apispecs", "orders")
@@ -170,8 +184,13 @@ def test_watch_from_a_resource_version_sees_exactly_the_later_events(core: clien
         seen.append((event["type"], event["object"].metadata.name, int(event["object"].metadata.resource_version)))
         if seen[-1][1] == "last":
             w.stop()
-    assert [s[:2] for s in seen] == [("ADDED", "a"), ("MODIFIED", "a"), ("ADDED", "b"), ("DELETED", "a"),
-                                     ("ADDED", "last")]
+    assert [s[:2] for s in seen] == [
+        ("ADDED", "a"),
+        ("MODIFIED", "a"),
+        ("ADDED", "b"),
+        ("DELETED", "a"),
+        ("ADDED", "last"),
+    ]
     versions = [s[2] for s in seen]
     assert versions == sorted(versions) and versions[0] > int(rv)
 
@@ -197,8 +216,9 @@ def test_a_watch_with_a_selector_sees_objects_leave_and_enter_it(core: client.Co
     core.patch_namespaced_config_map("a", "default", {"metadata": {"labels": {"app": "x"}}})
     w = watch.Watch()
     seen = []
-    for event in w.stream(core.list_namespaced_config_map, "default", label_selector="app=x", resource_version="0",
-                          timeout_seconds=10):
+    for event in w.stream(
+        core.list_namespaced_config_map, "default", label_selector="app=x", resource_version="0", timeout_seconds=10
+    ):
         seen.append(event["type"])
         if len(seen) == 1:
             rv = event["object"].metadata.resource_version
@@ -207,8 +227,9 @@ def test_a_watch_with_a_selector_sees_objects_leave_and_enter_it(core: client.Co
     seen = []
     core.patch_namespaced_config_map("a", "default", {"metadata": {"labels": {"app": "y"}}})
     core.patch_namespaced_config_map("b", "default", {"metadata": {"labels": {"app": "x"}}})
-    for event in w.stream(core.list_namespaced_config_map, "default", label_selector="app=x", resource_version=rv,
-                          timeout_seconds=10):
+    for event in w.stream(
+        core.list_namespaced_config_map, "default", label_selector="app=x", resource_version=rv, timeout_seconds=10
+    ):
         seen.append((event["type"], event["object"].metadata.name))
         if len(seen) == 2:
             w.stop()
@@ -235,7 +256,8 @@ def _take(out: queue.Queue[Any], n: int) -> list[Any]:
 
 @pytest.mark.parametrize("graceful", [False, True])
 def test_a_dropped_watch_resumes_from_its_last_version_without_loss_or_duplicate(
-        core: client.CoreV1Api, kube_api: FakeKube, graceful: bool) -> None:
+    core: client.CoreV1Api, kube_api: FakeKube, graceful: bool
+) -> None:
     rv = core.create_namespaced_config_map("default", _cm("seed")).metadata.resource_version
     out: queue.Queue[Any] = queue.Queue()
     resume = threading.Event()
@@ -284,8 +306,12 @@ def test_a_compacted_history_gives_410_and_a_relist_recovers(core: client.CoreV1
     core.create_namespaced_config_map("default", _cm("c"))
     w = watch.Watch()
     seen = []
-    for event in w.stream(core.list_namespaced_config_map, "default",
-                          resource_version=relisted.metadata.resource_version, timeout_seconds=10):
+    for event in w.stream(
+        core.list_namespaced_config_map,
+        "default",
+        resource_version=relisted.metadata.resource_version,
+        timeout_seconds=10,
+    ):
         seen.append((event["type"], event["object"].metadata.name))
         w.stop()
     assert seen == [("ADDED", "c")]
@@ -303,13 +329,22 @@ def test_paged_lists_are_one_snapshot(core: client.CoreV1Api) -> None:
 
 
 def test_bookmarks_carry_the_latest_version(custom: client.CustomObjectsApi, kube_api: FakeKube) -> None:
-    rv = custom.create_namespaced_custom_object(GROUP, VERSION, "team", "apispecs", _spec("a"))[
-        "metadata"]["resourceVersion"]
+    rv = custom.create_namespaced_custom_object(GROUP, VERSION, "team", "apispecs", _spec("a"))["metadata"][
+        "resourceVersion"
+    ]
     client.CoreV1Api(kube_api.api_client()).create_namespaced_config_map("default", _cm("unwatched"))
     w = watch.Watch()
     seen = []
-    for event in w.stream(custom.list_namespaced_custom_object, GROUP, VERSION, "team", "apispecs",
-                          resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=10):
+    for event in w.stream(
+        custom.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        "team",
+        "apispecs",
+        resource_version=rv,
+        allow_watch_bookmarks=True,
+        timeout_seconds=10,
+    ):
         seen.append((event["type"], event["raw_object"]))
         if len(seen) == 2:
             w.stop()
@@ -323,8 +358,11 @@ def test_bookmarks_carry_the_latest_version(custom: client.CustomObjectsApi, kub
 
 
 def test_a_watch_ends_at_its_timeout(core: client.CoreV1Api, kube_api: FakeKube) -> None:
-    events = list(watch.Watch().stream(core.list_namespaced_config_map, "default", timeout_seconds=1,
-                                       resource_version=kube_api.resource_version))
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_config_map, "default", timeout_seconds=1, resource_version=kube_api.resource_version
+        )
+    )
     assert events == [] and kube_api.count("watch") == 1
     # the server's thread closes its side just after the client has read the end of the stream
     deadline = time.monotonic() + 5
@@ -352,19 +390,36 @@ def test_leases_replace_with_optimistic_concurrency(kube_api: FakeKube) -> None:
 def test_endpointslices_events_and_secrets(kube_api: FakeKube) -> None:
     api = kube_api.api_client()
     slices = client.DiscoveryV1Api(api)
-    slices.create_namespaced_endpoint_slice("shop", client.V1EndpointSlice(
-        metadata=client.V1ObjectMeta(name="orders-x1", labels={"kubernetes.io/service-name": "orders"}),
-        address_type="IPv4", endpoints=[client.V1Endpoint(addresses=["10.0.0.1"], zone="a",
-                                                          conditions=client.V1EndpointConditions(ready=True))]))
+    slices.create_namespaced_endpoint_slice(
+        "shop",
+        client.V1EndpointSlice(
+            metadata=client.V1ObjectMeta(name="orders-x1", labels={"kubernetes.io/service-name": "orders"}),
+            address_type="IPv4",
+            endpoints=[
+                client.V1Endpoint(addresses=["10.0.0.1"], zone="a", conditions=client.V1EndpointConditions(ready=True))
+            ],
+        ),
+    )
     found = slices.list_namespaced_endpoint_slice("shop", label_selector="kubernetes.io/service-name=orders")
     assert found.items[0].endpoints[0].zone == "a"
-    client.EventsV1Api(api).create_namespaced_event("team", client.EventsV1Event(
-        metadata=client.V1ObjectMeta(generate_name="orders."), event_time=datetime.now(UTC), reason="Rejected",
-        note="bad", type="Warning", action="Compile", reporting_controller="controlplane.dev/cp",
-        reporting_instance="cp-0"))
+    client.EventsV1Api(api).create_namespaced_event(
+        "team",
+        client.EventsV1Event(
+            metadata=client.V1ObjectMeta(generate_name="orders."),
+            event_time=datetime.now(UTC),
+            reason="Rejected",
+            note="bad",
+            type="Warning",
+            action="Compile",
+            reporting_controller="controlplane.dev/cp",
+            reporting_instance="cp-0",
+        ),
+    )
     core = client.CoreV1Api(api)
-    core.create_namespaced_secret("team", client.V1Secret(metadata=client.V1ObjectMeta(name="tls"),
-                                                          type="kubernetes.io/tls", data={"tls.crt": "Yg=="}))
+    core.create_namespaced_secret(
+        "team",
+        client.V1Secret(metadata=client.V1ObjectMeta(name="tls"), type="kubernetes.io/tls", data={"tls.crt": "Yg=="}),
+    )
     assert [e["metadata"]["name"].startswith("orders.") for e in kube_api.objects("events")] == [True]
     assert core.read_namespaced_secret("tls", "team").data == {"tls.crt": "Yg=="}
 
@@ -398,16 +453,23 @@ def test_versions_older_than_the_bounded_history_get_410() -> None:
         for i in range(5):
             core.patch_namespaced_config_map("a", "default", {"data": {"i": str(i)}})
         with pytest.raises(ApiException) as expired:
-            list(watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=rv,
-                                      timeout_seconds=5))
+            list(
+                watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=rv, timeout_seconds=5)
+            )
         assert expired.value.status == 410
 
         errors: list[ApiException] = []
 
         def slow_watcher() -> None:
             try:
-                list(watch.Watch().stream(core.list_namespaced_config_map, "default", timeout_seconds=10,
-                                          resource_version=kube.resource_version))
+                list(
+                    watch.Watch().stream(
+                        core.list_namespaced_config_map,
+                        "default",
+                        timeout_seconds=10,
+                        resource_version=kube.resource_version,
+                    )
+                )
             except ApiException as e:
                 errors.append(e)
 

@@ -111,8 +111,10 @@ def test_local_limits_need_no_service(tmp_path: Path) -> None:
 def test_bad_limits_are_reported_with_their_place_all_at_once(tmp_path: Path) -> None:
     spec = SPEC.replace("rateLimits: [{by: consumer, minute: 10}]", "rateLimits: [{by: consumer, minute: 0}]")
     policy = (
-        POLICY.replace("{by: consumer, minute: 100, hour: 5000, exempt: {clients: [10.1.2.3]}}",
-                       "{by: consumer, minute: 100, exempt: {clients: [10.1.2.300]}}")
+        POLICY.replace(
+            "{by: consumer, minute: 100, hour: 5000, exempt: {clients: [10.1.2.3]}}",
+            "{by: consumer, minute: 100, exempt: {clients: [10.1.2.300]}}",
+        )
         .replace("{name: floor, by: ip, second: 20}", "{name: floor, by: everyone, second: 20}")
         .replace("{name: purge, by: operation, minute: 1,", "{name: purge, by: operation,")
     )
