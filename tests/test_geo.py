@@ -197,6 +197,30 @@ def test_client_sent_geo_headers_are_stripped_before_the_lookup(gw: Gateway, ech
 
 
 @pytest.mark.envoy
+@pytest.mark.parametrize(
+    "claim",
+    [{"X-Forwarded-For": FR}, {"X-Forwarded-For": f"{FR}, {FR}"}, {"Forwarded": f"for={FR}"}, {"X-Real-IP": FR}],
+)
+def test_a_client_cannot_claim_another_address(gw: Gateway, echo: EchoServer, claim: dict[str, str]) -> None:
+    # the listener trusts no proxy hop: the country is the TCP peer's
+    assert reached(gw, echo, CN, "/api/open", claim)[0] == 403
+    assert risk(reached(gw, echo, US, "/api/fr-only", claim)[1]) == ["geo"]
+
+
+@pytest.mark.envoy
+def test_behind_a_trusted_proxy_the_hop_it_reports_is_looked_up(
+    gateway_factory: Callable[..., Gateway], echo: EchoServer
+) -> None:
+    proxied = gateway_factory(files(POLICY.replace("port: {{PORT}},", "port: {{PORT}}, xffNumTrustedHops: 1,")))
+    # the proxy (127.0.0.1, in no country) reports the client as the last X-Forwarded-For
+    # element; what the client wrote before it is not trusted
+    assert reached(proxied, echo, "127.0.0.1", "/api/open", {"X-Forwarded-For": f"{FR}, {CN}"})[0] == 403
+    assert reached(proxied, echo, "127.0.0.1", "/api/open", {"X-Forwarded-For": f"{CN}, {FR}"})[0] == 200
+    status, seen = reached(proxied, echo, "127.0.0.1", "/api/fr-only", {"X-Forwarded-For": f"{FR}, {US}"})
+    assert status == 200 and risk(seen) == ["geo"] and values(seen, "x-gateway-geo-country") == ["US"]
+
+
+@pytest.mark.envoy
 def test_address_checks_run_allowlist_then_reputation_then_geo(gw: Gateway, echo: EchoServer) -> None:
     def refused_by(source: str, path: str) -> tuple[int, dict[str, int]]:
         names = {
