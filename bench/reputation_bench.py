@@ -1,5 +1,5 @@
-"""IP-reputation feeds of 100k and 1M entries beside no feed: compile time, push size, a real
-Envoy's memory, and its CPU and latency per request.
+"""IP-reputation feeds of 100k and 1M entries, and geo rules, beside plain proxying: compile
+time, push size, a real Envoy's memory, and its CPU and latency per request.
 
 For each size (``--sizes``, default ``0 100000 1000000``; 0 is the policy without
 ``reputation``), a deterministic synthetic feed: 99% single IPv4 addresses, 1% /24 ranges,
@@ -18,6 +18,12 @@ a file next to the policy. One spec of two operations, one listener.
   Envoy's CPU per request from /proc (every thread's schedstat) before and after, and the
   client's latency p50/p99. The backend is ``bench/_http.py backend`` (a fixed 200, its own
   process), the same for every size.
+
+With ``--geo`` (the default), two more rows: the policy with a ``geo`` section (a MaxMind-format
+database of ``--geo-networks`` random /24 networks and the clients' addresses) and a hard rule
+on the listener (``deny: [CN]``: the client, placed in FR, is looked up and passes; a client
+placed in CN gets 403: the "hit"), without a feed and with the largest feed: the cost of a
+lookup, and of the address checks together.
 
 Run: ``python bench/reputation_bench.py`` (a few minutes); ``--sizes 0 1000 --requests 500``
 checks the script in seconds.
@@ -62,7 +68,8 @@ paths:
 """
 
 LISTED = "127.0.0.5"  # in every feed: the hit case
-UNLISTED = "127.0.0.2"
+UNLISTED = "127.0.0.2"  # in no feed, placed in FR: passes every check
+REFUSED_COUNTRY = "127.0.0.6"  # in no feed, placed in CN: the geo rule's 403
 
 
 def feed_text(n: int, seed: int = 12) -> str:
@@ -80,11 +87,34 @@ def feed_text(n: int, seed: int = 12) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_inputs(directory: Path, n: int, port: int, backend: int) -> None:
+def database(path: Path, networks: int, seed: int = 7) -> None:
+    """A country database: ``networks`` random /24s in random countries, and the clients."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    rng = random.Random(seed)
+    codes = ["US", "DE", "FR", "GB", "JP", "BR", "IN", "NL", "SE", "CA", "AU", "CN"]
+    by_country: dict[str, list[str]] = {c: [] for c in codes}
+    for _ in range(networks):
+        a = rng.randrange(1, 224)
+        by_country[rng.choice(codes)].append(f"{126 if a == 127 else a}.{rng.randrange(256)}.{rng.randrange(256)}.0/24")
+    by_country["FR"] += [f"{UNLISTED}/32", f"{LISTED}/32"]
+    by_country["CN"].append(f"{REFUSED_COUNTRY}/32")
+    writer = MMDBWriter(ip_version=4, database_type="GeoLite2-Country", languages=["en"])
+    for code, cidrs in by_country.items():
+        writer.insert_network(IPSet(cidrs), {"country": {"iso_code": code, "names": {"en": code}}})
+    writer.to_db_file(str(path))
+
+
+def write_inputs(directory: Path, n: int, port: int, backend: int, geo_networks: int = 0) -> None:
     feeds = "reputation:\n  feeds:\n    - {name: synthetic, file: feed.txt}\n" if n else ""
+    rule = ", geo: {deny: [CN], mode: hard}" if geo_networks else ""
+    if geo_networks:
+        database(directory / "countries.mmdb", geo_networks)
+        feeds += "geo: {database: countries.mmdb}\n"
     (directory / "policy.yaml").write_text(
         "apiVersion: controlplane.dev/v1\nkind: GatewayPolicy\n"
-        f"listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]\n"
+        f"listeners: [{{name: public, address: 127.0.0.1, port: {port}{rule}}}]\n"
         f'upstreams: [{{name: backend, endpoints: ["127.0.0.1:{backend}"]}}]\n'
         "gateway: {accessLog: false}\n"
         f"{feeds}"
@@ -159,11 +189,11 @@ def per_request(envoy: EnvoyProcess, port: int, source: str, count: int, expect:
     }
 
 
-def measure(n: int, args: argparse.Namespace, backend: int, workdir: Path) -> dict[str, Any]:
+def measure(n: int, args: argparse.Namespace, backend: int, workdir: Path, geo: bool = False) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"rep-{n}-", dir=workdir))
     port = free_port()
-    write_inputs(directory, n, port, backend)
-    row: dict[str, Any] = {"entries": n}
+    write_inputs(directory, n, port, backend, args.geo_networks if geo else 0)
+    row: dict[str, Any] = {"entries": n, "geo": geo}
     if n:
         text = (directory / "feed.txt").read_text()
         started = time.perf_counter()
@@ -196,6 +226,8 @@ def measure(n: int, args: argparse.Namespace, backend: int, workdir: Path) -> di
         row["miss"] = per_request(envoy, port, UNLISTED, args.requests, 200)
         if n:
             row["hit"] = per_request(envoy, port, LISTED, args.requests, 403)
+        if geo:
+            row["geo_hit"] = per_request(envoy, port, REFUSED_COUNTRY, args.requests, 403)
     finally:
         envoy.stop()
     return row
@@ -206,6 +238,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[0, 100_000, 1_000_000])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--compiles", type=int, default=3)
+    parser.add_argument("--geo", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--geo-networks", type=int, default=50_000)
     args = parser.parse_args()
     backend = free_port()
     server = subprocess.Popen(
@@ -219,8 +253,11 @@ def main() -> None:
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="reputation-bench-") as tmp:
-            for n in args.sizes:
-                row = measure(n, args, backend, Path(tmp))
+            variants = [(n, False) for n in args.sizes]
+            if args.geo:
+                variants += [(0, True), *([(max(args.sizes), True)] if max(args.sizes) else [])]
+            for n, geo in variants:
+                row = measure(n, args, backend, Path(tmp), geo)
                 rows.append(row)
                 print(row, flush=True)
     finally:
@@ -228,17 +265,24 @@ def main() -> None:
         server.wait()
     print()
     print(
-        "| entries | parse s | compile s (cpu) | listener MiB | push MiB | Envoy ready s | RSS MiB | allocated MiB "
-        "| miss: Envoy µs/req, p50/p99 ms | hit (403): Envoy µs/req, p50/p99 ms |"
+        "| feed entries | geo | parse s | compile s (cpu) | listener MiB | push MiB | Envoy ready s | RSS MiB "
+        "| allocated MiB | pass: Envoy µs/req, p50/p99 ms | feed hit (403): Envoy µs/req, p50/p99 ms "
+        "| geo hit (403): Envoy µs/req, p50/p99 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        miss, hit = r["miss"], r.get("hit")
+        miss, hit, geo_hit = r["miss"], r.get("hit"), r.get("geo_hit")
         print(
-            f"| {r['entries']:,} | {r.get('parse_s', 0):.2f} | {r['compile_s']:.2f} ({r['compile_cpu_s']:.2f}) "
+            f"| {r['entries']:,} | {'yes' if r['geo'] else 'no'} | {r.get('parse_s', 0):.2f} "
+            f"| {r['compile_s']:.2f} ({r['compile_cpu_s']:.2f}) "
             f"| {r['listener_mib']:.2f} | {r['push_mib']:.2f} | {r['envoy_ready_s']:.1f} | {r['envoy_rss_mib']:.0f} "
             f"| {r['envoy_allocated_mib']:.0f} | {miss['envoy_cpu_us']:.0f}, {miss['p50_ms']:.2f}/{miss['p99_ms']:.2f} "
-            + (f"| {hit['envoy_cpu_us']:.0f}, {hit['p50_ms']:.2f}/{hit['p99_ms']:.2f} |" if hit else "| - |")
+            + (f"| {hit['envoy_cpu_us']:.0f}, {hit['p50_ms']:.2f}/{hit['p99_ms']:.2f} " if hit else "| - ")
+            + (
+                f"| {geo_hit['envoy_cpu_us']:.0f}, {geo_hit['p50_ms']:.2f}/{geo_hit['p99_ms']:.2f} |"
+                if geo_hit
+                else "| - |"
+            )
         )
 
 
