@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from . import cors, geo, ir
+from . import cors, geo, header_rules, ir
 from .translate.reputation import exempt_ranges
 
 
@@ -165,6 +165,12 @@ def explain(gw: ir.Gateway, method: str, url: str, caller: Caller) -> Explanatio
         status = _waf(gw.waf_service, op, method, path, query, caller, out)
         if status:
             return out
+    for rules, whose in ((listener.header_rules, f"listener {listener.name}"), (op.header_rules, "operation")):
+        for direction in ("request", "response"):
+            changes = getattr(rules, direction) if rules is not None else None
+            if changes is not None and changes.any():
+                said = ", ".join(f"{name}: {what}" for name, what in header_rules.described(changes).items())
+                out.step("headers", f"{direction} ({whose}): {said}", changes.source)
     target = op.upstream
     upstream_path = path
     if op.rewrite_prefix is not None:

@@ -220,13 +220,14 @@ def rules(settings: dict[str, Any]) -> ir.HeaderRules | None:
     return ir.HeaderRules(request, response) if request is not None or response is not None else None
 
 
-__all__ = ["VARIABLES", "check_sensitive", "read", "read_layer", "refusal", "rules"]
+__all__ = ["VARIABLES", "changes", "check_sensitive", "described", "read", "read_layer", "refusal", "rules"]
 
 
 # -- diff ----------------------------------------------------------------------------------------
 
 
-def _described(c: ir.HeaderChanges | None) -> dict[str, str]:
+def described(c: ir.HeaderChanges | None) -> dict[str, str]:
+    """Each header's change in words (``{'x-api-version': "set '2'"}``), for diff and explain."""
     if c is None:
         return {}
     out = {n: f"add {v!r}" for n, v in c.add_if_absent}
@@ -243,8 +244,8 @@ def changes(a: ir.HeaderRules | None, b: ir.HeaderRules | None) -> list[tuple[st
         return []
     out = []
     for direction in ("request", "response"):
-        old = _described(getattr(a, direction) if a is not None else None)
-        new = _described(getattr(b, direction) if b is not None else None)
+        old = described(getattr(a, direction) if a is not None else None)
+        new = described(getattr(b, direction) if b is not None else None)
         for name in sorted(old.keys() | new.keys()):
             if old.get(name) != new.get(name):
                 now = new.get(name, "no change")

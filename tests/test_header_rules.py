@@ -14,6 +14,7 @@ import pytest
 from controlplane import diff, ir
 from controlplane.compiler import compile
 from controlplane.echo import EchoServer
+from controlplane.explain import Caller, explain
 from tests.harness import Gateway, Response
 
 SPEC = """
@@ -299,3 +300,24 @@ def test_diff_says_what_changed(tmp_path: Path) -> None:
     assert "listener public: response header x-served-by: set 'gateway' → no change" in text, text
     assert not any(c.security for c in report.changes)
     assert isinstance(old.listeners[0].header_rules, ir.HeaderRules)
+
+
+def test_explain_names_the_header_changes_and_where_they_were_written(gw: Gateway) -> None:
+    result = compile([gw.workdir])
+    assert result.ok and result.gateway is not None
+    said = explain(result.gateway, "GET", f"http://gateway.test:{gw.port}/api/items", Caller())
+    steps = [(s.decision, s.source.rsplit("#", 1)[-1]) for s in said.steps if s.stage == "headers"]
+    assert steps == [
+        (
+            "request (listener public): x-default: add 'listener', x-gw: set 'listener', x-tier: set 'listener', "
+            "x-drop-me: remove",
+            "/listeners/0/requestHeaders",
+        ),
+        (
+            "response (listener public): x-served-by: set 'gateway', x-backend-secret: remove",
+            "/listeners/0/responseHeaders",
+        ),
+        ("request (operation): x-gw: remove", "/apis/0/operations/listItems/requestHeaders"),
+        ("response (operation): x-served-by: set 'items'", "/apis/0/operations/listItems/responseHeaders"),
+    ]
+    assert said.status == 200
