@@ -13,11 +13,12 @@ a file next to the policy. One spec of two operations, one listener.
   and every resource together, as the xDS server sends them;
 - **Envoy memory**: a real Envoy (``--concurrency 1``, static bootstrap of the same compile):
   its RSS (/proc) and ``server.memory_allocated`` once ready, and how long it took to be ready;
-- **per request**: ``--requests`` keep-alive GETs from 127.0.0.2 (in no feed: the trie is
-  searched and misses, the common case) and, with a feed, from a listed address (403: a hit).
-  Envoy's CPU per request from /proc (every thread's schedstat) before and after, and the
-  client's latency p50/p99. The backend is ``bench/_http.py backend`` (a fixed 200, its own
-  process), the same for every size.
+- **per request**: ``--rounds`` rounds of ``--requests`` keep-alive GETs, every variant's Envoy
+  running at once and the rounds alternating between them (the median round is reported):
+  from 127.0.0.2 (in no feed: the trie is searched and misses, the common case) and, with a
+  feed, from a listed address (403: a hit). Envoy's CPU per request from /proc (every thread's
+  schedstat) before and after, and the client's latency p50/p99. The backend is
+  ``bench/_http.py backend`` (a fixed 200, its own process), the same for every size.
 
 With ``--geo`` (the default), two more rows: the policy with a ``geo`` section (a MaxMind-format
 database of ``--geo-networks`` random /24 networks and the clients' addresses) and a hard rule
@@ -189,7 +190,10 @@ def per_request(envoy: EnvoyProcess, port: int, source: str, count: int, expect:
     }
 
 
-def measure(n: int, args: argparse.Namespace, backend: int, workdir: Path, geo: bool = False) -> dict[str, Any]:
+def measure(
+    n: int, args: argparse.Namespace, backend: int, workdir: Path, geo: bool = False
+) -> tuple[dict[str, Any], EnvoyProcess, int]:
+    """Compile and push figures, and a running Envoy serving the variant (on the port returned)."""
     directory = Path(tempfile.mkdtemp(prefix=f"rep-{n}-", dir=workdir))
     port = free_port()
     write_inputs(directory, n, port, backend, args.geo_networks if geo else 0)
@@ -210,33 +214,50 @@ def measure(n: int, args: argparse.Namespace, backend: int, workdir: Path, geo: 
     config = to_dict(static_bootstrap(result.gateway, result.resources, AdminOptions(port=admin)))
     started = time.perf_counter()
     envoy = EnvoyProcess(config, directory, admin, wait=False)
-    try:
-        envoy.wait_ready(300)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        row["envoy_ready_s"] = time.perf_counter() - started
-        row["envoy_rss_mib"] = rss_kib(envoy.proc.pid) / 1024
-        _, stats = envoy.admin("/stats?filter=^server.memory_allocated$")
-        row["envoy_allocated_mib"] = int(stats.split(":")[1]) / (1 << 20)
-        row["miss"] = per_request(envoy, port, UNLISTED, args.requests, 200)
-        if n:
-            row["hit"] = per_request(envoy, port, LISTED, args.requests, 403)
-        if geo:
-            row["geo_hit"] = per_request(envoy, port, REFUSED_COUNTRY, args.requests, 403)
-    finally:
-        envoy.stop()
-    return row
+    envoy.wait_ready(300)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    row["envoy_ready_s"] = time.perf_counter() - started
+    row["envoy_rss_mib"] = rss_kib(envoy.proc.pid) / 1024
+    _, stats = envoy.admin("/stats?filter=^server.memory_allocated$")
+    row["envoy_allocated_mib"] = int(stats.split(":")[1]) / (1 << 20)
+    return row, envoy, port
+
+
+def cases(row: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(name, client address, expected status) measured per request for a variant."""
+    out = [("miss", UNLISTED, 200)]
+    if row["entries"]:
+        out.append(("hit", LISTED, 403))
+    if row["geo"]:
+        out.append(("geo_hit", REFUSED_COUNTRY, 403))
+    return out
+
+
+def per_request_rounds(running: list[tuple[dict[str, Any], EnvoyProcess, int]], count: int, rounds: int) -> None:
+    """Every variant's Envoy serves at once; rounds alternate between them, so that the machine's
+    drift (frequency, caches) falls on all alike. Each figure is the median of its rounds."""
+    samples: dict[tuple[int, str], list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for i, (row, envoy, port) in enumerate(running):
+            for name, source, status in cases(row):
+                samples.setdefault((i, name), []).append(per_request(envoy, port, source, count, status))
+    for i, (row, _envoy, _port) in enumerate(running):
+        for name, _source, _status in cases(row):
+            taken = samples[(i, name)]
+            row[name] = {k: statistics.median(t[k] for t in taken) for k in taken[0]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[0, 100_000, 1_000_000])
-    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per case and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds alternating between the variants")
     parser.add_argument("--compiles", type=int, default=3)
     parser.add_argument("--geo", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--geo-networks", type=int, default=50_000)
@@ -256,9 +277,17 @@ def main() -> None:
             variants = [(n, False) for n in args.sizes]
             if args.geo:
                 variants += [(0, True), *([(max(args.sizes), True)] if max(args.sizes) else [])]
-            for n, geo in variants:
-                row = measure(n, args, backend, Path(tmp), geo)
-                rows.append(row)
+            running = []
+            try:
+                for n, geo in variants:
+                    running.append(measure(n, args, backend, Path(tmp), geo))
+                    print(running[-1][0], flush=True)
+                per_request_rounds(running, args.requests, args.rounds)
+            finally:
+                for _row, envoy, _port in running:
+                    envoy.stop()
+            rows = [row for row, _envoy, _port in running]
+            for row in rows:
                 print(row, flush=True)
     finally:
         server.terminate()
@@ -266,17 +295,21 @@ def main() -> None:
     print()
     print(
         "| feed entries | geo | parse s | compile s (cpu) | listener MiB | push MiB | Envoy ready s | RSS MiB "
-        "| allocated MiB | pass: Envoy µs/req, p50/p99 ms | feed hit (403): Envoy µs/req, p50/p99 ms "
+        "| allocated MiB | pass: Envoy µs/req (x the floor: no feed, no geo), p50/p99 ms "
+        "| feed hit (403): Envoy µs/req, p50/p99 ms "
         "| geo hit (403): Envoy µs/req, p50/p99 ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    floor = next((r["miss"]["envoy_cpu_us"] for r in rows if not r["entries"] and not r["geo"]), None)
     for r in rows:
         miss, hit, geo_hit = r["miss"], r.get("hit"), r.get("geo_hit")
         print(
             f"| {r['entries']:,} | {'yes' if r['geo'] else 'no'} | {r.get('parse_s', 0):.2f} "
             f"| {r['compile_s']:.2f} ({r['compile_cpu_s']:.2f}) "
             f"| {r['listener_mib']:.2f} | {r['push_mib']:.2f} | {r['envoy_ready_s']:.1f} | {r['envoy_rss_mib']:.0f} "
-            f"| {r['envoy_allocated_mib']:.0f} | {miss['envoy_cpu_us']:.0f}, {miss['p50_ms']:.2f}/{miss['p99_ms']:.2f} "
+            f"| {r['envoy_allocated_mib']:.0f} | {miss['envoy_cpu_us']:.0f}"
+            + (f" ({miss['envoy_cpu_us'] / floor:.2f}x)" if floor else "")
+            + f", {miss['p50_ms']:.2f}/{miss['p99_ms']:.2f} "
             + (f"| {hit['envoy_cpu_us']:.0f}, {hit['p50_ms']:.2f}/{hit['p99_ms']:.2f} " if hit else "| - ")
             + (
                 f"| {geo_hit['envoy_cpu_us']:.0f}, {geo_hit['p50_ms']:.2f}/{geo_hit['p99_ms']:.2f} |"
