@@ -9,8 +9,8 @@ a file next to the policy. One spec of two operations, one listener.
 - **compile**: ``controlplane.compile([dir])`` as ``serve``'s worker runs it, best of
   ``--compiles`` (wall and this process's CPU), and the feed's parse alone
   (``reputation.parse``);
-- **push size**: the serialized Listener resource (the tries live in its connection manager)
-  and every resource together, as the xDS server sends them;
+- **push size**: the serialized tries (the reputation filters' configurations, ECDS resources
+  sent apart from the listener) and every resource together, as the xDS server sends them;
 - **Envoy memory**: a real Envoy (``--concurrency 1``, static bootstrap of the same compile):
   its RSS (/proc) and ``server.memory_allocated`` once ready, and how long it took to be ready;
 - **per request**: ``--rounds`` rounds of ``--requests`` keep-alive GETs, every variant's Envoy
@@ -207,8 +207,8 @@ def measure(
         row["ranges"] = len(parsed.cidrs)
     row["compile_s"], row["compile_cpu_s"], result = timed_compile(directory, args.compiles)
     serialized = serialize(result.resources)
-    listeners = next(v for k, v in serialized.items() if k.endswith("Listener"))
-    row["listener_mib"] = sum(map(len, listeners.values())) / (1 << 20)
+    tries = next((v for k, v in serialized.items() if k.endswith("TypedExtensionConfig")), {})
+    row["tries_mib"] = sum(map(len, tries.values())) / (1 << 20)
     row["push_mib"] = sum(len(b) for by_name in serialized.values() for b in by_name.values()) / (1 << 20)
     admin = free_port()
     config = to_dict(static_bootstrap(result.gateway, result.resources, AdminOptions(port=admin)))
@@ -294,7 +294,7 @@ def main() -> None:
         server.wait()
     print()
     print(
-        "| feed entries | geo | parse s | compile s (cpu) | listener MiB | push MiB | Envoy ready s | RSS MiB "
+        "| feed entries | geo | parse s | compile s (cpu) | tries MiB | push MiB | Envoy ready s | RSS MiB "
         "| allocated MiB | pass: Envoy µs/req (x the floor: no feed, no geo), p50/p99 ms "
         "| feed hit (403): Envoy µs/req, p50/p99 ms "
         "| geo hit (403): Envoy µs/req, p50/p99 ms |"
@@ -306,7 +306,7 @@ def main() -> None:
         print(
             f"| {r['entries']:,} | {'yes' if r['geo'] else 'no'} | {r.get('parse_s', 0):.2f} "
             f"| {r['compile_s']:.2f} ({r['compile_cpu_s']:.2f}) "
-            f"| {r['listener_mib']:.2f} | {r['push_mib']:.2f} | {r['envoy_ready_s']:.1f} | {r['envoy_rss_mib']:.0f} "
+            f"| {r['tries_mib']:.2f} | {r['push_mib']:.2f} | {r['envoy_ready_s']:.1f} | {r['envoy_rss_mib']:.0f} "
             f"| {r['envoy_allocated_mib']:.0f} | {miss['envoy_cpu_us']:.0f}"
             + (f" ({miss['envoy_cpu_us'] / floor:.2f}x)" if floor else "")
             + f", {miss['p50_ms']:.2f}/{miss['p99_ms']:.2f} "

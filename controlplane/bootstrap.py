@@ -96,17 +96,22 @@ def runtime() -> bootstrap_pb2.LayeredRuntime:
     )
 
 
-def _inline_routes(
+def _inline(
     listener: listener_pb2.Listener,
     routes: Mapping[str, Message],
     scopes: Mapping[str, Message],
+    extensions: Mapping[str, Message],
 ) -> None:
+    """Routes, scopes and HTTP filter configurations (ECDS) written into the listener."""
     for chain in listener.filter_chains:
         for f in chain.filters:
             if f.name != HCM_NAME:
                 continue
             hcm = hcm_pb2.HttpConnectionManager()
             f.typed_config.Unpack(hcm)
+            for http_filter in hcm.http_filters:
+                if http_filter.HasField("config_discovery"):
+                    http_filter.typed_config.CopyFrom(extensions[http_filter.name].typed_config)  # type: ignore[attr-defined]
             if hcm.HasField("rds"):
                 hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
             elif hcm.HasField("scoped_routes"):
@@ -146,7 +151,7 @@ def static_bootstrap(
     for msg in resources.of(Resources.LISTENER).values():
         lst = boot.static_resources.listeners.add()
         lst.CopyFrom(msg)
-        _inline_routes(lst, routes, resources.of(Resources.SCOPED_ROUTE))
+        _inline(lst, routes, resources.of(Resources.SCOPED_ROUTE), resources.of(Resources.EXTENSION))
         for chain in lst.filter_chains:
             tls.static_references(chain.transport_socket)
     key_files = {c.name: c.key_file for c in gw.certificates()}

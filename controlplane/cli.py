@@ -298,7 +298,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.server or not args.paths:
         print("check: give --server ADDR PATH... (or --access-log FILE)", file=sys.stderr)
         return 2
-    compiled = _compiled("check", args)
+    # What the control plane fetched itself (JWKS, URL reputation feeds) is part of what PATH
+    # compiles to there: compiled here with the same copies, so that only PATH's own drift shows.
+    try:
+        code, served = _admin_get(args.server, "/inputs")
+    except (OSError, ValueError):
+        code, served = 0, None
+    fetched = served.get("fetched_jwks") if code == 200 and isinstance(served, dict) else None
+    compiled = _compiled("check", args, served={"fetched_jwks": fetched} if fetched else None)
     if compiled is None:
         return 2
     want = drift.expected(compiled[1])

@@ -25,7 +25,7 @@ from .translate.routes import NOT_FOUND_ROUTE
 
 # Secrets are left out: the mesh's workload certificates are issued by the serving control plane
 # at run time, and a compile here has its own; the served certificates' expiry is in ``status``.
-COMPARED = ("clusters", "endpoints", "listeners", "scopes", "routes")
+COMPARED = ("clusters", "endpoints", "listeners", "extensions", "scopes", "routes")
 # Types an Envoy asks for whole (wildcard): one the node lacks is drift. Of the others it holds
 # what it subscribed to, so only what it holds is compared.
 WILDCARD = frozenset({"clusters", "listeners", "scopes"})

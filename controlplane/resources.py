@@ -31,10 +31,14 @@ class Resources:
     # WAF service's (named "waf").
     RATELIMIT = SERVICES = _PREFIX + "xds.type.v3.TypedStruct"
     SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+    # HTTP filter configurations served on their own (ECDS): what changes often and is large
+    # (reputation feeds' tries) changes without touching its listener.
+    EXTENSION = _PREFIX + "envoy.config.core.v3.TypedExtensionConfig"
     TYPES = {
         "clusters": CLUSTER,
         "endpoints": ENDPOINT,
         "listeners": LISTENER,
+        "extensions": EXTENSION,
         "scopes": SCOPED_ROUTE,
         "routes": ROUTE,
         "services": SERVICES,

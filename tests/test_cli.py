@@ -64,7 +64,7 @@ def test_dump_all_types_as_yaml() -> None:
     proc = run("dump", "specs/")
     assert proc.returncode == 0, proc.stderr
     data = yaml.safe_load(proc.stdout)
-    assert list(data) == ["clusters", "endpoints", "listeners", "scopes", "routes", "services", "secrets"]
+    assert list(data) == ["clusters", "endpoints", "listeners", "extensions", "scopes", "routes", "services", "secrets"]
 
 
 def test_dump_ir_shows_resolved_settings_and_sources() -> None:

@@ -7,6 +7,8 @@ import contextlib
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -281,8 +283,11 @@ class _FeedHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def url_feed_gateway(tmp_path: Path, echo: EchoServer, options: str = "") -> Iterator[tuple[Any, Gateway, FeedServer]]:
-    """A control plane process serving a policy with one URL feed (``remote``) to a real Envoy."""
+def url_feed_gateway(
+    tmp_path: Path, echo: EchoServer, options: str = "", delta: bool = False
+) -> Iterator[tuple[Any, Gateway, FeedServer]]:
+    """A control plane process serving a policy with one URL feed (``remote``) to a real Envoy
+    (``gw.envoy``), over state-of-the-world or ``delta`` ADS."""
     (tmp_path / "pki").mkdir()
     ca = CertificateAuthority(tmp_path / "pki", "feed-ca")
     feeds = FeedServer(ca.issue("localhost", ["localhost", "127.0.0.1"]))
@@ -300,8 +305,8 @@ def url_feed_gateway(tmp_path: Path, echo: EchoServer, options: str = "") -> Ite
     plane = ControlPlaneProcess([config], tmp_path).start()
     envoy = None
     try:
-        envoy = start_envoy(tmp_path, plane)
-        gw = Gateway(tmp_path, {}, port=port)
+        envoy = start_envoy(tmp_path, plane, delta=delta)
+        gw = Gateway(tmp_path, {}, envoy=envoy, port=port)
         gw.wait_listening(30)
         yield plane, gw, feeds
     finally:
@@ -343,6 +348,52 @@ def test_a_url_feed_is_fetched_refreshed_and_kept_when_fetching_fails(tmp_path: 
         metrics = http_get(plane.admin_port, "/metrics")[1].decode()
         assert 'controlplane_reputation_feed_fetch_failures_total{feed="remote"} 2.0' in metrics
         assert 'controlplane_reputation_feed_entries{feed="remote"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_changed_feed_applies_to_open_connections_without_touching_the_listener(
+    tmp_path: Path, echo: EchoServer, delta: bool
+) -> None:
+    """The tries are served on their own (ECDS): a changed feed is not a changed listener, so
+    Envoy neither replaces the listener nor drains its connections: the next request on a
+    connection opened before the change meets the new feed."""
+    with url_feed_gateway(tmp_path, echo, delta=delta) as (plane, gw, feeds):
+        assert gw.envoy is not None
+
+        def stats() -> dict[str, int]:
+            text = gw.envoy.admin("/stats?filter=^listener_manager\\.")[1]  # type: ignore[union-attr]
+            pairs = (line.split(": ", 1) for line in text.splitlines())
+            return {k: int(v) for k, v in pairs if v.isdigit()}
+
+        before = stats()
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=("127.0.0.6", 0)) as s:
+
+            def ask() -> int:
+                s.sendall(b"GET /api/things HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+                buf = b""
+                while not _complete(buf, False):
+                    chunk = s.recv(65536)
+                    assert chunk, "the connection was closed"
+                    buf += chunk
+                return parse_response(buf).status
+
+            assert ask() == 200
+            feeds.answer = (200, b"127.0.0.6\n")
+            assert plane.get("/refresh_reputation")["changed"] == {"remote": True}
+            wait_for(lambda: ask() == 403, 15, "the changed feed in force on the open connection")
+        after = stats()
+        for counter in ("listener_modified", "listener_added", "listener_removed", "total_listeners_draining"):
+            name = "listener_manager." + counter
+            assert after[name] == before[name], (name, before, after)
+        # the drift check compiles the policy with the copy the control plane fetched: no drift
+        checked = subprocess.run(
+            [sys.executable, "-m", "controlplane", "check", "--server", f"127.0.0.1:{plane.admin_port}", "config"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_a_url_feed_expires_when_its_source_stops_answering(tmp_path: Path, echo: EchoServer) -> None:

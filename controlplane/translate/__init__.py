@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..resources import Resources
-from . import clusters, jwt, listener, mesh, ratelimit, routes, tls, waf
+from . import clusters, jwt, listener, mesh, ratelimit, reputation, routes, tls, waf
 
 
 def translate(gw: ir.Gateway) -> Resources:
@@ -18,6 +18,8 @@ def translate(gw: ir.Gateway) -> Resources:
             out.path_groups[config.name] = paths
         for scope in routes.scope_configurations(lst):
             out.add(Resources.SCOPED_ROUTE, scope, lst.source)
+        for extension in reputation.extension_configs(gw, lst):
+            out.add(Resources.EXTENSION, extension, reputation.section_source(gw))
     for secret, source in tls.secrets(gw):
         out.add(Resources.SECRET, secret, source)
     config = ratelimit.service_config(gw)

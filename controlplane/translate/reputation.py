@@ -11,7 +11,7 @@ connection manager: one copy per listener, never one per route.
 from __future__ import annotations
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.core.v3 import extension_pb2 as extension_cfg_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
@@ -26,7 +26,7 @@ from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 
 from .. import ir
-from ._pb import packed
+from ._pb import ads, packed
 from .allowlist import ip_trie
 
 BLOCK_FILTER = "ip-reputation"
@@ -87,9 +87,8 @@ def _rbac(name: str, action: rbac_pb2.RBAC.Action.ValueType) -> matcher_pb2.Matc
     return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(name=name, typed_config=packed(typed)))
 
 
-def block_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
-    if gw.reputation is None or not gw.reputation.block:
-        return None
+def _block_config(gw: ir.Gateway, listener: ir.Listener) -> rbac_filter_pb2.RBAC:
+    assert gw.reputation is not None
     allow = rbac_pb2.RBAC.ALLOW
     matcher = _chain(
         listener,
@@ -100,16 +99,14 @@ def block_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | 
         _rbac("not-listed", allow),
     )
     # its denials count apart from the allowlists': http.<listener>.rbac.reputation.denied
-    config = rbac_filter_pb2.RBAC(matcher=matcher, rules_stat_prefix="reputation")
-    return hcm_pb2.HttpFilter(name=BLOCK_FILTER, typed_config=packed(config))
+    return rbac_filter_pb2.RBAC(matcher=matcher, rules_stat_prefix="reputation")
 
 
-def soft_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+def _soft_config(gw: ir.Gateway, listener: ir.Listener) -> extension_matcher_pb2.ExtensionWithMatcher:
     """A client a soft feed lists (and no allowlist names) reaches the backend with
     ``X-Gateway-Risk: reputation``; a client-sent X-Gateway-Risk never does (the first filter
     strips it with the identity headers)."""
-    if gw.reputation is None or not gw.reputation.soft:
-        return None
+    assert gw.reputation is not None
     mark = hm.HeaderMutation(
         mutations=hm.Mutations(
             request_mutations=[
@@ -137,10 +134,51 @@ def soft_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | N
         )
     )
     matcher = _chain(listener, [(exempt_ranges(gw, listener), skip), (gw.reputation.soft, execute)], skip)
-    wrapped = extension_matcher_pb2.ExtensionWithMatcher(
+    return extension_matcher_pb2.ExtensionWithMatcher(
         xds_matcher=matcher,
         extension_config=extension_cfg_pb2.TypedExtensionConfig(
             name="composite", typed_config=packed(composite_pb2.Composite())
         ),
     )
-    return hcm_pb2.HttpFilter(name=SOFT_FILTER, typed_config=packed(wrapped))
+
+
+def _discovered(name: str, listener: ir.Listener, config_type: type[message.Message]) -> hcm_pb2.HttpFilter:
+    """A filter whose configuration comes on its own (ECDS), named for its listener: a feed
+    changed is one resource sent, and the listener, its connections and the requests in flight
+    are left alone (a configuration in the listener would replace it and drain its connections).
+    Without a default, the listener is not served before the configuration has arrived."""
+    return hcm_pb2.HttpFilter(
+        name=f"{name}.{listener.name}",
+        config_discovery=config_source_pb2.ExtensionConfigSource(
+            config_source=ads(), type_urls=["type.googleapis.com/" + config_type.DESCRIPTOR.full_name]
+        ),
+    )
+
+
+def block_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    if gw.reputation is None or not gw.reputation.block:
+        return None
+    return _discovered(BLOCK_FILTER, listener, rbac_filter_pb2.RBAC)
+
+
+def soft_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
+    if gw.reputation is None or not gw.reputation.soft:
+        return None
+    return _discovered(SOFT_FILTER, listener, extension_matcher_pb2.ExtensionWithMatcher)
+
+
+def section_source(gw: ir.Gateway) -> ir.Source:
+    """Where the feeds are written: what an Envoy's refusal of their configuration names."""
+    assert gw.reputation is not None and gw.reputation.feeds
+    return ir.Source(gw.reputation.feeds[0].source.file, "/reputation")
+
+
+def extension_configs(gw: ir.Gateway, listener: ir.Listener) -> list[extension_cfg_pb2.TypedExtensionConfig]:
+    """The configurations of the listener's reputation filters (ECDS resources), by filter name."""
+    rep = gw.reputation
+    out = []
+    if rep is not None and rep.block:
+        out.append((BLOCK_FILTER, packed(_block_config(gw, listener))))
+    if rep is not None and rep.soft:
+        out.append((SOFT_FILTER, packed(_soft_config(gw, listener))))
+    return [extension_cfg_pb2.TypedExtensionConfig(name=f"{name}.{listener.name}", typed_config=c) for name, c in out]

@@ -40,6 +40,11 @@ SERVICES = {
     ),
     "envoy.service.cluster.v3.ClusterDiscoveryService": ("StreamClusters", "DeltaClusters", Resources.CLUSTER),
     "envoy.service.endpoint.v3.EndpointDiscoveryService": ("StreamEndpoints", "DeltaEndpoints", Resources.ENDPOINT),
+    "envoy.service.extension.v3.ExtensionConfigDiscoveryService": (
+        "StreamExtensionConfigs",
+        "DeltaExtensionConfigs",
+        Resources.EXTENSION,
+    ),
 }
 CSDS = "envoy.service.status.v3.ClientStatusDiscoveryService"
 

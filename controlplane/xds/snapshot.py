@@ -40,6 +40,7 @@ TYPE_ORDER = (
     Resources.CLUSTER,
     Resources.ENDPOINT,
     Resources.LISTENER,
+    Resources.EXTENSION,
     Resources.SCOPED_ROUTE,
     Resources.ROUTE,
     Resources.SECRET,
@@ -239,6 +240,7 @@ def references_of(resources: Resources) -> dict[str, set[str]]:
     from ..translate.tls import referenced_secrets
 
     routes: set[str] = set()
+    extensions: set[str] = set()
     for listener in resources.of(Resources.LISTENER).values():
         for chain in listener.filter_chains:  # type: ignore[attr-defined]
             for f in chain.filters:
@@ -247,6 +249,7 @@ def references_of(resources: Resources) -> dict[str, set[str]]:
                     f.typed_config.Unpack(hcm)
                     if hcm.HasField("rds"):
                         routes.add(hcm.rds.route_config_name)
+                    extensions.update(h.name for h in hcm.http_filters if h.HasField("config_discovery"))
     for scope in resources.of(Resources.SCOPED_ROUTE).values():
         routes.add(scope.route_configuration_name)  # type: ignore[attr-defined]
     endpoints = {
@@ -258,7 +261,12 @@ def references_of(resources: Resources) -> dict[str, set[str]]:
     clusters: list[Any] = list(resources.of(Resources.CLUSTER).values())
     sockets = [chain.transport_socket for lst in listeners for chain in lst.filter_chains]
     sockets.extend(c.transport_socket for c in clusters)
-    return {Resources.ROUTE: routes, Resources.ENDPOINT: endpoints, Resources.SECRET: referenced_secrets(sockets)}
+    return {
+        Resources.ROUTE: routes,
+        Resources.ENDPOINT: endpoints,
+        Resources.SECRET: referenced_secrets(sockets),
+        Resources.EXTENSION: extensions,
+    }
 
 
 _nonces = itertools.count(1)
