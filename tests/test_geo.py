@@ -245,6 +245,39 @@ def test_address_checks_run_allowlist_then_reputation_then_geo(gw: Gateway, echo
 
 
 @pytest.mark.envoy
+def test_a_hard_rule_refuses_preflights_too(gateway_factory: Callable[..., Gateway], echo: EchoServer) -> None:
+    # the CORS filter answers preflights itself, after the geo filters: a refused country gets
+    # the rule's 403 before it, an allowed one the preflight's 200; a soft rule never refuses
+    policy = POLICY.replace(
+        "usDenied: {geo: {deny: [US], mode: hard}}",
+        "usDenied: {geo: {deny: [US], mode: hard}, cors: {allowOrigins: ['https://app.example']}}\n"
+        "      frOnly: {cors: {allowOrigins: ['https://app.example']}}",
+    )
+    browser = gateway_factory(files(policy))
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+
+    def ask(source: str, path: str) -> Response:
+        lines = [f"OPTIONS {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in preflight.items()]
+        with socket.create_connection(("127.0.0.1", browser.port), timeout=10, source_address=(source, 0)) as s:
+            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            buf = b""
+            while not _complete(buf, False):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return parse_response(buf)
+
+    before = len(echo.received)
+    assert ask(US, "/api/us-denied").status == 403
+    allowed = ask(FR, "/api/us-denied")
+    assert allowed.status == 200 and allowed.header("access-control-allow-origin") == "https://app.example"
+    assert ask(US, "/api/fr-only").status == 200  # soft
+    assert len(echo.received) == before  # preflights never reach the backend
+
+
+@pytest.mark.envoy
 def test_unknown_country_can_be_denied(gateway_factory: Callable[..., Gateway], echo: EchoServer) -> None:
     policy = POLICY.replace("geo: {database: countries.mmdb}", "geo: {database: countries.mmdb, unknownCountry: deny}")
     strict = gateway_factory(files(policy))
