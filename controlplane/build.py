@@ -79,10 +79,10 @@ class _Api:
 
 
 class _Builder:
-    def __init__(self, bundle: Bundle, diags: Diagnostics, fetched_jwks: Mapping[str, str]):
+    def __init__(self, bundle: Bundle, diags: Diagnostics, fetched: Mapping[str, str]):
         self.bundle = bundle
         self.diags = diags
-        self.fetched_jwks = fetched_jwks
+        self.fetched = fetched
         self.listeners: dict[str, tuple[dict[str, Any], ir.Source]] = {}
         self.upstreams: dict[str, tuple[dict[str, Any], ir.Source]] = {}
         self.auto_upstreams: dict[str, ir.Upstream] = {}
@@ -178,7 +178,7 @@ class _Builder:
                     "duplicate-name",
                 )
                 continue
-            fetched = self.fetched_jwks.get(item["name"])
+            fetched = self.fetched.get(item["name"])
             provider = auth.provider_ir(item, doc, ptr, self.bundle.store, self.diags, fetched)
             if provider is not None:
                 self.providers[item["name"]] = provider
@@ -777,7 +777,7 @@ class _Builder:
         if self.reputation:
             doc = self.singleton_docs["reputation"]
             reputation_ir = reputation.read_section(
-                self.reputation, doc, self.bundle.store, dict(self.fetched_jwks), self.diags
+                self.reputation, doc, self.bundle.store, dict(self.fetched), self.diags
             )
         if self.diags.has_errors():
             return None
@@ -849,9 +849,9 @@ def _union(patterns: set[ir.PathPattern]) -> ir.PathPattern:
     return ir.PathPattern(ordered[0].template, "|".join(f"(?:{r})" for r in regexes))
 
 
-def build(bundle: Bundle, diags: Diagnostics, fetched_jwks: Mapping[str, str] | None = None) -> ir.Gateway | None:
+def build(bundle: Bundle, diags: Diagnostics, fetched: Mapping[str, str] | None = None) -> ir.Gateway | None:
     """The IR for a bundle, or None when there are errors (all of them are in ``diags``)."""
-    return _Builder(bundle, diags, fetched_jwks or {}).build()
+    return _Builder(bundle, diags, fetched or {}).build()
 
 
 __all__ = ["build", "display_name"]

@@ -60,7 +60,7 @@ def _compile(
         use_cache=not args.no_cache,
         pushed=served.get("pushed", ()),
         listener_port=served.get("listener_port"),
-        fetched_jwks=served.get("fetched_jwks"),
+        fetched=served.get("fetched"),
     )
 
 
@@ -99,7 +99,7 @@ def _compiled_served(
     here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="controlplane-served-") as tmp:
         paths, pushed = inputs.materialize(data, Path(tmp))
-        served = {"pushed": pushed, **{k: data.get(k) for k in ("listener_port", "fetched_jwks")}}
+        served = {"pushed": pushed, **{k: data.get(k) for k in ("listener_port", "fetched")}}
         # From the copy of this directory, files are named as they are here (specs/a.yaml), not
         # by their place in the temporary one.
         mirror = inputs.inside(Path(tmp), here)
@@ -304,8 +304,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         code, served = _admin_get(args.server, "/inputs")
     except (OSError, ValueError):
         code, served = 0, None
-    fetched = served.get("fetched_jwks") if code == 200 and isinstance(served, dict) else None
-    compiled = _compiled("check", args, served={"fetched_jwks": fetched} if fetched else None)
+    fetched = served.get("fetched") if code == 200 and isinstance(served, dict) else None
+    compiled = _compiled("check", args, served={"fetched": fetched} if fetched else None)
     if compiled is None:
         return 2
     want = drift.expected(compiled[1])

@@ -49,7 +49,7 @@ def compile(
     strict: bool = False,
     full_validation: bool = False,
     use_cache: bool = True,
-    fetched_jwks: Mapping[str, str] | None = None,
+    fetched: Mapping[str, str] | None = None,
     listener_port: int | None = None,
     pushed: Sequence[Pushed] = (),
 ) -> CompileResult:
@@ -57,13 +57,14 @@ def compile(
 
     ``full_validation`` also runs openapi-spec-validator over every served spec (cached by
     content hash); ``strict`` implies it and turns every finding into an error.
-    ``fetched_jwks`` are the keys the control plane fetched for providers with
-    ``jwks.fetch: controlplane`` (provider name → JWKS JSON). ``listener_port`` moves the
+    ``fetched`` are the texts the control plane fetched itself: the keys of providers with
+    ``jwks.fetch: controlplane`` (provider name → JWKS JSON) and the last good copy of each URL
+    reputation feed (``reputation:<feed>`` → the list; provider names have no colon). ``listener_port`` moves the
     one listener the inputs define to that port (``run --port``). ``pushed``: the APIs
     pipelines pushed (``controlplane.push``), which replace the specs the policies name.
     """
     with gc_paused():
-        return _compile(paths, strict, full_validation, use_cache, fetched_jwks or {}, listener_port, pushed)
+        return _compile(paths, strict, full_validation, use_cache, fetched or {}, listener_port, pushed)
 
 
 def _on_port(gateway: ir.Gateway, port: int, diags: Diagnostics) -> ir.Gateway:

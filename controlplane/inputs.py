@@ -71,10 +71,10 @@ def answer(
     result: Served | None,
     *,
     listener_port: int | None = None,
-    fetched_jwks: dict[str, str] | None = None,
+    fetched: dict[str, str] | None = None,
 ) -> tuple[int, str, bytes]:
     """The admin ``/inputs`` answer (module docstring). ``listener_port`` and
-    ``fetched_jwks``: what the control plane passed to its compile besides the files."""
+    ``fetched``: what the control plane passed to its compile besides the files."""
     if result is None:
         return json_answer(503, {"error": "no configuration is served yet"})
     files: dict[str, str] = {}
@@ -124,8 +124,8 @@ def answer(
     }
     if listener_port is not None:
         data["listener_port"] = listener_port
-    if fetched_jwks:
-        data["fetched_jwks"] = fetched_jwks
+    if fetched:
+        data["fetched"] = fetched
     return json_answer(200, data)
 
 

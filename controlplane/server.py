@@ -157,7 +157,7 @@ class ControlPlane:
                     self.compiler.pushed,
                     self.last_result,
                     listener_port=self.options.listener_port,
-                    fetched_jwks=self._fetched(),
+                    fetched=self._fetched(),
                 ),
             }
         )
@@ -293,7 +293,7 @@ class ControlPlane:
     async def compile_pushed(self, pushed: tuple[Pushed, ...]) -> CompiledConfig:
         """What the inputs compile to with ``pushed`` instead of the pushes served; nothing
         changes (a push's check, or its dry run). Call with ``compile_lock`` held."""
-        result = await self.compiler.compile(fetched_jwks=self._fetched(), pushed=pushed)
+        result = await self.compiler.compile(fetched=self._fetched(), pushed=pushed)
         self.compiles += 1
         return result
 
@@ -311,7 +311,7 @@ class ControlPlane:
 
     async def _recompile(self, changed_at: float) -> bool:
         started = time.perf_counter()
-        result: CompiledConfig = await self.compiler.compile(fetched_jwks=self._fetched())
+        result: CompiledConfig = await self.compiler.compile(fetched=self._fetched())
         missing = [p for p in result.jwks_to_fetch if p.name not in self.jwks]
         feeds = [f for f in result.reputation_feeds if f.url and f.name not in self.feeds.states]
         if result.ok and (missing or feeds) and not self.cache.ready:
@@ -320,7 +320,7 @@ class ControlPlane:
             fetched = [await self._fetch(p, rebuild=False) for p in missing]
             fetched += [await self._fetch_feed(f, rebuild=False) for f in feeds]
             if any(fetched):
-                result = await self.compiler.compile(fetched_jwks=self._fetched())
+                result = await self.compiler.compile(fetched=self._fetched())
         self.compiles += 1
         self.metrics.compile_seconds.observe(time.perf_counter() - started)
         return self._serve(result, changed_at).ok

@@ -106,7 +106,7 @@ def compile_serialized(
     paths: Sequence[str],
     strict: bool = False,
     full_validation: bool = False,
-    fetched_jwks: dict[str, str] | None = None,
+    fetched: dict[str, str] | None = None,
     base: str = "",
     listener_port: int | None = None,
     pushed: Sequence[Pushed] = (),
@@ -114,7 +114,7 @@ def compile_serialized(
     """Runs in the worker process (and directly in tests). ``base``: the generation of the
     last result the caller holds whole (see ``CompiledConfig``)."""
     with gc_paused():
-        result = _compile_serialized(paths, strict, full_validation, fetched_jwks, listener_port, pushed)
+        result = _compile_serialized(paths, strict, full_validation, fetched, listener_port, pushed)
         if _IN_WORKER and result.ok:
             result = _relative(result, base)
     if _IN_WORKER:
@@ -131,7 +131,7 @@ def _compile_serialized(
     paths: Sequence[str],
     strict: bool,
     full_validation: bool,
-    fetched_jwks: dict[str, str] | None,
+    fetched: dict[str, str] | None,
     listener_port: int | None = None,
     pushed: Sequence[Pushed] = (),
 ) -> CompiledConfig:
@@ -144,7 +144,7 @@ def _compile_serialized(
             list(paths),
             strict=strict,
             full_validation=full_validation,
-            fetched_jwks=fetched_jwks,
+            fetched=fetched,
             listener_port=listener_port,
             pushed=pushed,
         )
@@ -381,7 +381,7 @@ class Compiler:
     async def compile(
         self,
         full_validation: bool = False,
-        fetched_jwks: dict[str, str] | None = None,
+        fetched: dict[str, str] | None = None,
         pushed: tuple[Pushed, ...] | None = None,
     ) -> CompiledConfig:
         """Compile the paths with ``pushed`` (default: the pushes served)."""
@@ -393,7 +393,7 @@ class Compiler:
                 self.paths,
                 self.strict,
                 full_validation or self.strict,
-                fetched_jwks,
+                fetched,
                 self._last.generation if self._last is not None else "",
                 self.listener_port,
                 self.pushed if pushed is None else pushed,

@@ -19,7 +19,7 @@ def preview(
 ) -> dict[str, Any]:
     """``{"ok", "errors", "warnings", "diff"}``: the candidate's compile, and its changes from
     what is served (``diff``'s JSON, with the text and Markdown forms for people and PRs)."""
-    new = compile(paths, fetched_jwks=jwks, listener_port=listener_port, pushed=candidate)
+    new = compile(paths, fetched=jwks, listener_port=listener_port, pushed=candidate)
     out: dict[str, Any] = {
         "ok": new.ok,
         "errors": [str(d) for d in new.errors],
@@ -28,7 +28,7 @@ def preview(
     }
     if not new.ok or new.gateway is None:
         return out
-    old = compile(paths, fetched_jwks=jwks, listener_port=listener_port, pushed=served)
+    old = compile(paths, fetched=jwks, listener_port=listener_port, pushed=served)
     if old.gateway is None:  # what is served no longer compiles from the files: no base to compare
         return out
     report = diff.diff(old.gateway, new.gateway)
