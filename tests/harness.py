@@ -229,6 +229,24 @@ def raw_request(port: int, data: bytes, timeout: float = 10) -> Response:
     return parse_response(buf)
 
 
+def from_address(
+    port: int, source: str, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> Response:
+    """One request on a connection whose source address is ``source`` (Linux answers all of
+    127/8 on loopback: a client anywhere the test needs), to the listener on ``port``."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        buf = b""
+        while not _complete(buf, False):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return parse_response(buf)
+
+
 def _complete(buf: bytes, head_only: bool) -> bool:
     head, sep, body = buf.partition(b"\r\n\r\n")
     if not sep:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +28,8 @@ from controlplane.echo import EchoServer
 from controlplane.errors import Diagnostics
 from controlplane.explain import Caller, explain
 
-from .harness import Gateway, Response, _complete, parse_response
+from .harness import Gateway, Response
+from .harness import from_address as request_from
 
 US, FR, CN, UNKNOWN = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 OFFICE_CN = "127.0.0.6"  # in China, and on the office allowlist
@@ -104,17 +104,7 @@ def files(policy: str = POLICY, places: dict[str, str] | None = None) -> dict[st
 
 
 def from_address(gw: Gateway, source: str, path: str, headers: dict[str, str] | None = None) -> Response:
-    lines = [f"GET {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=(source, 0)) as s:
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        buf = b""
-        while not _complete(buf, False):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return parse_response(buf)
+    return request_from(gw.port, source, path, headers)
 
 
 def reached(
@@ -257,17 +247,7 @@ def test_a_hard_rule_refuses_preflights_too(gateway_factory: Callable[..., Gatew
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
 
     def ask(source: str, path: str) -> Response:
-        lines = [f"OPTIONS {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
-        lines += [f"{k}: {v}" for k, v in preflight.items()]
-        with socket.create_connection(("127.0.0.1", browser.port), timeout=10, source_address=(source, 0)) as s:
-            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            buf = b""
-            while not _complete(buf, False):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        return parse_response(buf)
+        return request_from(browser.port, source, path, preflight, method="OPTIONS")
 
     before = len(echo.received)
     assert ask(US, "/api/us-denied").status == 403

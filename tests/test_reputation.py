@@ -25,6 +25,7 @@ from controlplane.reputation import FeedError, parse
 from controlplane.translate import reputation as translate_reputation
 
 from .harness import Gateway, Response, _complete, free_port, parse_response
+from .harness import from_address as request_from
 from .xds_harness import ControlPlaneProcess, http_get, start_envoy, wait_for
 
 pytestmark = pytest.mark.envoy
@@ -77,18 +78,8 @@ FEEDS = """\
 
 
 def from_address(gw: Gateway, source: str, path: str, headers: dict[str, str] | None = None) -> Response:
-    """A GET whose TCP peer is ``source`` (loopback answers all of 127/8)."""
-    lines = [f"GET {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=(source, 0)) as s:
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        buf = b""
-        while not _complete(buf, False):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return parse_response(buf)
+    """A GET whose TCP peer is ``source``."""
+    return request_from(gw.port, source, path, headers)
 
 
 @pytest.fixture(scope="module")
