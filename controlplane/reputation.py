@@ -11,6 +11,7 @@ worse than the last good one.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import socket
 import ssl
@@ -50,6 +51,43 @@ def parse(text: str, feed: str, max_entries: int = MAX_ENTRIES) -> Parsed:
     """The feed's ranges; raises FeedError for bad lines, too many entries or an absurd union."""
     with gc_paused():  # a million fresh tuples, no cycles: collections would cost more than the parse
         return _parse(text, feed, max_entries)
+
+
+class _InForce:
+    """What the last compile parsed and merged, kept for the next one: a 1M-line feed takes
+    seconds to parse and merge, and most compiles (a spec pushed, a policy edited) have the
+    same feeds. Only the feeds in force at the last compile are kept (their memory is the
+    served configuration's anyway)."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[tuple[str, str, int], Parsed] = {}  # (text digest, feed, maxEntries)
+        self.merged: tuple[list[tuple[Parsed, bool]], tuple[str, ...], tuple[str, ...]] | None = None
+
+    def parse(self, text: str, feed: str, max_entries: int, used: dict[tuple[str, str, int], Parsed]) -> Parsed:
+        key = (hashlib.sha256(text.encode()).hexdigest(), feed, max_entries)
+        hit = self.parsed.get(key) or used.get(key) or parse(text, feed, max_entries)
+        used[key] = hit
+        return hit
+
+    def merge(self, lists: list[tuple[Parsed, bool]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(blocked, soft only), each sorted: the union of the lists (``True``: a blocking one)."""
+        last = self.merged
+        if (
+            last is not None
+            and len(last[0]) == len(lists)
+            and all(a is b and x == y for (a, x), (b, y) in zip(last[0], lists, strict=True))
+        ):
+            return last[1], last[2]
+        block: set[str] = set()
+        soft: set[str] = set()
+        for parsed, blocking in lists:
+            (block if blocking else soft).update(parsed.cidrs)
+        out = tuple(sorted(block)), tuple(sorted(soft - block))
+        self.merged = (lists, *out)
+        return out
+
+
+_IN_FORCE = _InForce()
 
 
 def _parse(text: str, feed: str, max_entries: int) -> Parsed:
@@ -244,8 +282,8 @@ def read_section(
     file, base = doc.name, doc.path.parent
     fetched = fetched or {}
     specs: list[ir.ReputationFeed] = []
-    block: set[str] = set()
-    soft: set[str] = set()
+    lists: list[tuple[Parsed, bool]] = []
+    used: dict[tuple[str, str, int], Parsed] = {}
     expiries: list[float] = []
     feeds = section.get("feeds", [])
     assert isinstance(feeds, list)
@@ -295,19 +333,21 @@ def read_section(
             )
             continue
         try:
-            parsed = parse(text, name, feed.max_entries)
+            parsed = _IN_FORCE.parse(text, name, feed.max_entries, used)
         except FeedError as exc:
             # A fetched copy was checked when fetched; it fails here only if maxEntries was lowered since.
             diags.error(str(exc), file, ptr + ("/file" if "file" in item else "/maxEntries"), "feed-refused")
             continue
         if ends is not None:
             expiries.append(ends)
-        (block if feed.action == "block" else soft).update(parsed.cidrs)
+        lists.append((parsed, feed.action == "block"))
+    _IN_FORCE.parsed = used
+    block, soft = _IN_FORCE.merge(lists)
     exempt = tuple(str(n) for n in _check_exempt(section.get("exempt", []), file, diags))
     return ir.Reputation(
         feeds=tuple(specs),
-        block=tuple(sorted(block)),
-        soft=tuple(sorted(soft - block)),
+        block=block,
+        soft=soft,
         exempt=exempt,
         next_expiry=min(expiries) if expiries else None,
     )

@@ -22,6 +22,7 @@ from controlplane.certs import CertificateAuthority, Issued
 from controlplane.compiler import compile
 from controlplane.echo import EchoServer
 from controlplane.reputation import FeedError, parse
+from controlplane.resources import Resources, to_dict
 from controlplane.translate import reputation as translate_reputation
 
 from .harness import Gateway, Response, _complete, free_port, parse_response
@@ -190,6 +191,34 @@ def test_an_expired_feed_is_a_warning(tmp_path: Path) -> None:
     assert any(d.code == "feed-expired" and "'old'" in d.message for d in result.diagnostics)
     assert result.gateway is not None and result.gateway.reputation is not None
     assert result.gateway.reputation.block == ()
+
+
+def test_compiles_in_a_row_follow_every_change_of_the_feeds(tmp_path: Path) -> None:
+    """Parsed feeds and built tries are kept from one compile to the next (a spec pushed does
+    not parse a 1M feed again): each change of a feed, its action or the exemptions shows."""
+
+    def tries() -> dict[str, str]:
+        result = compile([tmp_path])
+        assert result.ok and result.resources is not None, [str(d) for d in result.errors]
+        return {name: json.dumps(to_dict(config)) for name, config in result.resources.of(Resources.EXTENSION).items()}
+
+    write(tmp_path, "    - {name: feed, file: f.txt}\n", {"f.txt": "192.0.2.1\n"})
+    first = tries()
+    assert list(first) == ["ip-reputation.public"] and "192.0.2.1" in first["ip-reputation.public"]
+    assert tries() == first  # the same feeds: the same tries
+    (tmp_path / "f.txt").write_text("198.51.100.9\n")
+    changed = tries()["ip-reputation.public"]
+    assert "198.51.100.9" in changed and "192.0.2.1" not in changed
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        policy.read_text().replace("{name: feed, file: f.txt}", "{name: feed, file: f.txt, action: soft}")
+    )
+    soft = tries()
+    assert list(soft) == ["ip-reputation-soft.public"] and "198.51.100.9" in soft["ip-reputation-soft.public"]
+    policy.write_text(policy.read_text().replace("reputation:\n", "reputation:\n  exempt: [203.0.113.77]\n"))
+    assert "203.0.113.77" in tries()["ip-reputation-soft.public"]
+    (tmp_path / "f.txt").write_text("198.51.100.9\n0.0.0.0/0\n")  # refused: never a stale copy instead
+    assert not compile([tmp_path]).ok
 
 
 # -- parsing -------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ connection manager: one copy per listener, never one per route.
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.core.v3 import extension_pb2 as extension_cfg_pb2
@@ -21,7 +23,7 @@ from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
-from google.protobuf import message
+from google.protobuf import any_pb2, message
 from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
 
@@ -173,12 +175,35 @@ def section_source(gw: ir.Gateway) -> ir.Source:
     return ir.Source(gw.reputation.feeds[0].source.file, "/reputation")
 
 
+# Built tries, by what they are made of: a compile with the same feeds (most compiles: a spec
+# pushed, a policy edited) reuses them; building a 1M-range trie's messages takes seconds.
+# (kind, trusted hops or not, exempt ranges) → (the list they were built from, the configuration)
+_BUILT: dict[tuple[str, bool, tuple[str, ...]], tuple[tuple[str, ...], any_pb2.Any]] = {}
+
+
+def _built(
+    kind: str, listener: ir.Listener, exempt: tuple[str, ...], listed: tuple[str, ...], make: Any
+) -> any_pb2.Any:
+    key = (kind, listener.xff_num_trusted_hops == 0, exempt)
+    hit = _BUILT.get(key)
+    if hit is not None and hit[0] is listed:  # (reputation.read_section keeps the same tuple for the same feeds)
+        return hit[1]
+    if len(_BUILT) >= 64:
+        _BUILT.clear()
+    config = packed(make())
+    _BUILT[key] = (listed, config)
+    return config
+
+
 def extension_configs(gw: ir.Gateway, listener: ir.Listener) -> list[extension_cfg_pb2.TypedExtensionConfig]:
     """The configurations of the listener's reputation filters (ECDS resources), by filter name."""
     rep = gw.reputation
+    if rep is None:
+        return []
+    exempt = exempt_ranges(gw, listener)
     out = []
-    if rep is not None and rep.block:
-        out.append((BLOCK_FILTER, packed(_block_config(gw, listener))))
-    if rep is not None and rep.soft:
-        out.append((SOFT_FILTER, packed(_soft_config(gw, listener))))
+    if rep.block:
+        out.append((BLOCK_FILTER, _built("block", listener, exempt, rep.block, lambda: _block_config(gw, listener))))
+    if rep.soft:
+        out.append((SOFT_FILTER, _built("soft", listener, exempt, rep.soft, lambda: _soft_config(gw, listener))))
     return [extension_cfg_pb2.TypedExtensionConfig(name=f"{name}.{listener.name}", typed_config=c) for name, c in out]
