@@ -93,6 +93,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "rateLimits": {"global": {"enabled": True, "redis": {"url": "redis://redis.data.svc:6379/2"}}},
     },
     "waf": {"waf": {"enabled": True}, "serviceMonitor": {"enabled": True}},
+    # The geo-blocking country database from a volume geoipupdate fills, in both kinds of pods.
+    "geo": {"geoDatabase": {"volume": {"persistentVolumeClaim": {"claimName": "geoip", "readOnly": True}}}},
     # Plaintext xDS only because it is asked for.
     "insecure": {"xds": {"insecure": True}, "tls": {"certManager": {"enabled": False}}},
     # Everything from the cluster, in two namespaces only (Roles there, no ClusterRole); no files.
@@ -432,6 +434,25 @@ def test_gateway_ready_and_drained(docs: list[dict[str, Any]]) -> None:
     assert spec["terminationGracePeriodSeconds"] > envoy["lifecycle"]["preStop"]["sleep"]["seconds"]
     keys = {c["topologyKey"] for c in spec["topologySpreadConstraints"]}
     assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+
+
+def test_the_geo_database_is_at_the_same_path_for_the_compile_and_for_envoy(
+    case: str, docs: list[dict[str, Any]]
+) -> None:
+    mounts = {}
+    for deployment, container in ((FULLNAME, "controlplane"), (f"{FULLNAME}-gateway", "envoy")):
+        spec = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+        volume = next((v for v in spec["volumes"] if v["name"] == "geo-database"), None)
+        mount = next(
+            (m for m in _container(docs, deployment, container)["volumeMounts"] if m["name"] == "geo-database"), None
+        )
+        mounts[container] = (volume, mount)
+    if case != "geo":
+        assert mounts == {"controlplane": (None, None), "envoy": (None, None)}
+        return
+    for volume, mount in mounts.values():
+        assert volume == {"name": "geo-database", "persistentVolumeClaim": {"claimName": "geoip", "readOnly": True}}
+        assert mount == {"name": "geo-database", "mountPath": "/var/lib/geoip", "readOnly": True}
 
 
 def test_high_availability(case: str, docs: list[dict[str, Any]]) -> None:
