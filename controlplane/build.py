@@ -97,6 +97,7 @@ class _Builder:
         self.geo: dict[str, Any] = {}
         self.geo_section: ir.Geo | None = None
         self.listener_geo: dict[str, Any] = {}  # listener → its geo setting (a geo.Setting, or False)
+        self.geo_rules: tuple[geo.PrefixRule, ...] = ()  # geo.rules: by gateway path prefix
         self.pulls: list[ir.SpecPull] = []
         self.waf_section: inspection.Section | None = None
         self.singleton_docs: dict[str, Document] = {}  # section → the policy that set it
@@ -213,7 +214,7 @@ class _Builder:
             tuple((p, c, tuple(sorted(ls)) if ls is not None else None) for p, c, ls in self.ip_prefix_lists),
             [self.rate_limits_file, self.rateLimits.get("limits", [])],
             [self.waf.get("mode"), self.waf.get("onServiceFailure"), self._listener_waf(listeners)],
-            [self.geo_section, [(n, self.listener_geo.get(n)) for n in listeners]],
+            [self.geo_section, self.geo_rules, [(n, self.listener_geo.get(n)) for n in listeners]],
             self.headers,  # (which header names routes may change)
         )
         record = incremental.cached_api(key, api.spec)
@@ -595,9 +596,10 @@ class _Builder:
                 if listener_waf:
                     waf = inspection.operation_waf(self.waf_section, settings, listener_waf)
                     iop = dataclasses.replace(iop, waf=waf)
-                listener_geo = self.listener_geo.get(listener)
-                if listener_geo is not None and "geo" not in settings:  # (an API, path or operation's own wins)
-                    iop = dataclasses.replace(iop, geo=geo.rule(listener_geo, self.geo_section))
+                if self.geo_section is not None and "geo" not in settings:  # (an API, path or operation's own wins)
+                    around = geo.prefix_setting(self.geo_rules, template, listener) or self.listener_geo.get(listener)
+                    if around:
+                        iop = dataclasses.replace(iop, geo=geo.rule(around, self.geo_section))
                 routes[listener][shape].append(iop)
                 produced.append((listener, shape, iop))
             if memo is not None:
@@ -679,6 +681,8 @@ class _Builder:
         if self.geo:
             doc = self.singleton_docs["geo"]
             self.geo_section = geo.read_section(self.geo, doc.path.parent, ir.Source(doc.name, "/geo"), self.diags)
+            known = set(self.listeners) or {str(edge.DEFAULT_LISTENER["name"])}
+            self.geo_rules = geo.read_rules(self.geo.get("rules"), doc.name, known, self.diags)
         self.listener_geo = {
             name: geo.check_layer(spec, src, self.geo_section, self.diags)["geo"]
             for name, (spec, src) in self.listeners.items()

@@ -148,6 +148,46 @@ def read_setting(value: Any, src: ir.Source, diags: Diagnostics) -> Setting | No
     return Setting(countries=countries, allow=key == "allow", mode=mode, source=src)
 
 
+@dataclass(frozen=True, slots=True)
+class PrefixRule:
+    """``geo.rules[]``: a rule for the operations under a gateway path prefix."""
+
+    prefix: str  # without a trailing slash
+    listeners: frozenset[str] | None  # None: every listener
+    setting: Setting
+
+
+def read_rules(value: Any, file: str, known: set[str], diags: Diagnostics) -> tuple[PrefixRule, ...]:
+    """``geo.rules`` (each rule's errors at its pointer; a wrong rule is left out). ``known``:
+    the listeners' names (a rule for a listener that does not exist would silently do nothing)."""
+    out = []
+    for i, item in enumerate(value if isinstance(value, list) else []):
+        if not isinstance(item, dict) or not isinstance(item.get("pathPrefix"), str):
+            continue  # (the schema says why)
+        where = ir.Source(file, f"/geo/rules/{i}")
+        for j, name in enumerate(item.get("listeners", [])):
+            if name not in known:
+                diags.error(f"no listener named {name!r}", file, f"{where.pointer}/listeners/{j}", "unknown-listener")
+        setting = read_setting({k: v for k, v in item.items() if k not in ("pathPrefix", "listeners")}, where, diags)
+        if setting is not None:
+            listeners = frozenset(item["listeners"]) if "listeners" in item else None
+            out.append(PrefixRule(item["pathPrefix"].rstrip("/"), listeners, setting))
+    return tuple(out)
+
+
+def prefix_setting(rules: tuple[PrefixRule, ...], template: str, listener: str) -> Setting | None:
+    """The setting of the longest prefix rule covering ``template`` (whole segments) on ``listener``."""
+    best: PrefixRule | None = None
+    for r in rules:
+        if r.listeners is not None and listener not in r.listeners:
+            continue
+        if (template == r.prefix or template.startswith(r.prefix + "/")) and (
+            best is None or len(r.prefix) > len(best.prefix)
+        ):
+            best = r
+    return best.setting if best is not None else None
+
+
 def check_layer(value: dict[str, Any], src: ir.Source, section: ir.Geo | None, diags: Diagnostics) -> dict[str, Any]:
     """A settings layer with its ``geo`` checked (a Setting, or False); a rule needs the section."""
     where = ir.Source(src.file, src.pointer + "/geo")
@@ -221,11 +261,14 @@ __all__ = [
     "HARD",
     "RISK_VALUE",
     "SOFT",
+    "PrefixRule",
     "Setting",
     "changes",
     "check_layer",
     "country",
     "describe",
+    "prefix_setting",
+    "read_rules",
     "read_section",
     "read_setting",
     "refuses",

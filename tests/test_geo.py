@@ -68,6 +68,8 @@ paths:
       responses: {"200": {description: ok}}
   /office/things:
     get: {operationId: officeThings, responses: {"200": {description: ok}}}
+  /admin/stats:
+    get: {operationId: adminStats, responses: {"200": {description: ok}}}
 """
 
 POLICY = """
@@ -76,7 +78,11 @@ kind: GatewayPolicy
 listeners:
   - {name: public, address: 127.0.0.1, port: {{PORT}}, geo: {deny: [CN], mode: hard}}
 upstreams: [{name: backend, endpoints: ["{{BACKEND}}"]}]
-geo: {database: countries.mmdb}
+geo:
+  database: countries.mmdb
+  rules:
+    - {pathPrefix: /api/admin, allow: [US, CN], mode: hard, listeners: [public]}
+    - {pathPrefix: /api/everyone, deny: [FR], mode: hard}    # its path says geo: false
 ipAllowlists:
   - pathPrefix: /api/office
     allow: [127.0.0.6, 127.0.0.3]
@@ -156,6 +162,8 @@ def counter(gw: Gateway, name: str) -> int:
         ("/api/us-denied", {US: 403, FR: 200, CN: 200, UNKNOWN: 200}),
         # a soft rule never refuses
         ("/api/fr-only", {US: 200, FR: 200, CN: 200, UNKNOWN: 200}),
+        # a path-prefix rule (geo.rules: allow US and CN, hard) replaces the listener's
+        ("/api/admin/stats", {US: 200, FR: 403, CN: 200, UNKNOWN: 200}),
     ],
 )
 def test_the_most_specific_rule_decides(gw: Gateway, echo: EchoServer, path: str, expected: dict[str, int]) -> None:
@@ -259,7 +267,7 @@ def test_a_hard_rule_refuses_preflights_too(gateway_factory: Callable[..., Gatew
 
 @pytest.mark.envoy
 def test_unknown_country_can_be_denied(gateway_factory: Callable[..., Gateway], echo: EchoServer) -> None:
-    policy = POLICY.replace("geo: {database: countries.mmdb}", "geo: {database: countries.mmdb, unknownCountry: deny}")
+    policy = POLICY.replace("  database: countries.mmdb\n", "  database: countries.mmdb\n  unknownCountry: deny\n")
     strict = gateway_factory(files(policy))
     assert reached(strict, echo, UNKNOWN, "/api/open")[0] == 403  # the listener's hard rule
     assert reached(strict, echo, UNKNOWN, "/api/us-denied")[0] == 403
@@ -291,7 +299,14 @@ def test_a_replaced_database_takes_effect_without_a_restart(
 def test_explain_agrees_with_envoy(gw: Gateway, echo: EchoServer, source: str) -> None:
     result = compile([gw.workdir])
     assert result.ok and result.gateway is not None
-    for path in ("/api/open", "/api/everyone", "/api/us-denied", "/api/fr-only", "/api/office/things"):
+    for path in (
+        "/api/open",
+        "/api/everyone",
+        "/api/us-denied",
+        "/api/fr-only",
+        "/api/office/things",
+        "/api/admin/stats",
+    ):
         status, seen = reached(gw, echo, source, path)
         said = explain(result.gateway, "GET", f"http://gateway.test:{gw.port}{path}", Caller(client_ip=source))
         assert said.status == status, (path, said.text())
@@ -317,7 +332,8 @@ def problems(tmp_path: Path) -> list[tuple[str, str, str]]:
 
 
 def test_a_rule_without_a_database_is_an_error_at_the_rule(tmp_path: Path) -> None:
-    found = problems(write(tmp_path, POLICY.replace("geo: {database: countries.mmdb}\n", "")))
+    policy = POLICY[: POLICY.index("geo:\n")] + POLICY[POLICY.index("ipAllowlists:") :]
+    found = problems(write(tmp_path, policy))
     where = {(f, p) for f, p, m in found if "needs the policy's geo section" in m}
     assert where == {
         ("policy.yaml", "/listeners/0/geo"),
@@ -336,6 +352,26 @@ def test_a_rule_without_a_database_is_an_error_at_the_rule(tmp_path: Path) -> No
 def test_a_database_envoy_could_not_read_is_refused(tmp_path: Path, content: bytes, text: str) -> None:
     found = problems(write(tmp_path, POLICY, {"countries.mmdb": content}))
     assert [(f, p) for f, p, m in found if text in m] == [("policy.yaml", "/geo/database")], found
+
+
+def test_path_prefix_rules_are_checked_with_pointers(tmp_path: Path) -> None:
+    policy = POLICY.replace("mode: hard, listeners: [public]}", "mode: hard, listeners: [public, internal]}")
+    policy = policy.replace(
+        "{pathPrefix: /api/everyone, deny: [FR], mode: hard}", "{pathPrefix: /api/everyone, deny: [fr]}"
+    )
+    found = {(p, m) for _f, p, m in problems(write(tmp_path, policy))}
+    assert {p for p, _m in found} == {"/geo/rules/0/listeners/1", "/geo/rules/1/deny/0"}, found
+    assert any("no listener named 'internal'" in m for _p, m in found)
+
+
+def test_the_longest_prefix_wins() -> None:
+    src = ir.Source("p.yaml", "/geo/rules/0")
+    api, admin = (geo.Setting((c,), True, geo.HARD, src) for c in ("US", "DE"))
+    rules = (geo.PrefixRule("/api", None, api), geo.PrefixRule("/api/admin", frozenset({"public"}), admin))
+    assert geo.prefix_setting(rules, "/api/admin/stats", "public") is admin
+    assert geo.prefix_setting(rules, "/api/admin/stats", "internal") is api  # not on that listener
+    assert geo.prefix_setting(rules, "/api/administrator", "public") is api  # whole segments
+    assert geo.prefix_setting(rules, "/apis", "public") is None
 
 
 def test_a_city_database_is_accepted(tmp_path: Path) -> None:
