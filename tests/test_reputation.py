@@ -221,6 +221,35 @@ def test_compiles_in_a_row_follow_every_change_of_the_feeds(tmp_path: Path) -> N
     assert not compile([tmp_path]).ok
 
 
+def test_the_trie_written_as_bytes_is_the_message_built_field_by_field() -> None:
+    from google.protobuf import wrappers_pb2
+    from xds.core.v3 import cidr_pb2
+    from xds.core.v3 import extension_pb2 as xds_extension_pb2
+    from xds.type.matcher.v3 import ip_pb2, matcher_pb2
+
+    from controlplane.translate.allowlist import ip_trie
+
+    cidrs = ["192.0.2.0/24", "10.0.0.1/32", "0.0.0.0/0", "2001:db8::/32", "::1/128", "::/0", "203.0.113.7/31"]
+    on_match = matcher_pb2.Matcher.OnMatch(action=xds_extension_pb2.TypedExtensionConfig(name="reputation"))
+    built = ip_pb2.IPMatcher(
+        range_matchers=[
+            ip_pb2.IPMatcher.IPRangeMatcher(
+                ranges=[
+                    cidr_pb2.CidrRange(
+                        address_prefix=c.partition("/")[0],
+                        prefix_len=wrappers_pb2.UInt32Value(value=int(c.partition("/")[2])),
+                    )
+                    for c in cidrs
+                ],
+                on_match=on_match,
+            )
+        ]
+    )
+    written = ip_trie(cidrs, on_match)
+    assert written == built
+    assert written.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
+
+
 # -- parsing -------------------------------------------------------------------------------
 def test_parse_accepts_the_common_formats() -> None:
     text = (

@@ -10,10 +10,11 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from google.protobuf import wrappers_pb2
-from xds.core.v3 import cidr_pb2, extension_pb2
+from xds.core.v3 import extension_pb2
 from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
 from .. import ir
+from ..wire import length_delimited, varint
 from ._authfacts import uses
 from ._pb import packed
 
@@ -24,21 +25,25 @@ IP_TRIE_THRESHOLD = 64
 
 
 def ip_trie(cidrs: tuple[str, ...] | list[str], on_match: matcher_pb2.Matcher.OnMatch) -> ip_pb2.IPMatcher:
-    """One IP trie (Envoy's IP matcher) of ``cidrs`` ("a.b.c.d/n"), ``on_match`` when one holds."""
-    return ip_pb2.IPMatcher(
-        range_matchers=[
-            ip_pb2.IPMatcher.IPRangeMatcher(
-                ranges=[
-                    cidr_pb2.CidrRange(
-                        address_prefix=c.partition("/")[0],
-                        prefix_len=wrappers_pb2.UInt32Value(value=int(c.partition("/")[2])),
-                    )
-                    for c in cidrs
-                ],
-                on_match=on_match,
-            )
-        ]
-    )
+    """One IP trie (Envoy's IP matcher) of ``cidrs`` ("a.b.c.d/n"), ``on_match`` when one holds.
+
+    The ranges are written in the wire format and parsed once: a million ``CidrRange`` messages
+    made one by one take seconds in Python, their bytes a fraction of that (the same message:
+    tests/test_reputation.py checks them against ones built field by field)."""
+    ranges = b"".join([_range_bytes(c) for c in cidrs])
+    matcher = ranges + length_delimited(2, on_match.SerializeToString())  # an IPRangeMatcher
+    return ip_pb2.IPMatcher.FromString(length_delimited(1, matcher))
+
+
+# CidrRange field 2, prefix_len (a UInt32Value), by length: 0..128
+_PREFIX_LEN = [length_delimited(2, b"\x08" + varint(n) if n else b"") for n in range(129)]
+
+
+def _range_bytes(cidr: str) -> bytes:
+    """A repeated ``ranges`` entry (IPRangeMatcher field 1): CidrRange{address_prefix, prefix_len}."""
+    address, _, length = cidr.partition("/")
+    body = length_delimited(1, address.encode()) + _PREFIX_LEN[int(length)]
+    return length_delimited(1, body)
 
 
 def ip_allowlist_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
