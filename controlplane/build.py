@@ -95,9 +95,7 @@ class _Builder:
         self.push: dict[str, Any] = {}
         self.reputation: dict[str, Any] = {}
         self.geo: dict[str, Any] = {}
-        self.geo_section: ir.Geo | None = None
-        self.listener_geo: dict[str, Any] = {}  # listener → its geo setting (a geo.Setting, or False)
-        self.geo_rules: tuple[geo.PrefixRule, ...] = ()  # geo.rules: by gateway path prefix
+        self.geo_resolver = geo.Resolver(None, None, {}, diags)  # (read with the policies in build())
         self.pulls: list[ir.SpecPull] = []
         self.waf_section: inspection.Section | None = None
         self.singleton_docs: dict[str, Document] = {}  # section → the policy that set it
@@ -214,7 +212,7 @@ class _Builder:
             tuple((p, c, tuple(sorted(ls)) if ls is not None else None) for p, c, ls in self.ip_prefix_lists),
             [self.rate_limits_file, self.rateLimits.get("limits", [])],
             [self.waf.get("mode"), self.waf.get("onServiceFailure"), self._listener_waf(listeners)],
-            [self.geo_section, self.geo_rules, [(n, self.listener_geo.get(n)) for n in listeners]],
+            self.geo_resolver.key(listeners),
             self.headers,  # (which header names routes may change)
         )
         record = incremental.cached_api(key, api.spec)
@@ -394,8 +392,8 @@ class _Builder:
                 }
             if "cors" in value and where is not None:  # checked once per layer; operations share the result
                 value = {**value, "cors": cors.read(value["cors"], where, self.diags)}
-            if "geo" in value and where is not None:
-                value = geo.check_layer(value, where, self.geo_section, self.diags)
+            if where is not None:
+                value = self.geo_resolver.layer(value, where)
             if where is not None and ("requestHeaders" in value or "responseHeaders" in value):
                 value = header_rules.read_layer(value, where, self._header_policy(), self.diags)
             merged.update(value)
@@ -561,8 +559,6 @@ class _Builder:
                 operation = dataclasses.replace(operation, client_cert=client_cert)
             if settings.get("cors") is not None:
                 operation = dataclasses.replace(operation, cors=cors.operation_cors(settings["cors"], op.method))
-            if settings.get("geo"):
-                operation = dataclasses.replace(operation, geo=geo.rule(settings["geo"], self.geo_section))
             changed_headers = header_rules.rules(settings)
             if changed_headers is not None and header_rules.check_sensitive(
                 changed_headers, operation.sensitive, self.diags
@@ -596,10 +592,9 @@ class _Builder:
                 if listener_waf:
                     waf = inspection.operation_waf(self.waf_section, settings, listener_waf)
                     iop = dataclasses.replace(iop, waf=waf)
-                if self.geo_section is not None and "geo" not in settings:  # (an API, path or operation's own wins)
-                    around = geo.prefix_setting(self.geo_rules, template, listener) or self.listener_geo.get(listener)
-                    if around:
-                        iop = dataclasses.replace(iop, geo=geo.rule(around, self.geo_section))
+                by_country = self.geo_resolver.operation_rule(settings, template, listener)
+                if by_country is not None:
+                    iop = dataclasses.replace(iop, geo=by_country)
                 routes[listener][shape].append(iop)
                 produced.append((listener, shape, iop))
             if memo is not None:
@@ -678,16 +673,7 @@ class _Builder:
             self.waf_section = inspection.read_section(
                 self.waf, self.singleton_docs["waf"], self.bundle.store, self.diags
             )
-        if self.geo:
-            doc = self.singleton_docs["geo"]
-            self.geo_section = geo.read_section(self.geo, doc.path.parent, ir.Source(doc.name, "/geo"), self.diags)
-            known = set(self.listeners) or {str(edge.DEFAULT_LISTENER["name"])}
-            self.geo_rules = geo.read_rules(self.geo.get("rules"), doc.name, known, self.diags)
-        self.listener_geo = {
-            name: geo.check_layer(spec, src, self.geo_section, self.diags)["geo"]
-            for name, (spec, src) in self.listeners.items()
-            if "geo" in spec
-        }
+        self.geo_resolver = geo.Resolver(self.geo, self.singleton_docs.get("geo"), self.listeners, self.diags)
         apis = self._collect_apis(policies)
         if not self.listeners:
             self.listeners["default"] = (edge.DEFAULT_LISTENER, ir.Source("<built-in>", ""))
@@ -737,20 +723,7 @@ class _Builder:
                     src.pointer + "/waf",
                     "waf-unused",
                 )
-            bound = [(lst.port, "/port")]
-            if "tls" in spec and "httpRedirectPort" in spec["tls"]:
-                bound.append((spec["tls"]["httpRedirectPort"], "/tls/httpRedirectPort"))
-            for port, where in bound:
-                key = (lst.address, port)
-                if key in ports:
-                    other = "its port too" if ports[key] == name else f"listener {ports[key]!r}"
-                    self.diags.error(
-                        f"listener {name!r} uses {lst.address}:{port} like {other}",
-                        src.file,
-                        src.pointer + where,
-                        "port-conflict",
-                    )
-                ports[key] = name
+            edge.check_ports(lst, spec, src, ports, self.diags)
             listeners.append(lst)
         built = []
         for n, (s, src) in self.upstreams.items():
@@ -801,7 +774,7 @@ class _Builder:
             push_clients=push_policy.clients(self.push, self.singleton_docs.get("push"), self.diags),
             spec_pulls=tuple(self.pulls),
             reputation=reputation_ir,
-            geo=self.geo_section,
+            geo=self.geo_resolver.section,
         )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import ir
+from .errors import Diagnostics
 from .model import policy as pol
 
 DEFAULT_LISTENER = {"name": "default", "address": "0.0.0.0", "port": 8080}
@@ -101,3 +102,24 @@ def _lower_unique(*groups: Any) -> tuple[str, ...]:
         for name in group:
             out[name.lower()] = None
     return tuple(out)
+
+
+def check_ports(
+    lst: ir.Listener, spec: dict[str, Any], src: ir.Source, ports: dict[tuple[str, int], str], diags: Diagnostics
+) -> None:
+    """A listener's address and ports (its own, its HTTPS redirect's) taken by no other listener
+    before it (``ports``: taken so far → by which listener; this one's are added)."""
+    bound = [(lst.port, "/port")]
+    if "tls" in spec and "httpRedirectPort" in spec["tls"]:
+        bound.append((spec["tls"]["httpRedirectPort"], "/tls/httpRedirectPort"))
+    for port, where in bound:
+        key = (lst.address, port)
+        if key in ports:
+            other = "its port too" if ports[key] == lst.name else f"listener {ports[key]!r}"
+            diags.error(
+                f"listener {lst.name!r} uses {lst.address}:{port} like {other}",
+                src.file,
+                src.pointer + where,
+                "port-conflict",
+            )
+        ports[key] = lst.name

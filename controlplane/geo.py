@@ -206,6 +206,48 @@ def rule(setting: Any, section: ir.Geo | None) -> ir.GeoRule | None:
     return ir.GeoRule(setting.countries, setting.allow, setting.mode, section.unknown_allowed, setting.source)
 
 
+class Resolver:
+    """Geo for the build: the section, the listeners' rules and the path-prefix rules read
+    once, then each operation's rule on each listener (build.py calls these three hooks)."""
+
+    def __init__(
+        self,
+        section: dict[str, Any] | None,
+        doc: Any,
+        listeners: dict[str, tuple[dict[str, Any], ir.Source]],
+        diags: Diagnostics,
+    ) -> None:
+        self.diags = diags
+        self.section: ir.Geo | None = None
+        self.rules: tuple[PrefixRule, ...] = ()
+        if section:
+            self.section = read_section(section, doc.path.parent, ir.Source(doc.name, "/geo"), diags)
+            known = set(listeners) or {"default"}  # (the built-in listener when the policies have none)
+            self.rules = read_rules(section.get("rules"), doc.name, known, diags)
+        self.by_listener: dict[str, Any] = {
+            name: check_layer(spec, src, self.section, diags)["geo"]
+            for name, (spec, src) in listeners.items()
+            if "geo" in spec
+        }
+
+    def key(self, listeners: list[str]) -> list[Any]:
+        """What an API's operations read of geo (a part of its build cache key)."""
+        return [self.section, self.rules, [(n, self.by_listener.get(n)) for n in listeners]]
+
+    def layer(self, value: dict[str, Any], src: ir.Source) -> dict[str, Any]:
+        """A route settings layer with its ``geo`` checked."""
+        return check_layer(value, src, self.section, self.diags) if "geo" in value else value
+
+    def operation_rule(self, settings: dict[str, Any], template: str, listener: str) -> ir.GeoRule | None:
+        """The rule of an operation on a listener: its own settings' (an API's, path's or its
+        own), else the longest path-prefix rule's, else the listener's."""
+        if self.section is None:
+            return None
+        if "geo" in settings:
+            return rule(settings["geo"], self.section)
+        return rule(prefix_setting(self.rules, template, listener) or self.by_listener.get(listener), self.section)
+
+
 def refuses(rule: ir.GeoRule, country: str | None) -> bool:
     """Whether ``rule`` refuses a client in ``country`` (None: not in the database)."""
     if country is None:
@@ -262,6 +304,7 @@ __all__ = [
     "RISK_VALUE",
     "SOFT",
     "PrefixRule",
+    "Resolver",
     "Setting",
     "changes",
     "check_layer",
