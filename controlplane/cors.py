@@ -147,9 +147,12 @@ def _names(values: list[str], credentials: bool, file: str, ptr: str, diags: Dia
 def read(value: Any, where: ir.Source, diags: Diagnostics) -> Setting | None:
     """A layer's ``cors`` (already valid against the schema) checked: None for ``false`` and
     after reporting errors (with pointers under ``where``)."""
+    file, ptr = where.file, where.pointer + "/cors"
+    if value is True:  # (the schema admits booleans for false)
+        diags.error("cors: true says nothing: give allowOrigins (or false for no CORS)", file, ptr, "cors-setting")
+        return None
     if value is False or not isinstance(value, dict):
         return None
-    file, ptr = where.file, where.pointer + "/cors"
     found = len(diags.items)
     credentials = bool(value.get("allowCredentials", False))
     origins = [

@@ -289,9 +289,19 @@ def test_every_error_at_once_and_in_x_gateway(tmp_path: Path) -> None:
     ], errors
 
 
-def test_schema_errors_for_a_wrong_shape(tmp_path: Path) -> None:
-    assert any(p.startswith("/apis/0/defaults/cors") for p, _m in _errors(tmp_path, "{allowMethods: [GET]}"))
-    assert any(p.startswith("/apis/0/defaults/cors") for p, _m in _errors(tmp_path, "true"))
+@pytest.mark.parametrize(
+    ("cors", "pointer", "words"),
+    [
+        ("{allowMethods: [GET]}", "/apis/0/defaults/cors", "'allowOrigins' is required"),
+        ("true", "/apis/0/defaults/cors", "give allowOrigins"),
+        ("{allowOrigins: 5}", "/apis/0/defaults/cors/allowOrigins", "not of type 'array'"),
+        ("{allowOrigins: [APP], maxAge: soon}", "/apis/0/defaults/cors/maxAge", "soon"),
+        ("{allowOrigins: [APP], origins: [APP]}", "/apis/0/defaults/cors/origins", "unknown key 'origins'"),
+    ],
+)
+def test_schema_errors_for_a_wrong_shape_say_what_is_wrong(tmp_path: Path, cors: str, pointer: str, words: str) -> None:
+    errors = _errors(tmp_path, cors.replace("APP", APP))
+    assert any(p == pointer and words in m for p, m in errors), errors
 
 
 # -- explain and diff --------------------------------------------------------------------------
