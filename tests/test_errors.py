@@ -1308,3 +1308,42 @@ def test_a_key_with_a_line_break_is_described_on_one_line() -> None:
 
     text = describe_value({"0000000000000000000000000:0": 1, "000000000000\n": 2}, 20)
     assert "\n" not in text and "'000000000000\\n'" in text
+
+
+@pytest.mark.parametrize(
+    ("section", "pointer", "message"),
+    [
+        # an object where the alternatives are an object or a boolean: the object's own error
+        (
+            {"upstreams": [{"name": "b", "endpoints": ["x:1"], "tls": {"caFile": 5}}]},
+            "/upstreams/0/tls/caFile",
+            "5 is not of type 'string'",
+        ),
+        (
+            {"upstreams": [{"name": "b", "endpoints": ["x:1"], "tls": {"cafile": "ca.pem"}}]},
+            "/upstreams/0/tls/cafile",
+            "unknown key 'cafile'",
+        ),
+        # a value no alternative takes: what each one takes
+        (
+            {"upstreams": [{"name": "b", "endpoints": ["x:1"], "tls": "yes"}]},
+            "/upstreams/0/tls",
+            "'yes' must be a boolean or an object",
+        ),
+        (
+            {"headers": {"strictTransportSecurity": True}},
+            "/headers/strictTransportSecurity",
+            "True must be a string or false",
+        ),
+    ],
+)
+def test_a_value_against_alternatives_is_told_what_to_fix(section: dict[str, Any], pointer: str, message: str) -> None:
+    """The schema's oneOf never answers "not valid under any of the given schemas" alone."""
+    from controlplane.errors import Diagnostics
+    from controlplane.model import policy as pol
+
+    diags = Diagnostics()
+    assert not pol.check({"apiVersion": "controlplane.dev/v1", "kind": "GatewayPolicy", **section}, "p.yaml", "", diags)
+    found = [(d.pointer, d.message) for d in diags.items]
+    assert any(p == pointer and message in m for p, m in found), found
+    assert not any("any of the given schemas" in m for _p, m in found)

@@ -64,6 +64,32 @@ def _describe(err: ValidationError) -> list[tuple[str, str]]:
     if err.validator == "oneOf" and schema.get("oneOf") and all(set(s) == {"required"} for s in schema["oneOf"]):
         keys = [s["required"][0] for s in schema["oneOf"]]
         return [(where, f"exactly one of {', '.join(keys)} must be set")]
+    if err.validator in ("oneOf", "anyOf") and err.context:
+        # "not valid under any of the given schemas" helps no one: when the value's kind fits one
+        # alternative only (an object where the others are false or a string), its errors say
+        # what to fix (a wrong key, a wrong type inside)
+        branches: dict[Any, list[ValidationError]] = {}
+        for sub in err.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        fitting = [
+            subs
+            for subs in branches.values()
+            if not any(not sub.relative_path and sub.validator in ("type", "const", "enum") for sub in subs)
+        ]
+        if len(fitting) == 1:
+            return [pair for sub in fitting[0] for pair in _describe(sub)]
+        if not fitting:  # what each alternative takes: "an object or false"
+            kinds = []
+            for subs in branches.values():
+                top = next(sub for sub in subs if not sub.relative_path and sub.validator in ("type", "const", "enum"))
+                value: Any = top.validator_value
+                if top.validator == "type":
+                    names = [str(n) for n in (value if isinstance(value, list) else [value])]
+                    kinds.append(" or ".join(f"an {n}" if n[0] in "aeiou" else f"a {n}" for n in names))
+                else:
+                    values = value if top.validator == "enum" and isinstance(value, list) else [value]
+                    kinds.append(" or ".join(json.dumps(v) for v in values))
+            return [(where, f"{shorten_message(repr(err.instance), err.instance)} must be {' or '.join(kinds)}")]
     if err.validator == "pattern":
         description = schema.get("description")
         message = f"{err.instance!r} is not valid"
