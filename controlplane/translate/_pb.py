@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
+from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from .. import ir
 
@@ -63,3 +65,10 @@ def header(name: str, value: str, append: bool = False) -> base_pb2.HeaderValueO
         else base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
     )
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=action)
+
+
+def xds_re2(regex: str) -> xds_string_pb2.StringMatcher:
+    """A matcher API (xds) string matcher: the whole value matches the RE2 ``regex``."""
+    return xds_string_pb2.StringMatcher(
+        safe_regex=xds_regex_pb2.RegexMatcher(google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(), regex=regex)
+    )

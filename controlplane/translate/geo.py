@@ -18,30 +18,25 @@ chosen before the filters and the geoip filter does not clear the route cache).
 
 from __future__ import annotations
 
-from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
-from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
-from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.geoip.v3 import geoip_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.geoip_providers.common.v3 import common_pb2
 from envoy.extensions.geoip_providers.maxmind.v3 import maxmind_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2, string_pb2
-from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import matcher_pb2
-from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
-from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from .. import geo, ir
-from ._pb import packed, per_listener
+from ._lua import predicate
+from ._pb import packed, per_listener, xds_re2
+from .headers import SKIP, risk_mark
 
 COUNTRY_HEADER = "x-gateway-geo-country"
-RISK_HEADER = "x-gateway-risk"
 LOOKUP_FILTER = "envoy.filters.http.geoip"
 HARD_FILTER = "geo-hard"
 SOFT_FILTER = "geo-soft"
@@ -79,28 +74,7 @@ def hard_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | N
 
 
 def _on_match(marked: bool) -> matcher_pb2.Matcher.OnMatch:
-    if not marked:
-        action = xds_extension_pb2.TypedExtensionConfig(name="skip", typed_config=packed(skip_action_pb2.SkipFilter()))
-        return matcher_pb2.Matcher.OnMatch(action=action)
-    mark = hm.HeaderMutation(
-        mutations=hm.Mutations(
-            request_mutations=[
-                mr.HeaderMutation(
-                    append=base_pb2.HeaderValueOption(
-                        header=base_pb2.HeaderValue(key=RISK_HEADER, value=geo.RISK_VALUE),
-                        # a reputation feed may have marked it already: one value each
-                        append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
-                    )
-                )
-            ]
-        )
-    )
-    execute = composite_pb2.ExecuteFilterAction(
-        typed_config=extension_pb2.TypedExtensionConfig(name="mark-geo-risk", typed_config=packed(mark))
-    )
-    return matcher_pb2.Matcher.OnMatch(
-        action=xds_extension_pb2.TypedExtensionConfig(name="mark", typed_config=packed(execute))
-    )
+    return risk_mark(geo.RISK_VALUE) if marked else SKIP
 
 
 def soft_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFilter | None:
@@ -120,18 +94,9 @@ def _codes_regex(countries: tuple[str, ...]) -> str:
 
 
 def _country_predicate(regex: str) -> matcher_pb2.Matcher.MatcherList.Predicate:
-    header_input = xds_extension_pb2.TypedExtensionConfig(
-        name="country", typed_config=packed(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=COUNTRY_HEADER))
+    return predicate(
+        http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=COUNTRY_HEADER), value_match=xds_re2(regex)
     )
-    single = matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
-        input=header_input,
-        value_match=xds_string_pb2.StringMatcher(safe_regex=xds_regex(regex)),
-    )
-    return matcher_pb2.Matcher.MatcherList.Predicate(single_predicate=single)
-
-
-def xds_regex(regex: str) -> xds_regex_pb2.RegexMatcher:
-    return xds_regex_pb2.RegexMatcher(google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(), regex=regex)
 
 
 def soft_route_config(rule: ir.GeoRule) -> extension_matcher_pb2.ExtensionWithMatcherPerRoute:
@@ -199,7 +164,6 @@ def route_rest(op: ir.Operation) -> rc.Route | None:
 __all__ = [
     "COUNTRY_HEADER",
     "HARD_FILTER",
-    "RISK_HEADER",
     "SOFT_FILTER",
     "hard_filter",
     "hard_route_config",

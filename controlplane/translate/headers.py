@@ -6,12 +6,16 @@ import re
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
-from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2, substitution_format_string_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
 
 from .. import ir
 from ._pb import header, packed
@@ -64,6 +68,38 @@ _XFCC_VARIANTS = "|".join(
     )
     for odd in range(3)
 )
+
+
+# X-Gateway-Risk: what soft decisions (reputation feeds, geo rules) tell the backend. Clients'
+# copies never reach it: the first filter strips it with the identity headers (edge.GATEWAY_SIGNAL_HEADERS).
+RISK_HEADER = "x-gateway-risk"
+# The composite filter's action for a request a soft decision lets through unmarked.
+SKIP = matcher_pb2.Matcher.OnMatch(
+    action=xds_extension_pb2.TypedExtensionConfig(name="skip", typed_config=packed(skip_action_pb2.SkipFilter()))
+)
+
+
+def risk_mark(value: str) -> matcher_pb2.Matcher.OnMatch:
+    """The composite filter's action adding ``X-Gateway-Risk: value`` (after any value another
+    check added: one each)."""
+    mark = hm.HeaderMutation(
+        mutations=hm.Mutations(
+            request_mutations=[
+                mr.HeaderMutation(
+                    append=base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key=RISK_HEADER, value=value),
+                        append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
+                    )
+                )
+            ]
+        )
+    )
+    execute = composite_pb2.ExecuteFilterAction(
+        typed_config=extension_pb2.TypedExtensionConfig(name=f"mark-risk-{value}", typed_config=packed(mark))
+    )
+    return matcher_pb2.Matcher.OnMatch(
+        action=xds_extension_pb2.TypedExtensionConfig(name="mark", typed_config=packed(execute))
+    )
 
 
 def security_headers(policy: ir.HeaderPolicy, https: bool) -> list[tuple[str, str]]:

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2 as mr
-from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.config.core.v3 import config_source_pb2
 from envoy.config.core.v3 import extension_pb2 as extension_cfg_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
-from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2 as hm
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
@@ -30,10 +27,10 @@ from xds.type.matcher.v3 import matcher_pb2
 from .. import ir
 from ._pb import ads, packed
 from .allowlist import ip_trie
+from .headers import SKIP, risk_mark
 
 BLOCK_FILTER = "ip-reputation"
 SOFT_FILTER = "ip-reputation-soft"
-RISK_HEADER = "x-gateway-risk"
 RISK_VALUE = "reputation"
 # Envoy's IP matcher builds one LC-trie per IPMatcher, and refuses more than 262,144 ranges in
 # one ("LC-Trie can only support '262144' CIDR ranges with the specified fill factor"), which
@@ -89,53 +86,26 @@ def _rbac(name: str, action: rbac_pb2.RBAC.Action.ValueType) -> matcher_pb2.Matc
     return matcher_pb2.Matcher.OnMatch(action=extension_pb2.TypedExtensionConfig(name=name, typed_config=packed(typed)))
 
 
-def _block_config(gw: ir.Gateway, listener: ir.Listener) -> rbac_filter_pb2.RBAC:
+def _block_config(gw: ir.Gateway, listener: ir.Listener, exempt: tuple[str, ...]) -> rbac_filter_pb2.RBAC:
     assert gw.reputation is not None
     allow = rbac_pb2.RBAC.ALLOW
     matcher = _chain(
         listener,
-        [
-            (exempt_ranges(gw, listener), _rbac("allowlisted", allow)),
-            (gw.reputation.block, _rbac("reputation", rbac_pb2.RBAC.DENY)),
-        ],
+        [(exempt, _rbac("allowlisted", allow)), (gw.reputation.block, _rbac("reputation", rbac_pb2.RBAC.DENY))],
         _rbac("not-listed", allow),
     )
     # its denials count apart from the allowlists': http.<listener>.rbac.reputation.denied
     return rbac_filter_pb2.RBAC(matcher=matcher, rules_stat_prefix="reputation")
 
 
-def _soft_config(gw: ir.Gateway, listener: ir.Listener) -> extension_matcher_pb2.ExtensionWithMatcher:
+def _soft_config(
+    gw: ir.Gateway, listener: ir.Listener, exempt: tuple[str, ...]
+) -> extension_matcher_pb2.ExtensionWithMatcher:
     """A client a soft feed lists (and no allowlist names) reaches the backend with
     ``X-Gateway-Risk: reputation``; a client-sent X-Gateway-Risk never does (the first filter
     strips it with the identity headers)."""
     assert gw.reputation is not None
-    mark = hm.HeaderMutation(
-        mutations=hm.Mutations(
-            request_mutations=[
-                mr.HeaderMutation(
-                    append=base_pb2.HeaderValueOption(
-                        header=base_pb2.HeaderValue(key=RISK_HEADER, value=RISK_VALUE),
-                        # other checks (geo) may mark the request too: one value each
-                        append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
-                    )
-                )
-            ]
-        )
-    )
-    skip = matcher_pb2.Matcher.OnMatch(
-        action=extension_pb2.TypedExtensionConfig(name="skip", typed_config=packed(skip_action_pb2.SkipFilter()))
-    )
-    execute = matcher_pb2.Matcher.OnMatch(
-        action=extension_pb2.TypedExtensionConfig(
-            name="mark",
-            typed_config=packed(
-                composite_pb2.ExecuteFilterAction(
-                    typed_config=extension_cfg_pb2.TypedExtensionConfig(name="mark-risk", typed_config=packed(mark))
-                )
-            ),
-        )
-    )
-    matcher = _chain(listener, [(exempt_ranges(gw, listener), skip), (gw.reputation.soft, execute)], skip)
+    matcher = _chain(listener, [(exempt, SKIP), (gw.reputation.soft, risk_mark(RISK_VALUE))], SKIP)
     return extension_matcher_pb2.ExtensionWithMatcher(
         xds_matcher=matcher,
         extension_config=extension_cfg_pb2.TypedExtensionConfig(
@@ -203,7 +173,11 @@ def extension_configs(gw: ir.Gateway, listener: ir.Listener) -> list[extension_c
     exempt = exempt_ranges(gw, listener)
     out = []
     if rep.block:
-        out.append((BLOCK_FILTER, _built("block", listener, exempt, rep.block, lambda: _block_config(gw, listener))))
+        out.append(
+            (BLOCK_FILTER, _built("block", listener, exempt, rep.block, lambda: _block_config(gw, listener, exempt)))
+        )
     if rep.soft:
-        out.append((SOFT_FILTER, _built("soft", listener, exempt, rep.soft, lambda: _soft_config(gw, listener))))
+        out.append(
+            (SOFT_FILTER, _built("soft", listener, exempt, rep.soft, lambda: _soft_config(gw, listener, exempt)))
+        )
     return [extension_cfg_pb2.TypedExtensionConfig(name=f"{name}.{listener.name}", typed_config=c) for name, c in out]

@@ -29,13 +29,11 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2, regex_pb2, string_pb2
-from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
-from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from .. import ir
 from ._authfacts import uses
 from ._lua import lua_string, lua_when, predicate
-from ._pb import packed
+from ._pb import packed, xds_re2
 
 AUTHORIZATION = "authorization"
 ONE_TOKEN = "one-token"
@@ -160,9 +158,7 @@ def token_strip_filter(gw: ir.Gateway, listener: ir.Listener) -> hcm_pb2.HttpFil
     def carries(header: str, regex: str) -> Any:
         return predicate(
             http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=header),
-            value_match=xds_string_pb2.StringMatcher(
-                safe_regex=xds_regex_pb2.RegexMatcher(google_re2=xds_regex_pb2.RegexMatcher.GoogleRE2(), regex=regex)
-            ),
+            value_match=xds_re2(regex),
         )
 
     predicates = []
