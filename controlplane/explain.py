@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from . import cors, geo, header_rules, ir
-from .translate.reputation import exempt_ranges
+from .translate.reputation import exempt_ranges, section_source
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def explain(gw: ir.Gateway, method: str, url: str, caller: Caller) -> Explanatio
             out.step("allowlist", f"only {', '.join(allowed)} (no --client-ip given: assumed inside)")
             continue
         ip = ipaddress.ip_address(caller.client_ip)
-        if not any(ip in ipaddress.ip_network(c, strict=False) for c in allowed):
+        if not _in(ip, allowed):
             return out.end(403, "allowlist", f"{caller.client_ip} is not in {', '.join(allowed)} (list {i + 1})")
         out.step("allowlist", f"{caller.client_ip} is in {', '.join(allowed)}")
     if _reputation(gw, listener, caller, out) or _country(gw, op, caller, out):
@@ -191,7 +191,7 @@ def _reputation(gw: ir.Gateway, listener: ir.Listener, caller: Caller, out: Expl
     if rep is None or not (rep.block or rep.soft):
         return False
     feeds = ", ".join(f.name for f in rep.feeds)
-    source = rep.feeds[0].source if rep.feeds else None
+    source = section_source(gw)
     if caller.client_ip is None:
         out.step("reputation", f"feeds {feeds} (no --client-ip given: assumed on none)", source)
         return False
