@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,15 +53,11 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from _common import git_state, machine, median, spread, synth_file, table  # noqa: E402
 
+from controlplane.ports import unused_port as free_port  # noqa: E402
+
 LAST_FIRST_GOAL = 1.2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNDECLARED = "ZZ_undeclared"  # matches no parameter type of synth.py (not an integer, UUID or lower-case slug)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- Envoy CPU ---------------------------------------------------------------------------------

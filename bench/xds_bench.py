@@ -55,7 +55,6 @@ import queue
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,6 +70,8 @@ import _xds_client as xc  # noqa: E402
 import synth  # noqa: E402
 from _common import REPO, child_env, git_state, machine, median  # noqa: E402
 from _common import table as _table  # noqa: E402
+
+from controlplane.ports import unused_port as free_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TYPES = ("CDS", "EDS", "LDS", "SRDS", "RDS")
@@ -139,12 +140,6 @@ class Config:
 
 
 # -- processes ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cpu_of(pid: int) -> float:
     """utime + stime of a process (all threads), seconds."""
     try:

