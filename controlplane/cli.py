@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,6 +26,8 @@ from .output import write
 from .ratelimit.options import parser as ratelimit_parser
 from .resources import Resources, to_dict, write_message
 from .waf.options import parser as waf_parser
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def _report(result: CompileResult, err: TextIO, every: bool = False) -> None:
@@ -617,10 +621,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _push_options(args: argparse.Namespace) -> Any:
     from .push.api import PushOptions
 
-    if args.push_address is None and args.push_store is None:
+    if args.push_address is None and args.push_store is None and args.push_configmaps is None:
         return None
+    if args.push_configmaps is not None:
+        namespace, _, name = args.push_configmaps.partition("/")
+        if not args.kubernetes:
+            raise SystemExit("serve: --push-configmaps keeps pushed versions in the cluster: it needs --kubernetes")
+        if not (_DNS_LABEL.match(namespace) and _DNS_LABEL.match(name) and len(name) <= 40):
+            raise SystemExit(
+                f"serve: --push-configmaps {args.push_configmaps!r}: give NAMESPACE/NAME, each lower-case letters, "
+                "digits and '-' (NAME at most 40 characters: the ConfigMaps are NAME-live and NAME-<api>-<n>)"
+            )
+        if args.push_store is None:
+            args.push_store = tempfile.mkdtemp(prefix="controlplane-push-")
     if args.push_store is None:
-        raise SystemExit("serve: --push-address needs --push-store DIR (where pushed versions are kept)")
+        raise SystemExit(
+            "serve: --push-address needs --push-store DIR (where pushed versions are kept), or "
+            "--push-configmaps NAMESPACE/NAME (in the cluster, shared by replicas)"
+        )
     if args.push_address is not None and not args.push_insecure and not (args.push_cert and args.push_key):
         raise SystemExit(
             "serve: give --push-cert and --push-key to serve the push API over TLS, or --push-insecure for "
@@ -633,6 +651,7 @@ def _push_options(args: argparse.Namespace) -> Any:
         None if args.push_insecure else args.push_key,
         args.push_client_ca,
         args.rollout_timeout,
+        args.push_configmaps,
     )
 
 
@@ -831,6 +850,12 @@ def parser() -> argparse.ArgumentParser:
         "--push-store",
         metavar="DIR",
         help="where every pushed or pulled (apis[].pull) version is kept, with the audit log",
+    )
+    s.add_argument(
+        "--push-configmaps",
+        metavar="NAMESPACE/NAME",
+        help="with --kubernetes: keep pushed versions in ConfigMaps NAME-* of NAMESPACE, shared by every "
+        "replica (--push-store is then this replica's copy; default a temporary directory)",
     )
     s.add_argument("--push-cert", metavar="FILE", help="the push API's TLS certificate")
     s.add_argument("--push-key", metavar="FILE", help="its private key")

@@ -137,6 +137,7 @@ class ControlPlane:
         self.files: list[str] = []
         self.digests: dict[str, str] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._following: set[asyncio.Future[Any]] = set()  # serving what another replica pushed
         self._validation: asyncio.Task[Any] | None = None
         self.grpc: Any = None
         self.admin = AdminServer(
@@ -192,7 +193,7 @@ class ControlPlane:
         """Where the configuration comes from besides files: pushes, pulls, the cluster."""
         out: dict[str, Any] = {}
         if self.push is not None:
-            out["push"] = {"live": dict(self.push.store.live), "store": str(self.push.store.root)}
+            out["push"] = {"live": dict(self.push.store.live), "store": self.push.store.where}
         if self.puller is not None and self.puller.state:
             out["pulls"] = self.puller.state
         if self.kube is not None:
@@ -226,6 +227,7 @@ class ControlPlane:
         )
         if self.kube is not None:
             await self.kube.start(self)
+            await self._share_pushes()
         await self.recompile(time.monotonic())
         if self.push is not None:
             await self.push.start()
@@ -263,7 +265,7 @@ class ControlPlane:
             seen = now
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._following):
             task.cancel()
         gc.unfreeze()  # what ``_collect_when_idle`` froze is the collector's again
         for _provider, task in self._fetchers.values():
@@ -280,6 +282,7 @@ class ControlPlane:
             self.puller.stop()
         if self.push is not None:
             await self.push.stop()
+            self.push.store.close()
         if self.grpc is not None:
             await self.grpc.stop(grace=1)
         await self.admin.close()
@@ -289,6 +292,57 @@ class ControlPlane:
     async def recompile(self, changed_at: float) -> bool:
         async with self._compile_lock:
             return await self._recompile(changed_at)
+
+    async def _share_pushes(self) -> None:
+        """With the push store in the cluster: serve what is live there from the first compile
+        on, and what any replica pushes from then on."""
+        from .push.cluster import ClusterStore
+
+        store = self.push.store if self.push is not None else None
+        if not isinstance(store, ClusterStore):
+            return
+        assert self.kube is not None
+        if not await asyncio.to_thread(store.connect, self.kube.client):
+            log.error("push store: %s not listed within %ds; serving what was", store.where, 60)
+        self.compiler.pushed = self.validator.pushed = store.pushed()
+        loop = asyncio.get_running_loop()
+
+        def follow() -> None:
+            task = asyncio.ensure_future(self._follow_pushes(store))
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
+
+        def changed() -> None:
+            loop.call_soon_threadsafe(follow)
+
+        store.on_change = changed
+
+    async def _follow_pushes(self, store: Any) -> None:
+        """Another replica changed what is live: compile it and serve it here too."""
+        async with self._compile_lock:
+            if not store.behind:
+                return  # served already (this replica's own push, or an earlier call)
+            live, version = store.remote
+            missing = [f"{api} v{v}" for api, v in live.items() if store.record(api, v) is None]
+            if missing:
+                log.error("push store: the live map names versions not (yet) copied: %s", ", ".join(missing))
+                return
+            pushed = store.pushed(live)
+            result = await self.compile_pushed(pushed)
+            report = await self.serve_pushed(pushed, result) if result.ok else None
+            if report is None or not report.ok:
+                errors = report.errors if report is not None else result.errors
+                log.error(
+                    "push store: what another replica made live does not compile here; still serving the last "
+                    "good configuration: %s",
+                    "; ".join(store.readable(str(d)) for d in errors[:5]),
+                )
+                return
+            store.adopt((live, version))
+            log.info(
+                "push store: serving what is live in the cluster: %s",
+                ", ".join(f"{a} v{v}" for a, v in sorted(live.items())) or "nothing pushed",
+            )
 
     async def compile_pushed(self, pushed: tuple[Pushed, ...]) -> CompiledConfig:
         """What the inputs compile to with ``pushed`` instead of the pushes served; nothing

@@ -103,6 +103,9 @@ class PushOptions:
     key_file: str | None = None
     client_ca: str | None = None  # verifies client certificates, which then identify clients
     rollout_timeout: float = DEFAULT_TIMEOUT_S  # how long a rollout is watched without --wait
+    # "namespace/name": versions in the cluster's ConfigMaps (push.cluster), shared by the
+    # replicas; ``store`` is then this replica's copy
+    configmaps: str | None = None
 
 
 @dataclass
@@ -125,7 +128,13 @@ class PushApi:
     def __init__(self, plane: Plane, options: PushOptions):
         self.plane = plane
         self.options = options
-        self.store = PushStore(options.store)
+        if options.configmaps is not None:
+            from .cluster import ClusterStore
+
+            namespace, _, name = options.configmaps.partition("/")
+            self.store: PushStore = ClusterStore(options.store, namespace, name)
+        else:
+            self.store = PushStore(options.store)
         self._lock = asyncio.Lock()  # one push (compile, publish, rollout) at a time
         self._server: asyncio.base_events.Server | None = None
         self._watching: set[asyncio.Future[Any]] = set()
@@ -156,7 +165,7 @@ class PushApi:
             host,
             self.port,
             "TLS" if self.options.cert_file else "plain HTTP",
-            self.store.root,
+            self.store.where,
         )
         return self.port
 
@@ -441,13 +450,25 @@ class PushApi:
         p = self.plane
         pushed = self._with(api, self.store.pushed_of(record))
         result = await p.compile_pushed(pushed)
-        report = await p.serve_pushed(pushed, result) if result.ok else None
+        report = None
+        if result.ok:
+            # live first: a store shared by replicas refuses a map changed since this one compiled
+            before = dict(self.store.live)
+            try:
+                self.store.set_live({**before, api: record.version})
+            except PushRefused as exc:
+                if record.state == "pending":  # a push's new version (a rollback's stays as it was)
+                    record.state, record.reason = "rejected", str(exc)
+                    self.store.save(record)
+                raise
+            report = await p.serve_pushed(pushed, result)
+            if not report.ok:
+                self.store.set_live(before, only=api)
         if report is None or not report.ok:
             errors = [self.store.readable(str(d)) for d in (report.errors if report is not None else result.errors)]
             record.state, record.reason = "rejected", "; ".join(errors)[:2000]
             self.store.save(record)
             return Answer(422, {"error": "not served; nothing changed", "version": record.version, "errors": errors})
-        self.store.set_live({**self.store.live, api: record.version})
         if previous is not None and previous != record.version:
             self._set_state(api, previous, "superseded")
         record.state = "live"
@@ -521,7 +542,7 @@ class PushApi:
                 if previous is not None:
                     live[api] = previous
                     self._set_state(api, previous, "live")
-                self.store.set_live(live)
+                self.store.set_live(live, only=api)
                 event["event"] = f"rolled back to {previous if previous is not None else 'the policy spec'}"
             else:
                 event["event"] = "roll back failed: the earlier version no longer compiles"

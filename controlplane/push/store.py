@@ -108,6 +108,8 @@ def check_files(files: dict[str, str], spec: str, policy: str | None) -> None:
 
 
 class PushStore:
+    """Versions and the live map in a directory (``serve --push-store``)."""
+
     def __init__(self, root: Path):
         self.root = root.resolve()
         (self.root / "apis").mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,11 @@ class PushStore:
         for leftover in (self.root / "staging").iterdir():  # a push interrupted by a crash
             shutil.rmtree(leftover, ignore_errors=True)
         self.live: dict[str, int] = self._read_live()
+
+    @property
+    def where(self) -> str:
+        """Where the versions are kept, for ``status``."""
+        return str(self.root)
 
     # -- reading ----------------------------------------------------------------------------
     def _read_live(self) -> dict[str, int]:
@@ -211,9 +218,14 @@ class PushStore:
             self.root / "apis" / record.api / f"{record.version}.json", json.dumps(record.as_json(), indent=2)
         )
 
-    def set_live(self, live: dict[str, int]) -> None:
+    def set_live(self, live: dict[str, int], only: str | None = None) -> None:
+        """What is live from now on (``only``: the one API whose entry changes; one writer
+        here, so the whole map is written either way)."""
         _write_atomic(self.root / "live.json", json.dumps(dict(sorted(live.items())), indent=2))
         self.live = dict(live)
+
+    def close(self) -> None:
+        """Nothing to let go of here (a store in the cluster stops watching)."""
 
     def discard(self, staged: Path) -> None:
         shutil.rmtree(staged, ignore_errors=True)

@@ -1,0 +1,263 @@
+"""Pushes kept in the cluster (``serve --push-configmaps``): a push to one control-plane
+replica reaches the Envoys of every replica, survives any replica's restart, and a push
+compiled against a live map another replica has changed since is refused, never merged.
+
+The cluster is tests/kube_fake.py (the real list/watch protocol, driven by the official
+client); the control planes, the Envoys and the push CLI are real processes."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.echo import EchoServer
+from controlplane.push.cluster import API_LABEL, STORE_LABEL, ClusterStore, configmap_name
+from controlplane.push.store import PushRefused, Version
+from tests.harness import EnvoyProcess, free_port, raw_request
+from tests.kube_fake import FakeKube
+from tests.test_push import ORDERS_V1, ORDERS_V2, TOKENS
+from tests.xds_harness import REPO, ControlPlaneProcess, http_get, start_envoy, wait_for
+
+pytestmark = pytest.mark.envoy
+
+NEW = "/orders-api/orders/7"  # routed by ORDERS_V2 only
+
+
+def policy(port: int, backend: int) -> str:
+    sha = hashlib.sha256(TOKENS["orders-ci"].encode()).hexdigest()
+    return f"""\
+apiVersion: controlplane.dev/v1
+kind: GatewayPolicy
+listeners: [{{name: public, address: 127.0.0.1, port: {port}}}]
+upstreams: [{{name: backend, endpoints: ["127.0.0.1:{backend}"]}}]
+apis: [{{name: orders, spec: orders.yaml, pathPrefix: /orders-api, upstream: backend}}]
+push:
+  clients: [{{name: orders-ci, tokenSha256: {sha}, apis: [orders], allowSecurityChanges: true}}]
+"""
+
+
+@dataclass
+class Replica:
+    """A control plane, its Envoy, and the gateway port only that Envoy listens on (each
+    replica reads its own copy of the policy, which differs in that port alone)."""
+
+    plane: ControlPlaneProcess
+    envoy: EnvoyProcess | None
+    port: int
+    push_port: int
+
+    def get(self, path: str) -> int:
+        return raw_request(self.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()).status
+
+    def push(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CONTROLPLANE_PUSH_TOKEN": TOKENS["orders-ci"], "PYTHONPATH": str(REPO)}
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane", "push", "--server", f"http://127.0.0.1:{self.push_port}", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+        self.plane.stop()
+
+
+@dataclass
+class Cluster:
+    kube: FakeKube
+    work: Path
+    kubeconfig: Path
+    echo: EchoServer
+    replicas: list[Replica] = field(default_factory=list)
+
+    def replica(self, name: str) -> Replica:
+        config = self.work / name
+        config.mkdir()
+        port = free_port()
+        (config / "orders.yaml").write_text(ORDERS_V1)
+        (config / "policy.yaml").write_text(policy(port, self.echo.port))
+        push_port = free_port()
+        plane = ControlPlaneProcess(
+            [config],
+            self.work,
+            extra=[
+                "--kubernetes",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--kube-namespace",
+                "gw",
+                "--kube-state",
+                str(self.work / f"{name}-mirror"),
+                "--push-configmaps",
+                "gw/push",
+                "--push-store",
+                str(self.work / f"{name}-store"),
+                "--push-address",
+                f"127.0.0.1:{push_port}",
+                "--push-insecure",
+            ],
+        ).start()
+        replica = Replica(plane, None, port, push_port)
+        replica.envoy = start_envoy(self.work, plane, node_id=f"gateway-{name}")
+        self.replicas.append(replica)
+        return replica
+
+    def configmaps(self) -> dict[str, dict[str, Any]]:
+        return {o["metadata"]["name"]: o for o in self.kube.objects("configmaps", "gw")}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    work = tmp_path_factory.mktemp("push-cluster")
+    echo = EchoServer().start()
+    with FakeKube(bookmark_interval=0.2) as kube:
+        c = Cluster(kube, work, kube.kubeconfig(work / "kubeconfig"), echo)
+        try:
+            for name in ("a", "b"):
+                c.replica(name)
+            for r in c.replicas:
+                wait_for(lambda r=r: r.get("/orders-api/orders") == 200, 30, "the policy's spec served")
+            yield c
+        finally:
+            for r in c.replicas:
+                r.stop()
+    echo.shutdown()
+
+
+def test_a_push_to_one_replica_reaches_the_envoys_of_every_replica(cluster: Cluster, tmp_path: Path) -> None:
+    a, b = cluster.replicas[:2]
+    assert a.get(NEW) == 404 and b.get(NEW) == 404
+    spec = tmp_path / "orders.yaml"
+    spec.write_text(ORDERS_V2)
+    out = a.push("--api", "orders", str(spec), "--wait", "--message", "PR #7")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert a.get(NEW) == 200
+    wait_for(lambda: b.get(NEW) == 200, 20, "the push served by the other replica's Envoy")
+    # what the cluster holds: the live map, and the version with its files and record
+    objects = cluster.configmaps()
+    assert json.loads(objects["push-live"]["data"]["live.json"]) == {"orders": 1}
+    version = objects[configmap_name("push", "orders", 1)]
+    assert version["metadata"]["labels"] == {STORE_LABEL: "push", API_LABEL: "orders"}
+    files = json.loads(gzip.decompress(base64.b64decode(version["binaryData"]["files.json.gz"])))
+    assert files == {"orders.yaml": ORDERS_V2}
+    wait_for(
+        lambda: (
+            json.loads(cluster.configmaps()[configmap_name("push", "orders", 1)]["data"]["record.json"])["state"]
+            == "live"
+        ),
+        10,
+        "the record live",
+    )
+    # the other replica lists the version, with who pushed it
+    listed = b.push("--versions", "orders")
+    assert listed.returncode == 0, listed.stderr
+    assert "orders-ci" in listed.stdout and "PR #7" in listed.stdout and " live " in listed.stdout
+    assert json.loads(http_get(b.plane.admin_port, "/status")[1])["sources"]["push"]["live"] == {"orders": 1}
+
+
+def test_a_rollback_on_another_replica_is_followed_by_the_first(cluster: Cluster, tmp_path: Path) -> None:
+    a, b = cluster.replicas[:2]
+    spec = tmp_path / "orders.yaml"
+    spec.write_text(ORDERS_V2.replace("getOrder", "getOrderV3"))
+    assert a.push("--api", "orders", str(spec), "--wait").returncode == 0
+    wait_for(lambda: json.loads(cluster.configmaps()["push-live"]["data"]["live.json"]) == {"orders": 2}, 10, "v2")
+    wait_for(
+        lambda: json.loads(http_get(b.plane.admin_port, "/status")[1])["sources"]["push"]["live"] == {"orders": 2},
+        20,
+        "b serves v2",
+    )
+    out = b.push("--rollback", "orders", "--to", "1", "--wait")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(cluster.configmaps()["push-live"]["data"]["live.json"]) == {"orders": 1}
+    wait_for(
+        lambda: json.loads(http_get(a.plane.admin_port, "/status")[1])["sources"]["push"]["live"] == {"orders": 1},
+        20,
+        "a follows",
+    )
+    assert a.get(NEW) == 200
+
+
+def test_a_replica_started_later_serves_what_was_pushed_from_its_first_config(cluster: Cluster) -> None:
+    live = json.loads(cluster.configmaps()["push-live"]["data"]["live.json"])
+    assert live  # pushed by the tests above
+    c = cluster.replica("c")  # its own copy of the policy names ORDERS_V1: only the cluster has the push
+    assert c.get(NEW) == 200  # start_envoy waited for Envoy's readiness: the first config had it
+    assert json.loads(http_get(c.plane.admin_port, "/status")[1])["sources"]["push"]["live"] == live
+
+
+# -- the store itself, against the fake cluster: deterministic races -----------------------------
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[tuple[FakeKube, ClusterStore, ClusterStore]]:
+    with FakeKube(bookmark_interval=0.2) as kube:
+        one, two = ClusterStore(tmp_path / "one", "gw", "s"), ClusterStore(tmp_path / "two", "gw", "s")
+        assert one.connect(kube.api_client()) and two.connect(kube.api_client())
+        try:
+            yield kube, one, two
+        finally:
+            one.close()
+            two.close()
+
+
+def _keep(store: ClusterStore, api: str, text: str) -> Version:
+    record = Version(api, 0, "spec.yaml", None, "ci", time.time())
+    staged = store.stage(api, {"spec.yaml": text})
+    try:
+        return store.keep(staged, record)
+    finally:
+        store.discard(staged)
+
+
+def test_a_live_map_changed_by_another_replica_refuses_a_push_compiled_before(stores: Any) -> None:
+    _kube, one, two = stores
+    _keep(one, "orders", ORDERS_V1)
+    one.set_live({"orders": 1})
+    wait_for(lambda: two.remote[0] == {"orders": 1}, 10, "the other replica sees the change")
+    assert two.behind and two.live == {}  # seen, not yet served there
+    with pytest.raises(PushRefused) as refused:
+        two.set_live({"stock": 1})  # compiled against {} : refused, not merged
+    assert refused.value.status == 409 and "push again" in str(refused.value)
+    # a rollback changes its one entry over whatever the others are now
+    two.set_live({"stock": 1}, only="stock")
+    assert two.live == {"orders": 1, "stock": 1}
+    wait_for(lambda: one.remote[0] == {"orders": 1, "stock": 1}, 10, "the first sees the merge")
+    assert one.adopt() and one.live == {"orders": 1, "stock": 1}
+    one.set_live({"orders": 1, "stock": 2})  # served the latest: accepted
+    live = next(o for o in _kube.objects("configmaps", "gw") if o["metadata"]["name"] == "s-live")
+    assert json.loads(live["data"]["live.json"]) == {"orders": 1, "stock": 2}
+
+
+def test_two_replicas_never_take_one_version_number(stores: Any) -> None:
+    kube, one, two = stores
+    two.close()  # it sees nothing of what the first writes: only creating the ConfigMap decides
+    first, second = _keep(one, "orders", ORDERS_V1), _keep(two, "orders", ORDERS_V2)
+    assert (first.version, second.version) == (1, 2)
+    names = {o["metadata"]["name"] for o in kube.objects("configmaps", "gw")}
+    assert {configmap_name("s", "orders", 1), configmap_name("s", "orders", 2)} <= names
+    # each version's files are its own push's
+    assert two.pushed_of(second).spec.read_text() == ORDERS_V2
+
+
+def test_a_version_too_large_for_a_configmap_is_refused_before_anything_is_written(stores: Any) -> None:
+    kube, one, _two = stores
+    noise = base64.b64encode(os.urandom(800 << 10)).decode()  # does not compress below the limit
+    with pytest.raises(PushRefused) as refused:
+        one.stage("orders", {"spec.yaml": ORDERS_V1 + f"# {noise}\n"})
+    assert refused.value.status == 413 and "ConfigMap" in str(refused.value)
+    assert kube.objects("configmaps", "gw") == []
