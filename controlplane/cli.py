@@ -627,13 +627,15 @@ def _push_options(args: argparse.Namespace) -> Any:
         namespace, _, name = args.push_configmaps.partition("/")
         if not args.kubernetes:
             raise SystemExit("serve: --push-configmaps keeps pushed versions in the cluster: it needs --kubernetes")
-        if not (_DNS_LABEL.match(namespace) and _DNS_LABEL.match(name) and len(name) <= 40):
+        if not (_DNS_LABEL.match(namespace) and _DNS_LABEL.match(name)):
             raise SystemExit(
-                f"serve: --push-configmaps {args.push_configmaps!r}: give NAMESPACE/NAME, each lower-case letters, "
-                "digits and '-' (NAME at most 40 characters: the ConfigMaps are NAME-live and NAME-<api>-<n>)"
+                f"serve: --push-configmaps {args.push_configmaps!r}: give NAMESPACE/NAME, each at most 63 lower-case "
+                "letters, digits and '-' (the ConfigMaps are NAME-live and NAME-<digest of the API>-<version>)"
             )
         if args.push_store is None:
             args.push_store = tempfile.mkdtemp(prefix="controlplane-push-")
+    elif args.push_peers:
+        raise SystemExit("serve: --push-peers are replicas sharing the versions: it needs --push-configmaps")
     if args.push_store is None:
         raise SystemExit(
             "serve: --push-address needs --push-store DIR (where pushed versions are kept), or "
@@ -652,6 +654,7 @@ def _push_options(args: argparse.Namespace) -> Any:
         args.push_client_ca,
         args.rollout_timeout,
         args.push_configmaps,
+        tuple(p.strip() for p in (args.push_peers or "").split(",") if p.strip()),
     )
 
 
@@ -856,6 +859,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE/NAME",
         help="with --kubernetes: keep pushed versions in ConfigMaps NAME-* of NAMESPACE, shared by every "
         "replica (--push-store is then this replica's copy; default a temporary directory)",
+    )
+    s.add_argument(
+        "--push-peers",
+        metavar="HOST:PORT,...",
+        help="the admin addresses of the other replicas (a headless Service's name resolves to each): a "
+        "push's rollout (--wait) waits for their Envoys too",
     )
     s.add_argument("--push-cert", metavar="FILE", help="the push API's TLS certificate")
     s.add_argument("--push-key", metavar="FILE", help="its private key")

@@ -150,6 +150,7 @@ class ControlPlane:
                 ),
                 "/config_dump": self._config_dump,
                 "/compile": lambda q: json_answer(200, self.report.as_json()),
+                "/rollout": lambda q: self._rollout(),
                 "/refresh_jwks": self._refresh_jwks_now,
                 "/refresh_reputation": self._refresh_feeds_now,
                 "/pulls": lambda q: json_answer(200, self.puller.state if self.puller else {}),
@@ -205,6 +206,13 @@ class ControlPlane:
     def _fetched(self) -> dict[str, str]:
         """What the control plane fetched, for the compile: JWKS and reputation feeds."""
         return {**self.jwks, **self.feeds.texts}
+
+    def _rollout(self) -> tuple[int, str, bytes]:
+        """The live map of pushes served here and where the Envoys are with it (push.peers)."""
+        from .push import peers, rollout
+
+        live = dict(self.push.store.live) if self.push is not None else {}
+        return json_answer(200, peers.answer(live, rollout.look(self.ctx.registry, self.cache)))
 
     def _config_dump(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         node = (query.get("node") or [""])[0]

@@ -95,6 +95,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "waf": {"waf": {"enabled": True}, "serviceMonitor": {"enabled": True}},
     # The geo-blocking country database from a volume geoipupdate fills, in both kinds of pods.
     "geo": {"geoDatabase": {"volume": {"persistentVolumeClaim": {"claimName": "geoip", "readOnly": True}}}},
+    # The push API on every replica, its versions in ConfigMaps; pipelines with client certificates
+    # from one namespace only.
+    "push": {
+        "push": {
+            "enabled": True,
+            "serviceType": "LoadBalancer",
+            "dnsNames": ["push.example.com"],
+            "clientCASecret": "ci-ca",
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ci"}}}],
+        },
+    },
     # Plaintext xDS only because it is asked for.
     "insecure": {"xds": {"insecure": True}, "tls": {"certManager": {"enabled": False}}},
     # Everything from the cluster, in two namespaces only (Roles there, no ClusterRole); no files.
@@ -272,7 +283,57 @@ def test_rbac_is_exactly_what_the_watcher_needs(case: str, docs: list[dict[str, 
         return
     expected = {ns: set(WATCH_GRANTS) for ns in kube["namespaces"] or ["*"]}
     expected[NAMESPACE] = expected.get(NAMESPACE, set()) | LEASE_GRANTS
+    if values_of(case).get("push", {}).get("enabled"):
+        expected[NAMESPACE] |= PUSH_GRANTS
     assert grants == expected
+
+
+# The push store: ConfigMaps of the release's namespace, read, created and rewritten.
+PUSH_GRANTS = {("", "configmaps", v, "") for v in ("get", "list", "watch", "create", "update", "patch")}
+
+
+def test_the_push_api_on_every_replica_with_its_versions_in_the_cluster() -> None:
+    values = values_of("push")
+    docs = manifests(render(values))
+    container = _container(docs, FULLNAME, "controlplane")
+    parsed = cli.parser().parse_args([str(a) for a in container["args"]])
+    options = cli._push_options(parsed)  # what serve makes of them: refused combinations fail here
+    assert options.address == "0.0.0.0:18443" and options.configmaps == f"{NAMESPACE}/{FULLNAME}-push"
+    assert options.peers == (f"{FULLNAME}-peers.{NAMESPACE}.svc:9100",)
+    assert (options.cert_file, options.client_ca) == (
+        "/etc/controlplane/push-tls/tls.crt",
+        "/etc/controlplane/push-client-ca/ca.crt",
+    )
+    # every replica behind the push Service; the peers Service headless, so its name resolves to each
+    push = find(docs, "Service", f"{FULLNAME}-push")["spec"]
+    assert push["type"] == "LoadBalancer" and push["ports"][0]["targetPort"] == "push"
+    assert push["selector"] == find(docs, "Deployment", FULLNAME)["spec"]["selector"]["matchLabels"]
+    peers = find(docs, "Service", f"{FULLNAME}-peers")["spec"]
+    assert peers["clusterIP"] == "None" and peers["ports"][0]["port"] == 9100
+    # the certificate names what pipelines dial; its Secret and the client CA are what serve reads
+    certificate = find(docs, "Certificate", f"{FULLNAME}-push")["spec"]
+    assert {f"{FULLNAME}-push.{NAMESPACE}.svc", "push.example.com"} <= set(certificate["dnsNames"])
+    assert "server auth" in certificate["usages"]
+    spec = find(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/etc/controlplane/push-tls"]]["secret"]["secretName"] == certificate["secretName"]
+    assert volumes[mounts["/etc/controlplane/push-client-ca"]]["secret"]["secretName"] == "ci-ca"
+    assert "emptyDir" in volumes[mounts[parsed.push_store]]  # the copy; the ConfigMaps are the store
+    # the push port from the namespace values name; the admin port from the other replicas
+    ingress = find(docs, "NetworkPolicy", f"{FULLNAME}-controlplane")["spec"]["ingress"]
+    (push_rule,) = [r for r in ingress if {"port": "push", "protocol": "TCP"} in r["ports"]]
+    assert push_rule["from"] == values["push"]["from"]
+    pods = _pod_labels(docs)
+    admin = [r for r in ingress if {"port": "admin", "protocol": "TCP"} in r["ports"]]
+    admitted = {
+        n
+        for r in admin
+        for n, labels in pods.items()
+        if any(_labels_match(p.get("podSelector", {}), labels) for p in r["from"] if "podSelector" in p)
+    }
+    assert admitted == {FULLNAME}
+    assert not [d for d in manifests(render(values_of("minimal"))) if "push" in d["metadata"]["name"]]
 
 
 def test_every_pod_locked_down(docs: list[dict[str, Any]]) -> None:
@@ -537,6 +598,15 @@ def helm_defaults() -> dict[str, Any]:
         ({"controlplane": {"kubernetes": {"namespaces": ["Shop"]}}}, "/controlplane/kubernetes/namespaces/0"),
         ({"controlplane": {"kubernetes": {"enabled": "yes"}}}, "/controlplane/kubernetes/enabled"),
         ({"controlplane": {"kubernetes": {"stateSizeLimit": "lots"}}}, "/controlplane/kubernetes/stateSizeLimit"),
+        ({"push": {"enabled": True, "pushPort": 1}}, "/push"),
+        (
+            {"push": {"enabled": True}, "controlplane": {"kubernetes": {"enabled": False}}},
+            "it needs controlplane.kubernetes.enabled",
+        ),
+        (
+            {"push": {"enabled": True}, "xds": {"insecure": True}},
+            "push.existingSecret (the push API's TLS certificate) is required",
+        ),
     ],
 )
 def test_wrong_value_fails_naming_it(values: dict[str, Any], named: str) -> None:

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from controlplane.push.cluster import API_LABEL, STORE_LABEL, ClusterStore, conf
 from controlplane.push.store import PushRefused, Version
 from tests.harness import EnvoyProcess, free_port, raw_request
 from tests.kube_fake import FakeKube
-from tests.test_push import ORDERS_V1, ORDERS_V2, TOKENS
+from tests.test_push import ORDERS_NACKED, ORDERS_V1, ORDERS_V2, TOKENS
 from tests.xds_harness import REPO, ControlPlaneProcess, http_get, start_envoy, wait_for
 
 pytestmark = pytest.mark.envoy
@@ -85,6 +86,8 @@ class Cluster:
     echo: EchoServer
     replicas: list[Replica] = field(default_factory=list)
 
+    admin_ports: dict[str, int] = field(default_factory=dict)
+
     def replica(self, name: str) -> Replica:
         config = self.work / name
         config.mkdir()
@@ -110,8 +113,12 @@ class Cluster:
                 "--push-address",
                 f"127.0.0.1:{push_port}",
                 "--push-insecure",
+                "--push-peers",
+                ",".join(f"127.0.0.1:{p}" for p in self.admin_ports.values()),
             ],
-        ).start()
+        )
+        plane.admin_port = self.admin_ports.setdefault(name, plane.admin_port)
+        plane.start()
         replica = Replica(plane, None, port, push_port)
         replica.envoy = start_envoy(self.work, plane, node_id=f"gateway-{name}")
         self.replicas.append(replica)
@@ -127,6 +134,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     echo = EchoServer().start()
     with FakeKube(bookmark_interval=0.2) as kube:
         c = Cluster(kube, work, kube.kubeconfig(work / "kubeconfig"), echo)
+        c.admin_ports = {"a": free_port(), "b": free_port()}  # each replica's peers: both
         try:
             for name in ("a", "b"):
                 c.replica(name)
@@ -146,8 +154,9 @@ def test_a_push_to_one_replica_reaches_the_envoys_of_every_replica(cluster: Clus
     spec.write_text(ORDERS_V2)
     out = a.push("--api", "orders", str(spec), "--wait", "--message", "PR #7")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert a.get(NEW) == 200
-    wait_for(lambda: b.get(NEW) == 200, 20, "the push served by the other replica's Envoy")
+    # --wait counted the other replica's Envoy (--push-peers): both serve it when it returns
+    assert "every connected Envoy ACKed it (2," in out.stdout, out.stdout
+    assert a.get(NEW) == 200 and b.get(NEW) == 200
     # what the cluster holds: the live map, and the version with its files and record
     objects = cluster.configmaps()
     assert json.loads(objects["push-live"]["data"]["live.json"]) == {"orders": 1}
@@ -173,23 +182,36 @@ def test_a_push_to_one_replica_reaches_the_envoys_of_every_replica(cluster: Clus
 def test_a_rollback_on_another_replica_is_followed_by_the_first(cluster: Cluster, tmp_path: Path) -> None:
     a, b = cluster.replicas[:2]
     spec = tmp_path / "orders.yaml"
-    spec.write_text(ORDERS_V2.replace("getOrder", "getOrderV3"))
-    assert a.push("--api", "orders", str(spec), "--wait").returncode == 0
-    wait_for(lambda: json.loads(cluster.configmaps()["push-live"]["data"]["live.json"]) == {"orders": 2}, 10, "v2")
-    wait_for(
-        lambda: json.loads(http_get(b.plane.admin_port, "/status")[1])["sources"]["push"]["live"] == {"orders": 2},
-        20,
-        "b serves v2",
-    )
+    spec.write_text(ORDERS_V1)  # version 2: without the new operation
+    out = a.push("--api", "orders", str(spec), "--wait")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert a.get(NEW) == 404 and b.get(NEW) == 404
     out = b.push("--rollback", "orders", "--to", "1", "--wait")
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(cluster.configmaps()["push-live"]["data"]["live.json"]) == {"orders": 1}
-    wait_for(
-        lambda: json.loads(http_get(a.plane.admin_port, "/status")[1])["sources"]["push"]["live"] == {"orders": 1},
-        20,
-        "a follows",
+    assert a.get(NEW) == 200 and b.get(NEW) == 200  # the first replica's Envoy counted in the wait
+    assert json.loads(http_get(a.plane.admin_port, "/status")[1])["sources"]["push"]["live"] == {"orders": 1}
+
+
+def test_a_push_nacked_by_another_replicas_envoy_is_rolled_back_everywhere(cluster: Cluster, tmp_path: Path) -> None:
+    a, b = cluster.replicas[:2]
+    assert a.envoy is not None
+    # the first replica's Envoy takes larger regular expressions than the second's: only the
+    # second refuses the push, and only the other replica sees that NACK
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{a.envoy.admin_port}/runtime_modify?re2.max_program_size.error_level=100000",
+        method="POST",
     )
-    assert a.get(NEW) == 200
+    urllib.request.urlopen(req, timeout=5).close()
+    spec = tmp_path / "orders.yaml"
+    spec.write_text(ORDERS_NACKED)
+    out = a.push("--api", "orders", str(spec), "--wait")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "gateway-b" in out.stdout + out.stderr and "rolled back" in out.stdout + out.stderr
+    assert json.loads(cluster.configmaps()["push-live"]["data"]["live.json"]) == {"orders": 1}
+    record = json.loads(cluster.configmaps()[configmap_name("push", "orders", 3)]["data"]["record.json"])
+    assert record["state"] == "rolled-back" and "gateway-b" in record["reason"]
+    wait_for(lambda: b.get(NEW) == 200 and a.get("/orders-api/orders/codes/x") == 404, 20, "v1 again on both")
 
 
 def test_a_replica_started_later_serves_what_was_pushed_from_its_first_config(cluster: Cluster) -> None:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import ir
 from ..documents import DocumentStore
 from ..errors import Diagnostics
-from . import rollout
+from . import peers, rollout
 from .store import PushRefused, PushStore, Version, check_api_name, check_files
 
 if TYPE_CHECKING:
@@ -106,6 +106,8 @@ class PushOptions:
     # "namespace/name": versions in the cluster's ConfigMaps (push.cluster), shared by the
     # replicas; ``store`` is then this replica's copy
     configmaps: str | None = None
+    # the other replicas' admin addresses (push.peers): a rollout waits for their Envoys too
+    peers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -522,6 +524,8 @@ class PushApi:
 
     async def _watch(self, api: str, record: Version, previous: int | None, timeout: float) -> rollout.Rollout:
         state = await rollout.wait(self.plane.ctx.registry, self.plane.cache, timeout)
+        if self.options.peers and not state.nacks:  # the Envoys of the other replicas
+            state = await peers.wait(self.options.peers, dict(self.store.live), state, timeout - state.seconds)
         for nack in state.nacks:
             nack["sources"] = [self.store.readable(source) for source in nack["sources"]]
         event: dict[str, Any] = {"at": _now(), "rollout": state.as_json()}

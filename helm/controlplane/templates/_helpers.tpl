@@ -165,6 +165,12 @@ affinity:
 {{- if and .Values.gateway.autoscaling.enabled (gt (int .Values.gateway.autoscaling.minReplicas) (int .Values.gateway.autoscaling.maxReplicas)) -}}
 {{- $problems = append $problems "gateway.autoscaling.minReplicas is above gateway.autoscaling.maxReplicas" -}}
 {{- end -}}
+{{- if and .Values.push.enabled (not .Values.controlplane.kubernetes.enabled) -}}
+{{- $problems = append $problems "push.enabled keeps the pushed versions in the cluster, shared by the replicas: it needs controlplane.kubernetes.enabled" -}}
+{{- end -}}
+{{- if and .Values.push.enabled (not .Values.push.existingSecret) (or (not .Values.tls.certManager.enabled) .Values.xds.insecure) -}}
+{{- $problems = append $problems "push.existingSecret (the push API's TLS certificate) is required with push.enabled unless cert-manager issues the xDS certificates (tls.certManager.enabled, xds.insecure false)" -}}
+{{- end -}}
 {{- if $problems -}}
 {{- fail (printf "\n- %s" (join "\n- " $problems)) -}}
 {{- end -}}
