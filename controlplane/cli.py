@@ -634,6 +634,13 @@ def _push_options(args: argparse.Namespace) -> Any:
             )
         if args.push_store is None:
             args.push_store = tempfile.mkdtemp(prefix="controlplane-push-")
+        from .push.cluster import is_copy
+
+        if not is_copy(Path(args.push_store)):
+            raise SystemExit(
+                f"serve: --push-store {args.push_store} holds a store of its own (files, not a copy of the "
+                "cluster's): with --push-configmaps give an empty or new directory, where the copy is kept"
+            )
     elif args.push_peers:
         raise SystemExit("serve: --push-peers are replicas sharing the versions: it needs --push-configmaps")
     if args.push_store is None:

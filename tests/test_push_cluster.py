@@ -283,3 +283,23 @@ def test_a_version_too_large_for_a_configmap_is_refused_before_anything_is_writt
         one.stage("orders", {"spec.yaml": ORDERS_V1 + f"# {noise}\n"})
     assert refused.value.status == 413 and "ConfigMap" in str(refused.value)
     assert kube.objects("configmaps", "gw") == []
+
+
+def test_a_directory_store_is_never_taken_for_the_clusters_copy(tmp_path: Path) -> None:
+    from controlplane import cli
+
+    directory_store = tmp_path / "store"
+    directory_store.mkdir()
+    (directory_store / "live.json").write_text('{"orders": 4}\n')  # a store of its own: versions to keep
+    args = cli.parser().parse_args(
+        ["serve", "--kubernetes", "--push-configmaps", "gw/push", "--push-store", str(directory_store), "--insecure"]
+    )
+    with pytest.raises(SystemExit) as refused:
+        cli._push_options(args)
+    assert "holds a store of its own" in str(refused.value)
+    assert (directory_store / "live.json").read_text() == '{"orders": 4}\n'
+    # a copy made by the store itself is emptied at start and used again
+    copy = tmp_path / "copy"
+    ClusterStore(copy, "gw", "push")
+    (copy / "live.json").write_text('{"orders": 4}\n')
+    assert ClusterStore(copy, "gw", "push").live == {}

@@ -46,6 +46,14 @@ SYNC_TIMEOUT_S = 60
 CREATE_ATTEMPTS = 20
 
 
+MARKER = ".cluster-copy"  # in the copy's directory: what may be emptied at start
+
+
+def is_copy(root: Path) -> bool:
+    """An empty or missing directory, or one this store made."""
+    return not root.exists() or not any(root.iterdir()) or (root / MARKER).is_file()
+
+
 def configmap_name(store: str, api: str, version: int) -> str:
     """API names may hold '_' and '.', which object names do not: the API goes by a digest."""
     return f"{store}-{hashlib.sha256(api.encode()).hexdigest()[:12]}-{version}"
@@ -57,10 +65,17 @@ def pack(files: dict[str, str]) -> bytes:
 
 class ClusterStore(PushStore):
     def __init__(self, root: Path, namespace: str, name: str):
+        if not is_copy(root):
+            raise ValueError(
+                f"{root} holds files that are not a copy of a push store in the cluster (a directory store?): "
+                "give an empty or new directory for the copy"
+            )
         # the cluster is the truth: nothing of a copy left by an earlier run is read
         for stale in ("apis", "staging"):
             shutil.rmtree(root / stale, ignore_errors=True)
         (root / "live.json").unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MARKER).write_text(f"{namespace}/{name}\n")
         super().__init__(root)
         self.namespace, self.name = namespace, name
         self.live_object = f"{name}-live"
@@ -237,7 +252,8 @@ class ClusterStore(PushStore):
                     ) from None
                 raise PushRefused(f"the push store (Kubernetes) refused the live map: {exc.reason}", 503) from None
             version = str(written.metadata.resource_version)
-            self.remote = (dict(live), version)
+            if _older(self.remote[1], version):  # (the watch may have brought a later one already)
+                self.remote = (dict(live), version)
             _write_atomic(self.root / "live.json", json.dumps(dict(sorted(live.items())), indent=2))
             self.live, self._live_version = dict(live), version
             return
@@ -258,6 +274,12 @@ class ClusterStore(PushStore):
         """In the copy's audit.log, and in the replica's log (which the cluster keeps)."""
         super().audit(**entry)
         audit_log.info("%s", json.dumps(entry, sort_keys=True))
+
+
+def _older(seen: str, written: str) -> bool:
+    """Whether ``seen`` comes before ``written`` (resource versions are opaque, but the API
+    server's are increasing integers; anything else: take the one just written)."""
+    return not (seen.isdigit() and written.isdigit()) or int(seen) < int(written)
 
 
 def _live_of(text: Any) -> dict[str, int]:
