@@ -184,8 +184,9 @@ class Server:
         src: Path | None,
         watch: str = "fast",
         extra: tuple[str, ...] = (),  # more `serve` options (push_bench: the push API)
+        admin_port: int | None = None,  # (push_replicas_bench: known to the peers before it starts)
     ):
-        self.xds_port, self.admin_port = free_port(), free_port()
+        self.xds_port, self.admin_port = free_port(), admin_port or free_port()
         self.log_path = workdir / f"controlplane-{self.admin_port}.log"
         cmd = [
             sys.executable,
