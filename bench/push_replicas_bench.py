@@ -59,6 +59,7 @@ class Setup:
     last_acks: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # control-plane trees, request → idle
     own_cpu: list[float] = field(default_factory=list)  # this process (fake API server + driver)
+    per_server: list[list[dict[str, float]]] = field(default_factory=list)  # server, compile, validation
 
     def idle(self) -> None:
         for server, fleet in zip(self.servers, self.fleets, strict=True):
@@ -70,7 +71,7 @@ class Setup:
         ).encode()
         self.idle()
         before = [rds_acks(f) for f in self.fleets]
-        cpu0, own0 = sum(s.tree_cpu() for s in self.servers), _own_cpu()
+        cpu0, own0 = [s.cpu() for s in self.servers], _own_cpu()
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.push_ports[0]}/v1/apis/{PUSHED_API}/versions",
             data=body,
@@ -93,7 +94,9 @@ class Setup:
         self.idle()
         self.answers.append(t1 - t0)
         self.last_acks.append(last - t0)
-        self.cpu.append(sum(s.tree_cpu() for s in self.servers) - cpu0)
+        after = [s.cpu() for s in self.servers]
+        self.per_server.append([{k: a[k] - b[k] for k in a} for a, b in zip(after, cpu0, strict=True)])
+        self.cpu.append(sum(sum(d.values()) for d in self.per_server[-1]))
         self.own_cpu.append(_own_cpu() - own0)
 
     def stop(self) -> None:
@@ -147,6 +150,7 @@ def main() -> None:
                         workdir / "cache-floor",
                         0.5,
                         None,
+                        watch="defaults",  # no file edits here: fast polling would only add idle CPU
                         extra=(
                             "--push-address",
                             f"127.0.0.1:{port}",
@@ -171,6 +175,7 @@ def main() -> None:
                     workdir / f"cache-{i}",
                     0.5,
                     None,
+                    watch="defaults",
                     extra=(
                         "--kubernetes",
                         "--kubeconfig",
@@ -204,7 +209,9 @@ def main() -> None:
                     setup.push(add_operation(config, PUSHED_API, f"{tag}{k}"), str(k))
                     print(
                         f"  {k + 1} {setup.name}: answer {setup.answers[-1] * 1000:.0f} ms, last ACK "
-                        f"{setup.last_acks[-1] * 1000:.0f} ms, CPU {setup.cpu[-1]:.2f} s",
+                        f"{setup.last_acks[-1] * 1000:.0f} ms, CPU {setup.cpu[-1]:.2f} s ("
+                        + "; ".join(", ".join(f"{k} {v:.2f}" for k, v in d.items()) for d in setup.per_server[-1])
+                        + ")",
                         flush=True,
                     )
             for setup in setups:

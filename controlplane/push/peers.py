@@ -20,7 +20,7 @@ from typing import Any
 from .rollout import Rollout
 
 INSTANCE = secrets.token_hex(8)  # this process, in its /rollout answers
-POLL_S = 0.1
+POLL_S = 0.025  # while a rollout is watched only: the lag it adds to an answer, against requests
 REQUEST_TIMEOUT_S = 2.0
 
 
