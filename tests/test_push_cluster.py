@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from controlplane.echo import EchoServer
 from controlplane.push.cluster import API_LABEL, STORE_LABEL, ClusterStore, configmap_name
@@ -303,3 +304,39 @@ def test_a_directory_store_is_never_taken_for_the_clusters_copy(tmp_path: Path) 
     ClusterStore(copy, "gw", "push")
     (copy / "live.json").write_text('{"orders": 4}\n')
     assert ClusterStore(copy, "gw", "push").live == {}
+
+
+def test_configmaps_written_by_others_never_reach_outside_the_copy_nor_empty_what_is_served(
+    stores: Any, tmp_path: Path
+) -> None:
+    kube, one, two = stores
+    _keep(one, "orders", ORDERS_V1)
+    one.set_live({"orders": 1})
+    wait_for(lambda: two.remote[0] == {"orders": 1}, 10, "the live map seen")
+    core = client.CoreV1Api(kube.api_client())
+    labels = {STORE_LABEL: "s"}
+    hostile = [
+        ("../../outside", 1, {"spec.yaml": "x: 1\n"}),  # an API name that climbs out
+        ("orders", 7, {"../../outside.yaml": "x: 1\n"}),  # a file name that does
+        ("orders", -1, {"spec.yaml": "x: 1\n"}),
+    ]
+    for i, (api, version, files) in enumerate(hostile):
+        record = Version(api, version, "spec.yaml", None, "intruder", time.time())
+        body = {
+            "metadata": {"name": f"s-hostile-{i}", "labels": labels},
+            "data": {"record.json": json.dumps(record.as_json())},
+            "binaryData": {"files.json.gz": base64.b64encode(gzip.compress(json.dumps(files).encode())).decode()},
+        }
+        core.create_namespaced_config_map("gw", body)
+    # a live map that is not {api: version}: ignored, what was seen stays
+    live = core.read_namespaced_config_map("s-live", "gw")
+    live.data = {"live.json": '{"orders": "latest", "../x": 1}'}
+    core.replace_namespaced_config_map("s-live", "gw", live)
+    core.create_namespaced_config_map("gw", {"metadata": {"name": "s-marker", "labels": labels}, "data": {}})
+    informer = two._informer
+    assert informer is not None
+    # the watch has had every event when it has the marker: they come in order, and it was last
+    wait_for(lambda: ("gw", "s-marker") in informer.objects, 10, "the marker seen")
+    assert two.remote[0] == {"orders": 1}
+    assert not list(tmp_path.rglob("outside*"))
+    assert [v.version for v in two.versions("orders")] == [1]

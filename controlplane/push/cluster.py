@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kube.informer import Informer, Obj, wait_synced
-from .store import PushRefused, PushStore, Version, _write_atomic
+from .store import PushRefused, PushStore, Version, _write_atomic, check_api_name, check_files
 
 log = logging.getLogger("controlplane.push")
 audit_log = logging.getLogger("controlplane.push.audit")
@@ -119,6 +119,14 @@ class ClusterStore(PushStore):
         data = obj.get("data") or {}
         if meta.get("name") == self.live_object:
             live = {} if event == "DELETED" else _live_of(data.get("live.json"))
+            if live is None:
+                log.error(
+                    "push store: ConfigMap %s/%s does not hold {api: version} in live.json; ignored, what is "
+                    "served stays",
+                    self.namespace,
+                    self.live_object,
+                )
+                return
             self.remote = (live, str(meta.get("resourceVersion") or ""))
             self.on_change()
             return
@@ -127,17 +135,27 @@ class ClusterStore(PushStore):
         try:
             record = Version(**json.loads(data["record.json"]))
             files = json.loads(gzip.decompress(base64.b64decode((obj.get("binaryData") or {})["files.json.gz"])))
-        except (KeyError, ValueError, TypeError, OSError) as exc:
+            # whoever wrote it, nothing is copied outside the API's directory
+            check_api_name(record.api)
+            if not isinstance(record.version, int) or isinstance(record.version, bool) or record.version < 1:
+                raise ValueError(f"version {record.version!r} is not a positive integer")
+            if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+                raise ValueError("files.json.gz is not {file name: text}")
+            check_files(files, record.spec, record.policy)
+        except (KeyError, ValueError, TypeError, OSError, PushRefused) as exc:
             log.error("push store: ConfigMap %s/%s is not a version: %s", self.namespace, meta.get("name"), exc)
             return
-        with self._mirror_lock:
-            self._copy(record, files)
+        try:
+            with self._mirror_lock:
+                self._copy(record, files)
+        except (PushRefused, OSError) as exc:  # never out of the watch: it would list again and again
+            log.error("push store: version %d of %s not copied: %s", record.version, record.api, exc)
 
     def _copy(self, record: Version, files: dict[str, str]) -> None:
         """The version in the local copy: its files once (they never change), its record each time."""
         directory = self._api_directory(record.api) / str(record.version)
         if not directory.is_dir():
-            staged = self.stage(record.api, files)
+            staged = super().stage(record.api, files)  # (stored already: no size check here)
             directory.parent.mkdir(exist_ok=True)
             staged.rename(directory)
         super().save(record)
@@ -268,7 +286,10 @@ class ClusterStore(PushStore):
             if exc.status == 404:
                 return {}, ""
             raise
-        return _live_of((obj.data or {}).get("live.json")), str(obj.metadata.resource_version)
+        live = _live_of((obj.data or {}).get("live.json"))
+        if live is None:
+            raise PushRefused(f"ConfigMap {self.namespace}/{self.live_object} does not hold {{api: version}}", 503)
+        return live, str(obj.metadata.resource_version)
 
     def audit(self, **entry: Any) -> None:
         """In the copy's audit.log, and in the replica's log (which the cluster keeps)."""
@@ -282,10 +303,15 @@ def _older(seen: str, written: str) -> bool:
     return not (seen.isdigit() and written.isdigit()) or int(seen) < int(written)
 
 
-def _live_of(text: Any) -> dict[str, int]:
+def _live_of(text: Any) -> dict[str, int] | None:
+    """``{api: version}``, or None when it is something else (then ignored: what is served stays)."""
     try:
-        data = json.loads(text) if isinstance(text, str) else {}
-        return {str(k): int(v) for k, v in data.items()}
-    except (ValueError, TypeError, AttributeError):
-        log.error("push store: the live map is not {api: version}; taken as empty")
-        return {}
+        data = json.loads(text)
+        live = {str(k): int(v) for k, v in data.items() if not isinstance(v, bool)}
+        if len(live) != len(data):
+            return None
+        for api in live:
+            check_api_name(api)
+        return live
+    except (ValueError, TypeError, AttributeError, PushRefused):
+        return None
