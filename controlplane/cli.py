@@ -1015,6 +1015,11 @@ def parser() -> argparse.ArgumentParser:
         parents=[waf_parser(add_help=False)],
         help="the WAF service (ext_authz gRPC; its rules come from the control plane over xDS)",
     )
+    sub.add_parser(
+        "sync-files",
+        help="keep copies of a directory's files that Envoy sees change (a geo database in a ConfigMap or "
+        "Secret volume)",
+    )
     return p
 
 
@@ -1045,6 +1050,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_ratelimit(given[1:])
     if given[:1] == ["diff"] and "--" in given:
         given[given.index("--")] = _DIFF_CUT
+    if given[:1] == ["sync-files"]:
+        from .filesync import main as sync_main
+
+        return sync_main(given[1:])
     if given[:1] == ["waf"]:
         from .waf.app import main as waf_main
 

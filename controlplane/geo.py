@@ -29,6 +29,7 @@ What Envoy 1.40 does (checked against a real Envoy, not the documentation alone)
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,7 +66,9 @@ def read_section(value: Any, base: Path, src: ir.Source, diags: Diagnostics) -> 
         return None
     found = len(diags.items)
     database = value.get("database")
-    path = (base / database).resolve() if isinstance(database, str) else None
+    # absolute, links kept: Envoy must watch the path the policy names (a link resolved here
+    # would name one pod's kubelet directory, which the next volume update deletes)
+    path = Path(os.path.abspath(base / database)) if isinstance(database, str) else None
     if path is None:
         diags.error("geo needs a database (a MaxMind-format .mmdb file)", file, ptr, "geo-database")
     elif not path.name.endswith(".mmdb"):
@@ -83,6 +86,15 @@ def read_section(value: Any, base: Path, src: ir.Source, diags: Diagnostics) -> 
         diags.error(f"unknownCountry {unknown!r}: allow or deny", file, f"{ptr}/unknownCountry", "geo-unknown")
     if len(diags.items) != found or path is None:
         return None
+    if path.is_symlink():
+        diags.warning(
+            f"{database!r} is a symbolic link: Envoy reloads the database when a file is renamed over this "
+            "path, not when a link it goes through changes (a Kubernetes ConfigMap or Secret volume); copy "
+            "such a volume with `python -m controlplane sync-files` (the Helm chart does)",
+            file,
+            f"{ptr}/database",
+            "geo-database-link",
+        )
     return ir.Geo(database=str(path), unknown_allowed=unknown == "allow", source=src)
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -292,6 +296,95 @@ def test_a_replaced_database_takes_effect_without_a_restart(
         time.sleep(0.05)
     assert reached(own, echo, FR, "/api/us-denied")[0] == 403
     assert own.envoy.proc.poll() is None  # the same Envoy, no push
+
+
+def test_a_database_in_a_kubernetes_volume_reaches_envoy_through_sync_files(
+    gateway_factory: Callable[..., Gateway], echo: EchoServer, tmp_path: Path
+) -> None:
+    """ConfigMap, Secret and projected volumes update by a second symbolic link: the file is
+    ``countries.mmdb -> ..data/countries.mmdb``, and an update points ``..data`` at a new
+    directory, so the path of the file is never renamed and Envoy would not see it.
+    ``sync-files`` keeps a copy that is replaced by a rename, which Envoy does see."""
+    own = gateway_factory(files())
+    assert own.envoy is not None
+    volume = tmp_path / "volume"  # as the kubelet lays it out
+    (volume / "..v1").mkdir(parents=True)
+    (volume / "..v1" / "countries.mmdb").write_bytes(database({f"{US}/32": "FR", f"{FR}/32": "US"}))
+    os.symlink("..v1", volume / "..data")
+    os.symlink("..data/countries.mmdb", volume / "countries.mmdb")
+
+    def until(status: int, source: str) -> None:
+        deadline = time.monotonic() + 10
+        while reached(own, echo, source, "/api/us-denied")[0] != status:  # the new answer, not a sleep
+            assert time.monotonic() < deadline, own.envoy.logs() if own.envoy else ""
+            time.sleep(0.05)
+
+    assert reached(own, echo, US, "/api/us-denied")[0] == 403
+    sync = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "sync-files", str(volume), str(own.workdir), "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        until(200, US)  # the volume's database, copied over the one Envoy read
+        # an update of the ConfigMap: a new directory, ..data swapped, the old directory removed
+        (volume / "..v2").mkdir()
+        (volume / "..v2" / "countries.mmdb").write_bytes(database({f"{US}/32": "US", f"{FR}/32": "FR"}))
+        os.symlink("..v2", volume / "..data_tmp")
+        os.replace(volume / "..data_tmp", volume / "..data")
+        shutil.rmtree(volume / "..v1")
+        until(403, US)
+        assert reached(own, echo, FR, "/api/us-denied")[0] == 200
+        assert own.envoy.proc.poll() is None  # the same Envoy, no push
+    finally:
+        sync.send_signal(signal.SIGTERM)
+        out, _ = sync.communicate(timeout=10)
+    assert sync.returncode == 0, out
+    assert not (own.workdir / "..data").exists()  # the kubelet's own names are not copied
+
+
+def test_sync_files_copies_by_rename_only_what_changed(tmp_path: Path) -> None:
+    from controlplane.filesync import sync
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "..v1" / "sub").mkdir(parents=True)
+    (src / "..v1" / "a.mmdb").write_bytes(b"one")
+    (src / "..v1" / "sub" / "b.txt").write_bytes(b"two")
+    os.symlink("..v1", src / "..data")
+    os.symlink("..data/a.mmdb", src / "a.mmdb")
+    os.symlink("..data/sub", src / "sub")
+    dst.mkdir()
+    known: dict[str, str] = {}
+    seen: dict[str, tuple[int, ...]] = {}
+    assert sorted(sync(src, dst, known, seen)) == ["a.mmdb", "sub/b.txt"]
+    assert (dst / "a.mmdb").read_bytes() == b"one" and not (dst / "a.mmdb").is_symlink()
+    inode = (dst / "a.mmdb").stat().st_ino
+    assert sync(src, dst, known, seen) == []  # nothing changed: nothing written
+    assert (dst / "a.mmdb").stat().st_ino == inode
+    (src / "..v2").mkdir()
+    (src / "..v2" / "a.mmdb").write_bytes(b"three")
+    os.symlink("..v2", src / "..data_tmp")
+    os.replace(src / "..data_tmp", src / "..data")
+    assert sync(src, dst, known, seen) == ["a.mmdb"]
+    assert (dst / "a.mmdb").read_bytes() == b"three"
+    assert (dst / "a.mmdb").stat().st_ino != inode  # a new file renamed over the copy
+    assert (dst / "sub" / "b.txt").read_bytes() == b"two"  # gone from the volume: the copy stays
+    assert sorted(p.name for p in dst.iterdir()) == ["a.mmdb", "sub"]  # no temporary file left
+    # a fresh start over existing copies rewrites nothing that is the same
+    assert sync(src, dst, {}) == []
+
+
+def test_a_database_behind_a_link_is_named_as_linked_with_a_warning(tmp_path: Path) -> None:
+    root = write(tmp_path, POLICY)
+    (root / "..v1").mkdir()
+    os.replace(root / "countries.mmdb", root / "..v1" / "countries.mmdb")
+    os.symlink("..v1/countries.mmdb", root / "countries.mmdb")
+    result = compile([root])
+    assert result.ok and result.gateway is not None and result.gateway.geo is not None
+    assert result.gateway.geo.database == str(root / "countries.mmdb")  # what Envoy watches: the link's path
+    (warning,) = [w for w in result.warnings if w.code == "geo-database-link"]
+    assert "sync-files" in warning.message and warning.pointer == "/geo/database"
 
 
 @pytest.mark.envoy
