@@ -109,13 +109,17 @@ def sync(src: Path, dst: Path, known: dict[str, str], seen: dict[str, tuple[int,
     return copied
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m controlplane sync-files", description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=Path, help="the directory to copy from (e.g. a ConfigMap or Secret volume)")
     p.add_argument("dst", type=Path, help="where the copies are (the path the policy names)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between checks (default 5)")
     p.add_argument("--once", action="store_true", help="copy once and exit (an init container)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.src.is_dir():
         print(f"sync-files: {args.src} is not a directory", file=sys.stderr)

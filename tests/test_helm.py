@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from controlplane import cli
+from controlplane import cli, filesync
 from controlplane.certs import CertificateAuthority
 from controlplane.kube import crds
 from controlplane.ratelimit.options import parser as ratelimit_parser
@@ -441,16 +441,18 @@ def test_xds_mtls_unless_insecure_is_asked(case: str, docs: list[dict[str, Any]]
 def test_commands_parse_with_the_real_options(case: str, docs: list[dict[str, Any]]) -> None:
     # The container command lines as the project's own parsers read them: a renamed or mistyped
     # option fails here instead of in a crash-looping pod.
-    parsers = {"serve": cli.parser, "ratelimit": ratelimit_parser, "waf": waf_parser}
+    parsers = {"serve": cli.parser, "ratelimit": ratelimit_parser, "waf": waf_parser, "sync-files": filesync.parser}
     seen = set()
     for name, template in pod_specs(docs):
-        for container in template["spec"]["containers"]:
+        for container in template["spec"]["containers"] + template["spec"].get("initContainers", []):
             if container["command"][:3] != ["python", "-m", "controlplane"]:
                 continue
             args = [str(a) for a in container["args"]]
             command = args[0]
             seen.add(command)
             parsed = parsers[command]().parse_args(args if command == "serve" else args[1:])
+            if command == "sync-files":
+                continue  # (its arguments: test_the_geo_database_is_a_copy_envoy_sees_change_…)
             if command == "serve":
                 files = "files" in values_of(case).get("controlplane", {}).get("sources", {})
                 assert parsed.paths == (["/etc/controlplane/sources"] if files else []), name
@@ -497,23 +499,41 @@ def test_gateway_ready_and_drained(docs: list[dict[str, Any]]) -> None:
     assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
 
 
-def test_the_geo_database_is_at_the_same_path_for_the_compile_and_for_envoy(
+def test_the_geo_database_is_a_copy_envoy_sees_change_at_the_same_path_in_both_pods(
     case: str, docs: list[dict[str, Any]]
 ) -> None:
-    mounts = {}
+    """The compile checks the file Envoy reads, at one path; the volume itself is copied there
+    (sync-files), since Envoy does not see a ConfigMap or Secret volume's updates."""
     for deployment, container in ((FULLNAME, "controlplane"), (f"{FULLNAME}-gateway", "envoy")):
         spec = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]
-        volume = next((v for v in spec["volumes"] if v["name"] == "geo-database"), None)
+        volumes = {v["name"]: v for v in spec["volumes"]}
         mount = next(
             (m for m in _container(docs, deployment, container)["volumeMounts"] if m["name"] == "geo-database"), None
         )
-        mounts[container] = (volume, mount)
-    if case != "geo":
-        assert mounts == {"controlplane": (None, None), "envoy": (None, None)}
-        return
-    for volume, mount in mounts.values():
-        assert volume == {"name": "geo-database", "persistentVolumeClaim": {"claimName": "geoip", "readOnly": True}}
+        if case != "geo":
+            assert (
+                mount is None and not {"geo-database", "geo-source"} & set(volumes) and not spec.get("initContainers")
+            )
+            continue
+        assert volumes["geo-source"] == {
+            "name": "geo-source",
+            "persistentVolumeClaim": {"claimName": "geoip", "readOnly": True},
+        }
+        assert set(volumes["geo-database"]) == {"name", "emptyDir"}
         assert mount == {"name": "geo-database", "mountPath": "/var/lib/geoip", "readOnly": True}
+        # copied before the pod's other containers start, then kept current beside them
+        (first,) = spec["initContainers"]
+        for copier, once in ((first, True), (_container(docs, deployment, "geo-sync"), False)):
+            assert copier["command"] == ["python", "-m", "controlplane"] and copier["args"][0] == "sync-files"
+            args = filesync.parser().parse_args([str(a) for a in copier["args"][1:]])
+            assert (str(args.src), str(args.dst), args.once) == (
+                "/var/run/controlplane/geo-source",
+                "/var/lib/geoip",
+                once,
+            )
+            mounts = {m["name"]: m for m in copier["volumeMounts"]}
+            assert mounts["geo-source"] == {"name": "geo-source", "mountPath": str(args.src), "readOnly": True}
+            assert mounts["geo-database"] == {"name": "geo-database", "mountPath": str(args.dst)}
 
 
 def test_high_availability(case: str, docs: list[dict[str, Any]]) -> None:

@@ -200,3 +200,42 @@ list+watch (get for good measure) of its sources, status patches of the custom r
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+{{/* The geo database as a plain file renamed on change, which Envoy reloads (a ConfigMap or Secret
+volume swaps a directory link instead, which it does not see): controlplane/filesync.py copies the
+volume into an emptyDir at geoDatabase.mountPath, once before the pod's containers start, then
+every geoDatabase.sync.intervalSeconds beside them. Call with (dict "ctx" $ "once" true|false). */}}
+{{- define "cp.geoSyncContainer" -}}
+{{- $geo := .ctx.Values.geoDatabase -}}
+- name: geo-sync{{ if .once }}-first{{ end }}
+  image: {{ include "cp.controlplaneImage" .ctx }}
+  imagePullPolicy: {{ .ctx.Values.controlplane.image.pullPolicy }}
+  command: [python, -m, controlplane]
+  args:
+    - sync-files
+    - /var/run/controlplane/geo-source
+    - {{ $geo.mountPath }}
+    {{- if .once }}
+    - --once
+    {{- else }}
+    - --interval
+    - {{ $geo.sync.intervalSeconds | quote }}
+    {{- end }}
+  resources:
+    {{- toYaml $geo.sync.resources | nindent 4 }}
+  securityContext:
+    {{- include "cp.containerSecurityContext" .ctx | nindent 4 }}
+  volumeMounts:
+    - name: geo-source
+      mountPath: /var/run/controlplane/geo-source
+      readOnly: true
+    - name: geo-database
+      mountPath: {{ $geo.mountPath }}
+{{- end -}}
+
+{{- define "cp.geoVolumes" -}}
+- name: geo-source
+  {{- toYaml .Values.geoDatabase.volume | nindent 2 }}
+- name: geo-database
+  emptyDir: {sizeLimit: {{ .Values.geoDatabase.sync.sizeLimit }}}
+{{- end -}}
