@@ -324,6 +324,9 @@ class ControlPlane:
             loop.call_soon_threadsafe(follow)
 
         store.on_change = changed
+        if self.puller is not None and self.kube.options.lease is not None:
+            kube = self.kube
+            self.puller.polls = lambda: kube.leader  # one replica pulls; every one serves what it pushed
 
     async def _follow_pushes(self, store: Any) -> None:
         """Another replica changed what is live: compile it and serve it here too."""

@@ -340,3 +340,67 @@ def test_configmaps_written_by_others_never_reach_outside_the_copy_nor_empty_wha
     assert two.remote[0] == {"orders": 1}
     assert not list(tmp_path.rglob("outside*"))
     assert [v.version for v in two.versions("orders")] == [1]
+
+
+def test_a_pulled_spec_is_pushed_once_by_the_leader_and_served_by_every_replica(tmp_path: Path) -> None:
+    from tests.test_pull import Publisher
+
+    publisher = Publisher(ORDERS_V2)
+    published = publisher.start()
+    echo = EchoServer().start()
+    planes: list[ControlPlaneProcess] = []
+    envoys: list[EnvoyProcess] = []
+    ports: list[int] = []
+    try:
+        with FakeKube(bookmark_interval=0.2) as kube:
+            kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
+            for name in ("a", "b"):
+                config = tmp_path / name
+                config.mkdir()
+                port = free_port()
+                (config / "orders.yaml").write_text(ORDERS_V1)
+                (config / "policy.yaml").write_text(
+                    policy(port, echo.port).replace(
+                        "upstream: backend}]",
+                        f'upstream: backend, pull: {{url: "http://127.0.0.1:{published}/openapi.yaml", '
+                        "interval: 1s, allowSecurityChanges: true}}]",
+                    )
+                )
+                # every replica could pull; the one holding the Lease does
+                plane = ControlPlaneProcess(
+                    [config],
+                    tmp_path,
+                    extra=[
+                        *("--kubernetes", "--kubeconfig", str(kubeconfig), "--kube-namespace", "gw"),
+                        *("--kube-lease", "gw/cp", "--kube-identity", name, "--kube-lease-seconds", "2"),
+                        *("--push-configmaps", "gw/push", "--push-store", str(tmp_path / f"{name}-copy")),
+                    ],
+                ).start()
+                planes.append(plane)
+                envoys.append(start_envoy(tmp_path, plane, node_id=f"gateway-{name}"))
+                ports.append(port)
+
+            def get(port: int) -> int:
+                return raw_request(port, f"GET {NEW} HTTP/1.1\r\nHost: x\r\n\r\n".encode()).status
+
+            def versions() -> list[dict[str, Any]]:
+                return [
+                    json.loads(o["data"]["record.json"])
+                    for o in kube.objects("configmaps", "gw")
+                    if o["metadata"]["labels"].get(API_LABEL) == "orders"
+                ]
+
+            wait_for(lambda: all(get(p) == 200 for p in ports), 30, "the pulled spec served by both replicas")
+            publisher.text = ORDERS_V1 + "# republished\n"
+            wait_for(lambda: all(get(p) == 404 for p in ports), 30, "the change pulled, served by both")
+            time.sleep(3)  # several intervals: a replica pulling too would have pushed by now
+            pulled = versions()
+            assert [v["version"] for v in sorted(pulled, key=lambda v: v["version"])] == [1, 2], pulled
+            assert all(v["pushed_by"].startswith("pull http://127.0.0.1:") and v["state"] != "rejected" for v in pulled)
+    finally:
+        for envoy in envoys:
+            envoy.stop()
+        for plane in planes:
+            plane.stop()
+        echo.shutdown()
+        publisher.server.shutdown()

@@ -18,6 +18,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import ir
@@ -33,6 +34,9 @@ class Puller:
     def __init__(self, push: PushApi):
         self.push = push
         self.state: dict[str, dict[str, Any]] = {}  # API → its last poll (for /pulls)
+        # whether this replica polls: with versions shared in the cluster, only the leader
+        # does (each replica would push what one pull brings)
+        self.polls: Callable[[], bool] = lambda: True
         self._tasks: dict[str, tuple[ir.SpecPull, asyncio.Task[Any]]] = {}
 
     def sync(self, pulls: tuple[ir.SpecPull, ...]) -> None:
@@ -54,12 +58,16 @@ class Puller:
 
     async def _loop(self, pull: ir.SpecPull) -> None:
         while True:
-            await self.poll(pull)
+            if self.polls():
+                await self.poll(pull)
+            else:
+                self.state.setdefault(pull.api, {"url": pull.url})["note"] = "polled by the leader"
             await asyncio.sleep(pull.interval_ms / 1000)
 
     async def poll(self, pull: ir.SpecPull) -> bool:
         """One look at the URL; True when new content was pushed (served or refused)."""
         state = self.state.setdefault(pull.api, {"url": pull.url})
+        state.pop("note", None)
         if "digest" not in state:
             state["digest"] = self._live_digest(pull.api)
         try:
@@ -70,7 +78,10 @@ class Puller:
             log.error("pulling the spec of %s from %s failed (%s); what is served stays", pull.api, pull.url, reason)
             return False
         state["checked_at"] = time.time()
-        if text is None or hashlib.sha256(text.encode()).hexdigest() == state["digest"]:
+        digest = hashlib.sha256(text.encode()).hexdigest() if text is not None else ""
+        # unchanged: what this replica pushed last (served or refused), or what is live (pulled
+        # before a restart, or by another replica)
+        if text is None or digest in (state["digest"], self._live_digest(pull.api)):
             state["error"] = state.get("refused")  # unchanged: a refused version stays the news
             return False
         name = "openapi.json" if text.lstrip().startswith("{") else "openapi.yaml"
@@ -84,7 +95,7 @@ class Puller:
             allow_security_changes=pull.allow_security_changes,
         )
         state.update(
-            digest=hashlib.sha256(text.encode()).hexdigest(),
+            digest=digest,
             etag=etag,
             version=answer.data.get("version"),
             status=answer.status,
