@@ -324,6 +324,8 @@ class ControlPlane:
             loop.call_soon_threadsafe(follow)
 
         store.on_change = changed
+        if store.behind:  # changed between the list and now
+            follow()
         if self.puller is not None and self.kube.options.lease is not None:
             kube = self.kube
             self.puller.polls = lambda: kube.leader  # one replica pulls; every one serves what it pushed
