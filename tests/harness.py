@@ -106,7 +106,11 @@ class EnvoyProcess:
             stderr=subprocess.STDOUT,
         )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()  # nobody holds an Envoy whose construction failed: it would outlive the tests
+                raise
 
     def admin(self, path: str) -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
