@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import inputs, ir, reputation
 from .errors import Diagnostic
@@ -47,6 +47,9 @@ from .xds.metrics import Metrics
 from .xds.protocol import XdsContext
 from .xds.snapshot import DetailTexts, InconsistentSnapshot, Snapshot, build_snapshot
 from .xds.status import config_dump, status
+
+if TYPE_CHECKING:
+    from .push.cluster import ClusterStore
 
 log = logging.getLogger("controlplane")
 
@@ -304,14 +307,14 @@ class ControlPlane:
     async def _share_pushes(self) -> None:
         """With the push store in the cluster: serve what is live there from the first compile
         on, and what any replica pushes from then on."""
-        from .push.cluster import ClusterStore
+        from .push.cluster import SYNC_TIMEOUT_S, ClusterStore
 
         store = self.push.store if self.push is not None else None
         if not isinstance(store, ClusterStore):
             return
         assert self.kube is not None
         if not await asyncio.to_thread(store.connect, self.kube.client):
-            log.error("push store: %s not listed within %ds; serving what was", store.where, 60)
+            log.error("push store: %s not listed within %ds; serving what was", store.where, SYNC_TIMEOUT_S)
         self.compiler.pushed = self.validator.pushed = store.pushed()
         loop = asyncio.get_running_loop()
 
@@ -330,7 +333,7 @@ class ControlPlane:
             kube = self.kube
             self.puller.polls = lambda: kube.leader  # one replica pulls; every one serves what it pushed
 
-    async def _follow_pushes(self, store: Any) -> None:
+    async def _follow_pushes(self, store: ClusterStore) -> None:
         """Another replica changed what is live: compile it and serve it here too."""
         async with self._compile_lock:
             if not store.behind:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kube.informer import Informer, Obj, wait_synced
-from .store import PushRefused, PushStore, Version, _write_atomic, check_api_name, check_files
+from .store import PushRefused, PushStore, Version, check_api_name, check_files
 
 log = logging.getLogger("controlplane.push")
 audit_log = logging.getLogger("controlplane.push.audit")
@@ -166,8 +166,8 @@ class ClusterStore(PushStore):
         live, version = self.remote if remote is None else remote
         if version == self._live_version and live == self.live:
             return False
-        _write_atomic(self.root / "live.json", json.dumps(dict(sorted(live.items())), indent=2))
-        self.live, self._live_version = dict(live), version
+        super().set_live(live)
+        self._live_version = version
         return True
 
     @property
@@ -272,8 +272,8 @@ class ClusterStore(PushStore):
             version = str(written.metadata.resource_version)
             if _older(self.remote[1], version):  # (the watch may have brought a later one already)
                 self.remote = (dict(live), version)
-            _write_atomic(self.root / "live.json", json.dumps(dict(sorted(live.items())), indent=2))
-            self.live, self._live_version = dict(live), version
+            super().set_live(live)
+            self._live_version = version
             return
         raise PushRefused("the push store (Kubernetes): the live map kept changing; try again", 503)
 

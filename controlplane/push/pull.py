@@ -68,8 +68,6 @@ class Puller:
         """One look at the URL; True when new content was pushed (served or refused)."""
         state = self.state.setdefault(pull.api, {"url": pull.url})
         state.pop("note", None)
-        if "digest" not in state:
-            state["digest"] = self._live_digest(pull.api)
         try:
             text, etag = await asyncio.to_thread(download, pull, state.get("etag"))
         except (OSError, ValueError) as exc:
@@ -81,7 +79,7 @@ class Puller:
         digest = hashlib.sha256(text.encode()).hexdigest() if text is not None else ""
         # unchanged: what this replica pushed last (served or refused), or what is live (pulled
         # before a restart, or by another replica)
-        if text is None or digest in (state["digest"], self._live_digest(pull.api)):
+        if text is None or digest in (state.get("digest"), self._live_digest(pull.api)):
             state["error"] = state.get("refused")  # unchanged: a refused version stays the news
             return False
         name = "openapi.json" if text.lstrip().startswith("{") else "openapi.yaml"
