@@ -85,6 +85,7 @@ class ClusterStore(PushStore):
         self.remote: tuple[dict[str, int], str] = ({}, "")  # NAME-live as last seen, and its version
         self.on_change: Callable[[], None] = lambda: None  # called from the watch's thread
         self._mirror_lock = threading.Lock()
+        self._packed: dict[Path, str] = {}  # a staged push's files as stored (base64 of gzip), from stage to keep
 
     @property
     def where(self) -> str:
@@ -177,20 +178,26 @@ class ClusterStore(PushStore):
 
     # -- writing ----------------------------------------------------------------------------
     def stage(self, api: str, files: dict[str, str]) -> Path:
-        if len(base64.b64encode(pack(files))) > MAX_STORED * 4 // 3:
+        packed = base64.b64encode(pack(files)).decode()
+        if len(packed) > MAX_STORED * 4 // 3:
             raise PushRefused(
                 f"the files take more than {MAX_STORED >> 10} KiB gzipped: more than a ConfigMap of "
                 "the push store holds",
                 413,
             )
-        return super().stage(api, files)
+        staged = super().stage(api, files)
+        self._packed[staged] = packed
+        return staged
+
+    def discard(self, staged: Path) -> None:
+        self._packed.pop(staged, None)
+        super().discard(staged)
 
     def keep(self, staged: Path, record: Version) -> Version:
         """The next version number that no replica has taken: creating its ConfigMap decides."""
         from kubernetes.client.exceptions import ApiException
 
-        files = {str(p.relative_to(staged)): p.read_text(encoding="utf-8") for p in staged.rglob("*") if p.is_file()}
-        packed = base64.b64encode(pack(files)).decode()
+        packed = self._packed.pop(staged)
         record.version = max((v.version for v in self.versions(record.api)), default=0) + 1
         for _ in range(CREATE_ATTEMPTS):
             try:
