@@ -88,12 +88,14 @@ def sync(src: Path, dst: Path, known: dict[str, str], seen: dict[str, tuple[int,
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.sync-{os.getpid()}")
         try:
+            written = hashlib.sha256()
             with open(path, "rb") as source, open(tmp, "wb") as out:
                 while block := source.read(CHUNK):
                     out.write(block)
+                    written.update(block)
                 out.flush()
                 os.fsync(out.fileno())
-            if _digest(tmp) != digest:  # replaced while read: the next pass copies the new one whole
+            if written.hexdigest() != digest:  # replaced while read: the next pass copies the new one whole
                 tmp.unlink()
                 continue
             os.replace(tmp, target)
