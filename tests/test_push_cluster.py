@@ -264,6 +264,12 @@ def test_a_live_map_changed_by_another_replica_refuses_a_push_compiled_before(st
     one.set_live({"orders": 1, "stock": 2})  # served the latest: accepted
     live = next(o for o in _kube.objects("configmaps", "gw") if o["metadata"]["name"] == "s-live")
     assert json.loads(live["data"]["live.json"]) == {"orders": 1, "stock": 2}
+    # the second serves the map it wrote, which the first has replaced since: its write is refused
+    with pytest.raises(PushRefused) as stale:
+        two.set_live({"orders": 2, "stock": 1})
+    assert stale.value.status == 409
+    live = next(o for o in _kube.objects("configmaps", "gw") if o["metadata"]["name"] == "s-live")
+    assert json.loads(live["data"]["live.json"]) == {"orders": 1, "stock": 2}
 
 
 def test_two_replicas_never_take_one_version_number(stores: Any) -> None:
